@@ -1,0 +1,10 @@
+//! One module per subcommand.
+
+pub mod action;
+pub mod apply;
+pub mod get;
+pub mod history;
+pub mod list;
+pub mod plugins;
+pub mod validate;
+pub mod watch;

@@ -1,0 +1,139 @@
+//! `era`: the operator's command line for erad.
+//!
+//! Exit codes scripts can trust: 0 success, 1 the operation failed,
+//! 2 bad usage or an invalid spec, 3 the daemon is unreachable.
+
+mod client;
+mod commands;
+mod output;
+mod wait;
+
+use clap::{Parser, Subcommand};
+use client::CliError;
+use output::Format;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "era", version, about = "Deploy and supervise workloads with erad")]
+pub struct Cli {
+    /// erad's socket.
+    #[arg(long, global = true, env = "ERA_SOCKET", default_value = "/run/era/erad.sock")]
+    socket: PathBuf,
+    /// Output format of read commands.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// Return when the deployment settles; exit 0 only if it got where it was asked to go.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long (e.g. 90s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a deployment or roll out a new revision of it.
+    Apply {
+        /// The spec file (YAML or JSON); `-` reads standard input.
+        #[arg(short, long)]
+        file: PathBuf,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Check a spec against erad without changing anything.
+    Validate {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// Show one deployment.
+    Get { name: String },
+    /// List deployments.
+    #[command(alias = "ls")]
+    List {
+        /// Include deleted deployments.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Follow transitions as they happen (all deployments, or one).
+    Watch { name: Option<String> },
+    /// Every transition of a deployment, oldest first.
+    History { name: String },
+    /// Go back to an earlier revision.
+    Rollback {
+        name: String,
+        /// The revision to return to (default: the one before the serving one).
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop a deployment; its volumes and identity stay.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Start a stopped deployment.
+    Start {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove a deployment and everything it made; its history stays.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// The runtime plugins erad has loaded.
+    Plugins,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("era: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("era: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let fmt = cli.output;
+    match cli.command {
+        Command::Apply { file, wait } => commands::apply::run(&cli.socket, &file, &wait, fmt).await,
+        Command::Validate { file } => commands::validate::run(&cli.socket, &file).await,
+        Command::Get { name } => commands::get::run(&cli.socket, &name, fmt).await,
+        Command::List { all } => commands::list::run(&cli.socket, all, fmt).await,
+        Command::Watch { name } => commands::watch::run(&cli.socket, name.as_deref(), fmt).await,
+        Command::History { name } => commands::history::run(&cli.socket, &name, fmt).await,
+        Command::Rollback { name, to, wait } => commands::action::rollback(&cli.socket, &name, to, &wait, fmt).await,
+        Command::Stop { name, wait } => {
+            commands::action::run(&cli.socket, commands::action::Action::Stop, &name, &wait, fmt).await
+        }
+        Command::Start { name, wait } => {
+            commands::action::run(&cli.socket, commands::action::Action::Start, &name, &wait, fmt).await
+        }
+        Command::Delete { name, wait } => {
+            commands::action::run(&cli.socket, commands::action::Action::Delete, &name, &wait, fmt).await
+        }
+        Command::Plugins => commands::plugins::run(&cli.socket, fmt).await,
+    }
+}

@@ -1,0 +1,60 @@
+//! `--wait`: follow a deployment until it settles, printing its transitions.
+
+use crate::client::{CliError, Client};
+use era_api::v1 as pb;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+
+const SETTLED: &[&str] = &["Running", "Stopped", "Deleted", "Failed", "RollbackFailed"];
+
+pub type Events = tonic::Streaming<pb::Event>;
+
+/// Opens the watch stream; call before the command so no transition is missed.
+pub async fn watch(client: &mut Client, name: &str) -> Result<Events, CliError> {
+    Ok(client.watch(pb::WatchRequest { name: name.to_string() }).await?.into_inner())
+}
+
+/// Prints transitions until the deployment is settled, then returns it.
+pub async fn settle(
+    client: &mut Client,
+    name: &str,
+    mut events: Events,
+    timeout: Duration,
+    quiet: bool,
+) -> Result<pb::Deployment, CliError> {
+    let follow = async {
+        let current = client.get(pb::NameRequest { name: name.to_string() }).await?.into_inner();
+        if SETTLED.contains(&current.state.as_str()) && !busy_soon(&current) {
+            return Ok::<_, CliError>(current);
+        }
+        while let Some(ev) = events.next().await {
+            let ev = ev?;
+            match ev.kind {
+                Some(pb::event::Kind::Transition(t)) => {
+                    if !quiet {
+                        eprintln!("{name}: {} -> {} (revision {}): {}", t.from_state, t.to_state, t.revision, t.cause);
+                    }
+                    if SETTLED.contains(&t.to_state.as_str()) {
+                        return Ok(client.get(pb::NameRequest { name: name.to_string() }).await?.into_inner());
+                    }
+                }
+                Some(pb::event::Kind::Progress(p)) if !quiet => {
+                    if p.total > 0 {
+                        eprintln!("{name}: fetching {}: {} / {} bytes", p.what, p.done, p.total);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Err(CliError::Unreachable("erad closed the watch stream".into()))
+    };
+    tokio::time::timeout(timeout, follow).await.map_err(|_| {
+        CliError::Failed(format!("{name} did not settle within {}", humantime::format_duration(timeout)))
+    })?
+}
+
+/// A settled state whose last transition was committed by the command we just
+/// sent would already have moved on; only Requested-like states linger.
+fn busy_soon(d: &pb::Deployment) -> bool {
+    d.desired_revision != d.revision && d.state == "Running"
+}

@@ -1,0 +1,226 @@
+//! Fetching artifacts into a content-addressed store.
+//!
+//! Every artifact is streamed into a temp file under the store while its
+//! sha256 is computed; only when the digest matches the one the spec pins is
+//! it renamed to `blobs/sha256/<hex>`. A failed fetch leaves nothing behind,
+//! and a blob in the store is always the content its name says.
+//!
+//! `file:` and `url:` are handled here; OCI sources (`image:`, `wasm:`,
+//! `blob:`) plug in behind [`ContentStore::fetch`] with the same guarantees.
+
+use crate::spec::ArtifactSource;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("artifact {reference}: digest mismatch: the spec pins {expected} but the content is {actual}")]
+    DigestMismatch { reference: String, expected: String, actual: String },
+    #[error("artifact {reference}: cannot read {path}: {source}")]
+    ReadFile { reference: String, path: PathBuf, source: std::io::Error },
+    #[error("artifact {reference}: download failed: {message}")]
+    Download { reference: String, message: String },
+    #[error("artifact {reference}: {kind} artifacts are not supported by this erad yet; use file: or url: with sha256")]
+    Unsupported { reference: String, kind: &'static str },
+    #[error("artifact {reference}: no sha256 is pinned in the spec")]
+    NotPinned { reference: String },
+    #[error("content store {path}: {source}")]
+    Store { path: PathBuf, source: std::io::Error },
+}
+
+/// Where the bytes went: `(done, total if known)`.
+pub type Progress<'a> = &'a (dyn Fn(u64, Option<u64>) + Send + Sync);
+
+/// The verified artifact in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub digest: String,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    root: PathBuf,
+    http: reqwest::Client,
+}
+
+impl ContentStore {
+    pub fn open(root: &Path) -> Result<ContentStore, FetchError> {
+        for dir in [root.join("blobs/sha256"), root.join("tmp")] {
+            std::fs::create_dir_all(&dir).map_err(|source| FetchError::Store { path: dir.clone(), source })?;
+        }
+        // Temp files of a fetch that a crash interrupted are garbage.
+        if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("erad/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Store { path: root.to_path_buf(), source: std::io::Error::other(e) })?;
+        Ok(ContentStore { root: root.to_path_buf(), http })
+    }
+
+    /// Where a blob with `digest` (`sha256:<hex>`) lives.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    }
+
+    pub fn contains(&self, digest: &str) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Fetches `source` and verifies it against `expected` (`sha256:<hex>`).
+    /// Relative file paths are resolved from `base_dir`.
+    pub async fn fetch(
+        &self,
+        source: &ArtifactSource,
+        expected: Option<&str>,
+        base_dir: &Path,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, FetchError> {
+        let reference = source.reference().to_string();
+        let expected = match source {
+            ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_) => {
+                return Err(FetchError::Unsupported { reference, kind: source.kind() });
+            }
+            _ => expected.ok_or_else(|| FetchError::NotPinned { reference: reference.clone() })?,
+        };
+        let path = self.blob_path(expected);
+        if let Ok(meta) = tokio::fs::metadata(&path).await {
+            // Verified when it was written; content addressing makes it reusable.
+            progress(meta.len(), Some(meta.len()));
+            return Ok(Fetched { digest: expected.to_string(), path, size: meta.len() });
+        }
+        let tmp =
+            self.root.join("tmp").join(format!("{}.{}", expected.trim_start_matches("sha256:"), std::process::id()));
+        let result = match source {
+            ArtifactSource::File(f) => {
+                let file_path = base_dir.join(f);
+                self.copy_file(&reference, &file_path, &tmp, progress).await
+            }
+            _ => self.download(&reference, &tmp, progress).await,
+        };
+        let (actual, size) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        if actual != expected {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(FetchError::DigestMismatch { reference, expected: expected.to_string(), actual });
+        }
+        tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
+        Ok(Fetched { digest: actual, path, size })
+    }
+
+    async fn copy_file(
+        &self,
+        reference: &str,
+        from: &Path,
+        tmp: &Path,
+        progress: Progress<'_>,
+    ) -> Result<(String, u64), FetchError> {
+        let read_err =
+            |source| FetchError::ReadFile { reference: reference.to_string(), path: from.to_path_buf(), source };
+        let mut input = tokio::fs::File::open(from).await.map_err(read_err)?;
+        let total = input.metadata().await.map_err(read_err)?.len();
+        let mut out = self.create_tmp(tmp).await?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut done = 0u64;
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut input, &mut buf).await.map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await.map_err(|source| FetchError::Store { path: tmp.to_path_buf(), source })?;
+            done += n as u64;
+            progress(done, Some(total));
+        }
+        self.finish_tmp(out, tmp).await?;
+        Ok((format!("sha256:{}", hex::encode(hasher.finalize())), done))
+    }
+
+    async fn download(&self, url: &str, tmp: &Path, progress: Progress<'_>) -> Result<(String, u64), FetchError> {
+        let dl_err = |message: String| FetchError::Download { reference: url.to_string(), message };
+        let resp = self.http.get(url).send().await.map_err(|e| dl_err(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(dl_err(format!("the server answered {}", resp.status())));
+        }
+        let total = resp.content_length();
+        let mut out = self.create_tmp(tmp).await?;
+        let mut hasher = Sha256::new();
+        let mut done = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| dl_err(e.without_url().to_string()))?;
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(|source| FetchError::Store { path: tmp.to_path_buf(), source })?;
+            done += chunk.len() as u64;
+            progress(done, total);
+        }
+        if let Some(total) = total
+            && total != done
+        {
+            return Err(dl_err(format!("the body ended after {done} of {total} bytes")));
+        }
+        self.finish_tmp(out, tmp).await?;
+        Ok((format!("sha256:{}", hex::encode(hasher.finalize())), done))
+    }
+
+    async fn create_tmp(&self, tmp: &Path) -> Result<tokio::fs::File, FetchError> {
+        tokio::fs::File::create(tmp).await.map_err(|source| FetchError::Store { path: tmp.to_path_buf(), source })
+    }
+
+    async fn finish_tmp(&self, mut out: tokio::fs::File, tmp: &Path) -> Result<(), FetchError> {
+        let err = |source| FetchError::Store { path: tmp.to_path_buf(), source };
+        out.flush().await.map_err(err)?;
+        out.sync_all().await.map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    #[tokio::test]
+    async fn a_file_with_the_pinned_digest_lands_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.bin"), b"hello era").unwrap();
+        let store = ContentStore::open(&dir.path().join("cas")).unwrap();
+        let want = sha(b"hello era");
+        let got =
+            store.fetch(&ArtifactSource::File("app.bin".into()), Some(&want), dir.path(), &|_, _| {}).await.unwrap();
+        assert_eq!(got.digest, want);
+        assert_eq!(std::fs::read(&got.path).unwrap(), b"hello era");
+        assert!(store.contains(&want));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_digest_names_both_digests_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.bin"), b"tampered").unwrap();
+        let store = ContentStore::open(&dir.path().join("cas")).unwrap();
+        let want = sha(b"original");
+        let err = store
+            .fetch(&ArtifactSource::File("app.bin".into()), Some(&want), dir.path(), &|_, _| {})
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&want) && msg.contains(&sha(b"tampered")), "{msg}");
+        assert_eq!(std::fs::read_dir(dir.path().join("cas/blobs/sha256")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("cas/tmp")).unwrap().count(), 0);
+    }
+}

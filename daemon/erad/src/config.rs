@@ -1,0 +1,260 @@
+//! The daemon config: `/etc/era/erad.toml`, versioned, every key documented in
+//! `examples/erad.toml`. Flags and `ERAD_*` environment variables override it.
+
+use crate::plugin::Deadlines;
+use crate::spec::HumanDuration;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The config format this erad reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// The dev-mode config, embedded so `erad --dev DIR` needs no file.
+/// `{dir}` and `{plugins}` are filled in at start.
+pub const DEV_CONFIG: &str = include_str!("../../../examples/erad-dev.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {source_name}: {message}")]
+    Parse { source_name: String, message: String },
+    #[error("config {source_name}: {key}: {message}")]
+    Invalid { source_name: String, key: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A capability the operator grants a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    /// `era:plugin/log`.
+    Log,
+    /// `era:plugin/process`, limited to `allow_programs`.
+    Process,
+    /// `wasi:sockets`.
+    Network,
+}
+
+impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::Log => "log",
+            Grant::Process => "process",
+            Grant::Network => "network",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: u32,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    plugins: BTreeMap<String, RawPlugin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    health_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_limit_mib: Option<u64>,
+    #[serde(default)]
+    deadlines: RawDeadlines,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeadlines {
+    info: Option<HumanDuration>,
+    validate: Option<HumanDuration>,
+    install: Option<HumanDuration>,
+    start: Option<HumanDuration>,
+    status: Option<HumanDuration>,
+    stop: Option<HumanDuration>,
+    delete: Option<HumanDuration>,
+}
+
+impl RawDeadlines {
+    fn over(&self, base: Deadlines) -> Deadlines {
+        let pick = |v: Option<HumanDuration>, d: Duration| v.map(|h| h.0).unwrap_or(d);
+        Deadlines {
+            info: pick(self.info, base.info),
+            validate: pick(self.validate, base.validate),
+            install: pick(self.install, base.install),
+            start: pick(self.start, base.start),
+            status: pick(self.status, base.status),
+            stop: pick(self.stop, base.stop),
+            delete: pick(self.delete, base.delete),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: PathBuf,
+    #[serde(default)]
+    grants: Vec<Grant>,
+    #[serde(default)]
+    allow_programs: Vec<String>,
+    memory_limit_mib: Option<u64>,
+    #[serde(default)]
+    deadlines: RawDeadlines,
+}
+
+/// One plugin as the operator configured it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    pub path: PathBuf,
+    pub grants: Vec<Grant>,
+    pub allow_programs: Vec<String>,
+    pub memory_limit_mib: u64,
+    pub deadlines: Deadlines,
+}
+
+/// The daemon's effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// How often a Running deployment's status is checked.
+    pub health_interval: Duration,
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// Default memory cap of a plugin instance.
+pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
+
+impl DaemonConfig {
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        DaemonConfig::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// The embedded dev config with data and socket under `dir` and plugins from `plugin_dir`.
+    pub fn dev(dir: &Path, plugin_dir: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = DEV_CONFIG
+            .replace("{dir}", &dir.display().to_string())
+            .replace("{plugins}", &plugin_dir.display().to_string());
+        DaemonConfig::parse(&text, "embedded dev config", dir)
+    }
+
+    /// Parses a config; relative paths in it are taken from `base`.
+    pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<DaemonConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { source_name: source_name.into(), message: e.to_string() })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            source_name: source_name.into(),
+            key: key.into(),
+            message,
+        };
+        if raw.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!("this erad reads config version {CONFIG_VERSION}, not {}", raw.version),
+            ));
+        }
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let memory = raw.limits.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB);
+        let deadlines = raw.limits.deadlines.over(Deadlines::default());
+        let mut plugins = BTreeMap::new();
+        for (name, p) in raw.plugins {
+            if p.grants.contains(&Grant::Process) && p.allow_programs.is_empty() {
+                return Err(invalid(
+                    &format!("plugins.{name}.allow_programs"),
+                    "the process grant needs a list of allowed programs".into(),
+                ));
+            }
+            if !p.grants.contains(&Grant::Process) && !p.allow_programs.is_empty() {
+                return Err(invalid(
+                    &format!("plugins.{name}.allow_programs"),
+                    "programs are allowed but the process grant is missing".into(),
+                ));
+            }
+            let mib = p.memory_limit_mib.unwrap_or(memory);
+            if mib == 0 {
+                return Err(invalid(&format!("plugins.{name}.memory_limit_mib"), "must be at least 1".into()));
+            }
+            plugins.insert(
+                name,
+                PluginConfig {
+                    path: abs(p.path),
+                    grants: p.grants,
+                    allow_programs: p.allow_programs,
+                    memory_limit_mib: mib,
+                    deadlines: p.deadlines.over(deadlines),
+                },
+            );
+        }
+        let d = raw.daemon;
+        Ok(DaemonConfig {
+            data_dir: abs(d.data_dir.unwrap_or_else(|| "/var/lib/era".into())),
+            socket: abs(d.socket.unwrap_or_else(|| "/run/era/erad.sock".into())),
+            log_format: d.log_format.unwrap_or(LogFormat::Text),
+            log_level: d.log_level.unwrap_or_else(|| "info".into()),
+            health_interval: d.health_interval.map(|h| h.0).unwrap_or(Duration::from_secs(5)),
+            plugins,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../examples/erad.toml");
+        let c = DaemonConfig::parse(text, "examples/erad.toml", Path::new("/etc/era")).unwrap();
+        assert_eq!(c.data_dir, Path::new("/var/lib/era"));
+        assert!(c.plugins.contains_key("noop"));
+    }
+
+    #[test]
+    fn the_dev_config_uses_the_given_dirs() {
+        let c = DaemonConfig::dev(Path::new("/tmp/x"), Path::new("/opt/p")).unwrap();
+        assert_eq!(c.socket, Path::new("/tmp/x/erad.sock"));
+        assert_eq!(c.plugins["noop"].path, Path::new("/opt/p/noop.wasm"));
+        assert_eq!(c.plugins["noop"].memory_limit_mib, DEFAULT_MEMORY_LIMIT_MIB);
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let err = DaemonConfig::parse("version = 2", "t", Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("version"), "{err}");
+        let err = DaemonConfig::parse(
+            "version = 1\n[plugins.c]\npath = \"c.wasm\"\ngrants = [\"process\"]",
+            "t",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("plugins.c.allow_programs"), "{err}");
+        let err = DaemonConfig::parse("version = 1\n[daemon]\nsockett = \"x\"", "t", Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("sockett"), "{err}");
+    }
+}

@@ -1,0 +1,201 @@
+//! The ERA lifecycle: the pure state machine ([`machine`]) and the
+//! supervisors that drive it ([`supervisor`]), one task per deployment.
+//!
+//! [`Lifecycle`] is the front door the API uses: it routes an operator's
+//! command to the deployment's supervisor and answers once the command's
+//! first transition is committed (or refused). Progress after that is seen on
+//! the event stream ([`Lifecycle::subscribe`]) or in the store.
+
+pub mod machine;
+mod supervisor;
+
+use crate::artifact::ContentStore;
+use crate::plugin::{CallContext, PluginRegistry, Workload};
+use crate::prepare::Layout;
+use crate::spec::DeploymentSpec;
+use crate::store::{JournalEntry, Store, StoreError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use machine::{Event, State, TransitionError};
+
+/// What the watch stream carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    Transition(JournalEntry),
+    Progress { deployment: String, revision: u64, what: String, done: u64, total: u64 },
+}
+
+impl WatchEvent {
+    pub fn deployment(&self) -> &str {
+        match self {
+            WatchEvent::Transition(e) => &e.deployment,
+            WatchEvent::Progress { deployment, .. } => deployment,
+        }
+    }
+}
+
+/// Why an operator's command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("deployment {0:?} not found")]
+    NotFound(String),
+    #[error("deployment {name} is {state}; {action} is possible once it settles (see `era watch {name}`)")]
+    Busy { name: String, state: State, action: &'static str },
+    #[error("deployment {name}: {action} is not possible while it is {state}")]
+    NotPossible { name: String, state: State, action: &'static str },
+    #[error("deployment {name}: {message}")]
+    Invalid { name: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("erad is shutting down")]
+    ShuttingDown,
+}
+
+/// The outcome of an accepted apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub name: String,
+    pub revision: u64,
+    pub changed: bool,
+}
+
+pub(crate) enum Command {
+    Apply { spec: Box<DeploymentSpec>, source_dir: PathBuf, reply: oneshot::Sender<Result<Applied, CommandError>> },
+    Stop { reply: oneshot::Sender<Result<State, CommandError>> },
+    Start { reply: oneshot::Sender<Result<State, CommandError>> },
+    Delete { reply: oneshot::Sender<Result<State, CommandError>> },
+    Rollback { to: Option<u64>, reply: oneshot::Sender<Result<State, CommandError>> },
+}
+
+/// Everything the supervisors share.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub content: ContentStore,
+    pub plugins: Arc<PluginRegistry>,
+    pub layout: Layout,
+    pub events: broadcast::Sender<WatchEvent>,
+    pub health_interval: Duration,
+    pub http: reqwest::Client,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The set of deployment supervisors.
+#[derive(Clone)]
+pub struct Lifecycle {
+    shared: Arc<Shared>,
+    supervisors: Arc<Mutex<HashMap<String, mpsc::Sender<Command>>>>,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(shared: Shared) -> Lifecycle {
+        Lifecycle { shared: Arc::new(shared), supervisors: Arc::default() }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn plugins(&self) -> &PluginRegistry {
+        &self.shared.plugins
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Starts a supervisor for every deployment in the store. Each one resumes
+    /// from its last committed state; Running workloads are adopted.
+    pub fn recover(&self) -> Result<usize, StoreError> {
+        let all = self.shared.store.deployments()?;
+        for d in &all {
+            self.supervisor(&d.name);
+        }
+        Ok(all.len())
+    }
+
+    fn supervisor(&self, name: &str) -> mpsc::Sender<Command> {
+        let mut map = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(name)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(supervisor::run(self.shared.clone(), name.to_string(), rx));
+        map.insert(name.to_string(), tx.clone());
+        tx
+    }
+
+    async fn send<T>(
+        &self,
+        name: &str,
+        make: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Command,
+    ) -> Result<T, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.supervisor(name).send(make(reply)).await.map_err(|_| CommandError::ShuttingDown)?;
+        answer.await.map_err(|_| CommandError::ShuttingDown)?
+    }
+
+    fn exists(&self, name: &str) -> Result<(), CommandError> {
+        match self.shared.store.deployment(name) {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound(_)) => Err(CommandError::NotFound(name.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates the deployment or rolls out a new revision of it.
+    pub async fn apply(&self, spec: DeploymentSpec, source_dir: PathBuf) -> Result<Applied, CommandError> {
+        let name = spec.name().to_string();
+        self.shared.store.ensure_deployment(&name)?;
+        self.send(&name, |reply| Command::Apply { spec: Box::new(spec), source_dir, reply }).await
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<State, CommandError> {
+        self.exists(name)?;
+        self.send(name, |reply| Command::Stop { reply }).await
+    }
+
+    pub async fn start(&self, name: &str) -> Result<State, CommandError> {
+        self.exists(name)?;
+        self.send(name, |reply| Command::Start { reply }).await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<State, CommandError> {
+        self.exists(name)?;
+        self.send(name, |reply| Command::Delete { reply }).await
+    }
+
+    pub async fn rollback(&self, name: &str, to: Option<u64>) -> Result<State, CommandError> {
+        self.exists(name)?;
+        self.send(name, |reply| Command::Rollback { to, reply }).await
+    }
+
+    /// Checks a spec as Validating would, without changing anything: the
+    /// runtime is loaded, its ports are free, and the plugin accepts it.
+    pub async fn validate(&self, spec: &DeploymentSpec, source_dir: &std::path::Path) -> Result<(), CommandError> {
+        let invalid = |message: String| CommandError::Invalid { name: spec.name().to_string(), message };
+        let plugin = supervisor::plugin_for(&self.shared, &spec.spec.runtime).map_err(invalid)?;
+        for p in &spec.spec.ports {
+            let claims = self.shared.store.port_owner(p.port, &p.protocol)?;
+            if let Some(owner) = claims
+                && owner != spec.name()
+            {
+                return Err(invalid(format!(
+                    "port {}/{} is already claimed by deployment {owner:?}",
+                    p.port, p.protocol
+                )));
+            }
+        }
+        let scratch = supervisor::Scratch::new(&self.shared.layout).map_err(|e| invalid(e.to_string()))?;
+        let workload: Workload = supervisor::workload_of(&self.shared.layout, spec, 0, None, &scratch.path, source_dir);
+        plugin
+            .validate(&CallContext { deployment: spec.name(), work_dir: &scratch.path }, &workload)
+            .await
+            .map_err(|e| invalid(e.to_string()))
+    }
+}

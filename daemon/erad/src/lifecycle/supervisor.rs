@@ -1,0 +1,878 @@
+//! One supervisor task per deployment: it does the work of the state the
+//! deployment is in, commits the next transition, and repeats until the
+//! deployment settles; then it waits for commands and, while Running, watches
+//! the workload.
+//!
+//! The rule that makes crash recovery work: a transition is committed
+//! *before* the side effect it leads to, and every side effect is idempotent.
+//! A supervisor started on a deployment in any state (after `kill -9`) simply
+//! does that state's work again.
+
+use super::machine::{Event, State, transition};
+use super::{Applied, Command, CommandError, Shared, WatchEvent};
+use crate::health;
+use crate::plugin::{
+    Artifact, ArtifactKind, CallContext, CallError, Failure, Health, LoadedPlugin, Port, Volume, Workload,
+};
+use crate::prepare::Layout;
+use crate::spec::{ArtifactSource, DeploymentSpec, RestartPolicy};
+use crate::store::{Changes, DeploymentRecord, Operation, RevisionRecord, Store, StoreError, now_rfc3339};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Transient plugin errors (`unavailable`) are retried this often, with
+/// doubling backoff from [`RETRY_BACKOFF`], before the step fails.
+const RETRIES: u32 = 3;
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a supervisor waits before retrying a step whose commit failed
+/// (the disk is full, the database is locked...).
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Restart backoff after a crash: doubles per restart, capped.
+const RESTART_BACKOFF: Duration = Duration::from_millis(250);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Progress events are sent at most this often per fetch.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+/// A step's work failed; the message becomes the journal's cause.
+type Work<T> = Result<T, String>;
+
+pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::Receiver<Command>) {
+    let sup = Supervisor { shared: shared.clone(), name };
+    let mut shutdown = shared.shutdown.clone();
+    sup.on_start().await;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let rec = match sup.db(|s, n| s.deployment(n)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(deployment = sup.name, "cannot read deployment: {e}");
+                tokio::time::sleep(STORE_RETRY).await;
+                continue;
+            }
+        };
+        if needs_work(rec.state) {
+            let step = sup.step(&rec);
+            tokio::pin!(step);
+            loop {
+                tokio::select! {
+                    done = &mut step => {
+                        if let Err(e) = done {
+                            tracing::error!(deployment = sup.name, state = %rec.state, "step could not be committed, retrying: {e}");
+                            tokio::time::sleep(STORE_RETRY).await;
+                        }
+                        break;
+                    }
+                    Some(cmd) = commands.recv() => refuse_busy(cmd, &rec),
+                    _ = shutdown.changed() => return,
+                }
+            }
+            continue;
+        }
+        let monitor = async {
+            if rec.state == State::Running {
+                tokio::time::sleep(shared.health_interval).await;
+                true
+            } else {
+                std::future::pending::<bool>().await
+            }
+        };
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => sup.handle(cmd, &rec).await,
+                None => return,
+            },
+            _ = monitor => {
+                if let Err(e) = sup.monitor(&rec).await {
+                    tracing::error!(deployment = sup.name, "health monitor: {e}");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn needs_work(state: State) -> bool {
+    !state.is_settled() && state != State::Requested
+}
+
+fn refuse_busy(cmd: Command, rec: &DeploymentRecord) {
+    let busy = |action| CommandError::Busy { name: rec.name.clone(), state: rec.state, action };
+    // A dropped reply only means the caller went away.
+    match cmd {
+        Command::Apply { reply, .. } => drop(reply.send(Err(busy("apply")))),
+        Command::Stop { reply } => drop(reply.send(Err(busy("stop")))),
+        Command::Start { reply } => drop(reply.send(Err(busy("start")))),
+        Command::Delete { reply } => drop(reply.send(Err(busy("delete")))),
+        Command::Rollback { reply, .. } => drop(reply.send(Err(busy("rollback")))),
+    }
+}
+
+/// A throwaway empty dir for plugin calls that have no work dir yet.
+pub(crate) struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(layout: &Layout) -> std::io::Result<Scratch> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = layout.scratch().join(format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&path)?;
+        Ok(Scratch { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub(crate) fn plugin_for(shared: &Shared, runtime: &str) -> Result<Arc<LoadedPlugin>, String> {
+    shared.plugins.get(runtime).ok_or_else(|| {
+        let names = shared.plugins.names();
+        let loaded = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        format!("runtime {runtime:?} is not loaded in this erad (loaded: {loaded})")
+    })
+}
+
+/// The workload record a plugin sees for one revision.
+pub(crate) fn workload_of(
+    layout: &Layout,
+    spec: &DeploymentSpec,
+    revision: u64,
+    artifact: Option<(&str, &str)>,
+    work_dir: &Path,
+    source_dir: &Path,
+) -> Workload {
+    let source = spec.artifact_source();
+    let kind = match source {
+        ArtifactSource::File(_) => ArtifactKind::File,
+        ArtifactSource::Url(_) => ArtifactKind::Url,
+        ArtifactSource::Image(_) => ArtifactKind::Image,
+        ArtifactSource::Wasm(_) => ArtifactKind::Wasm,
+        ArtifactSource::Blob(_) => ArtifactKind::Blob,
+    };
+    let reference = match &source {
+        ArtifactSource::File(f) => source_dir.join(f).display().to_string(),
+        other => other.reference().to_string(),
+    };
+    let (digest, local_path) = artifact.map(|(d, p)| (d.to_string(), p.to_string())).unwrap_or_default();
+    let s = &spec.spec;
+    Workload {
+        deployment: spec.name().to_string(),
+        revision,
+        artifact: Artifact { kind, reference, digest, local_path, image_config: None },
+        env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ports: s
+            .ports
+            .iter()
+            .map(|p| Port { name: p.name.clone(), port: p.port, protocol: p.protocol.clone() })
+            .collect(),
+        volumes: s
+            .volumes
+            .iter()
+            .map(|v| Volume {
+                name: v.name.clone(),
+                host_path: layout.volume_dir(spec.name(), &v.name).display().to_string(),
+                mount_path: v.mount_path.clone(),
+                read_only: v.read_only,
+            })
+            .collect(),
+        config: s.config.to_string(),
+        work_dir: work_dir.display().to_string(),
+        stop_grace_seconds: s.stop_grace_period.0.as_secs().min(u32::MAX as u64) as u32,
+    }
+}
+
+fn ports_of(spec: &DeploymentSpec) -> Vec<(u16, String)> {
+    spec.spec.ports.iter().map(|p| (p.port, p.protocol.clone())).collect()
+}
+
+async fn retry<T, F, Fut>(mut call: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let mut backoff = RETRY_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && attempt < RETRIES => {
+                tracing::warn!(attempt, "{e}; retrying in {}", humantime::format_duration(backoff));
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl Supervisor {
+    /// Runs a store call on the blocking pool (SQLite waits for fsync).
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (store, name) = (self.shared.store.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || f(&store, &name))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("store task failed: {e}"))))
+    }
+
+    async fn commit(
+        &self,
+        event: Event,
+        revision: u64,
+        cause: String,
+        changes: Changes,
+    ) -> Result<DeploymentRecord, StoreError> {
+        let (rec, entry) = self.db(move |s, n| s.commit_transition(n, event, revision, &cause, &changes)).await?;
+        tracing::info!(deployment = self.name, revision, from = %entry.from, to = %entry.to, "{}", entry.cause);
+        let _ = self.shared.events.send(WatchEvent::Transition(entry));
+        Ok(rec)
+    }
+
+    async fn revision(&self, revision: u64) -> Work<RevisionRecord> {
+        self.db(move |s, n| s.revision(n, revision))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("revision {revision} is not in the store"))
+    }
+
+    fn workload(&self, rev: &RevisionRecord) -> Workload {
+        workload_of(
+            &self.shared.layout,
+            &rev.spec,
+            rev.revision,
+            rev.artifact_digest.as_deref().zip(rev.artifact_path.as_deref()),
+            Path::new(&rev.work_dir),
+            Path::new(&rev.source_dir),
+        )
+    }
+
+    /// Once, when the supervisor starts (also after a crash): finish a failed
+    /// install's cleanup, and adopt a Running workload.
+    async fn on_start(&self) {
+        let Ok(rec) = self.db(|s, n| s.deployment(n)).await else { return };
+        match rec.state {
+            State::Failed if rec.operation == Operation::Install => self.clean_up_failed_install(&rec).await,
+            State::Running => match self.revision(rec.current_revision).await {
+                Ok(rev) => match self.status(&rev).await {
+                    Ok(st) if st.running => {
+                        tracing::info!(deployment = self.name, revision = rev.revision, "adopted the running workload")
+                    }
+                    Ok(st) => tracing::warn!(
+                        deployment = self.name,
+                        revision = rev.revision,
+                        "workload is not running: {}",
+                        st.message
+                    ),
+                    Err(e) => tracing::warn!(deployment = self.name, revision = rev.revision, "cannot adopt: {e}"),
+                },
+                Err(e) => tracing::error!(deployment = self.name, "{e}"),
+            },
+            _ => {}
+        }
+    }
+
+    // ---- operator commands, in settled states -------------------------------
+
+    async fn handle(&self, cmd: Command, rec: &DeploymentRecord) {
+        match cmd {
+            Command::Apply { spec, source_dir, reply } => {
+                let _ = reply.send(self.apply(*spec, source_dir, rec).await);
+            }
+            Command::Stop { reply } => {
+                let r = match rec.state {
+                    State::Stopped => Ok(State::Stopped),
+                    State::Running => {
+                        self.command(
+                            Event::Stop,
+                            rec.current_revision,
+                            "stop requested",
+                            Changes { operation: Some(Operation::Stop), ..Default::default() },
+                        )
+                        .await
+                    }
+                    state => Err(CommandError::NotPossible { name: self.name.clone(), state, action: "stop" }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Start { reply } => {
+                let r = match rec.state {
+                    State::Running => Ok(State::Running),
+                    State::Stopped => {
+                        let changes = Changes {
+                            operation: Some(Operation::Start),
+                            desired_revision: Some(rec.current_revision),
+                            restarts: Some(0),
+                            ..Default::default()
+                        };
+                        self.command(Event::Start, rec.current_revision, "start requested", changes).await
+                    }
+                    state => Err(CommandError::NotPossible { name: self.name.clone(), state, action: "start" }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Delete { reply } => {
+                let r = match rec.state {
+                    State::Deleted => Ok(State::Deleted),
+                    State::Running | State::Stopped | State::Failed | State::RollbackFailed => {
+                        self.command(
+                            Event::Delete,
+                            rec.current_revision,
+                            "delete requested",
+                            Changes { operation: Some(Operation::Delete), ..Default::default() },
+                        )
+                        .await
+                    }
+                    state => Err(CommandError::NotPossible { name: self.name.clone(), state, action: "delete" }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Rollback { to, reply } => {
+                let _ = reply.send(self.rollback(to, rec).await);
+            }
+        }
+    }
+
+    async fn command(&self, event: Event, revision: u64, cause: &str, changes: Changes) -> Result<State, CommandError> {
+        Ok(self.commit(event, revision, cause.to_string(), changes).await?.state)
+    }
+
+    async fn apply(
+        &self,
+        spec: DeploymentSpec,
+        source_dir: PathBuf,
+        rec: &DeploymentRecord,
+    ) -> Result<Applied, CommandError> {
+        let hash = spec.hash();
+        if matches!(rec.state, State::Running | State::Stopped)
+            && rec.current_revision == rec.desired_revision
+            && let Ok(current) = self.revision(rec.current_revision).await
+            && current.spec_hash == hash
+        {
+            return Ok(Applied { name: self.name.clone(), revision: rec.current_revision, changed: false });
+        }
+        if transition(rec.state, Event::Apply).is_err() {
+            return Err(CommandError::NotPossible { name: self.name.clone(), state: rec.state, action: "apply" });
+        }
+        let update = matches!(rec.state, State::Running | State::Stopped);
+        let revision = self.db(|s, n| s.next_revision(n)).await?;
+        let record = RevisionRecord {
+            deployment: self.name.clone(),
+            revision,
+            runtime: spec.spec.runtime.clone(),
+            spec_hash: hash.clone(),
+            spec,
+            source_dir: source_dir.display().to_string(),
+            artifact_digest: None,
+            artifact_path: None,
+            work_dir: self.shared.layout.work_dir(&self.name, revision).display().to_string(),
+            handle: None,
+            installed: false,
+            activations: 0,
+            created_at: now_rfc3339(),
+        };
+        self.db(move |s, _| s.insert_revision(&record)).await?;
+        let changes = Changes {
+            desired_revision: Some(revision),
+            previous_revision: Some(if update { rec.current_revision } else { 0 }),
+            operation: Some(if update { Operation::Update } else { Operation::Install }),
+            restarts: Some(0),
+            ..Default::default()
+        };
+        let short = hash.trim_start_matches("sha256:").get(..12).unwrap_or("");
+        self.commit(Event::Apply, revision, format!("applied revision {revision} (spec {short})"), changes).await?;
+        Ok(Applied { name: self.name.clone(), revision, changed: true })
+    }
+
+    async fn rollback(&self, to: Option<u64>, rec: &DeploymentRecord) -> Result<State, CommandError> {
+        let not_possible = |state| CommandError::NotPossible { name: self.name.clone(), state, action: "rollback" };
+        if transition(rec.state, Event::Rollback).is_err() {
+            return Err(not_possible(rec.state));
+        }
+        let revisions = self.db(|s, n| s.revisions(n)).await?;
+        let target = match to {
+            Some(t) => t,
+            None if rec.previous_revision != 0 => rec.previous_revision,
+            None => revisions.iter().map(|r| r.revision).filter(|r| *r < rec.current_revision).max().unwrap_or(0),
+        };
+        let invalid = |message: String| CommandError::Invalid { name: self.name.clone(), message };
+        if target == 0 {
+            return Err(invalid("there is no earlier revision to roll back to".into()));
+        }
+        if !revisions.iter().any(|r| r.revision == target) {
+            let known: Vec<String> = revisions.iter().map(|r| r.revision.to_string()).collect();
+            return Err(invalid(format!("revision {target} does not exist (revisions: {})", known.join(", "))));
+        }
+        if target == rec.current_revision && rec.state == State::Running {
+            return Err(invalid(format!("revision {target} is already the one running")));
+        }
+        let changes = Changes {
+            desired_revision: Some(target),
+            previous_revision: Some(rec.current_revision),
+            operation: Some(Operation::Rollback),
+            ..Default::default()
+        };
+        self.command(Event::Rollback, target, &format!("rollback to revision {target} requested"), changes).await
+    }
+
+    // ---- the work of each state ----------------------------------------------
+
+    async fn step(&self, rec: &DeploymentRecord) -> Result<(), StoreError> {
+        let desired = rec.desired_revision;
+        let none = Changes::default;
+        let outcome: Work<(Event, String, Changes)> = match rec.state {
+            State::Validating => {
+                self.validate(desired).await.map(|_| (Event::Validated, format!("revision {desired} is valid"), none()))
+            }
+            State::Fetching => {
+                self.fetch(desired).await.map(|d| (Event::Fetched, format!("fetched and verified {d}"), none()))
+            }
+            State::Preparing => self
+                .prepare(desired)
+                .await
+                .map(|_| (Event::Prepared, "work dir, volumes and ports ready".into(), none())),
+            State::Installing => {
+                self.install(desired).await.map(|_| (Event::Installed, format!("revision {desired} installed"), none()))
+            }
+            State::Activating => {
+                self.activate(desired).await.map(|_| (Event::Activated, format!("revision {desired} started"), none()))
+            }
+            State::HealthChecking => self.health_check(desired).await.map(|outputs| {
+                let changes = Changes { current_revision: Some(desired), health: Some("healthy".into()), ..none() };
+                let _ = outputs;
+                (Event::Healthy, format!("revision {desired} is healthy"), changes)
+            }),
+            State::Updating => self.stage_update(rec).await.map(|msg| (Event::Staged, msg, none())),
+            State::RollingBack => self
+                .roll_back(desired)
+                .await
+                .map(|_| (Event::RolledBack, format!("revision {desired} is active again"), none())),
+            State::Stopping => self.stop_all().await.map(|_| {
+                if rec.operation == Operation::Delete {
+                    (Event::HaltedForRemoval, "stopped, removing".into(), none())
+                } else {
+                    (Event::Halted, "stopped".into(), Changes { health: Some("unknown".into()), ..none() })
+                }
+            }),
+            State::Uninstalling => self.uninstall().await.map(|_| {
+                (
+                    Event::Removed,
+                    "everything of the deployment is removed; its history stays".into(),
+                    Changes { current_revision: Some(0), health: Some("unknown".into()), ..none() },
+                )
+            }),
+            settled => return Err(StoreError::Corrupt(format!("no work for settled state {settled}"))),
+        };
+        match outcome {
+            Ok((event, cause, changes)) => {
+                let after = self.commit(event, desired, cause, changes).await?;
+                if after.state == State::Running && matches!(after.operation, Operation::Update | Operation::Rollback) {
+                    self.retire_other_revisions(after.current_revision).await;
+                }
+                Ok(())
+            }
+            Err(message) => self.fail(rec, message).await,
+        }
+    }
+
+    /// Picks the failure event the operation calls for and commits it.
+    async fn fail(&self, rec: &DeploymentRecord, message: String) -> Result<(), StoreError> {
+        tracing::warn!(deployment = self.name, revision = rec.desired_revision, state = %rec.state, "{message}");
+        let auto_rollback = match self.revision(rec.desired_revision).await {
+            Ok(r) => r.spec.spec.update.auto_rollback,
+            Err(_) => true,
+        };
+        let state = rec.state;
+        if rec.operation == Operation::Update
+            && auto_rollback
+            && rec.previous_revision != 0
+            && transition(state, Event::FailUpdate).is_ok()
+        {
+            let to = rec.previous_revision;
+            let cause =
+                format!("update to revision {} failed: {message}; rolling back to revision {to}", rec.desired_revision);
+            let changes = Changes {
+                desired_revision: Some(to),
+                previous_revision: Some(rec.desired_revision),
+                operation: Some(Operation::Rollback),
+                ..Default::default()
+            };
+            self.commit(Event::FailUpdate, to, cause, changes).await?;
+        } else if rec.operation == Operation::Rollback && transition(state, Event::FailRollback).is_ok() {
+            let cause = format!("rollback to revision {} failed: {message}", rec.desired_revision);
+            self.commit(
+                Event::FailRollback,
+                rec.desired_revision,
+                cause,
+                Changes { health: Some("unhealthy".into()), ..Default::default() },
+            )
+            .await?;
+        } else {
+            let after = self
+                .commit(
+                    Event::Fail,
+                    rec.desired_revision,
+                    message,
+                    Changes { health: Some("unhealthy".into()), ..Default::default() },
+                )
+                .await?;
+            if after.operation == Operation::Install {
+                self.clean_up_failed_install(&after).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A first install that failed removes what it made. Idempotent; run
+    /// again after a crash.
+    async fn clean_up_failed_install(&self, rec: &DeploymentRecord) {
+        let Ok(revisions) = self.db(|s, n| s.revisions(n)).await else { return };
+        for rev in revisions.iter().filter(|r| r.installed) {
+            self.remove_runtime_object(rev).await;
+        }
+        for rev in &revisions {
+            if let Err(e) = self.shared.layout.remove_revision(&self.name, rev.revision) {
+                tracing::warn!(deployment = self.name, "{e}");
+            }
+        }
+        if rec.current_revision == 0 {
+            if let Err(e) = self.shared.layout.remove_deployment(&self.name) {
+                tracing::warn!(deployment = self.name, "{e}");
+            }
+            let _ = self.db(|s, n| s.release_ports(n, &[])).await;
+        }
+    }
+
+    async fn validate(&self, revision: u64) -> Work<()> {
+        let rev = self.revision(revision).await?;
+        let plugin = plugin_for(&self.shared, &rev.runtime)?;
+        let ports = ports_of(&rev.spec);
+        self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(|e| e.to_string())?;
+        let scratch = Scratch::new(&self.shared.layout).map_err(|e| format!("scratch dir: {e}"))?;
+        let workload =
+            workload_of(&self.shared.layout, &rev.spec, revision, None, &scratch.path, Path::new(&rev.source_dir));
+        let ctx = CallContext { deployment: &self.name, work_dir: &scratch.path };
+        retry(|| plugin.validate(&ctx, &workload)).await.map_err(|e| e.to_string())
+    }
+
+    async fn fetch(&self, revision: u64) -> Work<String> {
+        let rev = self.revision(revision).await?;
+        let source = rev.spec.artifact_source();
+        let events = self.shared.events.clone();
+        let (name, what) = (self.name.clone(), source.reference().to_string());
+        let last = AtomicU64::new(0);
+        let progress = move |done: u64, total: Option<u64>| {
+            let total = total.unwrap_or(0);
+            let prev = last.load(Ordering::Relaxed);
+            if done == total || done >= prev + PROGRESS_STEP || prev == 0 {
+                last.store(done.max(1), Ordering::Relaxed);
+                let _ = events.send(WatchEvent::Progress {
+                    deployment: name.clone(),
+                    revision,
+                    what: what.clone(),
+                    done,
+                    total,
+                });
+            }
+        };
+        let fetched = self
+            .shared
+            .content
+            .fetch(&source, rev.spec.pinned_digest().as_deref(), Path::new(&rev.source_dir), &progress)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (digest, path) = (fetched.digest.clone(), fetched.path.display().to_string());
+        self.db(move |s, n| s.set_artifact(n, revision, &digest, &path)).await.map_err(|e| e.to_string())?;
+        Ok(fetched.digest)
+    }
+
+    async fn prepare(&self, revision: u64) -> Work<()> {
+        let rev = self.revision(revision).await?;
+        let volumes: Vec<String> = rev.spec.spec.volumes.iter().map(|v| v.name.clone()).collect();
+        self.shared.layout.prepare(&self.name, revision, &volumes).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn install(&self, revision: u64) -> Work<()> {
+        let rev = self.revision(revision).await?;
+        let plugin = plugin_for(&self.shared, &rev.runtime)?;
+        let workload = self.workload(&rev);
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        let handle = retry(|| plugin.install(&ctx, &workload)).await.map_err(|e| e.to_string())?;
+        self.db(move |s, n| s.set_installed(n, revision, Some(&handle), true)).await.map_err(|e| e.to_string())
+    }
+
+    async fn activate(&self, revision: u64) -> Work<()> {
+        let rev = self.revision(revision).await?;
+        let plugin = plugin_for(&self.shared, &rev.runtime)?;
+        let handle =
+            rev.handle.clone().ok_or_else(|| format!("revision {revision} has no handle: it was never installed"))?;
+        self.db(move |s, n| s.count_activation(n, revision)).await.map_err(|e| e.to_string())?;
+        let workload = self.workload(&rev);
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        let handle = retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(|e| e.to_string())?;
+        self.db(move |s, n| s.set_installed(n, revision, Some(&handle), true)).await.map_err(|e| e.to_string())
+    }
+
+    async fn status(&self, rev: &RevisionRecord) -> Result<crate::plugin::WorkloadStatus, String> {
+        let plugin = plugin_for(&self.shared, &rev.runtime)?;
+        let handle = rev.handle.clone().unwrap_or_default();
+        let workload = self.workload(rev);
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        plugin.status(&ctx, &workload, &handle).await.map_err(|e| e.to_string())
+    }
+
+    /// Waits until the revision is healthy, by the plugin's `status` and the
+    /// spec's probe, within the update deadline.
+    async fn health_check(&self, revision: u64) -> Work<BTreeMap<String, String>> {
+        let rev = self.revision(revision).await?;
+        let spec = &rev.spec.spec;
+        let deadline = Instant::now() + spec.update.deadline.0;
+        let (interval, retries, start_period) = match &spec.health {
+            Some(h) => (h.interval.0, h.retries, h.start_period.0),
+            None => (health::DEFAULT_POLL, 3, Duration::ZERO),
+        };
+        let started = Instant::now();
+        let mut failures = 0;
+        loop {
+            let verdict: Result<bool, String> = match self.status(&rev).await {
+                Err(e) => Err(e),
+                Ok(st) if !st.running => {
+                    return Err(format!("revision {revision} is not running: {}", st.message));
+                }
+                Ok(st) if st.health == Health::Unhealthy => {
+                    Err(format!("the plugin reports revision {revision} unhealthy: {}", st.message))
+                }
+                Ok(st) => match spec.health.as_ref() {
+                    Some(h) => match health::probe(h, &self.shared.http).await {
+                        Ok(Some(())) => Ok(true),
+                        Ok(None) => Ok(st.health == Health::Healthy),
+                        Err(e) => Err(e),
+                    },
+                    None => Ok(st.health == Health::Healthy),
+                },
+            };
+            let last = match verdict {
+                Ok(true) => return Ok(BTreeMap::new()),
+                Ok(false) => "not healthy yet".to_string(),
+                Err(e) => {
+                    if started.elapsed() >= start_period {
+                        failures += 1;
+                    }
+                    if failures >= retries {
+                        return Err(format!("revision {revision} failed {failures} health checks: {e}"));
+                    }
+                    e
+                }
+            };
+            if Instant::now() + interval > deadline {
+                return Err(format!(
+                    "revision {revision} was not healthy within {}: {last}",
+                    humantime::format_duration(spec.update.deadline.0)
+                ));
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// Updating: validate, fetch and prepare the new revision while the old
+    /// one serves; then stop the old one.
+    async fn stage_update(&self, rec: &DeploymentRecord) -> Work<String> {
+        let new = rec.desired_revision;
+        self.validate(new).await?;
+        let digest = self.fetch(new).await?;
+        self.prepare(new).await?;
+        let old = rec.previous_revision;
+        if old != 0 {
+            let rev = self.revision(old).await?;
+            if rev.installed {
+                self.stop_revision(&rev).await?;
+            }
+        }
+        Ok(format!("revision {new} staged ({digest}); revision {old} stopped"))
+    }
+
+    /// RollingBack: remove every other installed revision, then bring the
+    /// target back: prepare, re-fetch if its artifact is gone, install, start.
+    async fn roll_back(&self, target: u64) -> Work<()> {
+        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
+        for rev in revisions.iter().filter(|r| r.revision != target) {
+            if rev.installed {
+                self.stop_revision(rev).await?;
+                self.delete_revision(rev).await?;
+            }
+            self.shared.layout.remove_revision(&self.name, rev.revision).map_err(|e| e.to_string())?;
+        }
+        let rev = self.revision(target).await?;
+        let ports = ports_of(&rev.spec);
+        self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(|e| e.to_string())?;
+        let present = rev.artifact_digest.as_deref().is_some_and(|d| self.shared.content.contains(d));
+        if !present {
+            self.fetch(target).await?;
+        }
+        self.prepare(target).await?;
+        if !rev.installed {
+            self.install(target).await?;
+        }
+        self.activate(target).await
+    }
+
+    async fn stop_revision(&self, rev: &RevisionRecord) -> Work<()> {
+        let plugin = plugin_for(&self.shared, &rev.runtime)?;
+        let handle = rev.handle.clone().unwrap_or_default();
+        let workload = self.workload(rev);
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        match retry(|| plugin.stop(&ctx, &workload, &handle)).await {
+            Ok(()) => Ok(()),
+            Err(CallError { failure: Failure::NotFound(_), .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn delete_revision(&self, rev: &RevisionRecord) -> Work<()> {
+        let plugin = plugin_for(&self.shared, &rev.runtime)?;
+        let handle = rev.handle.clone().unwrap_or_default();
+        let workload = self.workload(rev);
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        // The work dir is the plugin's only view of the host; recreate it if a
+        // crash took it, so delete can run.
+        let _ = std::fs::create_dir_all(&rev.work_dir);
+        match retry(|| plugin.delete(&ctx, &workload, &handle)).await {
+            Ok(()) | Err(CallError { failure: Failure::NotFound(_), .. }) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let revision = rev.revision;
+        self.db(move |s, n| s.set_installed(n, revision, None, false)).await.map_err(|e| e.to_string())
+    }
+
+    /// Best effort, for cleanup paths: stop and delete, logging what fails.
+    async fn remove_runtime_object(&self, rev: &RevisionRecord) {
+        if let Err(e) = self.stop_revision(rev).await {
+            tracing::warn!(deployment = self.name, revision = rev.revision, "cleanup: {e}");
+        }
+        if let Err(e) = self.delete_revision(rev).await {
+            tracing::warn!(deployment = self.name, revision = rev.revision, "cleanup: {e}");
+        }
+    }
+
+    async fn stop_all(&self) -> Work<()> {
+        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
+        for rev in revisions.iter().filter(|r| r.installed) {
+            self.stop_revision(rev).await?;
+        }
+        Ok(())
+    }
+
+    async fn uninstall(&self) -> Work<()> {
+        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
+        for rev in revisions.iter().filter(|r| r.installed) {
+            self.delete_revision(rev).await?;
+        }
+        self.shared.layout.remove_deployment(&self.name).map_err(|e| e.to_string())?;
+        self.db(|s, n| s.release_ports(n, &[])).await.map_err(|e| e.to_string())
+    }
+
+    /// After an update or rollback succeeded: the other revisions' runtime
+    /// objects and work dirs go; their records and artifacts stay for rollback.
+    async fn retire_other_revisions(&self, current: u64) {
+        let Ok(revisions) = self.db(|s, n| s.revisions(n)).await else { return };
+        for rev in revisions.iter().filter(|r| r.revision != current) {
+            if rev.installed {
+                self.remove_runtime_object(rev).await;
+            }
+            if let Err(e) = self.shared.layout.remove_revision(&self.name, rev.revision) {
+                tracing::warn!(deployment = self.name, "{e}");
+            }
+        }
+        if let Some(cur) = revisions.iter().find(|r| r.revision == current) {
+            let keep = ports_of(&cur.spec);
+            let _ = self.db(move |s, n| s.release_ports(n, &keep)).await;
+        }
+    }
+
+    // ---- while Running -------------------------------------------------------
+
+    /// One look at a Running workload: record its health, and restart it per
+    /// the restart policy if it is gone.
+    async fn monitor(&self, rec: &DeploymentRecord) -> Result<(), StoreError> {
+        let Ok(rev) = self.revision(rec.current_revision).await else { return Ok(()) };
+        let (health, outputs, exited) = match self.status(&rev).await {
+            Ok(st) if st.running => {
+                let probe = match &rev.spec.spec.health {
+                    Some(h) => health::probe(h, &self.shared.http).await,
+                    None => Ok(None),
+                };
+                let health = match (st.health, probe) {
+                    (Health::Unhealthy, _) => "unhealthy",
+                    (_, Err(_)) => "degraded",
+                    (Health::Healthy, _) | (_, Ok(Some(()))) => "healthy",
+                    _ => "unknown",
+                };
+                (health, st.outputs.into_iter().collect::<BTreeMap<_, _>>(), None)
+            }
+            Ok(st) => ("unhealthy", st.outputs.into_iter().collect(), Some((st.exit_code, st.message))),
+            Err(e) => {
+                tracing::warn!(deployment = self.name, revision = rev.revision, "status: {e}");
+                ("unknown", rec.outputs.clone(), None)
+            }
+        };
+        if health != rec.health || outputs != rec.outputs {
+            let (h, o) = (health.to_string(), outputs);
+            self.db(move |s, n| s.set_observed(n, &h, &o)).await?;
+        }
+        let Some((code, message)) = exited else { return Ok(()) };
+        let restart = &rev.spec.spec.restart;
+        let wants_restart = match restart.policy {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => code != Some(0),
+            RestartPolicy::Always => true,
+        };
+        let what = match code {
+            Some(c) => format!("exited with code {c}"),
+            None => format!("is gone ({message})"),
+        };
+        if wants_restart && rec.restarts < restart.max_retries {
+            let n = rec.restarts + 1;
+            let backoff = (RESTART_BACKOFF * 2u32.saturating_pow(rec.restarts)).min(RESTART_BACKOFF_MAX);
+            tokio::time::sleep(backoff).await;
+            let cause = format!("revision {} {what}; restart {n} of {}", rev.revision, restart.max_retries);
+            let changes = Changes {
+                operation: Some(Operation::Restart),
+                restarts: Some(n),
+                desired_revision: Some(rev.revision),
+                ..Default::default()
+            };
+            self.commit(Event::Crashed, rev.revision, cause, changes).await?;
+        } else {
+            let why = if wants_restart {
+                format!("gave up after {} restarts", rec.restarts)
+            } else {
+                format!("restart policy {:?} does not restart it", restart.policy)
+            };
+            let cause = format!("revision {} {what}; {why}", rev.revision);
+            self.commit(
+                Event::Fail,
+                rev.revision,
+                cause,
+                Changes { health: Some("unhealthy".into()), ..Default::default() },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,614 @@
+//! Runtime plugins: WebAssembly components run by wasmtime.
+//!
+//! Stages, as in Spin's factors:
+//! - **engine** (once per daemon): async, epoch interruption, and a ticker
+//!   thread that advances the epoch every [`EPOCH_TICK`];
+//! - **load** (once per plugin): compile (or load from the on-disk cache, keyed
+//!   by content digest and engine compatibility hash), check every import
+//!   against the operator's grants, link, and keep an `InstancePre`;
+//! - **call** (once per operation): a fresh `Store` with the plugin's memory
+//!   cap and the operation's deadline, the revision's work dir as `/work`, one
+//!   call, and the `Store` is dropped. A trap, a blown deadline or an exhausted
+//!   memory fail that call only.
+
+mod bindings;
+pub mod process;
+
+pub use bindings::{Artifact, ArtifactKind, GuestError, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus};
+
+use crate::config::{Grant, PluginConfig};
+use bindings::{Plugin, PluginPre};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How much of a plugin's stderr (panic messages) is kept for error reports.
+const STDERR_CAPTURE: usize = 64 * 1024;
+
+/// The lifecycle operations of the `runtime` interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Info,
+    Validate,
+    Install,
+    Start,
+    Status,
+    Stop,
+    Delete,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Info => "info",
+            Op::Validate => "validate",
+            Op::Install => "install",
+            Op::Start => "start",
+            Op::Status => "status",
+            Op::Stop => "stop",
+            Op::Delete => "delete",
+        })
+    }
+}
+
+/// What a plugin call can end in, besides success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The plugin returned `invalid-config`: permanent.
+    InvalidConfig(String),
+    /// The plugin returned `unavailable`: worth a retry.
+    Unavailable(String),
+    /// The plugin returned `not-found`.
+    NotFound(String),
+    /// The plugin returned `failed`.
+    Failed(String),
+    /// The guest trapped (a panic, an out-of-bounds access, ...).
+    Trapped(String),
+    /// The call ran past its deadline and was interrupted.
+    DeadlineExceeded(Duration),
+    /// The guest tried to grow its memory past the cap.
+    MemoryExhausted { limit_mib: u64 },
+    /// The host could not set the call up (work dir missing, ...).
+    Host(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::InvalidConfig(m) => write!(f, "invalid config: {m}"),
+            Failure::Unavailable(m) => write!(f, "runtime unavailable: {m}"),
+            Failure::NotFound(m) => write!(f, "not found: {m}"),
+            Failure::Failed(m) => write!(f, "{m}"),
+            Failure::Trapped(m) => write!(f, "the plugin trapped: {m}"),
+            Failure::DeadlineExceeded(d) => {
+                write!(f, "did not finish within its deadline of {}", humantime::format_duration(*d))
+            }
+            Failure::MemoryExhausted { limit_mib } => write!(f, "exceeded its memory limit of {limit_mib} MiB"),
+            Failure::Host(m) => write!(f, "host error: {m}"),
+        }
+    }
+}
+
+/// A failed plugin call, naming the plugin, the operation and the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plugin {plugin}: {op}: {failure}")]
+pub struct CallError {
+    pub plugin: String,
+    pub op: Op,
+    pub failure: Failure,
+}
+
+impl CallError {
+    /// Worth retrying with backoff.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.failure, Failure::Unavailable(_))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin {name}: cannot read {path}: {source}")]
+    Read { name: String, path: PathBuf, source: std::io::Error },
+    #[error("plugin {name}: {path} is not a valid component: {message}")]
+    Compile { name: String, path: PathBuf, message: String },
+    #[error(
+        "plugin {name}: imports {import}, which is not granted (grants: {granted}); add {needed:?} to its grants in the daemon config"
+    )]
+    NotGranted { name: String, import: String, granted: String, needed: String },
+    #[error("plugin {name}: imports {import}, which erad does not provide")]
+    UnknownImport { name: String, import: String },
+    #[error("plugin {name}: does not fit the era:plugin world: {message}")]
+    Link { name: String, message: String },
+    #[error("plugin {name}: info: {source}")]
+    Info { name: String, source: CallError },
+    #[error("plugin engine: {0}")]
+    Engine(String),
+}
+
+/// Per-store state: WASI limited to the work dir, the memory limiter, and
+/// what the host imports need to know.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    deployment: String,
+    work_dir: PathBuf,
+    programs: Arc<[String]>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl bindings::era::plugin::types::Host for HostState {}
+
+impl bindings::era::plugin::log::Host for HostState {
+    fn log(&mut self, level: bindings::era::plugin::log::Level, message: String) {
+        use bindings::era::plugin::log::Level;
+        let (plugin, deployment) = (&*self.plugin, self.deployment.as_str());
+        match level {
+            Level::Trace => tracing::trace!(plugin, deployment, "{message}"),
+            Level::Debug => tracing::debug!(plugin, deployment, "{message}"),
+            Level::Info => tracing::info!(plugin, deployment, "{message}"),
+            Level::Warn => tracing::warn!(plugin, deployment, "{message}"),
+            Level::Error => tracing::error!(plugin, deployment, "{message}"),
+        }
+    }
+}
+
+impl bindings::era::plugin::process::Host for HostState {
+    async fn run(
+        &mut self,
+        command: bindings::era::plugin::process::Command,
+    ) -> Result<bindings::era::plugin::process::Exit, bindings::era::plugin::process::ProcessError> {
+        tracing::debug!(plugin = &*self.plugin, deployment = self.deployment, program = command.program, "process.run");
+        process::run(command, &self.programs, &self.work_dir).await
+    }
+}
+
+/// Deadlines per operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    pub info: Duration,
+    pub validate: Duration,
+    pub install: Duration,
+    pub start: Duration,
+    pub status: Duration,
+    pub stop: Duration,
+    pub delete: Duration,
+}
+
+impl Deadlines {
+    pub fn of(&self, op: Op) -> Duration {
+        match op {
+            Op::Info => self.info,
+            Op::Validate => self.validate,
+            Op::Install => self.install,
+            Op::Start => self.start,
+            Op::Status => self.status,
+            Op::Stop => self.stop,
+            Op::Delete => self.delete,
+        }
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        Deadlines {
+            info: s(5),
+            validate: s(10),
+            install: s(300),
+            start: s(60),
+            status: s(10),
+            stop: s(120),
+            delete: s(120),
+        }
+    }
+}
+
+/// A loaded, linked plugin, ready to be instantiated per call.
+pub struct LoadedPlugin {
+    pub name: String,
+    pub info: PluginInfo,
+    /// `sha256:<hex>` of the component file.
+    pub digest: String,
+    pub source: PathBuf,
+    pub grants: Vec<Grant>,
+    pre: PluginPre<HostState>,
+    programs: Arc<[String]>,
+    memory_limit_mib: u64,
+    deadlines: Deadlines,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin").field("name", &self.name).field("digest", &self.digest).finish_non_exhaustive()
+    }
+}
+
+/// The context of one call: who it is for and where its files are.
+pub struct CallContext<'a> {
+    pub deployment: &'a str,
+    pub work_dir: &'a Path,
+}
+
+/// The wasmtime engine shared by all plugins, with its epoch ticker.
+#[derive(Clone)]
+pub struct PluginHost {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache_dir: PathBuf,
+    _ticker: Arc<EpochTicker>,
+}
+
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl PluginHost {
+    pub fn new(cache_dir: &Path) -> Result<PluginHost, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true).wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        std::fs::create_dir_all(cache_dir)
+            .map_err(|e| LoadError::Engine(format!("compile cache {}: {e}", cache_dir.display())))?;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (weak, flag) = (engine.weak(), stop.clone());
+        std::thread::Builder::new()
+            .name("era-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("epoch thread: {e}")))?;
+        Ok(PluginHost {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir: cache_dir.to_path_buf(),
+            _ticker: Arc::new(EpochTicker { stop }),
+        })
+    }
+
+    /// A stable key for this engine's compiled code (wasmtime version + settings).
+    fn engine_key(&self) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// Compiles `bytes`, or loads the result of an earlier compile from disk.
+    fn compile(&self, name: &str, path: &Path, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
+        let cached =
+            self.cache_dir.join(format!("{}-{}.cwasm", digest.trim_start_matches("sha256:"), self.engine_key()));
+        if cached.is_file() {
+            // SAFETY: the cache dir belongs to erad and only ever receives the
+            // output of `Component::serialize` from an engine with the same
+            // compatibility hash (part of the file name); wasmtime checks the
+            // header again on load.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(plugin = name, path = %cached.display(), "ignoring unusable compile cache entry: {e:#}")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+            name: name.into(),
+            path: path.into(),
+            message: format!("{e:#}"),
+        })?;
+        match component.serialize() {
+            Ok(bytes) => {
+                let tmp = cached.with_extension("tmp");
+                if let Err(e) = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &cached)) {
+                    tracing::warn!(plugin = name, "cannot write compile cache {}: {e}", cached.display());
+                }
+            }
+            Err(e) => tracing::warn!(plugin = name, "cannot serialize compiled plugin: {e:#}"),
+        }
+        Ok(component)
+    }
+
+    /// Loads a plugin: compile or load from cache, check its imports against
+    /// its grants, link, and ask it who it is.
+    pub async fn load(&self, name: &str, cfg: &PluginConfig) -> Result<LoadedPlugin, LoadError> {
+        let bytes = tokio::fs::read(&cfg.path).await.map_err(|source| LoadError::Read {
+            name: name.into(),
+            path: cfg.path.clone(),
+            source,
+        })?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let host = self.clone();
+        let (n, p, d) = (name.to_string(), cfg.path.clone(), digest.clone());
+        let component = tokio::task::spawn_blocking(move || host.compile(&n, &p, &bytes, &d))
+            .await
+            .map_err(|e| LoadError::Engine(e.to_string()))??;
+        check_imports(name, &self.engine, &component, &cfg.grants)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link { name: name.into(), message: format!("{e:#}") })?;
+        let pre = PluginPre::new(instance_pre)
+            .map_err(|e| LoadError::Link { name: name.into(), message: format!("{e:#}") })?;
+        let mut plugin = LoadedPlugin {
+            name: name.to_string(),
+            info: PluginInfo { name: name.into(), version: String::new(), description: String::new() },
+            digest,
+            source: cfg.path.clone(),
+            grants: cfg.grants.clone(),
+            pre,
+            programs: cfg.allow_programs.clone().into(),
+            memory_limit_mib: cfg.memory_limit_mib,
+            deadlines: cfg.deadlines,
+        };
+        let scratch = tempfile_dir(&self.cache_dir).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let info = plugin.info(&CallContext { deployment: "", work_dir: &scratch }).await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        plugin.info = info.map_err(|source| LoadError::Info { name: name.into(), source })?;
+        Ok(plugin)
+    }
+}
+
+/// A private scratch dir for calls that belong to no revision (`info`).
+fn tempfile_dir(base: &Path) -> std::io::Result<PathBuf> {
+    let dir = base.join(format!("scratch-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The grant an import needs, or `None` for the WASI interfaces every plugin
+/// gets (clocks, random, io, cli; filesystem limited to the work dir).
+fn grant_for(import: &str) -> Result<Option<Grant>, ()> {
+    let iface = import.split('@').next().unwrap_or(import);
+    match iface {
+        "era:plugin/types" => Ok(None),
+        "era:plugin/log" => Ok(Some(Grant::Log)),
+        "era:plugin/process" => Ok(Some(Grant::Process)),
+        _ if ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"]
+            .iter()
+            .any(|p| iface.starts_with(p)) =>
+        {
+            Ok(None)
+        }
+        "wasi:sockets/network"
+        | "wasi:sockets/instance-network"
+        | "wasi:sockets/tcp"
+        | "wasi:sockets/udp"
+        | "wasi:sockets/tcp-create-socket"
+        | "wasi:sockets/udp-create-socket"
+        | "wasi:sockets/ip-name-lookup" => Ok(Some(Grant::Network)),
+        _ => Err(()),
+    }
+}
+
+fn check_imports(name: &str, engine: &Engine, component: &Component, grants: &[Grant]) -> Result<(), LoadError> {
+    for (import, _) in component.component_type().imports(engine) {
+        match grant_for(import) {
+            Ok(None) => {}
+            Ok(Some(g)) if grants.contains(&g) => {}
+            Ok(Some(g)) => {
+                return Err(LoadError::NotGranted {
+                    name: name.into(),
+                    import: import.into(),
+                    granted: if grants.is_empty() {
+                        "none".into()
+                    } else {
+                        grants.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
+                    },
+                    needed: g.as_str().into(),
+                });
+            }
+            Err(()) => return Err(LoadError::UnknownImport { name: name.into(), import: import.into() }),
+        }
+    }
+    Ok(())
+}
+
+/// Runs one export of a fresh instance under the plugin's limits and turns
+/// every way it can end into a `CallError`.
+macro_rules! call {
+    ($self:ident, $op:expr, $ctx:expr, |$rt:ident, $store:ident| $body:expr) => {{
+        let op = $op;
+        let deadline = $self.deadlines.of(op);
+        let (mut $store, stderr) = $self.store($ctx, deadline).map_err(|f| $self.err(op, f))?;
+        let instance = $self
+            .pre
+            .instantiate_async(&mut $store)
+            .await
+            .map_err(|e| $self.err(op, Failure::Host(format!("{e:#}"))))?;
+        let $rt = instance.era_plugin_runtime();
+        // The epoch deadline interrupts a spinning guest; this timeout also
+        // bounds time spent in host calls.
+        let result = tokio::time::timeout(deadline + Duration::from_secs(1), $body).await;
+        match result {
+            Err(_) => Err($self.err(op, Failure::DeadlineExceeded(deadline))),
+            Ok(Err(trap)) => Err($self.err(op, $self.classify_trap(trap, deadline, &stderr))),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }};
+}
+
+fn guest_failure(e: GuestError) -> Failure {
+    match e {
+        GuestError::InvalidConfig(m) => Failure::InvalidConfig(m),
+        GuestError::Unavailable(m) => Failure::Unavailable(m),
+        GuestError::NotFound(m) => Failure::NotFound(m),
+        GuestError::Failed(m) => Failure::Failed(m),
+    }
+}
+
+impl LoadedPlugin {
+    fn err(&self, op: Op, failure: Failure) -> CallError {
+        CallError { plugin: self.name.clone(), op, failure }
+    }
+
+    fn store(
+        &self,
+        ctx: &CallContext<'_>,
+        deadline: Duration,
+    ) -> Result<(Store<HostState>, MemoryOutputPipe), Failure> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr.clone());
+        wasi.preopened_dir(ctx.work_dir, "/work", FsPerms::ReadWrite)
+            .map_err(|e| Failure::Host(format!("work dir {}: {e:#}", ctx.work_dir.display())))?;
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((self.memory_limit_mib as usize).saturating_mul(1 << 20))
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits,
+            plugin: self.name.as_str().into(),
+            deployment: ctx.deployment.to_string(),
+            work_dir: ctx.work_dir.to_path_buf(),
+            programs: self.programs.clone(),
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        Ok((store, stderr))
+    }
+
+    fn classify_trap(&self, err: wasmtime::Error, deadline: Duration, stderr: &MemoryOutputPipe) -> Failure {
+        if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return Failure::DeadlineExceeded(deadline);
+        }
+        let chain = format!("{err:#}");
+        if chain.contains("forcing trap when growing memory") {
+            return Failure::MemoryExhausted { limit_mib: self.memory_limit_mib };
+        }
+        // The guest's own last words (a Rust panic message) say more than the trap code.
+        let said = String::from_utf8_lossy(&stderr.contents())
+            .trim()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .last()
+            .map(str::to_string);
+        let trap = err
+            .downcast_ref::<Trap>()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| chain.lines().next().unwrap_or("").to_string());
+        Failure::Trapped(match said {
+            Some(s) => format!("{trap} ({s})"),
+            None => trap,
+        })
+    }
+
+    pub fn memory_limit_mib(&self) -> u64 {
+        self.memory_limit_mib
+    }
+
+    pub async fn info(&self, ctx: &CallContext<'_>) -> Result<PluginInfo, CallError> {
+        call!(self, Op::Info, ctx, |rt, store| rt.call_info(&mut store))
+    }
+
+    pub async fn validate(&self, ctx: &CallContext<'_>, w: &Workload) -> Result<(), CallError> {
+        call!(self, Op::Validate, ctx, |rt, store| rt.call_validate(&mut store, w))?
+            .map_err(|e| self.err(Op::Validate, guest_failure(e)))
+    }
+
+    pub async fn install(&self, ctx: &CallContext<'_>, w: &Workload) -> Result<String, CallError> {
+        call!(self, Op::Install, ctx, |rt, store| rt.call_install(&mut store, w))?
+            .map_err(|e| self.err(Op::Install, guest_failure(e)))
+    }
+
+    pub async fn start(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<String, CallError> {
+        call!(self, Op::Start, ctx, |rt, store| rt.call_start(&mut store, w, &handle.to_string()))?
+            .map_err(|e| self.err(Op::Start, guest_failure(e)))
+    }
+
+    pub async fn status(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<WorkloadStatus, CallError> {
+        call!(self, Op::Status, ctx, |rt, store| rt.call_status(&mut store, w, &handle.to_string()))?
+            .map_err(|e| self.err(Op::Status, guest_failure(e)))
+    }
+
+    pub async fn stop(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<(), CallError> {
+        call!(self, Op::Stop, ctx, |rt, store| rt.call_stop(&mut store, w, &handle.to_string()))?
+            .map_err(|e| self.err(Op::Stop, guest_failure(e)))
+    }
+
+    pub async fn delete(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<(), CallError> {
+        call!(self, Op::Delete, ctx, |rt, store| rt.call_delete(&mut store, w, &handle.to_string()))?
+            .map_err(|e| self.err(Op::Delete, guest_failure(e)))
+    }
+}
+
+/// The loaded plugins by name.
+#[derive(Default)]
+pub struct PluginRegistry {
+    plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+}
+
+impl PluginRegistry {
+    pub fn insert(&mut self, plugin: LoadedPlugin) {
+        self.plugins.insert(plugin.name.clone(), Arc::new(plugin));
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.plugins.get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.plugins.keys().cloned().collect()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.plugins.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_map_to_the_grants_they_need() {
+        assert_eq!(grant_for("era:plugin/log@0.1.0"), Ok(Some(Grant::Log)));
+        assert_eq!(grant_for("era:plugin/process@0.1.0"), Ok(Some(Grant::Process)));
+        assert_eq!(grant_for("wasi:filesystem/types@0.2.6"), Ok(None));
+        assert_eq!(grant_for("wasi:sockets/tcp@0.2.0"), Ok(Some(Grant::Network)));
+        assert_eq!(grant_for("acme:evil/backdoor"), Err(()));
+    }
+}

@@ -1,0 +1,123 @@
+//! The host side of a revision: its work dir, the deployment's volumes and its
+//! port claims. Every path is derived from (deployment, revision, volume) under
+//! the data dir, so what Preparing made can always be found and undone, also
+//! after a crash.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("preparing {what} {path}: {source}")]
+pub struct PrepareError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// Where erad keeps things under its data dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(data_dir: &Path) -> Layout {
+        Layout { root: data_dir.to_path_buf() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.root.join("era.db")
+    }
+
+    pub fn content_store(&self) -> PathBuf {
+        self.root.join("content")
+    }
+
+    pub fn compile_cache(&self) -> PathBuf {
+        self.root.join("cache/plugins")
+    }
+
+    /// Empty dirs handed to plugin calls that belong to no revision yet.
+    pub fn scratch(&self) -> PathBuf {
+        self.root.join("scratch")
+    }
+
+    pub fn deployment_dir(&self, name: &str) -> PathBuf {
+        self.root.join("deployments").join(name)
+    }
+
+    pub fn work_dir(&self, name: &str, revision: u64) -> PathBuf {
+        self.deployment_dir(name).join(format!("rev-{revision}"))
+    }
+
+    pub fn volumes_dir(&self, name: &str) -> PathBuf {
+        self.root.join("volumes").join(name)
+    }
+
+    pub fn volume_dir(&self, name: &str, volume: &str) -> PathBuf {
+        self.volumes_dir(name).join(volume)
+    }
+
+    /// Creates the revision's work dir and the deployment's volumes (kept if
+    /// they exist: volumes outlive revisions and stops).
+    pub fn prepare(&self, name: &str, revision: u64, volumes: &[String]) -> Result<PathBuf, PrepareError> {
+        let work = self.work_dir(name, revision);
+        create_private_dir(&work).map_err(|source| PrepareError { what: "work dir", path: work.clone(), source })?;
+        for v in volumes {
+            let dir = self.volume_dir(name, v);
+            create_private_dir(&dir).map_err(|source| PrepareError { what: "volume", path: dir.clone(), source })?;
+        }
+        Ok(work)
+    }
+
+    /// Removes one revision's work dir.
+    pub fn remove_revision(&self, name: &str, revision: u64) -> Result<(), PrepareError> {
+        let work = self.work_dir(name, revision);
+        remove_dir(&work).map_err(|source| PrepareError { what: "work dir", path: work, source })
+    }
+
+    /// Removes everything of the deployment on disk: work dirs and volumes.
+    pub fn remove_deployment(&self, name: &str) -> Result<(), PrepareError> {
+        for (what, dir) in [("deployment dir", self.deployment_dir(name)), ("volumes", self.volumes_dir(name))] {
+            remove_dir(&dir).map_err(|source| PrepareError { what, path: dir.clone(), source })?;
+        }
+        Ok(())
+    }
+}
+
+fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+/// Removes a directory tree; one that is already gone is fine.
+fn remove_dir(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_survive_a_revision_and_go_with_the_deployment() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path());
+        let work = l.prepare("web", 1, &["data".into()]).unwrap();
+        std::fs::write(l.volume_dir("web", "data").join("keep"), b"x").unwrap();
+        l.remove_revision("web", 1).unwrap();
+        assert!(!work.exists());
+        l.prepare("web", 2, &["data".into()]).unwrap();
+        assert!(l.volume_dir("web", "data").join("keep").exists(), "volume kept across revisions");
+        l.remove_deployment("web").unwrap();
+        l.remove_deployment("web").unwrap();
+        assert!(!l.deployment_dir("web").exists() && !l.volumes_dir("web").exists());
+    }
+}

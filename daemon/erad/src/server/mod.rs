@@ -1,0 +1,217 @@
+//! The `era.v1` gRPC API over erad's unix socket. Conversions between the
+//! wire types and the domain types happen here and nowhere else.
+
+use crate::lifecycle::{CommandError, Lifecycle, WatchEvent};
+use crate::spec::DeploymentSpec;
+use crate::store::{DeploymentRecord, JournalEntry, StoreError};
+use era_api::v1 as pb;
+use era_api::v1::deployments_server::Deployments;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tonic::{Request, Response, Status};
+
+pub struct DeploymentsService {
+    lifecycle: Lifecycle,
+}
+
+impl DeploymentsService {
+    pub fn new(lifecycle: Lifecycle) -> Self {
+        DeploymentsService { lifecycle }
+    }
+
+    fn deployment(&self, rec: DeploymentRecord) -> Result<pb::Deployment, Status> {
+        let store = self.lifecycle.store();
+        let serving = if rec.current_revision != 0 { rec.current_revision } else { rec.desired_revision };
+        let rev = store.revision(&rec.name, serving).map_err(store_status)?;
+        let (runtime, digest, environment, labels) = match rev {
+            Some(r) => (
+                r.runtime,
+                r.artifact_digest.unwrap_or_default(),
+                r.spec.metadata.environment.clone().unwrap_or_default(),
+                r.spec.metadata.labels.clone().into_iter().collect(),
+            ),
+            None => Default::default(),
+        };
+        Ok(pb::Deployment {
+            name: rec.name,
+            state: rec.state.to_string(),
+            health: rec.health,
+            revision: rec.current_revision,
+            desired_revision: rec.desired_revision,
+            runtime,
+            artifact_digest: digest,
+            updated_at: rec.updated_at,
+            message: rec.message,
+            environment,
+            labels,
+            outputs: rec.outputs.into_iter().collect(),
+        })
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(n) => Status::not_found(format!("deployment {n:?} not found")),
+        StoreError::Transition { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::PortTaken { .. } => Status::failed_precondition(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn command_status(e: CommandError) -> Status {
+    match e {
+        CommandError::NotFound(_) => Status::not_found(e.to_string()),
+        CommandError::Busy { .. } | CommandError::NotPossible { .. } => Status::failed_precondition(e.to_string()),
+        CommandError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        CommandError::Store(s) => store_status(s),
+        CommandError::ShuttingDown => Status::unavailable(e.to_string()),
+    }
+}
+
+fn parse(spec: &str, source: &str) -> Result<(DeploymentSpec, PathBuf), Status> {
+    let name = if source.is_empty() { "<spec>" } else { source };
+    let spec = DeploymentSpec::parse(spec, name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // Relative `file:` artifacts are taken from the spec file's directory.
+    let dir = Path::new(source)
+        .parent()
+        .filter(|p| p.is_absolute())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    Ok((spec, dir))
+}
+
+fn transition(e: JournalEntry) -> pb::Transition {
+    pb::Transition {
+        seq: e.seq,
+        time: e.time,
+        from_state: e.from.to_string(),
+        to_state: e.to.to_string(),
+        revision: e.revision,
+        cause: e.cause,
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Deployments for DeploymentsService {
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let (spec, dir) = parse(&req.spec, &req.source)?;
+        let applied = self.lifecycle.apply(spec, dir).await.map_err(command_status)?;
+        Ok(Response::new(pb::ApplyResponse {
+            name: applied.name,
+            revision: applied.revision,
+            changed: applied.changed,
+        }))
+    }
+
+    async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+        let req = req.into_inner();
+        let (spec, dir) = parse(&req.spec, &req.source)?;
+        self.lifecycle.validate(&spec, &dir).await.map_err(command_status)?;
+        Ok(Response::new(pb::ValidateResponse { name: spec.name().to_string(), spec_hash: spec.hash() }))
+    }
+
+    async fn get(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::Deployment>, Status> {
+        let rec = self.lifecycle.store().deployment(&req.into_inner().name).map_err(store_status)?;
+        Ok(Response::new(self.deployment(rec)?))
+    }
+
+    async fn list(&self, _req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let all = self.lifecycle.store().deployments().map_err(store_status)?;
+        let deployments = all.into_iter().map(|d| self.deployment(d)).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListResponse { deployments }))
+    }
+
+    async fn history(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let name = req.into_inner().name;
+        self.lifecycle.store().deployment(&name).map_err(store_status)?;
+        let entries = self.lifecycle.store().journal(&name).map_err(store_status)?;
+        let entries = entries
+            .into_iter()
+            .map(|e| pb::HistoryEntry {
+                seq: e.seq,
+                time: e.time,
+                from_state: e.from.to_string(),
+                to_state: e.to.to_string(),
+                revision: e.revision,
+                cause: e.cause,
+            })
+            .collect();
+        Ok(Response::new(pb::HistoryResponse { entries }))
+    }
+
+    async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        let req = req.into_inner();
+        let to = (req.to_revision != 0).then_some(req.to_revision);
+        let state = self.lifecycle.rollback(&req.name, to).await.map_err(command_status)?;
+        let rec = self.lifecycle.store().deployment(&req.name).map_err(store_status)?;
+        Ok(Response::new(pb::ActionResponse {
+            name: req.name,
+            state: state.to_string(),
+            revision: rec.desired_revision,
+        }))
+    }
+
+    async fn stop(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        let name = req.into_inner().name;
+        let state = self.lifecycle.stop(&name).await.map_err(command_status)?;
+        Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
+    }
+
+    async fn start(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        let name = req.into_inner().name;
+        let state = self.lifecycle.start(&name).await.map_err(command_status)?;
+        Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
+    }
+
+    async fn delete(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        let name = req.into_inner().name;
+        let state = self.lifecycle.delete(&name).await.map_err(command_status)?;
+        Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let name = req.into_inner().name;
+        let stream = BroadcastStream::new(self.lifecycle.subscribe()).filter_map(move |ev| {
+            let ev = match ev {
+                Ok(ev) => ev,
+                // A slow watcher misses events rather than slowing erad down.
+                Err(_) => return None,
+            };
+            if !name.is_empty() && ev.deployment() != name {
+                return None;
+            }
+            let deployment = ev.deployment().to_string();
+            let kind = match ev {
+                WatchEvent::Transition(e) => pb::event::Kind::Transition(transition(e)),
+                WatchEvent::Progress { revision, what, done, total, .. } => {
+                    pb::event::Kind::Progress(pb::Progress { revision, what, done, total })
+                }
+            };
+            Some(Ok(pb::Event { name: deployment, kind: Some(kind) }))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn plugins(&self, _req: Request<pb::PluginsRequest>) -> Result<Response<pb::PluginsResponse>, Status> {
+        let plugins = self
+            .lifecycle
+            .plugins()
+            .all()
+            .map(|p| pb::Plugin {
+                name: p.name.clone(),
+                version: p.info.version.clone(),
+                description: p.info.description.clone(),
+                digest: p.digest.clone(),
+                source: p.source.display().to_string(),
+                grants: p.grants.iter().map(|g| g.as_str().to_string()).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::PluginsResponse { plugins }))
+    }
+}

@@ -1,0 +1,603 @@
+//! The deployment spec: what an operator applies.
+//!
+//! Parsing goes through `serde_path_to_error`, so a type error names the field
+//! (`spec.ports[0].port: invalid value ...`); [`DeploymentSpec::check`] adds the
+//! semantic rules serde cannot express. The JSON Schema that `erad schema`
+//! prints is derived from these same types, so it cannot drift from the parser.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+pub const API_VERSION: &str = "era.dev/v1";
+pub const KIND: &str = "Deployment";
+
+/// A spec that does not parse or does not make sense. `path` names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {path}: {message}")]
+pub struct SpecError {
+    pub source_name: String,
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    /// Always `era.dev/v1`.
+    pub api_version: String,
+    /// Always `Deployment`.
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// Unique on this host: lowercase letters, digits and `-`, at most 63 characters.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    /// The runtime plugin that runs the workload (`container`, `lxc`, `noop`, ...).
+    pub runtime: String,
+    pub artifact: ArtifactSpec,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+    #[serde(default)]
+    pub update: UpdateSpec,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    /// Seconds between a polite stop and a kill.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_period: HumanDuration,
+    /// Runtime-specific settings, checked by the plugin's `validate`.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+/// Where the artifact comes from: exactly one of `file`, `url`, `image`, `wasm`, `blob`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ArtifactSpec {
+    /// A local file; a relative path is taken from the spec file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// An http(s) URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A container image reference in an OCI registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A Wasm component published as an OCI artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<String>,
+    /// A single-layer OCI artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// The expected content digest, 64 hex digits (with or without `sha256:`).
+    /// Mandatory for `file` and `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Signature requirements (see the trust policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortSpec {
+    pub name: String,
+    pub port: u16,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VolumeSpec {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecProbe>,
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Consecutive failures before the workload counts as unhealthy.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Failures in this window after a start do not count.
+    #[serde(default = "default_start_period")]
+    pub start_period: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpProbe {
+    pub port: u16,
+    #[serde(default = "default_http_path")]
+    pub path: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpProbe {
+    pub port: u16,
+    #[serde(default = "default_host")]
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExecProbe {
+    /// Program and arguments, run on the host; exit 0 means healthy.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateSpec {
+    /// Roll back to the previous revision when an update fails.
+    #[serde(default = "yes")]
+    pub auto_rollback: bool,
+    /// How long an update may take to become healthy.
+    #[serde(default = "default_deadline")]
+    pub deadline: HumanDuration,
+}
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec { auto_rollback: true, deadline: default_deadline() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestartSpec {
+    #[serde(default = "default_restart_policy")]
+    pub policy: RestartPolicy,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec { policy: default_restart_policy(), max_retries: default_max_retries() }
+    }
+}
+
+/// A duration written the human way (`2s`, `5m`, `1h 30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(HumanDuration).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration ({e}); write e.g. 2s, 500ms, 5m"))
+        })
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+fn default_stop_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+fn default_protocol() -> String {
+    "tcp".into()
+}
+fn default_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_start_period() -> HumanDuration {
+    HumanDuration(Duration::from_secs(0))
+}
+fn default_http_path() -> String {
+    "/".into()
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_restart_policy() -> RestartPolicy {
+    RestartPolicy::OnFailure
+}
+fn default_max_retries() -> u32 {
+    3
+}
+
+/// The artifact source after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactSource {
+    File(String),
+    Url(String),
+    Image(String),
+    Wasm(String),
+    Blob(String),
+}
+
+impl ArtifactSource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ArtifactSource::File(_) => "file",
+            ArtifactSource::Url(_) => "url",
+            ArtifactSource::Image(_) => "image",
+            ArtifactSource::Wasm(_) => "wasm",
+            ArtifactSource::Blob(_) => "blob",
+        }
+    }
+    pub fn reference(&self) -> &str {
+        match self {
+            ArtifactSource::File(r)
+            | ArtifactSource::Url(r)
+            | ArtifactSource::Image(r)
+            | ArtifactSource::Wasm(r)
+            | ArtifactSource::Blob(r) => r,
+        }
+    }
+}
+
+impl DeploymentSpec {
+    /// Parses YAML or JSON and checks it. `source_name` names the input in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<DeploymentSpec, SpecError> {
+        let err = |path: String, message: String| SpecError { source_name: source_name.to_string(), path, message };
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "document".into());
+            err(at, format!("not valid YAML or JSON: {e}"))
+        })?;
+        if value.is_null() {
+            return Err(err("document".into(), "the spec is empty".into()));
+        }
+        let spec: DeploymentSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { "document".to_string() } else { path };
+            err(path, e.into_inner().to_string())
+        })?;
+        spec.check().map_err(|(path, message)| err(path, message))?;
+        Ok(spec)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// The artifact source; `check` guarantees there is exactly one.
+    pub fn artifact_source(&self) -> ArtifactSource {
+        let a = &self.spec.artifact;
+        if let Some(f) = &a.file {
+            ArtifactSource::File(f.clone())
+        } else if let Some(u) = &a.url {
+            ArtifactSource::Url(u.clone())
+        } else if let Some(i) = &a.image {
+            ArtifactSource::Image(i.clone())
+        } else if let Some(w) = &a.wasm {
+            ArtifactSource::Wasm(w.clone())
+        } else {
+            ArtifactSource::Blob(a.blob.clone().unwrap_or_default())
+        }
+    }
+
+    /// The expected digest as `sha256:<hex>`, if the spec pins one.
+    pub fn pinned_digest(&self) -> Option<String> {
+        self.spec
+            .artifact
+            .sha256
+            .as_ref()
+            .map(|d| format!("sha256:{}", d.trim_start_matches("sha256:").to_ascii_lowercase()))
+    }
+
+    /// The canonical JSON of the parsed spec; what the spec hash covers.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// `sha256:<hex>` of the canonical JSON: equal specs have equal hashes,
+    /// whatever their formatting or key order.
+    pub fn hash(&self) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(self.canonical_json().as_bytes())))
+    }
+
+    /// Semantic checks; the error is (field path, message).
+    fn check(&self) -> Result<(), (String, String)> {
+        let e = |p: &str, m: String| Err((p.to_string(), m));
+        if self.api_version != API_VERSION {
+            return e("apiVersion", format!("must be {API_VERSION:?}, not {:?}", self.api_version));
+        }
+        if self.kind != KIND {
+            return e("kind", format!("must be {KIND:?}, not {:?}", self.kind));
+        }
+        check_name("metadata.name", &self.metadata.name)?;
+        let s = &self.spec;
+        if s.runtime.is_empty() {
+            return e("spec.runtime", "must name a runtime plugin".into());
+        }
+        let a = &s.artifact;
+        let sources: Vec<&str> =
+            [("file", &a.file), ("url", &a.url), ("image", &a.image), ("wasm", &a.wasm), ("blob", &a.blob)]
+                .into_iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| k)
+                .collect();
+        match sources.len() {
+            0 => return e("spec.artifact", "needs one of file, url, image, wasm, blob".into()),
+            1 => {}
+            _ => {
+                return e(
+                    "spec.artifact",
+                    format!("has {} sources ({}); give exactly one", sources.len(), sources.join(", ")),
+                );
+            }
+        }
+        let source = self.artifact_source();
+        if source.reference().trim().is_empty() {
+            return e(&format!("spec.artifact.{}", source.kind()), "must not be empty".into());
+        }
+        match (&source, &a.sha256) {
+            (ArtifactSource::File(_) | ArtifactSource::Url(_), None) => {
+                return e("spec.artifact.sha256", format!("is required for a {} artifact", source.kind()));
+            }
+            (_, Some(d)) => {
+                let hexpart = d.strip_prefix("sha256:").unwrap_or(d);
+                if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return e("spec.artifact.sha256", format!("{d:?} is not a sha256 digest (64 hex digits)"));
+                }
+            }
+            _ => {}
+        }
+        if let ArtifactSource::Url(u) = &source
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return e("spec.artifact.url", format!("{u:?} must start with http:// or https://"));
+        }
+        for k in s.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return e(
+                    &format!("spec.env.{k}"),
+                    "an environment variable name must be non-empty and contain no '=' or NUL".into(),
+                );
+            }
+        }
+        let mut names = HashSet::new();
+        let mut numbers = HashSet::new();
+        for (i, p) in s.ports.iter().enumerate() {
+            let at = format!("spec.ports[{i}]");
+            check_name(&format!("{at}.name"), &p.name)?;
+            if p.port == 0 {
+                return e(&format!("{at}.port"), "must be between 1 and 65535".into());
+            }
+            if p.protocol != "tcp" && p.protocol != "udp" {
+                return e(&format!("{at}.protocol"), format!("must be tcp or udp, not {:?}", p.protocol));
+            }
+            if !names.insert(&p.name) {
+                return e(&format!("{at}.name"), format!("port name {:?} is used twice", p.name));
+            }
+            if !numbers.insert((p.port, &p.protocol)) {
+                return e(&format!("{at}.port"), format!("port {}/{} is listed twice", p.port, p.protocol));
+            }
+        }
+        let mut vols = HashSet::new();
+        for (i, v) in s.volumes.iter().enumerate() {
+            let at = format!("spec.volumes[{i}]");
+            check_name(&format!("{at}.name"), &v.name)?;
+            if !v.mount_path.starts_with('/') {
+                return e(&format!("{at}.mountPath"), format!("{:?} must be an absolute path", v.mount_path));
+            }
+            if !vols.insert(&v.name) {
+                return e(&format!("{at}.name"), format!("volume name {:?} is used twice", v.name));
+            }
+        }
+        if let Some(h) = &s.health {
+            let probes = [h.http.is_some(), h.tcp.is_some(), h.exec.is_some()].iter().filter(|p| **p).count();
+            if probes > 1 {
+                return e("spec.health", "give at most one probe: http, tcp or exec".into());
+            }
+            if h.interval.0.is_zero() {
+                return e("spec.health.interval", "must be greater than zero".into());
+            }
+            if h.timeout.0.is_zero() {
+                return e("spec.health.timeout", "must be greater than zero".into());
+            }
+            if h.retries == 0 {
+                return e("spec.health.retries", "must be at least 1".into());
+            }
+            if let Some(x) = &h.exec
+                && x.command.is_empty()
+            {
+                return e("spec.health.exec.command", "must name a program".into());
+            }
+            if let Some(p) = &h.http
+                && !p.path.starts_with('/')
+            {
+                return e("spec.health.http.path", format!("{:?} must start with /", p.path));
+            }
+        }
+        if s.update.deadline.0.is_zero() {
+            return e("spec.update.deadline", "must be greater than zero".into());
+        }
+        if !s.config.is_object() {
+            return e("spec.config", "must be a mapping".into());
+        }
+        Ok(())
+    }
+}
+
+/// Names of deployments, ports and volumes: they become directory names and
+/// labels, so they are kept to a DNS label.
+fn check_name(path: &str, name: &str) -> Result<(), (String, String)> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            path.to_string(),
+            format!(
+                "{name:?} is not a valid name: use 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+            ),
+        ))
+    }
+}
+
+/// The JSON Schema of a deployment spec, as `erad schema` prints it.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(DeploymentSpec)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: era.dev/v1
+kind: Deployment
+metadata: {name: web, labels: {team: edge}}
+spec:
+  runtime: noop
+  artifact: {file: app.bin, sha256: "0000000000000000000000000000000000000000000000000000000000000000"}
+  env: {PORT: "8080"}
+  ports: [{name: http, port: 8080}]
+  volumes: [{name: data, mountPath: /data}]
+  health: {tcp: {port: 8080}, interval: 2s, timeout: 1s, retries: 3, startPeriod: 10s}
+"#;
+
+    fn error_of(text: &str) -> SpecError {
+        DeploymentSpec::parse(text, "t.yaml").expect_err("spec should be refused")
+    }
+
+    #[test]
+    fn a_good_spec_parses_with_defaults() {
+        let s = DeploymentSpec::parse(GOOD, "t.yaml").unwrap();
+        assert_eq!(s.name(), "web");
+        assert!(s.spec.update.auto_rollback);
+        assert_eq!(s.spec.health.as_ref().unwrap().start_period.0, Duration::from_secs(10));
+        assert_eq!(s.artifact_source(), ArtifactSource::File("app.bin".into()));
+    }
+
+    #[test]
+    fn json_and_yaml_of_the_same_spec_hash_the_same() {
+        let y = DeploymentSpec::parse(GOOD, "a").unwrap();
+        let j = DeploymentSpec::parse(&serde_json::to_string(&y).unwrap(), "b").unwrap();
+        assert_eq!(y.hash(), j.hash());
+        let other = DeploymentSpec::parse(&GOOD.replace("8080\"}", "8081\"}"), "c").unwrap();
+        assert_ne!(y.hash(), other.hash());
+    }
+
+    #[test]
+    fn a_type_error_names_the_field_path() {
+        let e = error_of(&GOOD.replace("port: 8080}]", "port: \"eighty\"}]"));
+        assert_eq!(e.path, "spec.ports[0].port");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let e = error_of(&GOOD.replace("runtime: noop", "runtime: noop\n  replicas: 3"));
+        assert_eq!(e.path, "spec");
+        assert!(e.message.contains("replicas"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("name: web", "name: Web_1"), "metadata.name"),
+            (
+                GOOD.replace(", sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"", ""),
+                "spec.artifact.sha256",
+            ),
+            (GOOD.replace("sha256: \"0000", "sha256: \"zz00"), "spec.artifact.sha256"),
+            (GOOD.replace("{file: app.bin,", "{file: app.bin, url: \"http://x\","), "spec.artifact"),
+            (GOOD.replace("port: 8080}]", "port: 0}]"), "spec.ports[0].port"),
+            (GOOD.replace("mountPath: /data", "mountPath: data"), "spec.volumes[0].mountPath"),
+            (GOOD.replace("retries: 3", "retries: 0"), "spec.health.retries"),
+            (GOOD.replace("interval: 2s", "interval: soon"), "spec.health.interval"),
+            (GOOD.replace("era.dev/v1", "era.dev/v2"), "apiVersion"),
+        ];
+        for (text, path) in cases {
+            assert_eq!(error_of(&text).path, path, "for {text}");
+        }
+    }
+
+    #[test]
+    fn broken_yaml_says_where() {
+        let e = error_of("apiVersion: [");
+        assert!(e.path.starts_with("line "), "{e}");
+        assert_eq!(error_of("").message, "the spec is empty");
+    }
+
+    #[test]
+    fn the_schema_names_every_top_level_field() {
+        let schema = json_schema().to_string();
+        for field in ["apiVersion", "metadata", "artifact", "autoRollback", "startPeriod"] {
+            assert!(schema.contains(field), "schema lacks {field}");
+        }
+    }
+}

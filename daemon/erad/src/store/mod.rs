@@ -1,0 +1,663 @@
+//! erad's state in SQLite (WAL, `synchronous=FULL`): deployments, their
+//! revisions, the journal of every transition, and the host's port claims.
+//!
+//! An operator can open the file with `sqlite3` (`SELECT * FROM journal`).
+//! State is never rewritten in place outside a transaction: a transition
+//! updates the deployment row and appends its journal row atomically, and is
+//! checked against the pure transition function inside that transaction, so an
+//! illegal transition can never be persisted.
+
+use crate::lifecycle::machine::{self, Event, State, TransitionError};
+use crate::spec::DeploymentSpec;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// The schema version this erad writes; older files are migrated forward.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS deployments (
+    name              TEXT PRIMARY KEY,
+    state             TEXT NOT NULL,
+    health            TEXT NOT NULL DEFAULT 'unknown',
+    current_revision  INTEGER NOT NULL DEFAULT 0,
+    desired_revision  INTEGER NOT NULL DEFAULT 0,
+    previous_revision INTEGER NOT NULL DEFAULT 0,
+    operation         TEXT NOT NULL DEFAULT 'install',
+    restarts          INTEGER NOT NULL DEFAULT 0,
+    message           TEXT NOT NULL DEFAULT '',
+    outputs           TEXT NOT NULL DEFAULT '{}',
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    deployment      TEXT NOT NULL,
+    revision        INTEGER NOT NULL,
+    spec            TEXT NOT NULL,
+    spec_hash       TEXT NOT NULL,
+    source_dir      TEXT NOT NULL,
+    runtime         TEXT NOT NULL,
+    artifact_digest TEXT,
+    artifact_path   TEXT,
+    work_dir        TEXT NOT NULL,
+    handle          TEXT,
+    installed       INTEGER NOT NULL DEFAULT 0,
+    activations     INTEGER NOT NULL DEFAULT 0,
+    created_at      TEXT NOT NULL,
+    PRIMARY KEY (deployment, revision)
+);
+CREATE TABLE IF NOT EXISTS journal (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment TEXT NOT NULL,
+    time       TEXT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state   TEXT NOT NULL,
+    revision   INTEGER NOT NULL,
+    cause      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_by_deployment ON journal (deployment, seq);
+CREATE TABLE IF NOT EXISTS port_claims (
+    port       INTEGER NOT NULL,
+    protocol   TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    PRIMARY KEY (port, protocol)
+);
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("state store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("the state store was written by a newer erad (schema {found}, this erad knows {SCHEMA_VERSION})")]
+    TooNew { found: i64 },
+    #[error("deployment {0:?} not found")]
+    NotFound(String),
+    #[error("deployment {name}: {source}")]
+    Transition { name: String, source: TransitionError },
+    #[error("port {port}/{protocol} is already claimed by deployment {owner:?}")]
+    PortTaken { port: u16, protocol: String, owner: String },
+    #[error("state store holds a corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// What a deployment is doing; decides which failure event a step raises and
+/// where recovery resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Install,
+    Update,
+    Rollback,
+    Stop,
+    Start,
+    Delete,
+    Restart,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Install => "install",
+            Operation::Update => "update",
+            Operation::Rollback => "rollback",
+            Operation::Stop => "stop",
+            Operation::Start => "start",
+            Operation::Delete => "delete",
+            Operation::Restart => "restart",
+        }
+    }
+}
+
+impl FromStr for Operation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "install" => Operation::Install,
+            "update" => Operation::Update,
+            "rollback" => Operation::Rollback,
+            "stop" => Operation::Stop,
+            "start" => Operation::Start,
+            "delete" => Operation::Delete,
+            "restart" => Operation::Restart,
+            other => return Err(format!("unknown operation {other:?}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentRecord {
+    pub name: String,
+    pub state: State,
+    pub health: String,
+    /// The revision that serves (0: none).
+    pub current_revision: u64,
+    /// The revision erad drives towards.
+    pub desired_revision: u64,
+    /// Where an automatic rollback goes (0: nowhere).
+    pub previous_revision: u64,
+    pub operation: Operation,
+    pub restarts: u32,
+    pub message: String,
+    pub outputs: BTreeMap<String, String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionRecord {
+    pub deployment: String,
+    pub revision: u64,
+    pub spec: DeploymentSpec,
+    pub spec_hash: String,
+    /// Where relative `file:` paths in the spec are resolved from.
+    pub source_dir: String,
+    pub runtime: String,
+    pub artifact_digest: Option<String>,
+    pub artifact_path: Option<String>,
+    pub work_dir: String,
+    pub handle: Option<String>,
+    /// The runtime object exists (install succeeded and delete has not).
+    pub installed: bool,
+    /// How many times erad has asked the plugin to start this revision.
+    pub activations: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalEntry {
+    pub seq: u64,
+    pub deployment: String,
+    pub time: String,
+    pub from: State,
+    pub to: State,
+    pub revision: u64,
+    pub cause: String,
+}
+
+/// What a transition changes besides the state; `None` leaves a field alone.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    pub current_revision: Option<u64>,
+    pub desired_revision: Option<u64>,
+    pub previous_revision: Option<u64>,
+    pub operation: Option<Operation>,
+    pub restarts: Option<u32>,
+    pub health: Option<String>,
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// A handle to the state database, cheap to clone. Calls block on SQLite
+/// (and its fsync); async callers run them on the blocking pool.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found });
+        }
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // A poisoned lock only means another thread panicked mid-call; SQLite's
+        // own transactions keep the data consistent, so carry on.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    /// Creates the deployment in `Requested` (or returns the existing one).
+    pub fn ensure_deployment(&self, name: &str) -> Result<DeploymentRecord, StoreError> {
+        self.with(|c| {
+            let now = now_rfc3339();
+            c.execute(
+                "INSERT OR IGNORE INTO deployments (name, state, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![name, State::Requested.as_str(), now],
+            )?;
+            get_deployment(c, name)
+        })
+    }
+
+    pub fn deployment(&self, name: &str) -> Result<DeploymentRecord, StoreError> {
+        self.with(|c| get_deployment(c, name))
+    }
+
+    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY name"))?;
+            let rows = st.query_map([], deployment_from_row)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
+        })
+    }
+
+    /// The next free revision number of a deployment (revisions are never reused).
+    pub fn next_revision(&self, name: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let max: Option<i64> =
+                c.query_row("SELECT MAX(revision) FROM revisions WHERE deployment = ?1", [name], |r| r.get(0))?;
+            Ok(max.unwrap_or(0) as u64 + 1)
+        })
+    }
+
+    pub fn insert_revision(&self, rev: &RevisionRecord) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO revisions (deployment, revision, spec, spec_hash, source_dir, runtime, artifact_digest,
+                    artifact_path, work_dir, handle, installed, activations, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    rev.deployment,
+                    rev.revision as i64,
+                    rev.spec.canonical_json(),
+                    rev.spec_hash,
+                    rev.source_dir,
+                    rev.runtime,
+                    rev.artifact_digest,
+                    rev.artifact_path,
+                    rev.work_dir,
+                    rev.handle,
+                    rev.installed,
+                    rev.activations as i64,
+                    rev.created_at
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn revision(&self, name: &str, revision: u64) -> Result<Option<RevisionRecord>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE deployment = ?1 AND revision = ?2"),
+                params![name, revision as i64],
+                revision_from_row,
+            )
+            .optional()?
+            .transpose()
+        })
+    }
+
+    pub fn revisions(&self, name: &str) -> Result<Vec<RevisionRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {REVISION_COLUMNS} FROM revisions WHERE deployment = ?1 ORDER BY revision"
+            ))?;
+            let rows = st.query_map([name], revision_from_row)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
+        })
+    }
+
+    pub fn set_artifact(&self, name: &str, revision: u64, digest: &str, path: &str) -> Result<(), StoreError> {
+        self.update_revision(
+            name,
+            revision,
+            "artifact_digest = ?3, artifact_path = ?4",
+            params![name, revision as i64, digest, path],
+        )
+    }
+
+    /// Records the plugin's handle and whether the runtime object exists.
+    pub fn set_installed(
+        &self,
+        name: &str,
+        revision: u64,
+        handle: Option<&str>,
+        installed: bool,
+    ) -> Result<(), StoreError> {
+        self.update_revision(
+            name,
+            revision,
+            "handle = ?3, installed = ?4",
+            params![name, revision as i64, handle, installed],
+        )
+    }
+
+    /// Counts a start request *before* it is made, so a restarted erad can
+    /// tell a started activation from one that never got that far.
+    pub fn count_activation(&self, name: &str, revision: u64) -> Result<(), StoreError> {
+        self.update_revision(name, revision, "activations = activations + 1", params![name, revision as i64])
+    }
+
+    fn update_revision(
+        &self,
+        name: &str,
+        revision: u64,
+        set: &str,
+        p: impl rusqlite::Params,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let n = c.execute(&format!("UPDATE revisions SET {set} WHERE deployment = ?1 AND revision = ?2"), p)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("{name} revision {revision}")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Checks `event` against the state machine and, if legal, commits the new
+    /// state with its journal entry in one transaction. This is the only way a
+    /// deployment's state changes.
+    pub fn commit_transition(
+        &self,
+        name: &str,
+        event: Event,
+        revision: u64,
+        cause: &str,
+        changes: &Changes,
+    ) -> Result<(DeploymentRecord, JournalEntry), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let before = get_deployment(&tx, name)?;
+            let to = machine::transition(before.state, event)
+                .map_err(|source| StoreError::Transition { name: name.to_string(), source })?;
+            let now = now_rfc3339();
+            tx.execute(
+                "UPDATE deployments SET state = ?2, message = ?3, updated_at = ?4,
+                    current_revision = COALESCE(?5, current_revision),
+                    desired_revision = COALESCE(?6, desired_revision),
+                    previous_revision = COALESCE(?7, previous_revision),
+                    operation = COALESCE(?8, operation),
+                    restarts = COALESCE(?9, restarts),
+                    health = COALESCE(?10, health)
+                 WHERE name = ?1",
+                params![
+                    name,
+                    to.as_str(),
+                    cause,
+                    now,
+                    changes.current_revision.map(|v| v as i64),
+                    changes.desired_revision.map(|v| v as i64),
+                    changes.previous_revision.map(|v| v as i64),
+                    changes.operation.map(Operation::as_str),
+                    changes.restarts,
+                    changes.health
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO journal (deployment, time, from_state, to_state, revision, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![name, now, before.state.as_str(), to.as_str(), revision as i64, cause],
+            )?;
+            let seq = tx.last_insert_rowid() as u64;
+            let after = get_deployment(&tx, name)?;
+            tx.commit()?;
+            let entry = JournalEntry {
+                seq,
+                deployment: name.to_string(),
+                time: now,
+                from: before.state,
+                to,
+                revision,
+                cause: cause.to_string(),
+            };
+            Ok((after, entry))
+        })
+    }
+
+    /// Updates what the health monitor saw; no transition, no journal row.
+    pub fn set_observed(&self, name: &str, health: &str, outputs: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE deployments SET health = ?2, outputs = ?3 WHERE name = ?1",
+                params![name, health, serde_json::to_string(outputs).unwrap_or_else(|_| "{}".into())],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn journal(&self, name: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT seq, deployment, time, from_state, to_state, revision, cause FROM journal
+                 WHERE deployment = ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map([name], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get(6)?,
+                ))
+            })?;
+            rows.map(|r| {
+                let (seq, deployment, time, from, to, revision, cause) = r?;
+                Ok(JournalEntry {
+                    seq: seq as u64,
+                    deployment,
+                    time,
+                    from: from.parse().map_err(StoreError::Corrupt)?,
+                    to: to.parse().map_err(StoreError::Corrupt)?,
+                    revision: revision as u64,
+                    cause,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// Claims `ports` for `name`, all or none. A port another deployment holds
+    /// is refused with its owner's name.
+    pub fn claim_ports(&self, name: &str, ports: &[(u16, String)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for (port, protocol) in ports {
+                let owner: Option<String> = tx
+                    .query_row(
+                        "SELECT deployment FROM port_claims WHERE port = ?1 AND protocol = ?2",
+                        params![*port as i64, protocol],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match owner {
+                    Some(owner) if owner != name => {
+                        return Err(StoreError::PortTaken { port: *port, protocol: protocol.clone(), owner });
+                    }
+                    Some(_) => {}
+                    None => {
+                        tx.execute(
+                            "INSERT INTO port_claims (port, protocol, deployment) VALUES (?1, ?2, ?3)",
+                            params![*port as i64, protocol, name],
+                        )?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Releases every claim of `name` except `keep`.
+    pub fn release_ports(&self, name: &str, keep: &[(u16, String)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let claimed: Vec<(i64, String)> = {
+                let mut st = tx.prepare("SELECT port, protocol FROM port_claims WHERE deployment = ?1")?;
+                st.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+            };
+            for (port, protocol) in claimed {
+                if !keep.iter().any(|(p, pr)| *p as i64 == port && *pr == protocol) {
+                    tx.execute("DELETE FROM port_claims WHERE port = ?1 AND protocol = ?2", params![port, protocol])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The deployment holding a port, if any.
+    pub fn port_owner(&self, port: u16, protocol: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT deployment FROM port_claims WHERE port = ?1 AND protocol = ?2",
+                params![port as i64, protocol],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    pub fn port_claims(&self, name: &str) -> Result<Vec<(u16, String)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT port, protocol FROM port_claims WHERE deployment = ?1 ORDER BY port")?;
+            let rows = st.query_map([name], |r| Ok((r.get::<_, i64>(0)? as u16, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+const DEPLOYMENT_COLUMNS: &str = "name, state, health, current_revision, desired_revision, previous_revision, operation, restarts, message, outputs, created_at, updated_at";
+
+fn get_deployment(c: &Connection, name: &str) -> Result<DeploymentRecord, StoreError> {
+    c.query_row(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = ?1"), [name], deployment_from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(name.to_string()))?
+}
+
+fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<DeploymentRecord, StoreError>> {
+    let state: String = r.get(1)?;
+    let operation: String = r.get(6)?;
+    let outputs: String = r.get(9)?;
+    let rec = (|| {
+        Ok(DeploymentRecord {
+            name: r.get(0)?,
+            state: state.parse().map_err(StoreError::Corrupt)?,
+            health: r.get(2)?,
+            current_revision: r.get::<_, i64>(3)? as u64,
+            desired_revision: r.get::<_, i64>(4)? as u64,
+            previous_revision: r.get::<_, i64>(5)? as u64,
+            operation: operation.parse().map_err(StoreError::Corrupt)?,
+            restarts: r.get(7)?,
+            message: r.get(8)?,
+            outputs: serde_json::from_str(&outputs).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            created_at: r.get(10)?,
+            updated_at: r.get(11)?,
+        })
+    })();
+    Ok(rec)
+}
+
+const REVISION_COLUMNS: &str = "deployment, revision, spec, spec_hash, source_dir, runtime, artifact_digest, artifact_path, work_dir, handle, installed, activations, created_at";
+
+fn revision_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RevisionRecord, StoreError>> {
+    let spec: String = r.get(2)?;
+    let rec = (|| {
+        Ok(RevisionRecord {
+            deployment: r.get(0)?,
+            revision: r.get::<_, i64>(1)? as u64,
+            spec: DeploymentSpec::parse(&spec, "stored revision").map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            spec_hash: r.get(3)?,
+            source_dir: r.get(4)?,
+            runtime: r.get(5)?,
+            artifact_digest: r.get(6)?,
+            artifact_path: r.get(7)?,
+            work_dir: r.get(8)?,
+            handle: r.get(9)?,
+            installed: r.get(10)?,
+            activations: r.get::<_, i64>(11)? as u64,
+            created_at: r.get(12)?,
+        })
+    })();
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("era.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn a_transition_is_committed_with_its_journal_entry() {
+        let (_d, s) = store();
+        s.ensure_deployment("web").unwrap();
+        let (rec, entry) = s
+            .commit_transition(
+                "web",
+                Event::Apply,
+                1,
+                "applied",
+                &Changes { desired_revision: Some(1), ..Default::default() },
+            )
+            .unwrap();
+        assert_eq!(rec.state, State::Validating);
+        assert_eq!(rec.desired_revision, 1);
+        assert_eq!((entry.from, entry.to), (State::Requested, State::Validating));
+        assert_eq!(s.journal("web").unwrap(), vec![entry]);
+    }
+
+    #[test]
+    fn an_illegal_transition_changes_nothing() {
+        let (_d, s) = store();
+        s.ensure_deployment("web").unwrap();
+        let err = s.commit_transition("web", Event::Healthy, 1, "x", &Changes::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Transition { .. }), "{err}");
+        assert_eq!(s.deployment("web").unwrap().state, State::Requested);
+        assert!(s.journal("web").unwrap().is_empty());
+    }
+
+    #[test]
+    fn state_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("era.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.ensure_deployment("web").unwrap();
+            s.commit_transition("web", Event::Apply, 1, "applied", &Changes::default()).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.deployment("web").unwrap().state, State::Validating);
+    }
+
+    #[test]
+    fn a_port_held_by_one_deployment_is_refused_to_another() {
+        let (_d, s) = store();
+        s.claim_ports("a", &[(8080, "tcp".into())]).unwrap();
+        s.claim_ports("a", &[(8080, "tcp".into())]).unwrap();
+        let err = s.claim_ports("b", &[(9090, "tcp".into()), (8080, "tcp".into())]).unwrap_err();
+        assert_eq!(err.to_string(), "port 8080/tcp is already claimed by deployment \"a\"");
+        assert!(s.port_claims("b").unwrap().is_empty(), "all or nothing");
+        s.claim_ports("b", &[(8080, "udp".into())]).unwrap();
+        s.release_ports("a", &[]).unwrap();
+        s.claim_ports("b", &[(8080, "tcp".into())]).unwrap();
+    }
+
+    #[test]
+    fn a_store_from_a_newer_erad_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("era.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99 })));
+    }
+}

@@ -1,0 +1,120 @@
+//! The guest side of the era plugin contract (`wit/plugin.wit`).
+//!
+//! A plugin implements [`Runtime`] (the generated `Guest` trait of the
+//! `runtime` interface) and exports it with [`export_plugin!`]:
+//!
+//! ```ignore
+//! struct Hello;
+//! impl era_plugin_sdk::Runtime for Hello { /* info, validate, install, ... */ }
+//! era_plugin_sdk::export_plugin!(Hello);
+//! ```
+//!
+//! The helpers here wrap the host imports: [`log`] and [`process`]. A plugin
+//! only imports what it calls, and erad refuses a plugin that imports an
+//! interface the operator did not grant, so call only what you need.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "export_plugin",
+        default_bindings_module: "era_plugin_sdk::bindings",
+    });
+}
+
+pub use bindings::era::plugin::types::{
+    Artifact, ArtifactKind, Error, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus as Status,
+};
+pub use bindings::export_plugin;
+pub use bindings::exports::era::plugin::runtime::Guest as Runtime;
+
+/// The revision's work dir as the plugin sees it.
+pub const WORK_DIR: &str = "/work";
+
+/// Logging into erad's log (needs the `log` grant).
+pub mod log {
+    use crate::bindings::era::plugin::log::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+/// Running allowlisted host programs (needs the `process` grant).
+pub mod process {
+    pub use crate::bindings::era::plugin::process::{Command, Exit, Output, ProcessError};
+
+    /// A command with captured output, no stdin and the host's default timeout.
+    pub fn command(program: &str, args: &[&str]) -> Command {
+        Command {
+            program: program.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            stdin: None,
+            timeout_ms: 0,
+            stdout: Output::Capture,
+            stderr: Output::Capture,
+        }
+    }
+
+    pub fn run(command: &Command) -> Result<Exit, ProcessError> {
+        crate::bindings::era::plugin::process::run(command)
+    }
+}
+
+/// Small JSON state files in the work dir: how a plugin remembers what it did
+/// so that every operation can be idempotent.
+pub mod state {
+    use serde::{Serialize, de::DeserializeOwned};
+    use std::{fs, io, path::PathBuf};
+
+    fn path(name: &str) -> PathBuf {
+        PathBuf::from(crate::WORK_DIR).join(name)
+    }
+
+    /// Reads `name`; `Ok(None)` when it does not exist yet.
+    pub fn read<T: DeserializeOwned>(name: &str) -> Result<Option<T>, String> {
+        match fs::read(path(name)) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("state file {name} is corrupt: {e}"))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read state file {name}: {e}")),
+        }
+    }
+
+    /// Writes `name` atomically (temp file + rename), so a crash mid-write
+    /// leaves the old state, never a torn one.
+    pub fn write<T: Serialize>(name: &str, value: &T) -> Result<(), String> {
+        let tmp = path(&format!(".{name}.tmp"));
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+        fs::write(&tmp, bytes).map_err(|e| format!("cannot write state file {name}: {e}"))?;
+        fs::rename(&tmp, path(name)).map_err(|e| format!("cannot write state file {name}: {e}"))
+    }
+
+    pub fn remove(name: &str) -> Result<(), String> {
+        match fs::remove_file(path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove state file {name}: {e}")),
+        }
+    }
+}
+
+impl Status {
+    /// A running, healthy workload.
+    pub fn healthy(message: impl Into<String>) -> Self {
+        Status { running: true, health: Health::Healthy, exit_code: None, message: message.into(), outputs: Vec::new() }
+    }
+}
