@@ -1,1 +1,278 @@
+#![allow(clippy::unwrap_used)] // a test harness: a failed unwrap is a failed test
+//! The test harness: a real `erad` process on a temp dir with the fixture
+//! plugins, driven by the real `era` CLI.
 
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The fixture components, built by `build.rs`.
+pub mod plugin {
+    pub const NOOP: &str = env!("ERA_PLUGIN_NOOP");
+    pub const TRAP: &str = env!("ERA_PLUGIN_TRAP");
+    pub const HANG: &str = env!("ERA_PLUGIN_HANG");
+    pub const HOG: &str = env!("ERA_PLUGIN_HOG");
+    pub const UNHEALTHY: &str = env!("ERA_PLUGIN_UNHEALTHY");
+}
+
+/// The workspace's binaries, next to the test executable's `deps/` dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is missing: build the workspace first (cargo build --workspace)", path.display());
+    path
+}
+
+/// The plugin section every test daemon gets: the fixtures with tight
+/// deadlines so failure tests stay quick.
+pub fn fixture_plugins() -> String {
+    format!(
+        r#"
+[plugins.noop]
+path = "{noop}"
+grants = ["log"]
+
+[plugins.trap]
+path = "{trap}"
+
+[plugins.hang]
+path = "{hang}"
+[plugins.hang.deadlines]
+install = "1s"
+
+[plugins.hog]
+path = "{hog}"
+memory_limit_mib = 16
+
+[plugins.unhealthy]
+path = "{unhealthy}"
+"#,
+        noop = plugin::NOOP,
+        trap = plugin::TRAP,
+        hang = plugin::HANG,
+        hog = plugin::HOG,
+        unhealthy = plugin::UNHEALTHY
+    )
+}
+
+/// What `era` answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// A real erad on a temp dir.
+pub struct Erad {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Erad {
+    /// Starts erad with the fixture plugins.
+    pub fn start() -> Erad {
+        Erad::start_with(&fixture_plugins(), &[])
+    }
+
+    /// Starts erad with this `[plugins...]` config and extra environment.
+    pub fn start_with(plugins: &str, env: &[(&str, &str)]) -> Erad {
+        Erad::try_start_with(plugins, env).expect("erad should start")
+    }
+
+    /// Like [`Erad::start_with`], but returns what erad printed if it would not start.
+    pub fn try_start_with(plugins: &str, env: &[(&str, &str)]) -> Result<Erad, String> {
+        let dir = tempfile::Builder::new().prefix("era-test-").tempdir().expect("temp dir");
+        let config = dir.path().join("erad.toml");
+        let text = format!(
+            "version = 1\n[daemon]\ndata_dir = \"{d}/data\"\nsocket = \"{d}/erad.sock\"\nlog_level = \"info\"\nhealth_interval = \"200ms\"\n{plugins}",
+            d = dir.path().display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut erad = Erad { dir, config, child: None };
+        erad.spawn(env)?;
+        Ok(erad)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("erad.sock")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the erad process and waits for its socket; on failure returns
+    /// what it printed.
+    pub fn spawn(&mut self, env: &[(&str, &str)]) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("erad.log"))
+            .expect("log file");
+        let mut cmd = Command::new(bin("erad"));
+        cmd.arg("--config").arg(&self.config).stdout(Stdio::null()).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn erad");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait erad") {
+                return Err(format!("erad exited with {status}: {}", self.log()));
+            }
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "erad did not open its socket in time: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("erad.log")).unwrap_or_default()
+    }
+
+    /// `kill -9`: no drain, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for erad to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("erad is running");
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        child.wait().expect("wait erad")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `era` against this daemon.
+    pub fn era(&self, args: &[&str]) -> Answer {
+        let out = Command::new(bin("era")).arg("--socket").arg(self.socket()).args(args).output().expect("run era");
+        Answer {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts `era` without waiting for it (for commands whose answer a
+    /// paused or killed erad will never send).
+    pub fn era_background(&self, args: &[&str]) -> Child {
+        Command::new(bin("era"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run era")
+    }
+
+    /// `era -o json get NAME`.
+    pub fn get(&self, name: &str) -> Value {
+        let a = self.era(&["-o", "json", "get", name]);
+        assert_eq!(a.code, 0, "era get {name}: {a:?}");
+        a.json()
+    }
+
+    pub fn history(&self, name: &str) -> Vec<Value> {
+        let a = self.era(&["-o", "json", "history", name]);
+        assert_eq!(a.code, 0, "era history {name}: {a:?}");
+        a.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls until the deployment is in `state`, or panics with what it is.
+    pub fn wait_for_state(&self, name: &str, state: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let a = self.era(&["-o", "json", "get", name]);
+            if a.code == 0 && a.json()["state"] == state {
+                return a.json();
+            }
+            if Instant::now() > deadline {
+                panic!("{name} did not reach {state} within {timeout:?}: {a:?}\nerad log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a spec into the test dir and returns its path.
+    pub fn spec(&self, file: &str, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, yaml).expect("write spec");
+        path
+    }
+
+    /// A spec for `runtime` with a fresh file artifact of `content`.
+    pub fn deployment(&self, name: &str, runtime: &str, content: &str, extra: &str) -> PathBuf {
+        let artifact = format!("{name}-{}.bin", &sha256(content.as_bytes())[..8]);
+        std::fs::write(self.dir.path().join(&artifact), content).expect("write artifact");
+        let yaml = format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: {runtime}\n  artifact: {{file: {artifact}, sha256: \"{sha}\"}}\n{extra}",
+            sha = sha256(content.as_bytes())
+        );
+        self.spec(&format!("{name}-{}.yaml", &sha256(yaml.as_bytes())[..8]), &yaml)
+    }
+
+    /// `era apply -f PATH --wait`.
+    pub fn apply_wait(&self, spec: &Path) -> Answer {
+        self.era(&["apply", "-f", spec.to_str().expect("utf-8 path"), "--wait", "--timeout", "60s"])
+    }
+}
+
+impl Drop for Erad {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            }
+            out.push(p.strip_prefix(base).unwrap_or(&p).display().to_string());
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Polls `cond` until it holds, or panics after `timeout`.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition did not hold within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

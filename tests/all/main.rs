@@ -1,1 +1,10 @@
+//! Integration tests against the real `erad` and `era` binaries and the
+//! fixture plugins (one test binary, one module per capability).
 
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod lifecycle;
+mod plugins;
+mod recovery;
+mod scale;

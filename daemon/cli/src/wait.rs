@@ -38,10 +38,8 @@ pub async fn settle(
                         return Ok(client.get(pb::NameRequest { name: name.to_string() }).await?.into_inner());
                     }
                 }
-                Some(pb::event::Kind::Progress(p)) if !quiet => {
-                    if p.total > 0 {
-                        eprintln!("{name}: fetching {}: {} / {} bytes", p.what, p.done, p.total);
-                    }
+                Some(pb::event::Kind::Progress(p)) if !quiet && p.total > 0 => {
+                    eprintln!("{name}: fetching {}: {} / {} bytes", p.what, p.done, p.total);
                 }
                 _ => {}
             }

@@ -561,8 +561,8 @@ spec:
     #[test]
     fn an_unknown_field_is_refused_by_name() {
         let e = error_of(&GOOD.replace("runtime: noop", "runtime: noop\n  replicas: 3"));
-        assert_eq!(e.path, "spec");
-        assert!(e.message.contains("replicas"), "{e}");
+        assert_eq!(e.path, "spec.replicas");
+        assert!(e.message.contains("unknown field `replicas`"), "{e}");
     }
 
     #[test]

@@ -97,6 +97,12 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
     }
 }
 
+/// See [`Supervisor::pause`].
+fn pause_after() -> Option<State> {
+    static PAUSE: std::sync::OnceLock<Option<State>> = std::sync::OnceLock::new();
+    *PAUSE.get_or_init(|| std::env::var("ERAD_TEST_PAUSE_AFTER").ok().and_then(|s| s.parse().ok()))
+}
+
 fn needs_work(state: State) -> bool {
     !state.is_settled() && state != State::Requested
 }
@@ -240,8 +246,22 @@ impl Supervisor {
     ) -> Result<DeploymentRecord, StoreError> {
         let (rec, entry) = self.db(move |s, n| s.commit_transition(n, event, revision, &cause, &changes)).await?;
         tracing::info!(deployment = self.name, revision, from = %entry.from, to = %entry.to, "{}", entry.cause);
+        let to = entry.to;
         let _ = self.shared.events.send(WatchEvent::Transition(entry));
+        if pause_after() == Some(to) {
+            self.pause(to).await;
+        }
         Ok(rec)
+    }
+
+    /// The crash-test hook: freeze right after committing `state`, before its
+    /// side effect, and say so in a marker file, so a test can `kill -9` erad
+    /// at exactly that point. Only active when `ERAD_TEST_PAUSE_AFTER` is set.
+    async fn pause(&self, state: State) {
+        let marker = self.shared.layout.root().join(format!("paused-{}-{state}", self.name));
+        tracing::warn!(deployment = self.name, %state, "ERAD_TEST_PAUSE_AFTER: pausing after commit");
+        let _ = std::fs::write(&marker, b"");
+        std::future::pending::<()>().await;
     }
 
     async fn revision(&self, revision: u64) -> Work<RevisionRecord> {
@@ -268,22 +288,33 @@ impl Supervisor {
         let Ok(rec) = self.db(|s, n| s.deployment(n)).await else { return };
         match rec.state {
             State::Failed if rec.operation == Operation::Install => self.clean_up_failed_install(&rec).await,
-            State::Running => match self.revision(rec.current_revision).await {
-                Ok(rev) => match self.status(&rev).await {
-                    Ok(st) if st.running => {
-                        tracing::info!(deployment = self.name, revision = rev.revision, "adopted the running workload")
-                    }
-                    Ok(st) => tracing::warn!(
-                        deployment = self.name,
-                        revision = rev.revision,
-                        "workload is not running: {}",
-                        st.message
-                    ),
-                    Err(e) => tracing::warn!(deployment = self.name, revision = rev.revision, "cannot adopt: {e}"),
-                },
-                Err(e) => tracing::error!(deployment = self.name, "{e}"),
-            },
+            State::Running => {
+                self.adopt(&rec).await;
+                // A crash right after an update or rollback committed Running
+                // skipped retiring the other revisions; do it now.
+                if matches!(rec.operation, Operation::Update | Operation::Rollback) {
+                    self.retire_other_revisions(rec.current_revision).await;
+                }
+            }
             _ => {}
+        }
+    }
+
+    async fn adopt(&self, rec: &DeploymentRecord) {
+        match self.revision(rec.current_revision).await {
+            Ok(rev) => match self.status(&rev).await {
+                Ok(st) if st.running => {
+                    tracing::info!(deployment = self.name, revision = rev.revision, "adopted the running workload")
+                }
+                Ok(st) => tracing::warn!(
+                    deployment = self.name,
+                    revision = rev.revision,
+                    "workload is not running: {}",
+                    st.message
+                ),
+                Err(e) => tracing::warn!(deployment = self.name, revision = rev.revision, "cannot adopt: {e}"),
+            },
+            Err(e) => tracing::error!(deployment = self.name, "{e}"),
         }
     }
 

@@ -247,23 +247,12 @@ pub struct CallContext<'a> {
     pub work_dir: &'a Path,
 }
 
-/// The wasmtime engine shared by all plugins, with its epoch ticker.
+/// The wasmtime engine shared by all plugins.
 #[derive(Clone)]
 pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache_dir: PathBuf,
-    _ticker: Arc<EpochTicker>,
-}
-
-struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 impl PluginHost {
@@ -278,12 +267,14 @@ impl PluginHost {
         std::fs::create_dir_all(cache_dir)
             .map_err(|e| LoadError::Engine(format!("compile cache {}: {e}", cache_dir.display())))?;
 
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (weak, flag) = (engine.weak(), stop.clone());
+        // The ticker lives exactly as long as the engine: loaded plugins keep
+        // the engine alive after the host itself is gone, and their deadlines
+        // must keep counting.
+        let weak = engine.weak();
         std::thread::Builder::new()
             .name("era-epoch".into())
             .spawn(move || {
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                loop {
                     std::thread::sleep(EPOCH_TICK);
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
@@ -292,12 +283,7 @@ impl PluginHost {
                 }
             })
             .map_err(|e| LoadError::Engine(format!("epoch thread: {e}")))?;
-        Ok(PluginHost {
-            engine,
-            linker: Arc::new(linker),
-            cache_dir: cache_dir.to_path_buf(),
-            _ticker: Arc::new(EpochTicker { stop }),
-        })
+        Ok(PluginHost { engine, linker: Arc::new(linker), cache_dir: cache_dir.to_path_buf() })
     }
 
     /// A stable key for this engine's compiled code (wasmtime version + settings).
@@ -520,11 +506,10 @@ impl LoadedPlugin {
             return Failure::MemoryExhausted { limit_mib: self.memory_limit_mib };
         }
         // The guest's own last words (a Rust panic message) say more than the trap code.
+        // (Skipping the panic hook's "note: run with RUST_BACKTRACE" line.)
         let said = String::from_utf8_lossy(&stderr.contents())
-            .trim()
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty() && !l.starts_with("note: "))
             .map(str::to_string);
         let trap = err
             .downcast_ref::<Trap>()

@@ -1,0 +1,221 @@
+//! Apply, update, automatic and manual rollback, stop/start, delete.
+
+use era_tests::{Erad, eventually, files_under};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn states(erad: &Erad, name: &str) -> Vec<String> {
+    erad.history(name)
+        .iter()
+        .map(|e| format!("{}->{}", e["from"].as_str().unwrap(), e["to"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn apply_reaches_running_through_every_install_state() {
+    let erad = Erad::start();
+    let spec = erad.deployment("web", "noop", "v1", "  env: {PORT: \"8080\"}\n");
+    let a = erad.apply_wait(&spec);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert!(a.stdout.contains("web revision 1 applied"), "{a:?}");
+    let d = erad.get("web");
+    assert_eq!(
+        (d["state"].as_str(), d["revision"].as_u64(), d["desired_revision"].as_u64()),
+        (Some("Running"), Some(1), Some(1))
+    );
+    assert_eq!(d["health"], "healthy");
+    assert_eq!(d["runtime"], "noop");
+    assert_eq!(d["artifact_digest"], format!("sha256:{}", era_tests::sha256(b"v1")));
+    assert!(d["updated_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        states(&erad, "web"),
+        [
+            "Requested->Validating",
+            "Validating->Fetching",
+            "Fetching->Preparing",
+            "Preparing->Installing",
+            "Installing->Activating",
+            "Activating->HealthChecking",
+            "HealthChecking->Running"
+        ]
+    );
+    // Applying the same spec again changes nothing.
+    let again = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
+    assert_eq!(again.code, 0);
+    assert!(again.stdout.contains("web revision 1 unchanged"), "{again:?}");
+    assert_eq!(erad.history("web").len(), 7);
+}
+
+#[test]
+fn update_runs_revision_2_and_retires_revision_1() {
+    let erad = Erad::start();
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+    let a = erad.apply_wait(&erad.deployment("web", "noop", "v2", ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    let d = erad.get("web");
+    assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(2)));
+    assert_eq!(d["artifact_digest"], format!("sha256:{}", era_tests::sha256(b"v2")));
+    let h = states(&erad, "web");
+    assert_eq!(
+        &h[7..],
+        [
+            "Running->Updating",
+            "Updating->Installing",
+            "Installing->Activating",
+            "Activating->HealthChecking",
+            "HealthChecking->Running"
+        ]
+    );
+    let deployments = erad.data_dir().join("deployments/web");
+    assert!(!deployments.join("rev-1").exists(), "revision 1's work dir is retired");
+    assert!(deployments.join("rev-2/noop.json").exists());
+}
+
+#[test]
+fn failing_update_rolls_back_to_revision_1_on_its_own() {
+    let erad = Erad::start();
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+    let bad = erad.deployment("web", "noop", "v2", "  config: {exitAfterStart: 1}\n");
+    let a = erad.apply_wait(&bad);
+    assert_eq!(a.code, 1, "{a:?}");
+    assert!(a.stderr.contains("rolled back to revision 1"), "{a:?}");
+    let d = erad.get("web");
+    assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(1)));
+    let h = erad.history("web");
+    let rb = h.iter().find(|e| e["to"] == "RollingBack").expect("a RollingBack transition");
+    assert!(rb["cause"].as_str().unwrap().contains("exited with code 1"), "{rb}");
+    assert_eq!(h.last().unwrap()["to"], "Running");
+    assert!(!erad.data_dir().join("deployments/web/rev-2").exists(), "the failed revision is removed");
+}
+
+#[test]
+fn failing_update_without_auto_rollback_stays_failed() {
+    let erad = Erad::start();
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+    let bad = erad.deployment("web", "noop", "v2", "  config: {exitAfterStart: 1}\n  update: {autoRollback: false}\n");
+    assert_eq!(erad.apply_wait(&bad).code, 1);
+    assert_eq!(erad.get("web")["state"], "Failed");
+    // An operator rollback brings revision 1 back.
+    let r = erad.era(&["rollback", "web", "--wait", "--timeout", "60s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(erad.get("web")["revision"], 1);
+}
+
+#[test]
+fn rollback_to_names_the_revision_and_checks_it_exists() {
+    let erad = Erad::start();
+    for v in ["v1", "v2", "v3"] {
+        assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", v, "")).code, 0);
+    }
+    assert_eq!(erad.get("web")["revision"], 3);
+    let r = erad.era(&["rollback", "web", "--to", "1", "--wait", "--timeout", "60s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = erad.get("web");
+    assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(1)));
+    assert_eq!(d["artifact_digest"], format!("sha256:{}", era_tests::sha256(b"v1")));
+    let missing = erad.era(&["rollback", "web", "--to", "9"]);
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("revision 9 does not exist"), "{missing:?}");
+    let same = erad.era(&["rollback", "web", "--to", "1"]);
+    assert_eq!(same.code, 2, "{same:?}");
+    // Without --to, rollback returns to where the last one came from.
+    assert_eq!(erad.era(&["rollback", "web", "--wait", "--timeout", "60s"]).code, 0);
+    assert_eq!(erad.get("web")["revision"], 3);
+}
+
+#[test]
+fn stop_and_start_keep_the_volume_and_identity() {
+    let erad = Erad::start();
+    let spec = erad.deployment("db", "noop", "v1", "  volumes: [{name: data, mountPath: /data}]\n");
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    let volume = erad.data_dir().join("volumes/db/data");
+    std::fs::write(volume.join("rows"), b"42").unwrap();
+    let s = erad.era(&["stop", "db", "--wait"]);
+    assert_eq!(s.code, 0, "{s:?}");
+    let d = erad.get("db");
+    assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Stopped"), Some(1)));
+    assert_eq!(std::fs::read(volume.join("rows")).unwrap(), b"42");
+    let s = erad.era(&["start", "db", "--wait"]);
+    assert_eq!(s.code, 0, "{s:?}");
+    let d = erad.wait_for_state("db", "Running", T);
+    assert_eq!(d["revision"], 1);
+    assert_eq!(std::fs::read(volume.join("rows")).unwrap(), b"42");
+    // stop and start are idempotent for scripts.
+    assert_eq!(erad.era(&["start", "db"]).code, 0);
+}
+
+#[test]
+fn delete_leaves_nothing_on_disk_but_the_history() {
+    let erad = Erad::start();
+    let spec = erad.deployment(
+        "web",
+        "noop",
+        "v1",
+        "  volumes: [{name: data, mountPath: /data}]\n  ports: [{name: http, port: 18080}]\n",
+    );
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    assert_eq!(
+        erad.apply_wait(&erad.deployment("web", "noop", "v2", "  volumes: [{name: data, mountPath: /data}]\n")).code,
+        0
+    );
+    let d = erad.era(&["delete", "web", "--wait"]);
+    assert_eq!(d.code, 0, "{d:?}");
+    assert_eq!(erad.get("web")["state"], "Deleted");
+    let data = erad.data_dir();
+    assert_eq!(files_under(&data.join("deployments")), Vec::<String>::new());
+    assert_eq!(files_under(&data.join("volumes")), Vec::<String>::new());
+    assert!(erad.history("web").len() > 10, "history stays for audit");
+    // The port is free again for someone else.
+    let other = erad.deployment("api", "noop", "v1", "  ports: [{name: http, port: 18080}]\n");
+    assert_eq!(erad.apply_wait(&other).code, 0);
+    // A deleted deployment is hidden from list unless asked for.
+    let list = erad.era(&["-o", "json", "list"]).json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(erad.era(&["-o", "json", "list", "--all"]).json().as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn first_install_that_fails_health_is_cleaned_up_and_failed() {
+    let erad = Erad::start();
+    let spec = erad.deployment(
+        "sick",
+        "unhealthy",
+        "v1",
+        "  volumes: [{name: data, mountPath: /data}]\n  health: {interval: 100ms, retries: 2}\n",
+    );
+    let a = erad.apply_wait(&spec);
+    assert_eq!(a.code, 1, "{a:?}");
+    let d = erad.get("sick");
+    assert_eq!(d["state"], "Failed");
+    assert!(d["message"].as_str().unwrap().contains("unhealthy"), "{d}");
+    assert_eq!(files_under(&erad.data_dir().join("deployments")), Vec::<String>::new());
+    assert_eq!(files_under(&erad.data_dir().join("volumes")), Vec::<String>::new());
+    // A fixed spec can be applied to the failed deployment.
+    assert_eq!(erad.apply_wait(&erad.deployment("sick", "noop", "v2", "")).code, 0);
+}
+
+#[test]
+fn a_crashed_workload_is_restarted_per_policy_then_given_up() {
+    let erad = Erad::start();
+    let spec = erad.deployment("flaky", "noop", "v1", "  restart: {policy: on-failure, maxRetries: 2}\n");
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    // The workload dies behind erad's back: its state says it exited with 3.
+    let state = erad.data_dir().join("deployments/flaky/rev-1/noop.json");
+    let kill = || {
+        let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        s["running"] = false.into();
+        s["exit_code"] = 3.into();
+        std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+    };
+    let restarts =
+        || erad.history("flaky").iter().filter(|e| e["from"] == "Running" && e["to"] == "Activating").count();
+    for n in 1..=2 {
+        kill();
+        eventually(T, || restarts() == n && erad.get("flaky")["state"] == "Running");
+        eventually(T, || erad.get("flaky")["outputs"]["starts"] == (n + 1).to_string().as_str());
+    }
+    kill();
+    let d = erad.wait_for_state("flaky", "Failed", T);
+    assert!(d["message"].as_str().unwrap().contains("gave up after 2 restarts"), "{d}");
+}

@@ -1,0 +1,59 @@
+//! The plugin sandbox: traps, hangs and memory hogs fail one call each, and
+//! the daemon keeps serving; imports are checked against grants at load.
+
+use era_tests::{Erad, plugin};
+
+#[test]
+fn trap_hang_and_hog_fail_one_call_each_while_another_deployment_keeps_working() {
+    let erad = Erad::start();
+    assert_eq!(erad.apply_wait(&erad.deployment("good", "noop", "v1", "")).code, 0);
+    let cases = [
+        ("trapper", "trap", "plugin trap: install: the plugin trapped"),
+        ("hanger", "hang", "plugin hang: install: did not finish within its deadline of 1s"),
+        ("hogger", "hog", "plugin hog: install: exceeded its memory limit of 16 MiB"),
+    ];
+    for (name, runtime, expected) in cases {
+        let a = erad.apply_wait(&erad.deployment(name, runtime, "v1", ""));
+        assert_eq!(a.code, 1, "{a:?}");
+        let d = erad.get(name);
+        assert_eq!(d["state"], "Failed");
+        assert!(d["message"].as_str().unwrap().contains(expected), "{name}: {d}");
+        // Meanwhile the good deployment is untouched and erad still works.
+        assert_eq!(erad.get("good")["state"], "Running");
+        assert_eq!(erad.apply_wait(&erad.deployment("good", "noop", format!("after-{name}").as_str(), "")).code, 0);
+    }
+    let trap = erad.get("trapper")["message"].as_str().unwrap().to_string();
+    assert!(trap.contains("fixture trap in install of trapper"), "the guest's panic message is kept: {trap}");
+}
+
+#[test]
+fn a_plugin_importing_what_it_was_not_granted_is_refused_at_load() {
+    let config = format!("[plugins.noop]\npath = \"{}\"\ngrants = []\n", plugin::NOOP);
+    let msg = Erad::try_start_with(&config, &[]).err().expect("erad must refuse to start");
+    assert!(msg.contains("plugin noop: imports era:plugin/log@0.1.0, which is not granted"), "{msg}");
+}
+
+#[test]
+fn compiled_plugins_are_cached_on_disk_and_reused() {
+    let mut erad = Erad::start();
+    let cache = erad.data_dir().join("cache/plugins");
+    let entries = |c: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(c).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let first = entries(&cache);
+    assert_eq!(first.iter().filter(|e| e.ends_with(".cwasm")).count(), 5, "{first:?}");
+    let mtimes = |c: &std::path::Path| -> Vec<std::time::SystemTime> {
+        let mut v: Vec<_> =
+            std::fs::read_dir(c).unwrap().flatten().map(|e| e.metadata().unwrap().modified().unwrap()).collect();
+        v.sort();
+        v
+    };
+    let before = mtimes(&cache);
+    erad.kill9();
+    erad.spawn(&[]).unwrap();
+    assert_eq!(entries(&cache), first);
+    assert_eq!(mtimes(&cache), before, "a restart does not recompile");
+}
