@@ -96,8 +96,12 @@ impl ContentStore {
             progress(meta.len(), Some(meta.len()));
             return Ok(Fetched { digest: expected.to_string(), path, size: meta.len() });
         }
-        let tmp =
-            self.root.join("tmp").join(format!("{}.{}", expected.trim_start_matches("sha256:"), std::process::id()));
+        // Unique per fetch: two deployments may fetch the same blob at once;
+        // each writes its own temp file and the renames agree on the content.
+        static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hex = expected.trim_start_matches("sha256:");
+        let tmp = self.root.join("tmp").join(format!("{hex}.{}.{n}", std::process::id()));
         let result = match source {
             ArtifactSource::File(f) => {
                 let file_path = base_dir.join(f);
@@ -206,6 +210,26 @@ mod tests {
         assert_eq!(got.digest, want);
         assert_eq!(std::fs::read(&got.path).unwrap(), b"hello era");
         assert!(store.contains(&want));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_fetches_of_the_same_artifact_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.bin"), vec![7u8; 1 << 20]).unwrap();
+        let store = ContentStore::open(&dir.path().join("cas")).unwrap();
+        let want = sha(&vec![7u8; 1 << 20]);
+        let fetches: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, want, base) = (store.clone(), want.clone(), dir.path().to_path_buf());
+                tokio::spawn(async move {
+                    store.fetch(&ArtifactSource::File("app.bin".into()), Some(&want), &base, &|_, _| {}).await
+                })
+            })
+            .collect();
+        for f in fetches {
+            assert_eq!(f.await.unwrap().unwrap().digest, want);
+        }
+        assert_eq!(std::fs::read_dir(dir.path().join("cas/tmp")).unwrap().count(), 0);
     }
 
     #[tokio::test]
