@@ -219,3 +219,18 @@ fn a_crashed_workload_is_restarted_per_policy_then_given_up() {
     let d = erad.wait_for_state("flaky", "Failed", T);
     assert!(d["message"].as_str().unwrap().contains("gave up after 2 restarts"), "{d}");
 }
+
+#[test]
+fn transient_plugin_errors_are_retried_with_backoff_but_only_so_often() {
+    let erad = Erad::start();
+    // Two "unavailable" answers: the third attempt succeeds.
+    let a = erad.apply_wait(&erad.deployment("busy", "noop", "v1", "  config: {unavailableInstalls: 2}\n"));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert!(erad.log().contains("runtime busy (answer 2 of 2)"), "the retries are logged");
+    // Five: erad gives up after three attempts and says why.
+    let a = erad.apply_wait(&erad.deployment("down", "noop", "v1", "  config: {unavailableInstalls: 5}\n"));
+    assert_eq!(a.code, 1, "{a:?}");
+    let d = erad.get("down");
+    assert_eq!(d["state"], "Failed");
+    assert!(d["message"].as_str().unwrap().contains("runtime unavailable: runtime busy (answer 3 of 5)"), "{d}");
+}

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod artifacts;
 mod cli;
+mod daemon;
 mod lifecycle;
 mod plugins;
 mod recovery;

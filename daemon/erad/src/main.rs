@@ -119,9 +119,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
+        // Handlers first: a SIGTERM right after READY must drain, not kill.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let daemon = erad::Daemon::builder(cfg).start().await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining the API; workloads keep running"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining the API; workloads keep running"),

@@ -1,0 +1,71 @@
+//! erad as a service: gRPC health and reflection on its socket, sd_notify,
+//! JSON logs.
+
+use era_tests::{Erad, fixture_plugins};
+use std::time::Duration;
+
+async fn channel(socket: std::path::PathBuf) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::try_from("http://erad.local")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn grpc_health_says_serving_and_reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let erad = Erad::start();
+    let ch = channel(erad.socket()).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let status =
+        health.check(tonic_health::pb::HealthCheckRequest { service: "era.v1.Deployments".into() }).await.unwrap();
+    assert_eq!(status.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let mut reflection = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else { panic!("{answer:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"era.v1.Deployments".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+}
+
+#[test]
+fn erad_tells_systemd_it_is_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut erad = Erad::start_with(&fixture_plugins(), &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    assert!(erad.terminate().success());
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+#[test]
+fn json_logs_carry_the_deployment_and_revision_as_fields() {
+    let erad = Erad::start_with(&fixture_plugins(), &[("ERAD_LOG_FORMAT", "json")]);
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+    let lines: Vec<serde_json::Value> =
+        erad.log().lines().map(|l| serde_json::from_str(l).expect("a JSON log line")).collect();
+    let running = lines.iter().find(|l| l["fields"]["to"] == "Running").expect("the transition to Running is logged");
+    assert_eq!(running["fields"]["deployment"], "web");
+    assert_eq!(running["fields"]["revision"], 1);
+    assert_eq!(running["level"], "INFO");
+}
