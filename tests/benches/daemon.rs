@@ -78,14 +78,14 @@ fn workload(work: &Path) -> bare::era::plugin::types::Workload {
     }
 }
 
-async fn plugin_call(iterations: usize) {
+async fn plugin_call(iterations: usize, pooling: Option<erad::plugin::Pooling>) {
     use erad::plugin::{CallContext, PluginHost};
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
 
     // era: the real host, one fresh Store per call.
-    let host = PluginHost::new(&dir.path().join("cache")).unwrap();
+    let host = PluginHost::with_pooling(&dir.path().join("cache"), pooling).unwrap();
     let cfg = erad::config::PluginConfig {
         path: era_tests::plugin::NOOP.into(),
         grants: vec![erad::config::Grant::Log],
@@ -131,7 +131,8 @@ async fn plugin_call(iterations: usize) {
     let (e50, b50) = (percentile(&mut era, 0.5), percentile(&mut bare_t, 0.5));
     let (e99, b99) = (percentile(&mut era, 0.99), percentile(&mut bare_t, 0.99));
     println!(
-        "plugin status round trip ({iterations} calls): era p50 {:.1} µs (p99 {:.1}), bare wasmtime p50 {:.1} µs (p99 {:.1}); ratio era/bare {:.1}x",
+        "plugin status round trip ({iterations} calls, {} allocator): era p50 {:.1} µs (p99 {:.1}), bare wasmtime p50 {:.1} µs (p99 {:.1}); ratio era/bare {:.1}x",
+        if pooling.is_some() { "pooling" } else { "on-demand" },
         micros(e50),
         micros(e99),
         micros(b50),
@@ -310,7 +311,8 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 50 } else { 2000 };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(plugin_call(n));
+    rt.block_on(plugin_call(n, None));
+    rt.block_on(plugin_call(n, Some(erad::plugin::Pooling { instances: 64, max_memory_mib: 64 })));
     commit_latency(if quick { 50 } else { 500 });
     rt.block_on(concurrent_deployments(200));
     start_to_ready_and_rss();

@@ -80,6 +80,7 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     memory_limit_mib: Option<u64>,
+    pooling_instances: Option<u32>,
     #[serde(default)]
     deadlines: RawDeadlines,
 }
@@ -143,6 +144,8 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// How often a Running deployment's status is checked.
     pub health_interval: Duration,
+    /// Plugin instance slots for wasmtime's pooling allocator; 0 allocates on demand.
+    pub pooling_instances: u32,
     pub plugins: BTreeMap<String, PluginConfig>,
 }
 
@@ -218,6 +221,7 @@ impl DaemonConfig {
             log_format: d.log_format.unwrap_or(LogFormat::Text),
             log_level: d.log_level.unwrap_or_else(|| "info".into()),
             health_interval: d.health_interval.map(|h| h.0).unwrap_or(Duration::from_secs(5)),
+            pooling_instances: raw.limits.pooling_instances.unwrap_or(0),
             plugins,
         })
     }

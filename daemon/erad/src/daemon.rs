@@ -13,7 +13,7 @@
 use crate::artifact::{ContentStore, FetchError};
 use crate::config::{ConfigError, DaemonConfig};
 use crate::lifecycle::{Lifecycle, Shared};
-use crate::plugin::{LoadError, PluginHost, PluginRegistry};
+use crate::plugin::{LoadError, PluginHost, PluginRegistry, Pooling};
 use crate::prepare::Layout;
 use crate::server::DeploymentsService;
 use crate::store::{Store, StoreError};
@@ -81,7 +81,11 @@ impl DaemonBuilder {
         let store = Store::open(&layout.database())?;
         let content = ContentStore::open(&layout.content_store())?;
 
-        let host = PluginHost::new(&layout.compile_cache())?;
+        let pooling = (cfg.pooling_instances > 0).then(|| Pooling {
+            instances: cfg.pooling_instances,
+            max_memory_mib: cfg.plugins.values().map(|p| p.memory_limit_mib).max().unwrap_or(1),
+        });
+        let host = PluginHost::with_pooling(&layout.compile_cache(), pooling)?;
         let mut plugins = PluginRegistry::default();
         for (name, pc) in &cfg.plugins {
             let p = host.load(name, pc).await?;

@@ -230,6 +230,8 @@ pub struct LoadedPlugin {
     pub source: PathBuf,
     pub grants: Vec<Grant>,
     pre: PluginPre<HostState>,
+    /// With pooling: one permit per instance slot.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
     programs: Arc<[String]>,
     memory_limit_mib: u64,
     deadlines: Deadlines,
@@ -247,18 +249,55 @@ pub struct CallContext<'a> {
     pub work_dir: &'a Path,
 }
 
+/// Pre-allocated instance slots for the pooling allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pooling {
+    /// Plugin instances that can exist at once; more calls wait for a slot.
+    pub instances: u32,
+    /// The largest memory limit of any plugin, in MiB (each slot's size).
+    pub max_memory_mib: u64,
+}
+
+/// Core instances, memories and tables a wasip2 component typically holds
+/// (the plugin's module plus the WASI adapter's shims), per component instance.
+const CORE_PER_COMPONENT: u32 = 16;
+
 /// The wasmtime engine shared by all plugins.
 #[derive(Clone)]
 pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache_dir: PathBuf,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl PluginHost {
+    /// An engine with on-demand instance allocation.
     pub fn new(cache_dir: &Path) -> Result<PluginHost, LoadError> {
+        PluginHost::with_pooling(cache_dir, None)
+    }
+
+    /// An engine that, with `pooling`, pre-allocates instance slots: cheaper
+    /// instantiation, at the price of reserved address space and a cap on
+    /// concurrent calls.
+    pub fn with_pooling(cache_dir: &Path, pooling: Option<Pooling>) -> Result<PluginHost, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true).wasm_component_model(true);
+        if let Some(p) = pooling {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            let n = p.instances.max(1);
+            pool.total_component_instances(n)
+                .total_core_instances(n * CORE_PER_COMPONENT)
+                .total_memories(n * CORE_PER_COMPONENT)
+                .total_tables(n * CORE_PER_COMPONENT)
+                .total_stacks(n)
+                .max_memories_per_component(CORE_PER_COMPONENT)
+                .max_core_instances_per_component(CORE_PER_COMPONENT)
+                .max_memory_size((p.max_memory_mib as usize).saturating_mul(1 << 20));
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+            // Keep the reservation per memory to its cap, not the 4 GiB default.
+            config.memory_reservation(p.max_memory_mib.saturating_mul(1 << 20));
+        }
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
@@ -283,7 +322,8 @@ impl PluginHost {
                 }
             })
             .map_err(|e| LoadError::Engine(format!("epoch thread: {e}")))?;
-        Ok(PluginHost { engine, linker: Arc::new(linker), cache_dir: cache_dir.to_path_buf() })
+        let slots = pooling.map(|p| Arc::new(tokio::sync::Semaphore::new(p.instances.max(1) as usize)));
+        Ok(PluginHost { engine, linker: Arc::new(linker), cache_dir: cache_dir.to_path_buf(), slots })
     }
 
     /// A stable key for this engine's compiled code (wasmtime version + settings).
@@ -355,6 +395,7 @@ impl PluginHost {
             source: cfg.path.clone(),
             grants: cfg.grants.clone(),
             pre,
+            slots: self.slots.clone(),
             programs: cfg.allow_programs.clone().into(),
             memory_limit_mib: cfg.memory_limit_mib,
             deadlines: cfg.deadlines,
@@ -434,6 +475,10 @@ macro_rules! call {
     ($self:ident, $op:expr, $ctx:expr, |$rt:ident, $store:ident| $body:expr) => {{
         let op = $op;
         let deadline = $self.deadlines.of(op);
+        let _slot = match &$self.slots {
+            Some(s) => Some(s.acquire().await.map_err(|e| $self.err(op, Failure::Host(e.to_string())))?),
+            None => None,
+        };
         let (mut $store, stderr) = $self.store($ctx, deadline).map_err(|f| $self.err(op, f))?;
         let instance = $self
             .pre
