@@ -127,3 +127,43 @@ fn sigterm_drains_and_exits_cleanly_leaving_workloads_alone() {
     erad.spawn(&[]).unwrap();
     assert_eq!(erad.get("web")["state"], "Running");
 }
+
+#[test]
+fn watch_prints_one_json_line_per_transition() {
+    use std::io::BufRead;
+    let erad = Erad::start();
+    let mut watch = std::process::Command::new(era_tests::bin("era"))
+        .args(["--socket", erad.socket().to_str().unwrap(), "-o", "json", "watch", "web"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the stream a moment to open before anything happens.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(erad.apply_wait(&erad.deployment("other", "noop", "v1", "")).code, 0);
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+    let lines = std::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v.get("progress").is_some() {
+            continue;
+        }
+        assert_eq!(v["name"], "web", "only the watched deployment: {v}");
+        seen.push(v["to"].as_str().unwrap().to_string());
+        if v["to"] == "Running" {
+            break;
+        }
+    }
+    watch.kill().unwrap();
+    let _ = watch.wait();
+    assert_eq!(seen, ["Validating", "Fetching", "Preparing", "Installing", "Activating", "HealthChecking", "Running"]);
+}
+
+#[test]
+fn erad_prints_the_spec_schema() {
+    let out = std::process::Command::new(era_tests::bin("erad")).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "DeploymentSpec");
+    assert!(schema["required"].as_array().unwrap().iter().any(|f| f == "apiVersion"), "{schema}");
+}

@@ -23,7 +23,8 @@ fn fifty_deployments_applied_concurrently_all_reach_running() {
 fn with_a_small_instance_pool_calls_wait_for_a_slot_instead_of_failing() {
     let config = format!("[limits]\npooling_instances = 2\n{}", era_tests::fixture_plugins());
     let erad = Erad::start_with(&config, &[]);
-    let specs: Vec<_> = (0..12).map(|i| erad.deployment(&format!("pooled-{i}"), "noop", &format!("v{i}"), "")).collect();
+    let specs: Vec<_> =
+        (0..12).map(|i| erad.deployment(&format!("pooled-{i}"), "noop", &format!("v{i}"), "")).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = specs.iter().map(|spec| s.spawn(|| erad.apply_wait(spec))).collect();
         for h in handles {
