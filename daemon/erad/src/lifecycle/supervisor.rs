@@ -44,6 +44,7 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
     let sup = Supervisor { shared: shared.clone(), name };
     let mut shutdown = shared.shutdown.clone();
     sup.on_start().await;
+    let mut deferred = std::collections::VecDeque::new();
     loop {
         if *shutdown.borrow() {
             return;
@@ -56,6 +57,14 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                 continue;
             }
         };
+        if let Some(cmd) = deferred.pop_front() {
+            if needs_work(rec.state) {
+                refuse_busy(cmd, &rec);
+            } else {
+                sup.handle(cmd, &rec).await;
+            }
+            continue;
+        }
         if needs_work(rec.state) {
             let step = sup.step(&rec);
             tokio::pin!(step);
@@ -68,7 +77,16 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                         }
                         break;
                     }
-                    Some(cmd) = commands.recv() => refuse_busy(cmd, &rec),
+                    Some(cmd) = commands.recv() => {
+                        // The step may have committed a settled state and be
+                        // finishing its after-effects (retiring an old
+                        // revision): then the command waits for it.
+                        match sup.db(|s, n| s.deployment(n)).await {
+                            Ok(now) if !needs_work(now.state) => deferred.push_back(cmd),
+                            Ok(now) => refuse_busy(cmd, &now),
+                            Err(_) => refuse_busy(cmd, &rec),
+                        }
+                    }
                     _ = shutdown.changed() => return,
                 }
             }
