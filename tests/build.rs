@@ -12,6 +12,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("HANG", "era_fixture_hang"),
     ("HOG", "era_fixture_hog"),
     ("UNHEALTHY", "era_fixture_unhealthy"),
+    ("EXEC", "era_fixture_exec"),
 ];
 
 fn main() {

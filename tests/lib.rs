@@ -15,6 +15,7 @@ pub mod plugin {
     pub const HANG: &str = env!("ERA_PLUGIN_HANG");
     pub const HOG: &str = env!("ERA_PLUGIN_HOG");
     pub const UNHEALTHY: &str = env!("ERA_PLUGIN_UNHEALTHY");
+    pub const EXEC: &str = env!("ERA_PLUGIN_EXEC");
 }
 
 /// The workspace's binaries, next to the test executable's `deps/` dir.

@@ -69,3 +69,27 @@ fn json_logs_carry_the_deployment_and_revision_as_fields() {
     assert_eq!(running["fields"]["revision"], 1);
     assert_eq!(running["level"], "INFO");
 }
+
+#[test]
+fn the_socket_is_group_accessible_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let erad = Erad::start();
+    let mode = std::fs::metadata(erad.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+}
+
+#[test]
+fn the_embedding_example_runs_the_daemon_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(era_tests::plugin::NOOP, plugins.join("noop.wasm")).unwrap();
+    let out = std::process::Command::new(era_tests::bin("era-embed-example"))
+        .arg(dir.path().join("erad"))
+        .arg(&plugins)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("hello is Running (revision 1)"), "{stdout}");
+}

@@ -234,3 +234,23 @@ fn transient_plugin_errors_are_retried_with_backoff_but_only_so_often() {
     assert_eq!(d["state"], "Failed");
     assert!(d["message"].as_str().unwrap().contains("runtime unavailable: runtime busy (answer 3 of 5)"), "{d}");
 }
+
+#[test]
+fn a_failing_probe_after_running_shows_degraded_then_healthy_again() {
+    let erad = Erad::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let spec = erad.deployment(
+        "probed",
+        "noop",
+        "v1",
+        &format!("  health: {{tcp: {{port: {port}}}, interval: 100ms, timeout: 500ms}}\n"),
+    );
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    eventually(T, || erad.get("probed")["health"] == "healthy");
+    drop(listener);
+    eventually(T, || erad.get("probed")["health"] == "degraded");
+    assert_eq!(erad.get("probed")["state"], "Running", "a failing probe alone does not stop the workload");
+    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    eventually(T, || erad.get("probed")["health"] == "healthy");
+}

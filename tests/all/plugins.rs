@@ -57,3 +57,42 @@ fn compiled_plugins_are_cached_on_disk_and_reused() {
     assert_eq!(entries(&cache), first);
     assert_eq!(mtimes(&cache), before, "a restart does not recompile");
 }
+
+#[test]
+fn the_process_import_runs_only_allowlisted_programs_with_output_in_the_work_dir() {
+    let config = format!(
+        "{}\n[plugins.exec]\npath = \"{}\"\ngrants = [\"process\"]\nallow_programs = [\"sh\"]\n",
+        era_tests::fixture_plugins(),
+        plugin::EXEC
+    );
+    let erad = Erad::start_with(&config, &[]);
+    let ok = erad.deployment(
+        "shell",
+        "exec",
+        "v1",
+        "  env: {GREETING: hello}\n  config: {program: sh, args: [\"-c\", \"echo $GREETING from $(pwd)\"]}\n",
+    );
+    assert_eq!(erad.apply_wait(&ok).code, 0);
+    let work = erad.data_dir().join("deployments/shell/rev-1");
+    let out = std::fs::read_to_string(work.join("out.log")).unwrap();
+    assert_eq!(out.trim(), format!("hello from {}", work.display()), "env passed, cwd is the work dir");
+
+    let refused = erad.deployment("rm", "exec", "v1", "  config: {program: rm, args: [\"-rf\", \"/tmp/nothing\"]}\n");
+    assert_eq!(erad.apply_wait(&refused).code, 1);
+    let msg = erad.get("rm")["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("plugin exec: start: running rm: ProcessError::NotAllowed")
+            && msg.contains("not on this plugin's allowlist (allowed: sh)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_plugin_without_the_process_grant_cannot_load_a_component_that_imports_it() {
+    let config = format!("[plugins.exec]\npath = \"{}\"\n", plugin::EXEC);
+    let msg = Erad::try_start_with(&config, &[]).err().expect("erad must refuse to start");
+    assert!(
+        msg.contains("plugin exec: imports era:plugin/process@0.1.0, which is not granted (grants: none)"),
+        "{msg}"
+    );
+}
