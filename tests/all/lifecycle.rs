@@ -165,6 +165,7 @@ fn delete_leaves_nothing_on_disk_but_the_history() {
     let data = erad.data_dir();
     assert_eq!(files_under(&data.join("deployments")), Vec::<String>::new());
     assert_eq!(files_under(&data.join("volumes")), Vec::<String>::new());
+    assert_eq!(files_under(&data.join("content/blobs/sha256")), Vec::<String>::new(), "its artifacts are gone too");
     assert!(erad.history("web").len() > 10, "history stays for audit");
     // The port is free again for someone else.
     let other = erad.deployment("api", "noop", "v1", "  ports: [{name: http, port: 18080}]\n");
@@ -191,6 +192,7 @@ fn first_install_that_fails_health_is_cleaned_up_and_failed() {
     assert!(d["message"].as_str().unwrap().contains("unhealthy"), "{d}");
     assert_eq!(files_under(&erad.data_dir().join("deployments")), Vec::<String>::new());
     assert_eq!(files_under(&erad.data_dir().join("volumes")), Vec::<String>::new());
+    assert_eq!(files_under(&erad.data_dir().join("content/blobs/sha256")), Vec::<String>::new());
     // A fixed spec can be applied to the failed deployment.
     assert_eq!(erad.apply_wait(&erad.deployment("sick", "noop", "v2", "")).code, 0);
 }
@@ -253,4 +255,27 @@ fn a_failing_probe_after_running_shows_degraded_then_healthy_again() {
     assert_eq!(erad.get("probed")["state"], "Running", "a failing probe alone does not stop the workload");
     let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     eventually(T, || erad.get("probed")["health"] == "healthy");
+}
+
+#[test]
+fn delete_keeps_an_artifact_another_deployment_still_uses() {
+    let erad = Erad::start();
+    assert_eq!(erad.apply_wait(&erad.deployment("a", "noop", "shared", "")).code, 0);
+    assert_eq!(erad.apply_wait(&erad.deployment("b", "noop", "shared", "")).code, 0);
+    assert_eq!(erad.era(&["delete", "a", "--wait"]).code, 0);
+    let blob = erad.data_dir().join("content/blobs/sha256").join(era_tests::sha256(b"shared"));
+    assert!(blob.is_file(), "b still needs it");
+    assert_eq!(erad.era(&["delete", "b", "--wait"]).code, 0);
+    assert!(!blob.exists());
+}
+
+#[test]
+fn volume_data_survives_an_update() {
+    let erad = Erad::start();
+    let vol = "  volumes: [{name: data, mountPath: /data}]\n";
+    assert_eq!(erad.apply_wait(&erad.deployment("db", "noop", "v1", vol)).code, 0);
+    std::fs::write(erad.data_dir().join("volumes/db/data/rows"), b"42").unwrap();
+    assert_eq!(erad.apply_wait(&erad.deployment("db", "noop", "v2", vol)).code, 0);
+    assert_eq!(erad.get("db")["revision"], 2);
+    assert_eq!(std::fs::read(erad.data_dir().join("volumes/db/data/rows")).unwrap(), b"42");
 }

@@ -70,6 +70,15 @@ impl ContentStore {
         self.root.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
     }
 
+    /// Removes a blob; one already gone is fine.
+    pub fn remove(&self, digest: &str) -> Result<(), FetchError> {
+        let path = self.blob_path(digest);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FetchError::Store { path, source: e }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn contains(&self, digest: &str) -> bool {
         self.blob_path(digest).is_file()
     }

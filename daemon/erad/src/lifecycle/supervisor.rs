@@ -603,6 +603,13 @@ impl Supervisor {
             if let Err(e) = self.shared.layout.remove_deployment(&self.name) {
                 tracing::warn!(deployment = self.name, "{e}");
             }
+            if let Ok(digests) = self.db(|s, n| s.artifacts_only_used_by(n)).await {
+                for d in digests {
+                    if let Err(e) = self.shared.content.remove(&d) {
+                        tracing::warn!(deployment = self.name, "{e}");
+                    }
+                }
+            }
             let _ = self.db(|s, n| s.release_ports(n, &[])).await;
         }
     }
@@ -833,6 +840,10 @@ impl Supervisor {
             self.delete_revision(rev).await?;
         }
         self.shared.layout.remove_deployment(&self.name).map_err(|e| e.to_string())?;
+        // Its artifacts go too, unless another live deployment uses them.
+        for digest in self.db(|s, n| s.artifacts_only_used_by(n)).await.map_err(|e| e.to_string())? {
+            self.shared.content.remove(&digest).map_err(|e| e.to_string())?;
+        }
         self.db(|s, n| s.release_ports(n, &[])).await.map_err(|e| e.to_string())
     }
 

@@ -512,6 +512,22 @@ impl Store {
         })
     }
 
+    /// Artifact digests of `name`'s revisions that no revision of another
+    /// live (not Deleted) deployment uses: safe to drop from the content store.
+    pub fn artifacts_only_used_by(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT r.artifact_digest FROM revisions r
+                 WHERE r.deployment = ?1 AND r.artifact_digest IS NOT NULL
+                   AND NOT EXISTS (
+                     SELECT 1 FROM revisions o JOIN deployments d ON d.name = o.deployment
+                     WHERE o.artifact_digest = r.artifact_digest AND o.deployment != ?1 AND d.state != 'Deleted')",
+            )?;
+            let rows = st.query_map([name], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     /// The deployment holding a port, if any.
     pub fn port_owner(&self, port: u16, protocol: &str) -> Result<Option<String>, StoreError> {
         self.with(|c| {
