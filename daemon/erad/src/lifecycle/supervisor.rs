@@ -14,7 +14,7 @@ use crate::health;
 use crate::plugin::{
     Artifact, ArtifactKind, CallContext, CallError, Failure, Health, LoadedPlugin, Port, Volume, Workload,
 };
-use crate::prepare::Layout;
+use crate::prepare::{Layout, Scratch};
 use crate::spec::{ArtifactSource, DeploymentSpec, RestartPolicy};
 use crate::store::{Changes, DeploymentRecord, Operation, RevisionRecord, Store, StoreError, now_rfc3339};
 use std::collections::BTreeMap;
@@ -134,26 +134,6 @@ fn refuse_busy(cmd: Command, rec: &DeploymentRecord) {
         Command::Start { reply } => drop(reply.send(Err(busy("start")))),
         Command::Delete { reply } => drop(reply.send(Err(busy("delete")))),
         Command::Rollback { reply, .. } => drop(reply.send(Err(busy("rollback")))),
-    }
-}
-
-/// A throwaway empty dir for plugin calls that have no work dir yet.
-pub(crate) struct Scratch {
-    pub path: PathBuf,
-}
-
-impl Scratch {
-    pub fn new(layout: &Layout) -> std::io::Result<Scratch> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = layout.scratch().join(format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&path)?;
-        Ok(Scratch { path })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -501,9 +481,8 @@ impl Supervisor {
             State::Activating => {
                 self.activate(desired).await.map(|_| (Event::Activated, format!("revision {desired} started"), none()))
             }
-            State::HealthChecking => self.health_check(desired).await.map(|outputs| {
+            State::HealthChecking => self.health_check(desired).await.map(|_| {
                 let changes = Changes { current_revision: Some(desired), health: Some("healthy".into()), ..none() };
-                let _ = outputs;
                 (Event::Healthy, format!("revision {desired} is healthy"), changes)
             }),
             State::Updating => self.stage_update(rec).await.map(|msg| (Event::Staged, msg, none())),
@@ -619,7 +598,7 @@ impl Supervisor {
         let plugin = plugin_for(&self.shared, &rev.runtime)?;
         let ports = ports_of(&rev.spec);
         self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(|e| e.to_string())?;
-        let scratch = Scratch::new(&self.shared.layout).map_err(|e| format!("scratch dir: {e}"))?;
+        let scratch = Scratch::new(&self.shared.layout.scratch()).map_err(|e| format!("scratch dir: {e}"))?;
         let workload =
             workload_of(&self.shared.layout, &rev.spec, revision, None, &scratch.path, Path::new(&rev.source_dir));
         let ctx = CallContext { deployment: &self.name, work_dir: &scratch.path };
@@ -695,7 +674,7 @@ impl Supervisor {
 
     /// Waits until the revision is healthy, by the plugin's `status` and the
     /// spec's probe, within the update deadline.
-    async fn health_check(&self, revision: u64) -> Work<BTreeMap<String, String>> {
+    async fn health_check(&self, revision: u64) -> Work<()> {
         let rev = self.revision(revision).await?;
         let spec = &rev.spec.spec;
         let deadline = Instant::now() + spec.update.deadline.0;
@@ -724,7 +703,7 @@ impl Supervisor {
                 },
             };
             let last = match verdict {
-                Ok(true) => return Ok(BTreeMap::new()),
+                Ok(true) => return Ok(()),
                 Ok(false) => "not healthy yet".to_string(),
                 Err(e) => {
                     if started.elapsed() >= start_period {

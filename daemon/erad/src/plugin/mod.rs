@@ -400,25 +400,12 @@ impl PluginHost {
             memory_limit_mib: cfg.memory_limit_mib,
             deadlines: cfg.deadlines,
         };
-        let scratch = tempfile_dir(&self.cache_dir).map_err(|e| LoadError::Engine(e.to_string()))?;
-        let info = plugin.info(&CallContext { deployment: "", work_dir: &scratch }).await;
-        let _ = std::fs::remove_dir_all(&scratch);
+        let scratch = crate::prepare::Scratch::new(&self.cache_dir.join("scratch"))
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let info = plugin.info(&CallContext { deployment: "", work_dir: &scratch.path }).await;
         plugin.info = info.map_err(|source| LoadError::Info { name: name.into(), source })?;
         Ok(plugin)
     }
-}
-
-/// A private scratch dir for calls that belong to no revision (`info`).
-fn tempfile_dir(base: &Path) -> std::io::Result<PathBuf> {
-    let dir = base.join(format!("scratch-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The grant an import needs, or `None` for the WASI interfaces every plugin

@@ -89,6 +89,28 @@ impl Layout {
     }
 }
 
+/// A throwaway empty dir under `base`, removed when dropped: the `/work` of
+/// plugin calls that belong to no revision yet (`info`, `validate`).
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(base: &Path) -> io::Result<Scratch> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = base.join(format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        create_private_dir(&path)?;
+        Ok(Scratch { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 fn create_private_dir(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
