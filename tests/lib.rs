@@ -312,3 +312,169 @@ pub fn serve_http(routes: Vec<(&'static str, Vec<u8>)>) -> String {
     });
     format!("http://{addr}")
 }
+
+/// A real OCI registry (Debian's `docker-registry`) on 127.0.0.1 with its
+/// storage in a temp dir; stopped when dropped.
+pub struct Registry {
+    _dir: tempfile::TempDir,
+    child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    work: PathBuf,
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::Builder::new().prefix("era-registry-").tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry is installed (scripts/setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).expect("work dir");
+        Registry { _dir: dir, child, addr, work }
+    }
+
+    /// Builds an image with umoci holding `files` and pushes it with skopeo
+    /// as `repo:tag`; returns its manifest digest.
+    pub fn push_image(&self, repo: &str, tag: &str, files: &[(&str, &str)]) -> String {
+        let layout = self.work.join(format!("{}-{tag}", repo.replace('/', "_")));
+        let _ = std::fs::remove_dir_all(&layout);
+        let image = format!("{}:{tag}", layout.display());
+        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        run(Command::new("umoci").args(["new", "--image", &image]));
+        let bundle = self.work.join(format!("bundle-{}-{tag}", repo.replace('/', "_")));
+        let _ = std::fs::remove_dir_all(&bundle);
+        run(Command::new("umoci").args(["unpack", "--rootless", "--image", &image]).arg(&bundle));
+        for (path, content) in files {
+            let p = bundle.join("rootfs").join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, content).expect("write");
+        }
+        run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+        let digest_file = self.work.join("digest");
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
+            .arg(&digest_file)
+            .arg(format!("oci:{image}"))
+            .arg(format!("docker://{}/{repo}:{tag}", self.addr)));
+        std::fs::read_to_string(digest_file).expect("digest").trim().to_string()
+    }
+
+    fn curl(&self, args: &[&str]) -> String {
+        run(Command::new("curl").args(["-sS", "--fail-with-body"]).args(args))
+    }
+
+    /// Uploads a blob through the registry API; returns its digest.
+    pub fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
+        let digest = format!("sha256:{}", sha256(bytes));
+        let file = self.work.join(sha256(bytes));
+        std::fs::write(&file, bytes).expect("blob file");
+        let headers = self.curl(&[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            &format!("http://{}/v2/{repo}/blobs/uploads/", self.addr),
+        ]);
+        let location = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
+            .expect("upload location")
+            .trim()
+            .to_string();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url =
+            if location.starts_with("http") { location.clone() } else { format!("http://{}{location}", self.addr) };
+        self.curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{url}{sep}digest={digest}"),
+        ]);
+        digest
+    }
+
+    /// Pushes a manifest document as `repo:tag`; returns its digest.
+    pub fn push_manifest(&self, repo: &str, tag: &str, media_type: &str, manifest: &str) -> String {
+        let file = self.work.join("manifest.json");
+        std::fs::write(&file, manifest).expect("manifest file");
+        self.curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {media_type}"),
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("http://{}/v2/{repo}/manifests/{tag}", self.addr),
+        ]);
+        format!("sha256:{}", sha256(manifest.as_bytes()))
+    }
+
+    /// Publishes `wasm` as a Wasm component artifact (wasm config + one
+    /// application/wasm layer), the CNCF wasm OCI format.
+    pub fn push_wasm(&self, repo: &str, tag: &str, wasm: &[u8]) -> String {
+        let config = br#"{"created":"2026-01-01T00:00:00Z","architecture":"wasm","os":"wasip2","layerDigests":[]}"#;
+        self.push_artifact(repo, tag, "application/vnd.wasm.config.v0+json", config, &[("application/wasm", wasm)])
+    }
+
+    pub fn push_artifact(
+        &self,
+        repo: &str,
+        tag: &str,
+        config_type: &str,
+        config: &[u8],
+        layers: &[(&str, &[u8])],
+    ) -> String {
+        let cfg = self.push_blob(repo, config);
+        let layers: Vec<String> = layers
+            .iter()
+            .map(|(mt, bytes)| {
+                format!(r#"{{"mediaType":"{mt}","digest":"{}","size":{}}}"#, self.push_blob(repo, bytes), bytes.len())
+            })
+            .collect();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"{config_type}","digest":"{cfg}","size":{}}},"layers":[{}]}}"#,
+            config.len(),
+            layers.join(",")
+        );
+        self.push_manifest(repo, tag, "application/vnd.oci.image.manifest.v1+json", &manifest)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,6 +7,7 @@ mod artifacts;
 mod cli;
 mod daemon;
 mod lifecycle;
+mod oci;
 mod plugins;
 mod recovery;
 mod scale;

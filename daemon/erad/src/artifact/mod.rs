@@ -6,7 +6,9 @@
 //! and a blob in the store is always the content its name says.
 //!
 //! `file:` and `url:` are handled here; OCI sources (`image:`, `wasm:`,
-//! `blob:`) plug in behind [`ContentStore::fetch`] with the same guarantees.
+//! `blob:`) in [`oci`], into the same store with the same guarantees.
+
+pub mod oci;
 
 use crate::spec::ArtifactSource;
 use futures::StreamExt;
@@ -22,8 +24,14 @@ pub enum FetchError {
     ReadFile { reference: String, path: PathBuf, source: std::io::Error },
     #[error("artifact {reference}: download failed: {message}")]
     Download { reference: String, message: String },
-    #[error("artifact {reference}: {kind} artifacts are not supported by this erad yet; use file: or url: with sha256")]
-    Unsupported { reference: String, kind: &'static str },
+    #[error(
+        "artifact {reference}: blob {digest} is longer than the {size} bytes its descriptor says; cut off and rejected"
+    )]
+    TooLong { reference: String, digest: String, size: u64 },
+    #[error("artifact {reference}: blob {digest} ended after {got} of the {size} bytes its descriptor says")]
+    TooShort { reference: String, digest: String, size: u64, got: u64 },
+    #[error("artifact {reference}: {message}")]
+    Registry { reference: String, message: String },
     #[error("artifact {reference}: no sha256 is pinned in the spec")]
     NotPinned { reference: String },
     #[error("content store {path}: {source}")]
@@ -45,6 +53,7 @@ pub struct Fetched {
 pub struct ContentStore {
     root: PathBuf,
     http: reqwest::Client,
+    oci: oci::OciFetcher,
 }
 
 impl ContentStore {
@@ -62,7 +71,13 @@ impl ContentStore {
             .user_agent(concat!("erad/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetchError::Store { path: root.to_path_buf(), source: std::io::Error::other(e) })?;
-        Ok(ContentStore { root: root.to_path_buf(), http })
+        Ok(ContentStore { root: root.to_path_buf(), http, oci: oci::OciFetcher::new(Default::default()) })
+    }
+
+    /// How to reach registries that need credentials or plain HTTP.
+    pub fn with_registries(mut self, registries: std::collections::BTreeMap<String, oci::RegistryAccess>) -> Self {
+        self.oci = oci::OciFetcher::new(registries);
+        self
     }
 
     /// Where a blob with `digest` (`sha256:<hex>`) lives.
@@ -93,12 +108,18 @@ impl ContentStore {
         progress: Progress<'_>,
     ) -> Result<Fetched, FetchError> {
         let reference = source.reference().to_string();
-        let expected = match source {
-            ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_) => {
-                return Err(FetchError::Unsupported { reference, kind: source.kind() });
-            }
-            _ => expected.ok_or_else(|| FetchError::NotPinned { reference: reference.clone() })?,
+        let kind = match source {
+            ArtifactSource::Image(_) => Some(oci::OciKind::Image),
+            ArtifactSource::Wasm(_) => Some(oci::OciKind::Wasm),
+            ArtifactSource::Blob(_) => Some(oci::OciKind::Blob),
+            _ => None,
         };
+        if let Some(kind) = kind {
+            let pulled = self.oci.pull(kind, &reference, expected, self, progress).await?;
+            let size = tokio::fs::metadata(&pulled.local_path).await.map(|m| m.len()).unwrap_or(0);
+            return Ok(Fetched { digest: pulled.digest, path: pulled.local_path, size });
+        }
+        let expected = expected.ok_or_else(|| FetchError::NotPinned { reference: reference.clone() })?;
         let path = self.blob_path(expected);
         if let Ok(meta) = tokio::fs::metadata(&path).await {
             // Verified when it was written; content addressing makes it reusable.
@@ -107,10 +128,7 @@ impl ContentStore {
         }
         // Unique per fetch: two deployments may fetch the same blob at once;
         // each writes its own temp file and the renames agree on the content.
-        static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let hex = expected.trim_start_matches("sha256:");
-        let tmp = self.root.join("tmp").join(format!("{hex}.{}.{n}", std::process::id()));
+        let tmp = self.tmp_path(expected);
         let result = match source {
             ArtifactSource::File(f) => {
                 let file_path = base_dir.join(f);
@@ -187,6 +205,90 @@ impl ContentStore {
         }
         self.finish_tmp(out, tmp).await?;
         Ok((format!("sha256:{}", hex::encode(hasher.finalize())), done))
+    }
+
+    /// A fresh temp file name in the store.
+    fn tmp_path(&self, digest: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root.join("tmp").join(format!("{}.{}.{n}", digest.trim_start_matches("sha256:"), std::process::id()))
+    }
+
+    /// Streams `body` into the store as the blob `digest` of exactly `size`
+    /// bytes. The size is checked first: a body longer than `size` is cut off
+    /// at the first byte too many. Nothing is left behind on failure.
+    pub async fn ingest<S, E>(
+        &self,
+        what: &str,
+        digest: &str,
+        size: u64,
+        mut body: S,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, FetchError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let path = self.blob_path(digest);
+        if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == size) {
+            progress(size, Some(size));
+            return Ok(Fetched { digest: digest.to_string(), path, size });
+        }
+        let tmp = self.tmp_path(digest);
+        let result = async {
+            let mut out = self.create_tmp(&tmp).await?;
+            let mut hasher = Sha256::new();
+            let mut done = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk =
+                    chunk.map_err(|e| FetchError::Download { reference: what.to_string(), message: e.to_string() })?;
+                done += chunk.len() as u64;
+                if done > size {
+                    return Err(FetchError::TooLong { reference: what.to_string(), digest: digest.to_string(), size });
+                }
+                hasher.update(&chunk);
+                out.write_all(&chunk).await.map_err(|source| FetchError::Store { path: tmp.clone(), source })?;
+                progress(done, Some(size));
+            }
+            if done != size {
+                return Err(FetchError::TooShort {
+                    reference: what.to_string(),
+                    digest: digest.to_string(),
+                    size,
+                    got: done,
+                });
+            }
+            let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+            if actual != digest {
+                return Err(FetchError::DigestMismatch {
+                    reference: what.to_string(),
+                    expected: digest.to_string(),
+                    actual,
+                });
+            }
+            self.finish_tmp(out, &tmp).await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
+        Ok(Fetched { digest: digest.to_string(), path, size })
+    }
+
+    /// Stores bytes already in memory (and already verified) under `digest`.
+    pub async fn put(&self, digest: &str, bytes: &[u8]) -> Result<PathBuf, FetchError> {
+        let path = self.blob_path(digest);
+        if !path.is_file() {
+            let tmp = self.tmp_path(digest);
+            let out = self.create_tmp(&tmp).await?;
+            let mut out = out;
+            out.write_all(bytes).await.map_err(|source| FetchError::Store { path: tmp.clone(), source })?;
+            self.finish_tmp(out, &tmp).await?;
+            tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
+        }
+        Ok(path)
     }
 
     async fn create_tmp(&self, tmp: &Path) -> Result<tokio::fs::File, FetchError> {

@@ -628,7 +628,14 @@ impl Supervisor {
         let fetched = self
             .shared
             .content
-            .fetch(&source, rev.spec.pinned_digest().as_deref(), Path::new(&rev.source_dir), &progress)
+            // Once resolved, the revision's digest is what it is fetched by:
+            // a tag that moves later never changes a deployed revision.
+            .fetch(
+                &source,
+                rev.artifact_digest.clone().or(rev.spec.pinned_digest()).as_deref(),
+                Path::new(&rev.source_dir),
+                &progress,
+            )
             .await
             .map_err(|e| e.to_string())?;
         let (digest, path) = (fetched.digest.clone(), fetched.path.display().to_string());

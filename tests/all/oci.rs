@@ -1,0 +1,122 @@
+//! OCI artifacts from a real registry (Debian's docker-registry on
+//! loopback): images built with umoci and pushed with skopeo, Wasm component
+//! artifacts pushed through the registry API.
+
+use era_tests::{Erad, Registry, eventually};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn spec(erad: &Erad, name: &str, artifact: &str, extra: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: noop\n  artifact: {{{artifact}}}\n{extra}"
+    );
+    erad.spec(&format!("{name}-{}.yaml", &era_tests::sha256(yaml.as_bytes())[..8]), &yaml)
+}
+
+fn blob(erad: &Erad, digest: &str) -> std::path::PathBuf {
+    erad.data_dir().join("content/blobs/sha256").join(digest.trim_start_matches("sha256:"))
+}
+
+#[test]
+fn an_image_by_tag_is_pulled_and_pinned_to_its_digest() {
+    let registry = Registry::start();
+    let digest = registry.push_image("demo/app", "v1", &[("app/hello.txt", "hello")]);
+    let erad = Erad::start();
+    let a = erad.apply_wait(&spec(&erad, "app", &format!("image: \"{}/demo/app:v1\"", registry.addr), ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    let d = erad.get("app");
+    assert_eq!(d["artifact_digest"], digest.as_str());
+    assert!(blob(&erad, &digest).is_file(), "the manifest is in the store");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&erad, &digest)).unwrap()).unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        assert!(blob(&erad, l["digest"].as_str().unwrap()).is_file(), "layer {l} is in the store");
+    }
+    assert!(blob(&erad, manifest["config"]["digest"].as_str().unwrap()).is_file());
+}
+
+#[test]
+fn an_image_by_digest_is_pulled_and_a_wrong_pinned_digest_is_refused() {
+    let registry = Registry::start();
+    let digest = registry.push_image("demo/app", "v1", &[("a", "1")]);
+    let erad = Erad::start();
+    let by_digest = spec(&erad, "bydigest", &format!("image: \"{}/demo/app@{digest}\"", registry.addr), "");
+    assert_eq!(erad.apply_wait(&by_digest).code, 0);
+    assert_eq!(erad.get("bydigest")["artifact_digest"], digest.as_str());
+    let wrong = era_tests::sha256(b"another image");
+    let pinned = spec(&erad, "pinned", &format!("image: \"{}/demo/app:v1\", sha256: \"{wrong}\"", registry.addr), "");
+    assert_eq!(erad.apply_wait(&pinned).code, 1);
+    let d = erad.get("pinned");
+    assert_eq!(d["state"], "Failed");
+    let msg = d["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("sha256:{wrong}")) && msg.contains(&digest), "{msg}");
+}
+
+#[test]
+fn a_wasm_component_artifact_is_pulled_with_its_layer_as_the_local_file() {
+    let registry = Registry::start();
+    let wasm = std::fs::read(era_tests::plugin::NOOP).unwrap();
+    let digest = registry.push_wasm("plugins/noop", "0.1.0", &wasm);
+    let erad = Erad::start();
+    let a = erad.apply_wait(&spec(&erad, "component", &format!("wasm: \"{}/plugins/noop:0.1.0\"", registry.addr), ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(erad.get("component")["artifact_digest"], digest.as_str());
+    assert_eq!(std::fs::read(blob(&erad, &format!("sha256:{}", era_tests::sha256(&wasm)))).unwrap(), wasm);
+}
+
+#[test]
+fn an_artifact_of_the_wrong_shape_is_refused_by_kind() {
+    let registry = Registry::start();
+    registry.push_artifact(
+        "demo/notwasm",
+        "v1",
+        "application/vnd.oci.image.config.v1+json",
+        b"{}",
+        &[("application/octet-stream", b"x")],
+    );
+    registry.push_artifact(
+        "demo/twolayers",
+        "v1",
+        "application/vnd.oci.empty.v1+json",
+        b"{}",
+        &[("text/plain", b"a"), ("text/plain", b"b")],
+    );
+    let erad = Erad::start();
+    assert_eq!(
+        erad.apply_wait(&spec(&erad, "notwasm", &format!("wasm: \"{}/demo/notwasm:v1\"", registry.addr), "")).code,
+        1
+    );
+    assert!(erad.get("notwasm")["message"].as_str().unwrap().contains("not a Wasm component artifact"));
+    assert_eq!(
+        erad.apply_wait(&spec(&erad, "twolayers", &format!("blob: \"{}/demo/twolayers:v1\"", registry.addr), "")).code,
+        1
+    );
+    assert!(erad.get("twolayers")["message"].as_str().unwrap().contains("exactly one layer, this has 2"));
+    let blob_ok = spec(&erad, "oneblob", &format!("blob: \"{}/demo/notwasm:v1\"", registry.addr), "");
+    assert_eq!(erad.apply_wait(&blob_ok).code, 0, "one layer is a blob artifact");
+}
+
+#[test]
+fn a_moved_tag_never_changes_a_deployed_revision_across_restart_and_rollback() {
+    let registry = Registry::start();
+    let v1 = registry.push_image("demo/app", "stable", &[("version", "1")]);
+    let mut erad = Erad::start();
+    let image = format!("image: \"{}/demo/app:stable\"", registry.addr);
+    assert_eq!(erad.apply_wait(&spec(&erad, "app", &image, "")).code, 0);
+    assert_eq!(erad.get("app")["artifact_digest"], v1.as_str());
+
+    // The tag moves to another image.
+    let v2 = registry.push_image("demo/app", "stable", &[("version", "2")]);
+    assert_ne!(v1, v2);
+    erad.kill9();
+    erad.spawn(&[]).unwrap();
+    eventually(T, || erad.get("app")["state"] == "Running");
+    assert_eq!(erad.get("app")["artifact_digest"], v1.as_str(), "a restart keeps the pinned digest");
+
+    // A new revision resolves the tag anew; rolling back returns to v1's digest.
+    assert_eq!(erad.apply_wait(&spec(&erad, "app", &image, "  env: {REV: \"2\"}\n")).code, 0);
+    assert_eq!(erad.get("app")["artifact_digest"], v2.as_str());
+    assert_eq!(erad.era(&["rollback", "app", "--wait", "--timeout", "60s"]).code, 0);
+    let d = erad.get("app");
+    assert_eq!((d["revision"].as_u64(), d["artifact_digest"].as_str()), (Some(1), Some(v1.as_str())));
+}
