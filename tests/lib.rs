@@ -478,3 +478,95 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// How the tampering proxy changes a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// Flip one byte of every blob body (same length).
+    FlipBlobByte,
+    /// Serve only the first half of every blob (with a matching Content-Length).
+    TruncateBlob,
+    /// Append bytes to every blob (with a matching Content-Length).
+    LengthenBlob,
+    /// Answer manifests with a wrong Docker-Content-Digest header.
+    WrongDigestHeader,
+    /// Serve a manifest that is also an index (with a matching digest header).
+    ConfuseManifest,
+    /// Serve manifests with an index Content-Type.
+    WrongMediaType,
+}
+
+/// An HTTP proxy on 127.0.0.1 in front of `upstream` (a registry) that
+/// tampers with its answers; returns `127.0.0.1:PORT`.
+pub fn tampering_proxy(upstream: &str, tamper: Tamper) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&client);
+                let mut head = String::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if !line.to_ascii_lowercase().starts_with("connection:")
+                        && !line.to_ascii_lowercase().starts_with("host:")
+                    {
+                        head.push_str(&line);
+                    }
+                    line.clear();
+                }
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else { return };
+                let _ = write!(up, "{head}Host: {upstream}\r\nConnection: close\r\n\r\n");
+                let mut raw = Vec::new();
+                let _ = up.read_to_end(&mut raw);
+                let split = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(raw.len());
+                let (headers, mut body) = (String::from_utf8_lossy(&raw[..split]).into_owned(), raw[split..].to_vec());
+                let mut headers: Vec<String> = headers.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+                let ok = headers.first().is_some_and(|s| s.contains(" 200 "));
+                let set = |headers: &mut Vec<String>, name: &str, value: &str| {
+                    headers.retain(|h| !h.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())));
+                    headers.push(format!("{name}: {value}"));
+                };
+                let is_blob = path.contains("/blobs/sha256:");
+                let is_manifest = path.contains("/manifests/");
+                if ok {
+                    match tamper {
+                        Tamper::FlipBlobByte if is_blob && !body.is_empty() => {
+                            let i = body.len() / 2;
+                            body[i] ^= 0xff;
+                        }
+                        Tamper::TruncateBlob if is_blob => body.truncate(body.len() / 2),
+                        Tamper::LengthenBlob if is_blob => body.extend_from_slice(b"and some more bytes"),
+                        Tamper::WrongDigestHeader if is_manifest => {
+                            set(
+                                &mut headers,
+                                "Docker-Content-Digest",
+                                &format!("sha256:{}", sha256(b"another manifest")),
+                            );
+                        }
+                        Tamper::ConfuseManifest if is_manifest => {
+                            let mut doc: serde_json::Value = serde_json::from_slice(&body).expect("manifest JSON");
+                            doc["manifests"] = serde_json::json!([{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", sha256(b"x")), "size": 1}]);
+                            body = serde_json::to_vec(&doc).expect("JSON");
+                            set(&mut headers, "Docker-Content-Digest", &format!("sha256:{}", sha256(&body)));
+                        }
+                        Tamper::WrongMediaType if is_manifest => {
+                            set(&mut headers, "Content-Type", "application/vnd.oci.image.index.v1+json");
+                        }
+                        _ => {}
+                    }
+                }
+                set(&mut headers, "Content-Length", &body.len().to_string());
+                set(&mut headers, "Connection", "close");
+                let mut out = &client;
+                let _ = out.write_all(format!("{}\r\n\r\n", headers.join("\r\n")).as_bytes());
+                let _ = out.write_all(&body);
+            });
+        }
+    });
+    addr
+}

@@ -120,3 +120,41 @@ fn a_moved_tag_never_changes_a_deployed_revision_across_restart_and_rollback() {
     let d = erad.get("app");
     assert_eq!((d["revision"].as_u64(), d["artifact_digest"].as_str()), (Some(1), Some(v1.as_str())));
 }
+
+#[test]
+fn a_tampering_registry_is_refused_each_way_with_nothing_tampered_left_in_the_store() {
+    use era_tests::{Tamper, tampering_proxy};
+    let registry = Registry::start();
+    let digest = registry.push_image("demo/app", "v1", &[("payload.bin", &"x".repeat(4096))]);
+    let cases = [
+        (Tamper::FlipBlobByte, "digest mismatch"),
+        (Tamper::TruncateBlob, "ended after"),
+        (Tamper::LengthenBlob, "is longer than the"),
+        (Tamper::WrongDigestHeader, "Docker-Content-Digest"),
+        (Tamper::ConfuseManifest, "both an index (manifests) and a manifest"),
+        (Tamper::WrongMediaType, "is a manifest but the registry served it as application/vnd.oci.image.index.v1+json"),
+    ];
+    let erad = Erad::start();
+    for (i, (tamper, expected)) in cases.into_iter().enumerate() {
+        let proxy = tampering_proxy(&registry.addr, tamper);
+        let name = format!("tampered-{i}");
+        let a = erad.apply_wait(&spec(&erad, &name, &format!("image: \"{proxy}/demo/app:v1\""), ""));
+        assert_eq!(a.code, 1, "{tamper:?}: {a:?}");
+        let d = erad.get(&name);
+        assert_eq!(d["state"], "Failed", "{tamper:?}");
+        let msg = d["message"].as_str().unwrap();
+        assert!(msg.contains(expected), "{tamper:?}: {msg}");
+        assert!(!erad.history(&name).iter().any(|e| e["to"] == "Installing"), "{tamper:?}: nothing installed");
+        assert_eq!(era_tests::files_under(&erad.data_dir().join("content/tmp")), Vec::<String>::new(), "{tamper:?}");
+    }
+    // Nothing the proxy tampered with reached the store: every blob there
+    // hashes to its name.
+    for f in era_tests::files_under(&erad.data_dir().join("content/blobs/sha256")) {
+        let bytes = std::fs::read(erad.data_dir().join("content/blobs/sha256").join(&f)).unwrap();
+        assert_eq!(era_tests::sha256(&bytes), f, "a blob in the store does not match its name");
+    }
+    // The untampered registry still serves the same image fine.
+    let ok = spec(&erad, "direct", &format!("image: \"{}/demo/app:v1\"", registry.addr), "");
+    assert_eq!(erad.apply_wait(&ok).code, 0);
+    assert_eq!(erad.get("direct")["artifact_digest"], digest.as_str());
+}

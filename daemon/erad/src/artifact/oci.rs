@@ -275,6 +275,15 @@ impl OciFetcher {
         {
             return Err(bad(format!("the manifest says it is {mt} but the registry served it as {content_type}")));
         }
+        // `mediaType` is optional in the document; the served type must still
+        // agree with its shape.
+        let served_index = [MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST].contains(&content_type);
+        let served_manifest = [MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST].contains(&content_type);
+        let is_index = doc.manifests.is_some();
+        if (served_index && !is_index) || (served_manifest && is_index) {
+            let shape = if is_index { "an index" } else { "a manifest" };
+            return Err(bad(format!("the document is {shape} but the registry served it as {content_type}")));
+        }
         Ok(doc)
     }
 
