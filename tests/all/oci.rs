@@ -158,3 +158,67 @@ fn a_tampering_registry_is_refused_each_way_with_nothing_tampered_left_in_the_st
     assert_eq!(erad.apply_wait(&ok).code, 0);
     assert_eq!(erad.get("direct")["artifact_digest"], digest.as_str());
 }
+
+#[test]
+fn an_image_is_unpacked_into_the_revisions_rootfs() {
+    let registry = Registry::start();
+    registry.push_image("demo/app", "v1", &[("app/hello.txt", "hello from the image")]);
+    let erad = Erad::start();
+    assert_eq!(erad.apply_wait(&spec(&erad, "app", &format!("image: \"{}/demo/app:v1\"", registry.addr), "")).code, 0);
+    let rootfs = erad.data_dir().join("deployments/app/rev-1/rootfs");
+    assert_eq!(std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap(), "hello from the image");
+    assert!(erad.data_dir().join("deployments/app/rev-1/rootfs.done").exists());
+}
+
+/// One tar layer holding a single entry with a raw, unchecked name.
+fn hostile_layer(name: &str, kind: tar::EntryType, link: &str) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    let body = b"pwned";
+    h.set_size(if kind == tar::EntryType::Regular { body.len() as u64 } else { 0 });
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    if kind == tar::EntryType::Regular {
+        out.extend_from_slice(body);
+        out.resize(1024, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[test]
+fn a_hostile_layer_fails_preparing_naming_the_entry_and_touches_nothing_outside() {
+    let registry = Registry::start();
+    let erad = Erad::start();
+    let sentinel = erad.data_dir().join("deployments/sentinel");
+    let cases = [
+        ("traversal", hostile_layer("../../sentinel", tar::EntryType::Regular, ""), "path contains '..'"),
+        ("absolute", hostile_layer("/etc/era-pwned", tar::EntryType::Regular, ""), "absolute path"),
+        ("escaping-symlink", hostile_layer("link", tar::EntryType::Symlink, "../../../sentinel"), "leaves the root"),
+        ("device", hostile_layer("dev/sda", tar::EntryType::Block, ""), "device nodes"),
+    ];
+    for (name, layer, expected) in cases {
+        std::fs::create_dir_all(sentinel.parent().unwrap()).unwrap();
+        std::fs::write(&sentinel, b"untouched").unwrap();
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
+        registry.push_artifact(
+            &format!("hostile/{name}"),
+            "v1",
+            "application/vnd.oci.image.config.v1+json",
+            config,
+            &[("application/vnd.oci.image.layer.v1.tar", &layer)],
+        );
+        let a = erad.apply_wait(&spec(&erad, name, &format!("image: \"{}/hostile/{name}:v1\"", registry.addr), ""));
+        assert_eq!(a.code, 1, "{name}: {a:?}");
+        let d = erad.get(name);
+        assert_eq!(d["state"], "Failed");
+        let msg = d["message"].as_str().unwrap();
+        assert!(msg.contains("unpacking the image") && msg.contains(expected), "{name}: {msg}");
+        assert_eq!(erad.history(name).last().unwrap()["from"], "Preparing", "{name}");
+        assert_eq!(std::fs::read(&sentinel).unwrap(), b"untouched", "{name}");
+        assert!(!std::path::Path::new("/etc/era-pwned").exists());
+    }
+}

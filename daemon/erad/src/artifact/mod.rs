@@ -9,6 +9,7 @@
 //! `blob:`) in [`oci`], into the same store with the same guarantees.
 
 pub mod oci;
+pub mod unpack;
 
 use crate::spec::ArtifactSource;
 use futures::StreamExt;
@@ -78,6 +79,11 @@ impl ContentStore {
     pub fn with_registries(mut self, registries: std::collections::BTreeMap<String, oci::RegistryAccess>) -> Self {
         self.oci = oci::OciFetcher::new(registries);
         self
+    }
+
+    /// The directory of sha256 blobs.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
     }
 
     /// Where a blob with `digest` (`sha256:<hex>`) lives.

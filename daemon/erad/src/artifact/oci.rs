@@ -106,6 +106,35 @@ impl std::fmt::Debug for OciFetcher {
     }
 }
 
+/// The layers (lowest first) and the config JSON of an image whose verified
+/// manifest is at `manifest`, with its blobs in `blobs` (`.../blobs/sha256`).
+pub fn image_parts(
+    blobs: &std::path::Path,
+    manifest: &std::path::Path,
+) -> Result<(Vec<super::unpack::Layer>, Option<String>), FetchError> {
+    let blob_path = |digest: &str| blobs.join(digest.trim_start_matches("sha256:"));
+    let read_err = |path: &std::path::Path, source| FetchError::Store { path: path.to_path_buf(), source };
+    let bytes = std::fs::read(manifest).map_err(|e| read_err(manifest, e))?;
+    let doc: Document = serde_json::from_slice(&bytes).map_err(|e| FetchError::Registry {
+        reference: manifest.display().to_string(),
+        message: format!("stored manifest is not valid JSON: {e}"),
+    })?;
+    let layers = doc
+        .layers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| super::unpack::Layer { path: blob_path(&l.digest), digest: l.digest, media_type: l.media_type })
+        .collect();
+    let config = match doc.config {
+        Some(c) => {
+            let path = blob_path(&c.digest);
+            Some(std::fs::read_to_string(&path).map_err(|e| read_err(&path, e))?)
+        }
+        None => None,
+    };
+    Ok((layers, config))
+}
+
 /// Registries on loopback addresses speak plain HTTP, as Docker allows.
 pub fn is_loopback(registry: &str) -> bool {
     let host = match registry.rsplit_once(':') {

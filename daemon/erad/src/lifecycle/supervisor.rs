@@ -167,11 +167,20 @@ pub(crate) fn workload_of(
         other => other.reference().to_string(),
     };
     let (digest, local_path) = artifact.map(|(d, p)| (d.to_string(), p.to_string())).unwrap_or_default();
+    // For images, the config (entrypoint, env, user...) the runtime needs.
+    let image_config = match kind {
+        ArtifactKind::Image if !local_path.is_empty() => {
+            crate::artifact::oci::image_parts(&layout.content_store().join("blobs/sha256"), Path::new(&local_path))
+                .ok()
+                .and_then(|(_, config)| config)
+        }
+        _ => None,
+    };
     let s = &spec.spec;
     Workload {
         deployment: spec.name().to_string(),
         revision,
-        artifact: Artifact { kind, reference, digest, local_path, image_config: None },
+        artifact: Artifact { kind, reference, digest, local_path, image_config },
         env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         ports: s
             .ports
@@ -646,8 +655,35 @@ impl Supervisor {
     async fn prepare(&self, revision: u64) -> Work<()> {
         let rev = self.revision(revision).await?;
         let volumes: Vec<String> = rev.spec.spec.volumes.iter().map(|v| v.name.clone()).collect();
-        self.shared.layout.prepare(&self.name, revision, &volumes).map_err(|e| e.to_string())?;
+        let work = self.shared.layout.prepare(&self.name, revision, &volumes).map_err(|e| e.to_string())?;
+        if let (ArtifactSource::Image(_), Some(manifest)) = (rev.spec.artifact_source(), rev.artifact_path.clone()) {
+            self.unpack_rootfs(&work, Path::new(&manifest)).await?;
+        }
         Ok(())
+    }
+
+    /// Unpacks an image's layers into `<work dir>/rootfs`, once: a marker
+    /// says it finished, and an unfinished one (a crash) is redone.
+    async fn unpack_rootfs(&self, work: &Path, manifest: &Path) -> Work<()> {
+        let (rootfs, done) = (work.join("rootfs"), work.join("rootfs.done"));
+        if done.exists() {
+            return Ok(());
+        }
+        let content = self.shared.content.clone();
+        let manifest = manifest.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Work<()> {
+            let _ = std::fs::remove_dir_all(&rootfs);
+            let (layers, _) =
+                crate::artifact::oci::image_parts(&content.blobs_dir(), &manifest).map_err(|e| e.to_string())?;
+            let policy = crate::artifact::unpack::UnpackPolicy::default();
+            crate::artifact::unpack::unpack_layers(&layers, &rootfs, &policy).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&rootfs);
+                format!("unpacking the image: {e}")
+            })?;
+            std::fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))
+        })
+        .await
+        .map_err(|e| format!("unpack task: {e}"))?
     }
 
     async fn install(&self, revision: u64) -> Work<()> {
