@@ -222,3 +222,35 @@ fn a_hostile_layer_fails_preparing_naming_the_entry_and_touches_nothing_outside(
         assert!(!std::path::Path::new("/etc/era-pwned").exists());
     }
 }
+
+#[test]
+fn an_index_resolves_to_the_host_platforms_manifest() {
+    let registry = Registry::start();
+    let amd64 = registry.push_image("multi/app", "amd64", &[("arch", "amd64")]);
+    let arm64 = registry.push_image("multi/app", "arm64", &[("arch", "arm64")]);
+    let size = |digest: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+            .arg(format!("http://{}/v2/multi/app/manifests/{digest}", registry.addr))
+            .output()
+            .unwrap();
+        out.stdout.len()
+    };
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{arm64}","size":{},"platform":{{"architecture":"arm64","os":"linux"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{amd64}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+        size(&arm64),
+        size(&amd64)
+    );
+    let index_digest = registry.push_manifest("multi/app", "v1", "application/vnd.oci.image.index.v1+json", &index);
+    let erad = Erad::start();
+    assert_eq!(
+        erad.apply_wait(&spec(&erad, "multi", &format!("image: \"{}/multi/app:v1\"", registry.addr), "")).code,
+        0
+    );
+    let host = if cfg!(target_arch = "aarch64") { &arm64 } else { &amd64 };
+    assert_eq!(erad.get("multi")["artifact_digest"], host.as_str(), "pinned to the platform manifest, not the index");
+    assert!(blob(&erad, &index_digest).is_file(), "the index is kept in the store too");
+    let rootfs = erad.data_dir().join("deployments/multi/rev-1/rootfs");
+    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
+    assert_eq!(std::fs::read_to_string(rootfs.join("arch")).unwrap(), arch);
+}
