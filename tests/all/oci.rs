@@ -254,3 +254,40 @@ fn an_index_resolves_to_the_host_platforms_manifest() {
     let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
     assert_eq!(std::fs::read_to_string(rootfs.join("arch")).unwrap(), arch);
 }
+
+#[test]
+fn a_plugin_named_by_oci_reference_is_pulled_verified_and_runs() {
+    let registry = Registry::start();
+    let wasm = std::fs::read(era_tests::plugin::NOOP).unwrap();
+    let manifest = registry.push_wasm("plugins/noop", "0.1.0", &wasm);
+    let reference = format!("{}/plugins/noop:0.1.0", registry.addr);
+    let config = format!("[plugins.noop]\nreference = \"{reference}\"\nsha256 = \"{manifest}\"\ngrants = [\"log\"]\n");
+    let mut erad = Erad::start_with(&config, &[]);
+    let plugins = erad.era(&["-o", "json", "plugins"]).json();
+    assert_eq!(plugins[0]["source"], reference.as_str());
+    assert_eq!(plugins[0]["digest"], format!("sha256:{}", era_tests::sha256(&wasm)));
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+
+    // Pinned and in the store: a restart needs no registry.
+    drop(registry);
+    erad.kill9();
+    erad.spawn(&[]).expect("a pinned plugin loads from the store, offline");
+    assert_eq!(erad.get("web")["state"], "Running");
+}
+
+#[test]
+fn a_plugin_reference_that_does_not_match_its_pin_stops_erad_from_starting() {
+    let registry = Registry::start();
+    let wasm = std::fs::read(era_tests::plugin::NOOP).unwrap();
+    let manifest = registry.push_wasm("plugins/noop", "0.1.0", &wasm);
+    let wrong = era_tests::sha256(b"some other plugin");
+    let config = format!(
+        "[plugins.noop]\nreference = \"{}/plugins/noop:0.1.0\"\nsha256 = \"{wrong}\"\ngrants = [\"log\"]\n",
+        registry.addr
+    );
+    let msg = Erad::try_start_with(&config, &[]).err().expect("erad must refuse the plugin");
+    assert!(
+        msg.contains("plugin noop: artifact") && msg.contains(&format!("sha256:{wrong}")) && msg.contains(&manifest),
+        "{msg}"
+    );
+}

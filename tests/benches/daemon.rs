@@ -88,6 +88,8 @@ async fn plugin_call(iterations: usize, pooling: Option<erad::plugin::Pooling>) 
     let host = PluginHost::with_pooling(&dir.path().join("cache"), pooling).unwrap();
     let cfg = erad::config::PluginConfig {
         path: era_tests::plugin::NOOP.into(),
+        reference: None,
+        pinned: None,
         grants: vec![erad::config::Grant::Log],
         allow_programs: vec![],
         memory_limit_mib: 64,

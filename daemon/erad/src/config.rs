@@ -115,7 +115,9 @@ impl RawDeadlines {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlugin {
-    path: PathBuf,
+    path: Option<PathBuf>,
+    reference: Option<String>,
+    sha256: Option<String>,
     #[serde(default)]
     grants: Vec<Grant>,
     #[serde(default)]
@@ -128,7 +130,13 @@ struct RawPlugin {
 /// One plugin as the operator configured it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginConfig {
+    /// The component file. For a plugin named by `reference`, erad fills
+    /// this in once the artifact is pulled and verified.
     pub path: PathBuf,
+    /// An OCI reference to a Wasm component artifact, instead of a file.
+    pub reference: Option<String>,
+    /// The manifest digest the reference must resolve to (`sha256:<hex>`).
+    pub pinned: Option<String>,
     pub grants: Vec<Grant>,
     pub allow_programs: Vec<String>,
     pub memory_limit_mib: u64,
@@ -199,6 +207,25 @@ impl DaemonConfig {
                     "programs are allowed but the process grant is missing".into(),
                 ));
             }
+            let path = match (p.path, &p.reference) {
+                (Some(path), None) => abs(path),
+                (None, Some(_)) => PathBuf::new(),
+                _ => {
+                    return Err(invalid(
+                        &format!("plugins.{name}"),
+                        "give exactly one of path (a component file) or reference (an OCI artifact)".into(),
+                    ));
+                }
+            };
+            if let Some(d) = &p.sha256 {
+                let hex = d.trim_start_matches("sha256:");
+                if p.reference.is_none() || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        &format!("plugins.{name}.sha256"),
+                        "pins a reference's manifest: 64 hex digits, with reference".into(),
+                    ));
+                }
+            }
             let mib = p.memory_limit_mib.unwrap_or(memory);
             if mib == 0 {
                 return Err(invalid(&format!("plugins.{name}.memory_limit_mib"), "must be at least 1".into()));
@@ -206,7 +233,11 @@ impl DaemonConfig {
             plugins.insert(
                 name,
                 PluginConfig {
-                    path: abs(p.path),
+                    path,
+                    reference: p.reference,
+                    pinned: p
+                        .sha256
+                        .map(|d| format!("sha256:{}", d.trim_start_matches("sha256:").to_ascii_lowercase())),
                     grants: p.grants,
                     allow_programs: p.allow_programs,
                     memory_limit_mib: mib,

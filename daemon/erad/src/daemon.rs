@@ -41,6 +41,8 @@ pub enum DaemonError {
     Content(#[from] FetchError),
     #[error(transparent)]
     Plugin(#[from] LoadError),
+    #[error("plugin {name}: {source}")]
+    PluginArtifact { name: String, source: FetchError },
     #[error("socket {path}: another erad is already serving on it")]
     SocketInUse { path: PathBuf },
     #[error("socket {path}: {source}")]
@@ -88,7 +90,25 @@ impl DaemonBuilder {
         let host = PluginHost::with_pooling(&layout.compile_cache(), pooling)?;
         let mut plugins = PluginRegistry::default();
         for (name, pc) in &cfg.plugins {
-            let p = host.load(name, pc).await?;
+            let mut pc = pc.clone();
+            if let Some(reference) = &pc.reference {
+                // Plugins are artifacts like any other: pulled, digest-checked
+                // and kept in the content store (so a restart works offline
+                // when the reference is pinned).
+                let source = crate::spec::ArtifactSource::Wasm(reference.clone());
+                let fetched = content
+                    .fetch(&source, pc.pinned.as_deref(), Path::new("/"), &|_, _| {})
+                    .await
+                    .map_err(|e| DaemonError::PluginArtifact { name: name.clone(), source: e })?;
+                tracing::info!(
+                    plugin = name,
+                    reference,
+                    manifest = fetched.digest,
+                    "plugin artifact pulled and verified"
+                );
+                pc.path = fetched.path;
+            }
+            let p = host.load(name, &pc).await?;
             tracing::info!(plugin = name, version = p.info.version, digest = p.digest, "plugin loaded");
             plugins.insert(p);
         }

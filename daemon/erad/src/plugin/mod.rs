@@ -227,7 +227,8 @@ pub struct LoadedPlugin {
     pub info: PluginInfo,
     /// `sha256:<hex>` of the component file.
     pub digest: String,
-    pub source: PathBuf,
+    /// Where it came from: the OCI reference, or the file.
+    pub source: String,
     pub grants: Vec<Grant>,
     pre: PluginPre<HostState>,
     /// With pooling: one permit per instance slot.
@@ -392,7 +393,7 @@ impl PluginHost {
             name: name.to_string(),
             info: PluginInfo { name: name.into(), version: String::new(), description: String::new() },
             digest,
-            source: cfg.path.clone(),
+            source: cfg.reference.clone().unwrap_or_else(|| cfg.path.display().to_string()),
             grants: cfg.grants.clone(),
             pre,
             slots: self.slots.clone(),

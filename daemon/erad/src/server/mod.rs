@@ -208,7 +208,7 @@ impl Deployments for DeploymentsService {
                 version: p.info.version.clone(),
                 description: p.info.description.clone(),
                 digest: p.digest.clone(),
-                source: p.source.display().to_string(),
+                source: p.source.clone(),
                 grants: p.grants.iter().map(|g| g.as_str().to_string()).collect(),
             })
             .collect();
