@@ -291,3 +291,36 @@ fn a_plugin_reference_that_does_not_match_its_pin_stops_erad_from_starting() {
         "{msg}"
     );
 }
+
+#[test]
+fn era_pull_preloads_the_store_for_an_air_gapped_deploy_and_images_lists_it() {
+    let registry = Registry::start();
+    let digest = registry.push_image("demo/app", "v1", &[("big.bin", &"y".repeat(1 << 20))]);
+    let erad = Erad::start();
+    let reference = format!("{}/demo/app:v1", registry.addr);
+    let p = erad.era(&["pull", &reference]);
+    assert_eq!(p.code, 0, "{p:?}");
+    assert!(p.stdout.contains(&format!("{reference} pulled: {digest}")), "{p:?}");
+    assert!(p.stderr.contains(&format!("pulling {reference}: ")), "plain progress lines when not a terminal: {p:?}");
+    let bad = erad.era(&["pull", &format!("{}/demo/nothing:v1", registry.addr)]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("404"), "{bad:?}");
+
+    // The registry goes away; a deployment pinned to the pulled digest still works.
+    drop(registry);
+    let pinned = spec(
+        &erad,
+        "offline",
+        &format!("image: \"{reference}\", sha256: \"{}\"", digest.trim_start_matches("sha256:")),
+        "",
+    );
+    let a = erad.apply_wait(&pinned);
+    assert_eq!(a.code, 0, "{a:?}");
+    let images = erad.era(&["-o", "json", "images"]).json();
+    let img = images.as_array().unwrap().iter().find(|i| i["digest"] == digest.as_str()).expect("listed").clone();
+    assert_eq!(img["reference"], reference.as_str());
+    assert_eq!(img["kind"], "image");
+    assert_eq!(img["used_by"], serde_json::json!(["offline"]));
+    let table = erad.era(&["images"]);
+    assert!(table.stdout.starts_with("REFERENCE") && table.stdout.contains("offline"), "{table:?}");
+}

@@ -6,6 +6,7 @@
 mod client;
 mod commands;
 mod output;
+mod progress;
 mod wait;
 
 use clap::{Parser, Subcommand};
@@ -95,6 +96,18 @@ enum Command {
     },
     /// The runtime plugins erad has loaded.
     Plugins,
+    /// Fetch and verify an OCI artifact into erad's content store ahead of use.
+    Pull {
+        reference: String,
+        /// What the reference is: image, wasm or blob.
+        #[arg(long, default_value = "image", value_parser = ["image", "wasm", "blob"])]
+        kind: String,
+        /// The manifest digest the reference must resolve to.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// The OCI artifacts in erad's content store.
+    Images,
 }
 
 fn main() -> ExitCode {
@@ -135,5 +148,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::action::run(&cli.socket, commands::action::Action::Delete, &name, &wait, fmt).await
         }
         Command::Plugins => commands::plugins::run(&cli.socket, fmt).await,
+        Command::Pull { reference, kind, sha256 } => {
+            commands::pull::run(&cli.socket, &reference, &kind, sha256.as_deref(), fmt).await
+        }
+        Command::Images => commands::images::run(&cli.socket, fmt).await,
     }
 }

@@ -22,6 +22,7 @@ pub async fn settle(
     timeout: Duration,
     quiet: bool,
 ) -> Result<pb::Deployment, CliError> {
+    let mut progress: Option<crate::progress::Progress> = None;
     let follow = async {
         let current = client.get(pb::NameRequest { name: name.to_string() }).await?.into_inner();
         if SETTLED.contains(&current.state.as_str()) && !busy_soon(&current) {
@@ -31,6 +32,9 @@ pub async fn settle(
             let ev = ev?;
             match ev.kind {
                 Some(pb::event::Kind::Transition(t)) => {
+                    if let Some(p) = progress.take() {
+                        p.finish();
+                    }
                     if !quiet {
                         eprintln!("{name}: {} -> {} (revision {}): {}", t.from_state, t.to_state, t.revision, t.cause);
                     }
@@ -39,7 +43,9 @@ pub async fn settle(
                     }
                 }
                 Some(pb::event::Kind::Progress(p)) if !quiet && p.total > 0 => {
-                    eprintln!("{name}: fetching {}: {} / {} bytes", p.what, p.done, p.total);
+                    progress
+                        .get_or_insert_with(|| crate::progress::Progress::new(&format!("{name}: fetching {}", p.what)))
+                        .update(p.done, p.total);
                 }
                 _ => {}
             }

@@ -106,6 +106,7 @@ impl DaemonBuilder {
                     manifest = fetched.digest,
                     "plugin artifact pulled and verified"
                 );
+                store.record_artifact(reference, &fetched.digest, "wasm", fetched.size)?;
                 pc.path = fetched.path;
             }
             let p = host.load(name, &pc).await?;

@@ -99,6 +99,10 @@ impl Lifecycle {
         &self.shared.store
     }
 
+    pub fn content(&self) -> &ContentStore {
+        &self.shared.content
+    }
+
     pub fn plugins(&self) -> &PluginRegistry {
         &self.shared.plugins
     }

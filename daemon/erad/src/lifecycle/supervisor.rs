@@ -649,6 +649,11 @@ impl Supervisor {
             .map_err(|e| e.to_string())?;
         let (digest, path) = (fetched.digest.clone(), fetched.path.display().to_string());
         self.db(move |s, n| s.set_artifact(n, revision, &digest, &path)).await.map_err(|e| e.to_string())?;
+        if matches!(source, ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_)) {
+            let (reference, digest, kind, size) =
+                (source.reference().to_string(), fetched.digest.clone(), source.kind(), fetched.size);
+            self.db(move |s, _| s.record_artifact(&reference, &digest, kind, size)).await.map_err(|e| e.to_string())?;
+        }
         Ok(fetched.digest)
     }
 
@@ -865,6 +870,8 @@ impl Supervisor {
         // Its artifacts go too, unless another live deployment uses them.
         for digest in self.db(|s, n| s.artifacts_only_used_by(n)).await.map_err(|e| e.to_string())? {
             self.shared.content.remove(&digest).map_err(|e| e.to_string())?;
+            let d = digest.clone();
+            self.db(move |s, _| s.forget_artifact(&d)).await.map_err(|e| e.to_string())?;
         }
         self.db(|s, n| s.release_ports(n, &[])).await.map_err(|e| e.to_string())
     }

@@ -93,6 +93,18 @@ fn transition(e: JournalEntry) -> pb::Transition {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullEvent, Status>> + Send>>;
+
+fn pulled(a: crate::store::ArtifactRecord) -> pb::PulledImage {
+    pb::PulledImage {
+        reference: a.reference,
+        digest: a.digest,
+        kind: a.kind,
+        size: a.size,
+        pulled_at: a.pulled_at,
+        used_by: a.used_by,
+    }
+}
 
 #[tonic::async_trait]
 impl Deployments for DeploymentsService {
@@ -196,6 +208,56 @@ impl Deployments for DeploymentsService {
             Some(Ok(pb::Event { name: deployment, kind: Some(kind) }))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
+        use crate::spec::ArtifactSource;
+        let req = req.into_inner();
+        let source = match req.kind.as_str() {
+            "" | "image" => ArtifactSource::Image(req.reference.clone()),
+            "wasm" => ArtifactSource::Wasm(req.reference.clone()),
+            "blob" => ArtifactSource::Blob(req.reference.clone()),
+            other => return Err(Status::invalid_argument(format!("kind {other:?}: use image, wasm or blob"))),
+        };
+        if req.reference.trim().is_empty() {
+            return Err(Status::invalid_argument("give a reference to pull"));
+        }
+        let pinned = (!req.sha256.is_empty())
+            .then(|| format!("sha256:{}", req.sha256.trim_start_matches("sha256:").to_ascii_lowercase()));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let lifecycle = self.lifecycle.clone();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let progress = move |done: u64, total: Option<u64>| {
+                let p = pb::Progress { revision: 0, what: String::new(), done, total: total.unwrap_or(0) };
+                let _ = progress_tx.try_send(Ok(pb::PullEvent { kind: Some(pb::pull_event::Kind::Progress(p)) }));
+            };
+            let result = lifecycle.content().fetch(&source, pinned.as_deref(), Path::new("/"), &progress).await;
+            let event = match result {
+                Ok(f) => {
+                    let store = lifecycle.store();
+                    let recorded = store
+                        .record_artifact(source.reference(), &f.digest, source.kind(), f.size)
+                        .and_then(|_| store.artifacts())
+                        .map(|all| all.into_iter().find(|a| a.digest == f.digest && a.reference == source.reference()));
+                    match recorded {
+                        Ok(Some(a)) => Ok(pb::PullEvent { kind: Some(pb::pull_event::Kind::Done(pulled(a))) }),
+                        Ok(None) => Err(Status::internal("the pulled artifact was not recorded")),
+                        Err(e) => Err(store_status(e)),
+                    }
+                }
+                Err(e) => Err(Status::failed_precondition(e.to_string())),
+            };
+            let _ = tx.send(event).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn images(&self, _req: Request<pb::ImagesRequest>) -> Result<Response<pb::ImagesResponse>, Status> {
+        let images = self.lifecycle.store().artifacts().map_err(store_status)?.into_iter().map(pulled).collect();
+        Ok(Response::new(pb::ImagesResponse { images }))
     }
 
     async fn plugins(&self, _req: Request<pb::PluginsRequest>) -> Result<Response<pb::PluginsResponse>, Status> {

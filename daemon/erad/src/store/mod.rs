@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS journal (
     cause      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_by_deployment ON journal (deployment, seq);
+CREATE TABLE IF NOT EXISTS artifacts (
+    reference TEXT NOT NULL,
+    digest    TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    pulled_at TEXT NOT NULL,
+    PRIMARY KEY (reference, digest)
+);
 CREATE TABLE IF NOT EXISTS port_claims (
     port       INTEGER NOT NULL,
     protocol   TEXT NOT NULL,
@@ -168,6 +176,17 @@ pub struct RevisionRecord {
     /// How many times erad has asked the plugin to start this revision.
     pub activations: u64,
     pub created_at: String,
+}
+
+/// An OCI artifact in the content store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    pub reference: String,
+    pub digest: String,
+    pub kind: String,
+    pub size: u64,
+    pub pulled_at: String,
+    pub used_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -525,6 +544,50 @@ impl Store {
             )?;
             let rows = st.query_map([name], |r| r.get(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Records an OCI artifact that was pulled into the content store.
+    pub fn record_artifact(&self, reference: &str, digest: &str, kind: &str, size: u64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO artifacts (reference, digest, kind, size, pulled_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (reference, digest) DO UPDATE SET pulled_at = excluded.pulled_at",
+                params![reference, digest, kind, size as i64, now_rfc3339()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Pulled artifacts with the deployments whose revisions use them.
+    pub fn artifacts(&self) -> Result<Vec<ArtifactRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT a.reference, a.digest, a.kind, a.size, a.pulled_at,
+                        (SELECT group_concat(DISTINCT r.deployment) FROM revisions r JOIN deployments d ON d.name = r.deployment
+                          WHERE r.artifact_digest = a.digest AND d.state != 'Deleted')
+                 FROM artifacts a ORDER BY a.reference, a.pulled_at",
+            )?;
+            let rows = st.query_map([], |r| {
+                let used: Option<String> = r.get(5)?;
+                Ok(ArtifactRecord {
+                    reference: r.get(0)?,
+                    digest: r.get(1)?,
+                    kind: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    pulled_at: r.get(4)?,
+                    used_by: used.map(|u| u.split(',').map(str::to_string).collect()).unwrap_or_default(),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Forgets artifacts whose blobs are gone from the content store.
+    pub fn forget_artifact(&self, digest: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM artifacts WHERE digest = ?1", [digest])?;
+            Ok(())
         })
     }
 
