@@ -32,7 +32,7 @@ impl Progress {
             }
             Progress::Lines { label, last_tenth } => {
                 // One line per tenth, so logs stay short.
-                let tenth = if total == 0 { 10 } else { done.saturating_mul(10) / total };
+                let tenth = done.saturating_mul(10).checked_div(total).unwrap_or(10);
                 if *last_tenth != Some(tenth) {
                     *last_tenth = Some(tenth);
                     eprintln!("{label}: {done} / {total} bytes");
