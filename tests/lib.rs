@@ -321,6 +321,8 @@ pub struct Registry {
     /// `127.0.0.1:PORT`
     pub addr: String,
     work: PathBuf,
+    /// Basic-auth credentials the registry demands, if any.
+    creds: Option<(String, String)>,
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -331,6 +333,15 @@ fn run(cmd: &mut Command) -> String {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// A registry that demands HTTP basic auth (htpasswd) for everything.
+    pub fn with_basic_auth(user: &str, password: &str) -> Registry {
+        Registry::start_with(Some((user.to_string(), password.to_string())))
+    }
+
+    fn start_with(creds: Option<(String, String)>) -> Registry {
         let dir = tempfile::Builder::new().prefix("era-registry-").tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let addr = format!("127.0.0.1:{port}");
@@ -338,11 +349,19 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
+                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n{}",
+                dir.path().join("data").display(),
+                match &creds {
+                    Some(_) => format!("auth:\n  htpasswd: {{realm: era-test, path: {}}}\n", dir.path().join("htpasswd").display()),
+                    None => String::new(),
+                }
             ),
         )
         .expect("registry config");
+        if let Some((user, password)) = &creds {
+            let line = run(Command::new("htpasswd").args(["-Bbn", user, password]));
+            std::fs::write(dir.path().join("htpasswd"), line).expect("htpasswd file");
+        }
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -357,7 +376,7 @@ impl Registry {
         }
         let work = dir.path().join("work");
         std::fs::create_dir_all(&work).expect("work dir");
-        Registry { _dir: dir, child, addr, work }
+        Registry { _dir: dir, child, addr, work, creds }
     }
 
     /// Builds an image with umoci holding `files` and pushes it with skopeo
@@ -378,16 +397,22 @@ impl Registry {
         }
         run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
         let digest_file = self.work.join("digest");
-        run(Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
-            .arg(&digest_file)
-            .arg(format!("oci:{image}"))
-            .arg(format!("docker://{}/{repo}:{tag}", self.addr)));
+        let mut copy = Command::new("skopeo");
+        copy.args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"]).arg(&digest_file);
+        if let Some((u, p)) = &self.creds {
+            copy.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        run(copy.arg(format!("oci:{image}")).arg(format!("docker://{}/{repo}:{tag}", self.addr)));
         std::fs::read_to_string(digest_file).expect("digest").trim().to_string()
     }
 
     fn curl(&self, args: &[&str]) -> String {
-        run(Command::new("curl").args(["-sS", "--fail-with-body"]).args(args))
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--fail-with-body"]);
+        if let Some((u, p)) = &self.creds {
+            cmd.arg("-u").arg(format!("{u}:{p}"));
+        }
+        run(cmd.args(args))
     }
 
     /// Uploads a blob through the registry API; returns its digest.

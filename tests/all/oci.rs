@@ -324,3 +324,40 @@ fn era_pull_preloads_the_store_for_an_air_gapped_deploy_and_images_lists_it() {
     let table = erad.era(&["images"]);
     assert!(table.stdout.starts_with("REFERENCE") && table.stdout.contains("offline"), "{table:?}");
 }
+
+#[test]
+fn a_registry_with_basic_auth_is_reached_with_credentials_from_a_file_that_never_leak() {
+    let password = "s3cret-do-not-log";
+    let registry = Registry::with_basic_auth("era", password);
+    let digest = registry.push_image("private/app", "v1", &[("a", "1")]);
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("pw"), format!("{password}\n")).unwrap();
+    std::fs::write(secrets.path().join("wrong"), "nope").unwrap();
+    let config = |file: &str| {
+        format!(
+            "[registries.\"{}\"]\nusername = \"era\"\npassword_file = \"{}\"\n{}",
+            registry.addr,
+            secrets.path().join(file).display(),
+            era_tests::fixture_plugins()
+        )
+    };
+    let image = format!("image: \"{}/private/app:v1\"", registry.addr);
+
+    let erad = Erad::start_with(&config("pw"), &[("ERAD_LOG_LEVEL", "debug")]);
+    let a = erad.apply_wait(&spec(&erad, "private", &image, ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(erad.get("private")["artifact_digest"], digest.as_str());
+    assert!(!erad.log().contains(password), "the password is not in the log");
+
+    let denied = Erad::start_with(&config("wrong"), &[("ERAD_LOG_LEVEL", "debug")]);
+    assert_eq!(denied.apply_wait(&spec(&denied, "private", &image, "")).code, 1);
+    let msg = denied.get("private")["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("401"), "{msg}");
+    assert!(!msg.contains("nope") && !denied.log().contains("nope"), "the wrong password is not echoed");
+    let db = std::fs::read(denied.data_dir().join("era.db")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&db).contains("nope")
+            && !String::from_utf8_lossy(&std::fs::read(erad.data_dir().join("era.db")).unwrap()).contains(password),
+        "no secret in the store"
+    );
+}

@@ -64,6 +64,40 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     plugins: BTreeMap<String, RawPlugin>,
+    #[serde(default)]
+    registries: BTreeMap<String, RawRegistry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    #[serde(default)]
+    insecure: bool,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+}
+
+/// How erad reaches one registry. Secrets stay in files the config names,
+/// read at start; they are never logged or stored.
+#[derive(Clone, PartialEq, Default)]
+pub struct RegistryConfig {
+    /// Plain HTTP to a registry that is not on a loopback address.
+    pub insecure: bool,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("token_file", &self.token_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -155,6 +189,8 @@ pub struct DaemonConfig {
     /// Plugin instance slots for wasmtime's pooling allocator; 0 allocates on demand.
     pub pooling_instances: u32,
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// Per-registry access, keyed by `host[:port]`.
+    pub registries: BTreeMap<String, RegistryConfig>,
 }
 
 /// Default memory cap of a plugin instance.
@@ -245,6 +281,25 @@ impl DaemonConfig {
                 },
             );
         }
+        let mut registries = BTreeMap::new();
+        for (host, r) in raw.registries {
+            let key = |k: &str| format!("registries.{host:?}.{k}");
+            if r.username.is_some() != r.password_file.is_some() {
+                return Err(invalid(&key("username"), "basic auth needs both username and password_file".into()));
+            }
+            if r.token_file.is_some() && r.username.is_some() {
+                return Err(invalid(&key("token_file"), "give either a token_file or username/password_file".into()));
+            }
+            registries.insert(
+                host,
+                RegistryConfig {
+                    insecure: r.insecure,
+                    username: r.username,
+                    password_file: r.password_file.map(&abs),
+                    token_file: r.token_file.map(&abs),
+                },
+            );
+        }
         let d = raw.daemon;
         Ok(DaemonConfig {
             data_dir: abs(d.data_dir.unwrap_or_else(|| "/var/lib/era".into())),
@@ -254,6 +309,7 @@ impl DaemonConfig {
             health_interval: d.health_interval.map(|h| h.0).unwrap_or(Duration::from_secs(5)),
             pooling_instances: raw.limits.pooling_instances.unwrap_or(0),
             plugins,
+            registries,
         })
     }
 }
@@ -276,6 +332,18 @@ mod tests {
         assert_eq!(c.socket, Path::new("/tmp/x/erad.sock"));
         assert_eq!(c.plugins["noop"].path, Path::new("/opt/p/noop.wasm"));
         assert_eq!(c.plugins["noop"].memory_limit_mib, DEFAULT_MEMORY_LIMIT_MIB);
+    }
+
+    #[test]
+    fn registries_take_credentials_from_files() {
+        let text = "version = 1\n[registries.\"reg.example:5000\"]\nusername = \"era\"\npassword_file = \"secrets/reg\"\n[registries.\"10.0.0.5:5000\"]\ninsecure = true\n";
+        let c = DaemonConfig::parse(text, "t", Path::new("/etc/era")).unwrap();
+        let r = &c.registries["reg.example:5000"];
+        assert_eq!(r.password_file.as_deref(), Some(Path::new("/etc/era/secrets/reg")));
+        assert!(c.registries["10.0.0.5:5000"].insecure);
+        let half = "version = 1\n[registries.r]\nusername = \"era\"\n";
+        let err = DaemonConfig::parse(half, "t", Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("basic auth needs both"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::artifact::oci::RegistryAccess;
 use crate::artifact::{ContentStore, FetchError};
 use crate::config::{ConfigError, DaemonConfig};
 use crate::lifecycle::{Lifecycle, Shared};
@@ -18,6 +19,7 @@ use crate::prepare::Layout;
 use crate::server::DeploymentsService;
 use crate::store::{Store, StoreError};
 use era_api::v1::deployments_server::DeploymentsServer;
+use oci_client::secrets::RegistryAuth;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub enum DaemonError {
     Plugin(#[from] LoadError),
     #[error("plugin {name}: {source}")]
     PluginArtifact { name: String, source: FetchError },
+    #[error("registry {registry}: cannot read the secret file {path}: {source}")]
+    Secret { registry: String, path: PathBuf, source: std::io::Error },
     #[error("socket {path}: another erad is already serving on it")]
     SocketInUse { path: PathBuf },
     #[error("socket {path}: {source}")]
@@ -81,7 +85,7 @@ impl DaemonBuilder {
             .map_err(|source| DaemonError::DataDir { path: layout.root().into(), source })?;
         let _ = std::fs::remove_dir_all(layout.scratch());
         let store = Store::open(&layout.database())?;
-        let content = ContentStore::open(&layout.content_store())?;
+        let content = ContentStore::open(&layout.content_store())?.with_registries(registry_access(&cfg)?);
 
         let pooling = (cfg.pooling_instances > 0).then(|| Pooling {
             instances: cfg.pooling_instances,
@@ -174,6 +178,27 @@ impl RunningDaemon {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// Reads the registries' credentials from the files the config names.
+fn registry_access(cfg: &DaemonConfig) -> Result<std::collections::BTreeMap<String, RegistryAccess>, DaemonError> {
+    let read = |host: &str, path: &Path| {
+        std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|source| DaemonError::Secret {
+            registry: host.to_string(),
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for (host, r) in &cfg.registries {
+        let auth = match (&r.username, &r.password_file, &r.token_file) {
+            (Some(user), Some(pw), _) => Some(RegistryAuth::Basic(user.clone(), read(host, pw)?)),
+            (_, _, Some(token)) => Some(RegistryAuth::Bearer(read(host, token)?)),
+            _ => None,
+        };
+        out.insert(host.clone(), RegistryAccess { insecure: r.insecure, auth });
+    }
+    Ok(out)
 }
 
 /// Binds the socket: a stale file is replaced, a live daemon is refused.

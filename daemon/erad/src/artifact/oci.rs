@@ -95,7 +95,10 @@ pub struct RegistryAccess {
 
 #[derive(Clone)]
 pub struct OciFetcher {
+    /// For registries over https.
     client: oci_client::Client,
+    /// For loopback and `insecure` registries (plain HTTP).
+    plain_client: oci_client::Client,
     http: reqwest::Client,
     registries: std::collections::BTreeMap<String, RegistryAccess>,
 }
@@ -161,12 +164,14 @@ fn host_platform() -> (&'static str, &'static str) {
 
 impl OciFetcher {
     pub fn new(registries: std::collections::BTreeMap<String, RegistryAccess>) -> OciFetcher {
-        let plain: Vec<String> = registries.iter().filter(|(_, a)| a.insecure).map(|(r, _)| r.clone()).collect();
-        let config = oci_client::client::ClientConfig {
-            protocol: oci_client::client::ClientProtocol::HttpsExcept(plain),
-            ..Default::default()
-        };
-        OciFetcher { client: oci_client::Client::new(config), http: reqwest::Client::new(), registries }
+        let with =
+            |protocol| oci_client::Client::new(oci_client::client::ClientConfig { protocol, ..Default::default() });
+        OciFetcher {
+            client: with(oci_client::client::ClientProtocol::Https),
+            plain_client: with(oci_client::client::ClientProtocol::Http),
+            http: reqwest::Client::new(),
+            registries,
+        }
     }
 
     fn access(&self, registry: &str) -> RegistryAccess {
@@ -185,12 +190,14 @@ impl OciFetcher {
         if is_loopback(reference.resolve_registry()) && matches!(auth, RegistryAuth::Anonymous) {
             return Ok(None);
         }
-        let token =
-            self.client.auth(reference, &auth, RegistryOperation::Pull).await.map_err(|e| FetchError::Registry {
-                reference: what.to_string(),
-                // oci-client's errors do not carry credentials.
-                message: format!("authentication failed: {e}"),
-            })?;
+        let registry = reference.resolve_registry();
+        let client =
+            if self.access(registry).insecure || is_loopback(registry) { &self.plain_client } else { &self.client };
+        let token = client.auth(reference, &auth, RegistryOperation::Pull).await.map_err(|e| FetchError::Registry {
+            reference: what.to_string(),
+            // oci-client's errors do not carry credentials.
+            message: format!("authentication failed: {e}"),
+        })?;
         Ok(match (token, auth) {
             (Some(t), _) => Some(format!("Bearer {t}")),
             (None, RegistryAuth::Basic(u, p)) => {
