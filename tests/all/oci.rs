@@ -361,3 +361,32 @@ fn a_registry_with_basic_auth_is_reached_with_credentials_from_a_file_that_never
         "no secret in the store"
     );
 }
+
+#[test]
+fn deleting_image_deployments_collects_their_layers_but_keeps_what_others_use() {
+    let registry = Registry::start();
+    let app = registry.push_image("demo/app", "v1", &[("app", "a")]);
+    let other = registry.push_image("demo/other", "v1", &[("other", "b")]);
+    let erad = Erad::start_with(&era_tests::fixture_plugins(), &[("ERAD_TEST_GC_GRACE", "0s")]);
+    for (name, image) in [("one", "demo/app"), ("two", "demo/app"), ("three", "demo/other")] {
+        assert_eq!(
+            erad.apply_wait(&spec(&erad, name, &format!("image: \"{}/{image}:v1\"", registry.addr), "")).code,
+            0
+        );
+    }
+    let parts = |manifest: &str| -> Vec<String> {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&erad, manifest)).unwrap()).unwrap();
+        let mut v = vec![manifest.to_string(), m["config"]["digest"].as_str().unwrap().to_string()];
+        v.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
+        v
+    };
+    let (app_parts, other_parts) = (parts(&app), parts(&other));
+    assert_eq!(erad.era(&["delete", "one", "--wait"]).code, 0);
+    assert!(app_parts.iter().all(|d| blob(&erad, d).is_file()), "two still uses the app image");
+    assert_eq!(erad.era(&["delete", "two", "--wait"]).code, 0);
+    for d in &app_parts {
+        assert!(!blob(&erad, d).exists(), "{d} of the app image is collected");
+    }
+    assert!(other_parts.iter().all(|d| blob(&erad, d).is_file()), "three's image stays");
+    assert!(erad.log().contains("content-store GC removed unreferenced blobs"), "{}", erad.log());
+}

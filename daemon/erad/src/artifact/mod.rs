@@ -8,6 +8,7 @@
 //! `file:` and `url:` are handled here; OCI sources (`image:`, `wasm:`,
 //! `blob:`) in [`oci`], into the same store with the same guarantees.
 
+pub mod gc;
 pub mod oci;
 pub mod unpack;
 
@@ -37,6 +38,13 @@ pub enum FetchError {
     NotPinned { reference: String },
     #[error("content store {path}: {source}")]
     Store { path: PathBuf, source: std::io::Error },
+}
+
+/// Marks a reused blob as just used, so GC's grace period covers it.
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
 }
 
 /// Where the bytes went: `(done, total if known)`.
@@ -129,6 +137,7 @@ impl ContentStore {
         let path = self.blob_path(expected);
         if let Ok(meta) = tokio::fs::metadata(&path).await {
             // Verified when it was written; content addressing makes it reusable.
+            touch(&path);
             progress(meta.len(), Some(meta.len()));
             return Ok(Fetched { digest: expected.to_string(), path, size: meta.len() });
         }
@@ -237,6 +246,7 @@ impl ContentStore {
     {
         let path = self.blob_path(digest);
         if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == size) {
+            touch(&path);
             progress(size, Some(size));
             return Ok(Fetched { digest: digest.to_string(), path, size });
         }

@@ -16,7 +16,9 @@ use crate::plugin::{
 };
 use crate::prepare::{Layout, Scratch};
 use crate::spec::{ArtifactSource, DeploymentSpec, RestartPolicy};
-use crate::store::{Changes, DeploymentRecord, Operation, RevisionRecord, Store, StoreError, now_rfc3339};
+use crate::store::{
+    Changes, DeploymentRecord, JournalEntry, Operation, RevisionRecord, Store, StoreError, now_rfc3339,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -113,6 +115,14 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// GC's grace period; `ERAD_TEST_GC_GRACE` (a duration) shortens it in tests.
+fn gc_grace() -> Duration {
+    std::env::var("ERAD_TEST_GC_GRACE")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(crate::artifact::gc::GRACE)
 }
 
 /// See [`Supervisor::pause`].
@@ -251,14 +261,31 @@ impl Supervisor {
         cause: String,
         changes: Changes,
     ) -> Result<DeploymentRecord, StoreError> {
+        let (rec, entry) = self.record(event, revision, cause, changes).await?;
+        self.announce(entry);
+        Ok(rec)
+    }
+
+    /// Commits a transition without telling watchers yet: for transitions
+    /// with after-effects (cleanup, retiring revisions) that `--wait` must
+    /// not return before. Call [`Supervisor::announce`] when they are done.
+    async fn record(
+        &self,
+        event: Event,
+        revision: u64,
+        cause: String,
+        changes: Changes,
+    ) -> Result<(DeploymentRecord, JournalEntry), StoreError> {
         let (rec, entry) = self.db(move |s, n| s.commit_transition(n, event, revision, &cause, &changes)).await?;
         tracing::info!(deployment = self.name, revision, from = %entry.from, to = %entry.to, "{}", entry.cause);
-        let to = entry.to;
-        let _ = self.shared.events.send(WatchEvent::Transition(entry));
-        if pause_after() == Some(to) {
-            self.pause(to).await;
+        if pause_after() == Some(entry.to) {
+            self.pause(entry.to).await;
         }
-        Ok(rec)
+        Ok((rec, entry))
+    }
+
+    fn announce(&self, entry: JournalEntry) {
+        let _ = self.shared.events.send(WatchEvent::Transition(entry));
     }
 
     /// The crash-test hook: freeze right after committing `state`, before its
@@ -517,10 +544,11 @@ impl Supervisor {
         };
         match outcome {
             Ok((event, cause, changes)) => {
-                let after = self.commit(event, desired, cause, changes).await?;
+                let (after, entry) = self.record(event, desired, cause, changes).await?;
                 if after.state == State::Running && matches!(after.operation, Operation::Update | Operation::Rollback) {
                     self.retire_other_revisions(after.current_revision).await;
                 }
+                self.announce(entry);
                 Ok(())
             }
             Err(message) => self.fail(rec, message).await,
@@ -560,8 +588,8 @@ impl Supervisor {
             )
             .await?;
         } else {
-            let after = self
-                .commit(
+            let (after, entry) = self
+                .record(
                     Event::Fail,
                     rec.desired_revision,
                     message,
@@ -571,6 +599,7 @@ impl Supervisor {
             if after.operation == Operation::Install {
                 self.clean_up_failed_install(&after).await;
             }
+            self.announce(entry);
         }
         Ok(())
     }
@@ -873,7 +902,33 @@ impl Supervisor {
             let d = digest.clone();
             self.db(move |s, _| s.forget_artifact(&d)).await.map_err(|e| e.to_string())?;
         }
-        self.db(|s, n| s.release_ports(n, &[])).await.map_err(|e| e.to_string())
+        self.db(|s, n| s.release_ports(n, &[])).await.map_err(|e| e.to_string())?;
+        self.collect_garbage().await;
+        Ok(())
+    }
+
+    /// Removes blobs nothing references any more (an image's layers and
+    /// config once its manifest is gone). Best effort: a failure is logged.
+    async fn collect_garbage(&self) {
+        let roots = match self.db(|s, _| s.gc_roots()).await {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!("content-store GC: {e}"),
+        };
+        let content = self.shared.content.clone();
+        let grace = gc_grace();
+        let done = tokio::task::spawn_blocking(move || {
+            let keep = crate::artifact::gc::closure(&content, roots);
+            crate::artifact::gc::collect(&content, &keep, grace)
+        })
+        .await;
+        match done {
+            Ok(Ok(c)) if c.blobs > 0 => {
+                tracing::info!(blobs = c.blobs, bytes = c.bytes, "content-store GC removed unreferenced blobs")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("content-store GC: {e}"),
+            Err(e) => tracing::warn!("content-store GC task: {e}"),
+        }
     }
 
     /// After an update or rollback succeeded: the other revisions' runtime

@@ -583,6 +583,20 @@ impl Store {
         })
     }
 
+    /// What GC must keep: the artifact digests of every revision of every
+    /// deployment that is not Deleted, and every pulled artifact.
+    pub fn gc_roots(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT r.artifact_digest FROM revisions r JOIN deployments d ON d.name = r.deployment
+                  WHERE d.state != 'Deleted' AND r.artifact_digest IS NOT NULL
+                 UNION SELECT digest FROM artifacts",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     /// Forgets artifacts whose blobs are gone from the content store.
     pub fn forget_artifact(&self, digest: &str) -> Result<(), StoreError> {
         self.with(|c| {
