@@ -320,6 +320,12 @@ fn era_pull_preloads_the_store_for_an_air_gapped_deploy_and_images_lists_it() {
     let img = images.as_array().unwrap().iter().find(|i| i["digest"] == digest.as_str()).expect("listed").clone();
     assert_eq!(img["reference"], reference.as_str());
     assert_eq!(img["kind"], "image");
+    let manifest = std::fs::read(blob(&erad, &digest)).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let total = manifest.len() as u64
+        + m["config"]["size"].as_u64().unwrap()
+        + m["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(img["size"], total, "the size is manifest + config + layers");
     assert_eq!(img["used_by"], serde_json::json!(["offline"]));
     let table = erad.era(&["images"]);
     assert!(table.stdout.starts_with("REFERENCE") && table.stdout.contains("offline"), "{table:?}");

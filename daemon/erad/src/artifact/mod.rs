@@ -130,7 +130,11 @@ impl ContentStore {
         };
         if let Some(kind) = kind {
             let pulled = self.oci.pull(kind, &reference, expected, self, progress).await?;
-            let size = tokio::fs::metadata(&pulled.local_path).await.map(|m| m.len()).unwrap_or(0);
+            // The artifact's whole size: manifest, config and layers.
+            let manifest = tokio::fs::metadata(&pulled.manifest).await.map(|m| m.len()).unwrap_or(0);
+            let size = manifest
+                + pulled.config.as_ref().map_or(0, |c| c.size)
+                + pulled.layers.iter().map(|(_, f)| f.size).sum::<u64>();
             return Ok(Fetched { digest: pulled.digest, path: pulled.local_path, size });
         }
         let expected = expected.ok_or_else(|| FetchError::NotPinned { reference: reference.clone() })?;
