@@ -181,22 +181,17 @@ impl ContentStore {
             |source| FetchError::ReadFile { reference: reference.to_string(), path: from.to_path_buf(), source };
         let mut input = tokio::fs::File::open(from).await.map_err(read_err)?;
         let total = input.metadata().await.map_err(read_err)?.len();
-        let mut out = self.create_tmp(tmp).await?;
-        let mut hasher = Sha256::new();
+        let mut out = HashedWriter::create(tmp).await?;
         let mut buf = vec![0u8; 256 * 1024];
-        let mut done = 0u64;
         loop {
             let n = tokio::io::AsyncReadExt::read(&mut input, &mut buf).await.map_err(read_err)?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).await.map_err(|source| FetchError::Store { path: tmp.to_path_buf(), source })?;
-            done += n as u64;
-            progress(done, Some(total));
+            out.write(&buf[..n]).await?;
+            progress(out.done, Some(total));
         }
-        self.finish_tmp(out, tmp).await?;
-        Ok((format!("sha256:{}", hex::encode(hasher.finalize())), done))
+        out.finish().await
     }
 
     async fn download(&self, url: &str, tmp: &Path, progress: Progress<'_>) -> Result<(String, u64), FetchError> {
@@ -206,24 +201,19 @@ impl ContentStore {
             return Err(dl_err(format!("the server answered {}", resp.status())));
         }
         let total = resp.content_length();
-        let mut out = self.create_tmp(tmp).await?;
-        let mut hasher = Sha256::new();
-        let mut done = 0u64;
+        let mut out = HashedWriter::create(tmp).await?;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| dl_err(e.without_url().to_string()))?;
-            hasher.update(&chunk);
-            out.write_all(&chunk).await.map_err(|source| FetchError::Store { path: tmp.to_path_buf(), source })?;
-            done += chunk.len() as u64;
-            progress(done, total);
+            out.write(&chunk).await?;
+            progress(out.done, total);
         }
         if let Some(total) = total
-            && total != done
+            && total != out.done
         {
-            return Err(dl_err(format!("the body ended after {done} of {total} bytes")));
+            return Err(dl_err(format!("the body ended after {} of {total} bytes", out.done)));
         }
-        self.finish_tmp(out, tmp).await?;
-        Ok((format!("sha256:{}", hex::encode(hasher.finalize())), done))
+        out.finish().await
     }
 
     /// A fresh temp file name in the store.
@@ -256,29 +246,25 @@ impl ContentStore {
         }
         let tmp = self.tmp_path(digest);
         let result = async {
-            let mut out = self.create_tmp(&tmp).await?;
-            let mut hasher = Sha256::new();
-            let mut done = 0u64;
+            let mut out = HashedWriter::create(&tmp).await?;
             while let Some(chunk) = body.next().await {
                 let chunk =
                     chunk.map_err(|e| FetchError::Download { reference: what.to_string(), message: e.to_string() })?;
-                done += chunk.len() as u64;
-                if done > size {
+                if out.done + chunk.len() as u64 > size {
                     return Err(FetchError::TooLong { reference: what.to_string(), digest: digest.to_string(), size });
                 }
-                hasher.update(&chunk);
-                out.write_all(&chunk).await.map_err(|source| FetchError::Store { path: tmp.clone(), source })?;
-                progress(done, Some(size));
+                out.write(&chunk).await?;
+                progress(out.done, Some(size));
             }
-            if done != size {
+            if out.done != size {
                 return Err(FetchError::TooShort {
                     reference: what.to_string(),
                     digest: digest.to_string(),
                     size,
-                    got: done,
+                    got: out.done,
                 });
             }
-            let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+            let (actual, _) = out.finish().await?;
             if actual != digest {
                 return Err(FetchError::DigestMismatch {
                     reference: what.to_string(),
@@ -286,7 +272,7 @@ impl ContentStore {
                     actual,
                 });
             }
-            self.finish_tmp(out, &tmp).await
+            Ok(())
         }
         .await;
         if let Err(e) = result {
@@ -302,23 +288,46 @@ impl ContentStore {
         let path = self.blob_path(digest);
         if !path.is_file() {
             let tmp = self.tmp_path(digest);
-            let out = self.create_tmp(&tmp).await?;
-            let mut out = out;
-            out.write_all(bytes).await.map_err(|source| FetchError::Store { path: tmp.clone(), source })?;
-            self.finish_tmp(out, &tmp).await?;
+            let mut out = HashedWriter::create(&tmp).await?;
+            out.write(bytes).await?;
+            out.finish().await?;
             tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
         }
         Ok(path)
     }
+}
 
-    async fn create_tmp(&self, tmp: &Path) -> Result<tokio::fs::File, FetchError> {
-        tokio::fs::File::create(tmp).await.map_err(|source| FetchError::Store { path: tmp.to_path_buf(), source })
+/// A temp file in the store that hashes what is written to it: the one
+/// place every fetch (file, url, OCI blob) writes, counts and syncs bytes.
+struct HashedWriter {
+    file: tokio::fs::File,
+    path: PathBuf,
+    hasher: Sha256,
+    /// Bytes written so far.
+    done: u64,
+}
+
+impl HashedWriter {
+    async fn create(path: &Path) -> Result<HashedWriter, FetchError> {
+        let file = tokio::fs::File::create(path)
+            .await
+            .map_err(|source| FetchError::Store { path: path.to_path_buf(), source })?;
+        Ok(HashedWriter { file, path: path.to_path_buf(), hasher: Sha256::new(), done: 0 })
     }
 
-    async fn finish_tmp(&self, mut out: tokio::fs::File, tmp: &Path) -> Result<(), FetchError> {
-        let err = |source| FetchError::Store { path: tmp.to_path_buf(), source };
-        out.flush().await.map_err(err)?;
-        out.sync_all().await.map_err(err)
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).await.map_err(|source| FetchError::Store { path: self.path.clone(), source })?;
+        self.done += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes and fsyncs; returns (`sha256:<hex>`, bytes written).
+    async fn finish(mut self) -> Result<(String, u64), FetchError> {
+        let err = |source| FetchError::Store { path: self.path.clone(), source };
+        self.file.flush().await.map_err(err)?;
+        self.file.sync_all().await.map_err(err)?;
+        Ok((format!("sha256:{}", hex::encode(self.hasher.finalize())), self.done))
     }
 }
 

@@ -305,6 +305,12 @@ impl Supervisor {
             .ok_or_else(|| format!("revision {revision} is not in the store"))
     }
 
+    /// What a call on an installed revision needs: its plugin, its workload
+    /// and the handle the plugin gave it.
+    fn call_parts(&self, rev: &RevisionRecord) -> Work<(Arc<LoadedPlugin>, Workload, String)> {
+        Ok((plugin_for(&self.shared, &rev.runtime)?, self.workload(rev), rev.handle.clone().unwrap_or_default()))
+    }
+
     fn workload(&self, rev: &RevisionRecord) -> Workload {
         workload_of(
             &self.shared.layout,
@@ -742,9 +748,7 @@ impl Supervisor {
     }
 
     async fn status(&self, rev: &RevisionRecord) -> Result<crate::plugin::WorkloadStatus, String> {
-        let plugin = plugin_for(&self.shared, &rev.runtime)?;
-        let handle = rev.handle.clone().unwrap_or_default();
-        let workload = self.workload(rev);
+        let (plugin, workload, handle) = self.call_parts(rev)?;
         let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
         plugin.status(&ctx, &workload, &handle).await.map_err(|e| e.to_string())
     }
@@ -845,9 +849,7 @@ impl Supervisor {
     }
 
     async fn stop_revision(&self, rev: &RevisionRecord) -> Work<()> {
-        let plugin = plugin_for(&self.shared, &rev.runtime)?;
-        let handle = rev.handle.clone().unwrap_or_default();
-        let workload = self.workload(rev);
+        let (plugin, workload, handle) = self.call_parts(rev)?;
         let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
         match retry(|| plugin.stop(&ctx, &workload, &handle)).await {
             Ok(()) => Ok(()),
@@ -857,9 +859,7 @@ impl Supervisor {
     }
 
     async fn delete_revision(&self, rev: &RevisionRecord) -> Work<()> {
-        let plugin = plugin_for(&self.shared, &rev.runtime)?;
-        let handle = rev.handle.clone().unwrap_or_default();
-        let workload = self.workload(rev);
+        let (plugin, workload, handle) = self.call_parts(rev)?;
         let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
         // The work dir is the plugin's only view of the host; recreate it if a
         // crash took it, so delete can run.
