@@ -73,6 +73,16 @@ impl Answer {
     }
 }
 
+/// Runs `era` with no daemon behind it (commands that need none).
+pub fn era(args: &[&str]) -> Answer {
+    let out = Command::new(bin("era")).args(args).output().expect("run era");
+    Answer {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A real erad on a temp dir.
 pub struct Erad {
     pub dir: tempfile::TempDir,
@@ -99,6 +109,13 @@ impl Erad {
             "version = 1\n[daemon]\ndata_dir = \"{d}/data\"\nsocket = \"{d}/erad.sock\"\nlog_level = \"info\"\nhealth_interval = \"200ms\"\n{plugins}",
             d = dir.path().display()
         );
+        // Tests that are not about signatures pull unsigned test images;
+        // the ones that are name their own rules.
+        let text = if text.contains("[[trust]]") {
+            text
+        } else {
+            format!("{text}\n[[trust]]\nmatch = \"**\"\nallow_unsigned = true\n")
+        };
         std::fs::write(&config, text).expect("write config");
         let mut erad = Erad { dir, config, child: None };
         erad.spawn(env)?;
@@ -382,6 +399,12 @@ impl Registry {
     /// Builds an image with umoci holding `files` and pushes it with skopeo
     /// as `repo:tag`; returns its manifest digest.
     pub fn push_image(&self, repo: &str, tag: &str, files: &[(&str, &str)]) -> String {
+        self.push_image_signed(repo, tag, files, None)
+    }
+
+    /// Like [`Registry::push_image`]; with a key, also signs it the way
+    /// cosign does ([`Registry::cosign_sign`]).
+    pub fn push_image_signed(&self, repo: &str, tag: &str, files: &[(&str, &str)], key: Option<&CosignKey>) -> String {
         let layout = self.work.join(format!("{}-{tag}", repo.replace('/', "_")));
         let _ = std::fs::remove_dir_all(&layout);
         let image = format!("{}:{tag}", layout.display());
@@ -403,7 +426,59 @@ impl Registry {
             copy.arg("--dest-creds").arg(format!("{u}:{p}"));
         }
         run(copy.arg(format!("oci:{image}")).arg(format!("docker://{}/{repo}:{tag}", self.addr)));
-        std::fs::read_to_string(digest_file).expect("digest").trim().to_string()
+        let digest = std::fs::read_to_string(digest_file).expect("digest").trim().to_string();
+        if let Some(k) = key {
+            self.cosign_sign(repo, &digest, k);
+        }
+        digest
+    }
+
+    /// Signs the manifest `digest` in `repo` as `cosign sign --key` does: a
+    /// simple-signing payload naming the digest, its signature in the
+    /// `dev.cosignproject.cosign/signature` annotation, pushed to the
+    /// `sha256-<hex>.sig` tag. The signer is the sigstore crate's own
+    /// (Debian's skopeo has its sigstore signing compiled out).
+    pub fn cosign_sign(&self, repo: &str, digest: &str, key: &CosignKey) {
+        use sigstore::cosign::{CosignCapabilities, SignatureLayer, constraint::PrivateKeySigner};
+        use sigstore::crypto::{SigningScheme, signing_key::SigStoreKeyPair};
+        let pem = std::fs::read(&key.private).expect("read key");
+        let pass = std::fs::read(&key.passphrase).expect("read passphrase");
+        let signer = SigStoreKeyPair::from_encrypted_pem(&pem, &pass)
+            .and_then(|p| p.to_sigstore_signer(&SigningScheme::ECDSA_P256_SHA256_ASN1))
+            .expect("load signing key");
+        let auth = match &self.creds {
+            Some((u, p)) => sigstore::registry::Auth::Basic(u.clone(), p.clone()),
+            None => sigstore::registry::Auth::Anonymous,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let protocol = sigstore::registry::ClientProtocol::HttpsExcept(vec![self.addr.clone()]);
+            let mut client = sigstore::cosign::ClientBuilder::default()
+                .with_oci_client_config(sigstore::registry::ClientConfig { protocol, ..Default::default() })
+                .build()
+                .expect("cosign client");
+            let image: sigstore::registry::OciReference =
+                format!("{}/{repo}@{digest}", self.addr).parse().expect("reference");
+            let (target, resolved) = client.triangulate(&image, &auth).await.expect("triangulate");
+            assert_eq!(resolved, digest);
+            let mut layer = SignatureLayer::new_unsigned(&image, digest).expect("payload");
+            let constraints: Vec<Box<dyn sigstore::cosign::Constraint>> =
+                vec![Box::new(PrivateKeySigner::new_with_signer(signer))];
+            sigstore::cosign::apply_constraints(&mut layer, constraints.iter()).expect("sign");
+            client.push_signature(None, &auth, &target, vec![layer]).await.expect("push signature");
+        });
+    }
+
+    /// Copies a tag within the registry as it is (manifest and all).
+    pub fn copy_tag(&self, repo: &str, from: &str, to: &str) {
+        let mut copy = Command::new("skopeo");
+        copy.args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--preserve-digests"]);
+        if let Some((u, p)) = &self.creds {
+            copy.arg("--src-creds").arg(format!("{u}:{p}")).arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        run(copy
+            .arg(format!("docker://{}/{repo}:{from}", self.addr))
+            .arg(format!("docker://{}/{repo}:{to}", self.addr)));
     }
 
     fn curl(&self, args: &[&str]) -> String {
@@ -594,4 +669,32 @@ pub fn tampering_proxy(upstream: &str, tamper: Tamper) -> String {
         }
     });
     addr
+}
+
+/// A cosign key pair made with the sigstore crate; the private key is in the
+/// encrypted format `cosign generate-key-pair` writes.
+pub struct CosignKey {
+    pub private: PathBuf,
+    pub public: PathBuf,
+    pub passphrase: PathBuf,
+}
+
+impl CosignKey {
+    pub fn generate(dir: &Path, name: &str) -> CosignKey {
+        let signer = sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1.create_signer().expect("new key");
+        let pair = signer.to_sigstore_keypair().expect("key pair");
+        let passphrase = b"era-test-passphrase";
+        let pem = pair.private_key_to_encrypted_pem(passphrase).expect("encrypt key");
+        // cosign's own label; the sigstore crate writes the newer SIGSTORE one.
+        let pem = pem.replace("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY");
+        let key = CosignKey {
+            private: dir.join(format!("{name}.key")),
+            public: dir.join(format!("{name}.pub")),
+            passphrase: dir.join(format!("{name}.pass")),
+        };
+        std::fs::write(&key.private, pem).expect("write key");
+        std::fs::write(&key.public, pair.public_key_to_pem().expect("public key")).expect("write public key");
+        std::fs::write(&key.passphrase, passphrase).expect("write passphrase");
+        key
+    }
 }

@@ -11,3 +11,4 @@ mod oci;
 mod plugins;
 mod recovery;
 mod scale;
+mod signatures;

@@ -108,6 +108,29 @@ enum Command {
     },
     /// The OCI artifacts in erad's content store.
     Images,
+    /// Check an image's (or OCI artifact's) cosign signatures, without erad.
+    /// Exit 0 only when a signature by one of the given signers verifies.
+    Verify {
+        reference: String,
+        /// What the reference is: image, wasm or blob.
+        #[arg(long, default_value = "image", value_parser = ["image", "wasm", "blob"])]
+        kind: String,
+        #[command(flatten)]
+        signers: commands::verify::SignerArgs,
+        /// Plain HTTP to a registry that is not on a loopback address.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Check a file against a sigstore bundle (v0.1 to v0.3), offline, without erad.
+    #[command(name = "verify-blob")]
+    VerifyBlob {
+        file: PathBuf,
+        /// The bundle (`.sigstore.json`).
+        #[arg(long)]
+        bundle: PathBuf,
+        #[command(flatten)]
+        signers: commands::verify::SignerArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -152,5 +175,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::pull::run(&cli.socket, &reference, &kind, sha256.as_deref(), fmt).await
         }
         Command::Images => commands::images::run(&cli.socket, fmt).await,
+        Command::Verify { reference, kind, signers, insecure } => {
+            commands::verify::image(&reference, &kind, &signers, insecure).await
+        }
+        Command::VerifyBlob { file, bundle, signers } => commands::verify::blob(&file, &bundle, &signers),
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::plugin::Deadlines;
 use crate::spec::HumanDuration;
+use crate::trust::{KeylessIdentity, TrustRuleConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,37 @@ struct RawConfig {
     plugins: BTreeMap<String, RawPlugin>,
     #[serde(default)]
     registries: BTreeMap<String, RawRegistry>,
+    #[serde(default)]
+    trust: Vec<RawTrust>,
+}
+
+/// `match` takes one pattern or a list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(rename = "match")]
+    patterns: OneOrMany,
+    #[serde(default)]
+    allow_unsigned: bool,
+    #[serde(default)]
+    keys: Vec<PathBuf>,
+    #[serde(default)]
+    keyless: Vec<RawKeyless>,
+    trusted_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyless {
+    identity: String,
+    issuer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -191,6 +223,8 @@ pub struct DaemonConfig {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// Per-registry access, keyed by `host[:port]`.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// The signature trust policy: ordered rules, the first match decides.
+    pub trust: Vec<TrustRuleConfig>,
 }
 
 /// Default memory cap of a plugin instance.
@@ -300,6 +334,56 @@ impl DaemonConfig {
                 },
             );
         }
+        let mut trust = Vec::new();
+        for (i, t) in raw.trust.into_iter().enumerate() {
+            let key = |k: &str| format!("trust[{i}].{k}");
+            let patterns = match t.patterns {
+                OneOrMany::One(p) => vec![p],
+                OneOrMany::Many(ps) => ps,
+            };
+            if patterns.is_empty() || patterns.iter().any(|p| p.trim().is_empty()) {
+                return Err(invalid(
+                    &key("match"),
+                    "needs registry/repository patterns, like \"reg.example/team/**\"".into(),
+                ));
+            }
+            let signed = !t.keys.is_empty() || !t.keyless.is_empty();
+            if t.allow_unsigned && signed {
+                return Err(invalid(
+                    &key("allow_unsigned"),
+                    "accepts anything, which would make the rule's keys and keyless signers meaningless: give one or the other".into(),
+                ));
+            }
+            if !t.allow_unsigned && !signed {
+                return Err(invalid(
+                    &key("keys"),
+                    "the rule names no key, no keyless signer, and not allow_unsigned = true: say what it requires"
+                        .into(),
+                ));
+            }
+            if t.keyless.is_empty() && t.trusted_root.is_some() {
+                return Err(invalid(
+                    &key("trusted_root"),
+                    "is only used for keyless signers, and the rule has none".into(),
+                ));
+            }
+            for (j, k) in t.keyless.iter().enumerate() {
+                if k.identity.trim().is_empty() || k.issuer.trim().is_empty() {
+                    return Err(invalid(&key(&format!("keyless[{j}]")), "needs both identity and issuer".into()));
+                }
+            }
+            trust.push(TrustRuleConfig {
+                patterns,
+                allow_unsigned: t.allow_unsigned,
+                keys: t.keys.into_iter().map(&abs).collect(),
+                keyless: t
+                    .keyless
+                    .into_iter()
+                    .map(|k| KeylessIdentity { identity: k.identity, issuer: k.issuer })
+                    .collect(),
+                trusted_root: t.trusted_root.map(&abs),
+            });
+        }
         let d = raw.daemon;
         Ok(DaemonConfig {
             data_dir: abs(d.data_dir.unwrap_or_else(|| "/var/lib/era".into())),
@@ -310,6 +394,7 @@ impl DaemonConfig {
             pooling_instances: raw.limits.pooling_instances.unwrap_or(0),
             plugins,
             registries,
+            trust,
         })
     }
 }
@@ -344,6 +429,25 @@ mod tests {
         let half = "version = 1\n[registries.r]\nusername = \"era\"\n";
         let err = DaemonConfig::parse(half, "t", Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("basic auth needs both"), "{err}");
+    }
+
+    #[test]
+    fn trust_rules_say_what_they_require() {
+        let text = "version = 1\n[[trust]]\nmatch = \"reg/signed/**\"\nkeys = [\"keys/a.pub\"]\n[[trust]]\nmatch = [\"reg/**\", \"127.0.0.1:5000/**\"]\nallow_unsigned = true\n";
+        let c = DaemonConfig::parse(text, "t", Path::new("/etc/era")).unwrap();
+        assert_eq!(c.trust.len(), 2);
+        assert_eq!(c.trust[0].keys, [PathBuf::from("/etc/era/keys/a.pub")]);
+        assert_eq!(c.trust[1].patterns.len(), 2);
+        for (bad, says) in [
+            ("match = \"**\"\n", "trust[0].keys"),
+            ("match = \"**\"\nallow_unsigned = true\nkeys = [\"k.pub\"]\n", "trust[0].allow_unsigned"),
+            ("match = \"**\"\ntrusted_root = \"r.json\"\nkeys = [\"k.pub\"]\n", "trust[0].trusted_root"),
+            ("match = \"**\"\nkeyless = [{ identity = \"\", issuer = \"https://i\" }]\n", "trust[0].keyless[0]"),
+            ("match = []\nallow_unsigned = true\n", "trust[0].match"),
+        ] {
+            let err = DaemonConfig::parse(&format!("version = 1\n[[trust]]\n{bad}"), "t", Path::new("/")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

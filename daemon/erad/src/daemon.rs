@@ -53,6 +53,8 @@ pub enum DaemonError {
     Socket { path: PathBuf, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Server(String),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
 }
 
 pub struct Daemon;
@@ -85,7 +87,8 @@ impl DaemonBuilder {
             .map_err(|source| DaemonError::DataDir { path: layout.root().into(), source })?;
         let _ = std::fs::remove_dir_all(layout.scratch());
         let store = Store::open(&layout.database())?;
-        let content = ContentStore::open(&layout.content_store())?.with_registries(registry_access(&cfg)?);
+        let trust = std::sync::Arc::new(crate::trust::TrustPolicy::load(&cfg.trust)?);
+        let content = ContentStore::open(&layout.content_store())?.with_registries(registry_access(&cfg)?, trust);
 
         let pooling = (cfg.pooling_instances > 0).then(|| Pooling {
             instances: cfg.pooling_instances,

@@ -12,6 +12,7 @@ pub mod prepare;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod trust;
 
 mod daemon;
 pub use daemon::{Daemon, DaemonBuilder, DaemonError, RunningDaemon};

@@ -9,4 +9,5 @@ pub mod list;
 pub mod plugins;
 pub mod pull;
 pub mod validate;
+pub mod verify;
 pub mod watch;

@@ -38,6 +38,8 @@ pub enum FetchError {
     NotPinned { reference: String },
     #[error("content store {path}: {source}")]
     Store { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::TrustError),
 }
 
 /// Marks a reused blob as just used, so GC's grace period covers it.
@@ -67,7 +69,7 @@ pub struct ContentStore {
 
 impl ContentStore {
     pub fn open(root: &Path) -> Result<ContentStore, FetchError> {
-        for dir in [root.join("blobs/sha256"), root.join("tmp")] {
+        for dir in [root.join("blobs/sha256"), root.join("tmp"), root.join("verified")] {
             std::fs::create_dir_all(&dir).map_err(|source| FetchError::Store { path: dir.clone(), source })?;
         }
         // Temp files of a fetch that a crash interrupted are garbage.
@@ -80,13 +82,40 @@ impl ContentStore {
             .user_agent(concat!("erad/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetchError::Store { path: root.to_path_buf(), source: std::io::Error::other(e) })?;
-        Ok(ContentStore { root: root.to_path_buf(), http, oci: oci::OciFetcher::new(Default::default()) })
+        let oci = oci::OciFetcher::new(Default::default(), Default::default());
+        Ok(ContentStore { root: root.to_path_buf(), http, oci })
     }
 
-    /// How to reach registries that need credentials or plain HTTP.
-    pub fn with_registries(mut self, registries: std::collections::BTreeMap<String, oci::RegistryAccess>) -> Self {
-        self.oci = oci::OciFetcher::new(registries);
+    /// How to reach registries that need credentials or plain HTTP, and the
+    /// signature policy OCI artifacts must pass. Without one, every OCI
+    /// artifact is refused.
+    pub fn with_registries(
+        mut self,
+        registries: std::collections::BTreeMap<String, oci::RegistryAccess>,
+        trust: std::sync::Arc<crate::trust::TrustPolicy>,
+    ) -> Self {
+        self.oci = oci::OciFetcher::new(registries, trust);
         self
+    }
+
+    /// Where verified signatures of `digest` are recorded, one file per
+    /// trust rule fingerprint that accepted it.
+    fn verified_dir(&self, digest: &str) -> PathBuf {
+        self.root.join("verified").join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// Whether `digest`'s signatures were verified under the rule with this
+    /// fingerprint: a pinned artifact then needs no registry to be used again.
+    pub fn is_verified(&self, digest: &str, fingerprint: &str) -> bool {
+        self.verified_dir(digest).join(fingerprint).is_file()
+    }
+
+    /// Records that `digest`'s signatures passed the rule with `fingerprint`.
+    pub fn mark_verified(&self, digest: &str, fingerprint: &str, signer: &str) -> Result<(), FetchError> {
+        let dir = self.verified_dir(digest);
+        let err = |source| FetchError::Store { path: dir.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        std::fs::write(dir.join(fingerprint), format!("{signer}\n")).map_err(err)
     }
 
     /// The directory of sha256 blobs.
@@ -101,6 +130,7 @@ impl ContentStore {
 
     /// Removes a blob; one already gone is fine.
     pub fn remove(&self, digest: &str) -> Result<(), FetchError> {
+        let _ = std::fs::remove_dir_all(self.verified_dir(digest));
         let path = self.blob_path(digest);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FetchError::Store { path, source: e }),

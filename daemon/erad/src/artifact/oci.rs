@@ -12,12 +12,14 @@
 //! that digest and never asks for the tag again.
 
 use super::{ContentStore, FetchError, Fetched, Progress};
+use crate::trust::{SignatureAccess, TrustPolicy};
 use futures::StreamExt;
 use oci_client::{Reference, RegistryOperation, secrets::RegistryAuth};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The largest manifest or index erad reads.
 pub const MANIFEST_LIMIT: u64 = 4 << 20;
@@ -101,6 +103,7 @@ pub struct OciFetcher {
     plain_client: oci_client::Client,
     http: reqwest::Client,
     registries: std::collections::BTreeMap<String, RegistryAccess>,
+    trust: Arc<TrustPolicy>,
 }
 
 impl std::fmt::Debug for OciFetcher {
@@ -152,6 +155,21 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// The manifest of an index that the host runs: its platform's, or for
+/// artifacts that are not images, the first.
+fn pick_platform(list: &[Descriptor], kind: OciKind) -> Result<Descriptor, String> {
+    let (os, arch) = host_platform();
+    let pick = list
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| p.os == os && p.architecture == arch))
+        .or_else(|| if kind == OciKind::Image { None } else { list.first() })
+        .ok_or_else(|| format!("the index has no manifest for {os}/{arch}"))?;
+    if pick.size > MANIFEST_LIMIT {
+        return Err(format!("the manifest is larger than erad's limit of {MANIFEST_LIMIT} bytes"));
+    }
+    Ok(pick.clone())
+}
+
 fn host_platform() -> (&'static str, &'static str) {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -163,7 +181,7 @@ fn host_platform() -> (&'static str, &'static str) {
 }
 
 impl OciFetcher {
-    pub fn new(registries: std::collections::BTreeMap<String, RegistryAccess>) -> OciFetcher {
+    pub fn new(registries: std::collections::BTreeMap<String, RegistryAccess>, trust: Arc<TrustPolicy>) -> OciFetcher {
         let with =
             |protocol| oci_client::Client::new(oci_client::client::ClientConfig { protocol, ..Default::default() });
         OciFetcher {
@@ -171,6 +189,7 @@ impl OciFetcher {
             plain_client: with(oci_client::client::ClientProtocol::Http),
             http: reqwest::Client::new(),
             registries,
+            trust,
         }
     }
 
@@ -323,6 +342,33 @@ impl OciFetcher {
         Ok(doc)
     }
 
+    /// Checks `reference`'s signatures against `rule` without pulling it
+    /// (`era verify`): resolves the tag, and for an index the host's
+    /// manifest, then looks for signatures over either. Returns the digests
+    /// looked at (index first) and who signed.
+    pub async fn verify_signatures(
+        &self,
+        kind: OciKind,
+        reference: &str,
+        rule: &crate::trust::TrustRule,
+    ) -> Result<(Vec<String>, crate::trust::Signer), FetchError> {
+        let bad = |message: String| FetchError::Registry { reference: reference.to_string(), message };
+        let r: Reference = reference.parse().map_err(|e| bad(format!("not an image reference: {e}")))?;
+        let authz = self.authorization(&r, reference).await?;
+        let at = r.digest().or(r.tag()).unwrap_or("latest").to_string();
+        let (bytes, digest, ctype) = self.manifest(&r, &at, r.digest(), &authz, reference).await?;
+        let doc = self.parse(&bytes, &ctype, reference)?;
+        let mut subjects = vec![digest];
+        if let Some(list) = &doc.manifests {
+            subjects.push(pick_platform(list, kind).map_err(bad)?.digest);
+        }
+        let registry = r.resolve_registry();
+        let access = self.access(registry);
+        let via = SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth };
+        let signer = crate::trust::verify_image(rule, reference, registry, r.repository(), &subjects, &via).await?;
+        Ok((subjects, signer))
+    }
+
     /// Pulls `reference` (pinned to `pinned` if given) into `store`.
     pub async fn pull(
         &self,
@@ -335,6 +381,8 @@ impl OciFetcher {
         let what = reference.to_string();
         let bad = |message: String| FetchError::Registry { reference: what.clone(), message };
         let r: Reference = reference.parse().map_err(|e| bad(format!("not an image reference: {e}")))?;
+        // Which signatures it needs is known before anything is fetched.
+        let rule = self.trust.rule_for(reference, &format!("{}/{}", r.registry(), r.repository()))?;
         // Credentials are only fetched when the network is needed, so a
         // restart with everything in the store works offline.
         let mut authz_cache: Option<Option<String>> = None;
@@ -385,18 +433,10 @@ impl OciFetcher {
             },
         };
         let mut doc = self.parse(&bytes, &ctype, &what)?;
+        let mut index = None;
         if let Some(list) = &doc.manifests {
-            let (os, arch) = host_platform();
-            let pick = list
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| p.os == os && p.architecture == arch))
-                .or_else(|| if kind == OciKind::Image { None } else { list.first() })
-                .ok_or_else(|| bad(format!("the index has no manifest for {os}/{arch}")))?
-                .clone();
-            if pick.size > MANIFEST_LIMIT {
-                return Err(bad(format!("the manifest is larger than erad's limit of {MANIFEST_LIMIT} bytes")));
-            }
-            store.put(&digest, &bytes).await?;
+            let pick = pick_platform(list, kind).map_err(bad)?;
+            index = Some((digest.clone(), bytes.clone()));
             (bytes, digest, ctype) = self.manifest(&r, &pick.digest, Some(&pick.digest), &authz!(), &what).await?;
             if bytes.len() as u64 != pick.size {
                 return Err(bad(format!(
@@ -410,6 +450,22 @@ impl OciFetcher {
             if doc.manifests.is_some() {
                 return Err(bad("an index inside an index is not supported".into()));
             }
+        }
+        // Signatures before any blob: a signature on the index or on the
+        // platform manifest covers the image.
+        let subjects: Vec<String> = index.iter().map(|(d, _)| d.clone()).chain([digest.clone()]).collect();
+        if !rule.allow_unsigned && !subjects.iter().any(|d| store.is_verified(d, &rule.fingerprint)) {
+            let registry = r.resolve_registry();
+            let access = self.access(registry);
+            let via = SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth };
+            let signer = crate::trust::verify_image(rule, &what, registry, r.repository(), &subjects, &via).await?;
+            tracing::info!(artifact = %what, %digest, %signer, "signature verified");
+            for d in &subjects {
+                store.mark_verified(d, &rule.fingerprint, &signer)?;
+            }
+        }
+        if let Some((d, b)) = &index {
+            store.put(d, b).await?;
         }
         let manifest = store.put(&digest, &bytes).await?;
         let layers_d = doc.layers.clone().unwrap_or_default();
