@@ -2,6 +2,9 @@
 //! The test harness: a real `erad` process on a temp dir with the fixture
 //! plugins, driven by the real `era` CLI.
 
+#[path = "pki.rs"]
+pub mod pki;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -440,12 +443,7 @@ impl Registry {
     /// (Debian's skopeo has its sigstore signing compiled out).
     pub fn cosign_sign(&self, repo: &str, digest: &str, key: &CosignKey) {
         use sigstore::cosign::{CosignCapabilities, SignatureLayer, constraint::PrivateKeySigner};
-        use sigstore::crypto::{SigningScheme, signing_key::SigStoreKeyPair};
-        let pem = std::fs::read(&key.private).expect("read key");
-        let pass = std::fs::read(&key.passphrase).expect("read passphrase");
-        let signer = SigStoreKeyPair::from_encrypted_pem(&pem, &pass)
-            .and_then(|p| p.to_sigstore_signer(&SigningScheme::ECDSA_P256_SHA256_ASN1))
-            .expect("load signing key");
+        let signer = key.signer();
         let auth = match &self.creds {
             Some((u, p)) => sigstore::registry::Auth::Basic(u.clone(), p.clone()),
             None => sigstore::registry::Auth::Anonymous,
@@ -467,6 +465,47 @@ impl Registry {
             sigstore::cosign::apply_constraints(&mut layer, constraints.iter()).expect("sign");
             client.push_signature(None, &auth, &target, vec![layer]).await.expect("push signature");
         });
+    }
+
+    /// Signs the manifest `digest` in `repo` keyless, as `cosign sign` with
+    /// Fulcio and Rekor does: the simple-signing payload with its signature,
+    /// certificate, chain and Rekor bundle as annotations, at the
+    /// `sha256-<hex>.sig` tag.
+    pub fn cosign_sign_keyless(&self, repo: &str, digest: &str, ca: &pki::TestSigstore, cert: &pki::KeylessCert) {
+        self.cosign_sign_keyless_with(repo, digest, ca, cert, &|_| {});
+    }
+
+    /// Like [`Registry::cosign_sign_keyless`], with the annotations edited
+    /// before they are pushed (to forge one part).
+    pub fn cosign_sign_keyless_with(
+        &self,
+        repo: &str,
+        digest: &str,
+        ca: &pki::TestSigstore,
+        cert: &pki::KeylessCert,
+        edit: &dyn Fn(&mut Value),
+    ) {
+        let image: sigstore::registry::OciReference =
+            format!("{}/{repo}@{digest}", self.addr).parse().expect("reference");
+        let layer = sigstore::cosign::SignatureLayer::new_unsigned(&image, digest).expect("payload");
+        let payload = serde_json::to_vec(&layer.simple_signing).expect("payload json");
+        let mut annotations = ca.cosign_annotations(&payload, cert);
+        edit(&mut annotations);
+        let config = b"{}";
+        let cfg = self.push_blob(repo, config);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": config.len()},
+            "layers": [{
+                "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                "digest": self.push_blob(repo, &payload),
+                "size": payload.len(),
+                "annotations": annotations
+            }]
+        });
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        self.push_manifest(repo, &tag, "application/vnd.oci.image.manifest.v1+json", &manifest.to_string());
     }
 
     /// Copies a tag within the registry as it is (manifest and all).
@@ -680,6 +719,16 @@ pub struct CosignKey {
 }
 
 impl CosignKey {
+    /// The private key, ready to sign.
+    pub fn signer(&self) -> sigstore::crypto::signing_key::SigStoreSigner {
+        use sigstore::crypto::{SigningScheme, signing_key::SigStoreKeyPair};
+        let pem = std::fs::read(&self.private).expect("read key");
+        let pass = std::fs::read(&self.passphrase).expect("read passphrase");
+        SigStoreKeyPair::from_encrypted_pem(&pem, &pass)
+            .and_then(|p| p.to_sigstore_signer(&SigningScheme::ECDSA_P256_SHA256_ASN1))
+            .expect("load signing key")
+    }
+
     pub fn generate(dir: &Path, name: &str) -> CosignKey {
         let signer = sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1.create_signer().expect("new key");
         let pair = signer.to_sigstore_keypair().expect("key pair");

@@ -4,6 +4,7 @@
 //! Debian's docker-registry has no OCI referrers API, so every lookup here
 //! also exercises the fallback to that tag.
 
+use era_tests::pki::TestSigstore;
 use era_tests::{CosignKey, Erad, Registry};
 use std::path::Path;
 
@@ -126,17 +127,208 @@ fn era_verify_checks_an_image_without_a_daemon() {
 }
 
 #[test]
-fn an_unsigned_plugin_reference_under_a_key_rule_stops_erad_from_starting() {
+fn a_plugin_reference_under_a_key_rule_loads_only_when_signed() {
     let keys = tempfile::tempdir().unwrap();
     let a = CosignKey::generate(keys.path(), "a");
     let registry = Registry::start();
     let wasm = std::fs::read(era_tests::plugin::NOOP).unwrap();
-    registry.push_wasm("signed/noop", "0.1.0", &wasm);
-    let config = format!(
-        "[plugins.noop]\nreference = \"{r}/signed/noop:0.1.0\"\ngrants = [\"log\"]\n[[trust]]\nmatch = \"{r}/signed/**\"\nkeys = [\"{k}\"]\n",
-        r = registry.addr,
-        k = a.public.display()
-    );
-    let msg = Erad::try_start_with(&config, &[]).err().expect("erad must refuse the unsigned plugin");
+    let config = |tag: &str| {
+        format!(
+            "[plugins.noop]\nreference = \"{r}/signed/noop:{tag}\"\ngrants = [\"log\"]\n[[trust]]\nmatch = \"{r}/signed/**\"\nkeys = [\"{k}\"]\n",
+            r = registry.addr,
+            k = a.public.display()
+        )
+    };
+    registry.push_wasm("signed/noop", "unsigned", &wasm);
+    let msg = Erad::try_start_with(&config("unsigned"), &[]).err().expect("erad must refuse the unsigned plugin");
     assert!(msg.contains("plugin noop") && msg.contains("requires a signature by key"), "{msg}");
+
+    let digest = registry.push_wasm("signed/noop", "signed", &wasm);
+    registry.cosign_sign("signed/noop", &digest, &a);
+    let erad = Erad::start_with(&config("signed"), &[]);
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+}
+
+#[test]
+fn a_keyless_signature_is_checked_offline_against_the_operators_trusted_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let sigstore = TestSigstore::new(dir.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let untrusted = TestSigstore::new(elsewhere.path());
+    let (who, issuer) = ("release@era.test", "https://issuer.era.test");
+    let cert = sigstore.issue(who, issuer);
+    let registry = Registry::start();
+    let r = &registry.addr;
+    let signed = registry.push_image("keyless/app", "1", &[("app", "signed keyless")]);
+    registry.cosign_sign_keyless("keyless/app", &signed, &sigstore, &cert);
+    let other_ca = registry.push_image("keyless/rogue", "1", &[("app", "a certificate from another CA")]);
+    registry.cosign_sign_keyless("keyless/rogue", &other_ca, &untrusted, &untrusted.issue(who, issuer));
+    let other_issuer = registry.push_image("keyless/phished", "1", &[("app", "the same name from another issuer")]);
+    registry.cosign_sign_keyless(
+        "keyless/phished",
+        &other_issuer,
+        &sigstore,
+        &sigstore.issue(who, "https://other-issuer.era.test"),
+    );
+    // A valid certificate and log entry, with a signature that is not the
+    // one they vouch for.
+    let forged = registry.push_image("keyless/forged", "1", &[("app", "a forged signature")]);
+    registry.cosign_sign_keyless_with("keyless/forged", &forged, &sigstore, &cert, &|a| {
+        let other = sigstore.issue(who, issuer);
+        let signature = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(other.key.sign(b"something else").unwrap())
+        };
+        a["dev.cosignproject.cosign/signature"] = signature.into();
+    });
+    let config = format!(
+        "{}\n[[trust]]\nmatch = \"{r}/keyless/**\"\nkeyless = [{{ identity = \"{who}\", issuer = \"{issuer}\" }}]\ntrusted_root = \"{}\"\n",
+        era_tests::fixture_plugins(),
+        sigstore.trusted_root.display()
+    );
+    let erad = Erad::start_with(&config, &[]);
+    let ok = erad.apply_wait(&spec(&erad, "keyless", &format!("{r}/keyless/app:1")));
+    assert_eq!(ok.code, 0, "{ok:?}\n{}", erad.log());
+    assert_eq!(erad.get("keyless")["artifact_digest"], signed.as_str());
+    for (name, repo, digest) in [
+        ("rogue", "keyless/rogue", &other_ca),
+        ("phished", "keyless/phished", &other_issuer),
+        ("forged", "keyless/forged", &forged),
+    ] {
+        let refused = erad.apply_wait(&spec(&erad, name, &format!("{r}/{repo}:1")));
+        assert_eq!(refused.code, 1, "{name}: {refused:?}");
+        let msg = erad.get(name)["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains(&format!("keyless signer {who} (issuer {issuer})")) && msg.contains(digest.as_str()),
+            "{name}: {msg}"
+        );
+        assert!(!blob(&erad, digest).exists(), "{name}: nothing of it is stored");
+    }
+
+    // The same check from the command line, with no daemon.
+    let root = sigstore.trusted_root.display().to_string();
+    let verify = |image: &str, id: &str| {
+        era_tests::era(&[
+            "verify",
+            image,
+            "--certificate-identity",
+            id,
+            "--certificate-oidc-issuer",
+            issuer,
+            "--trusted-root",
+            &root,
+        ])
+    };
+    let good = verify(&format!("{r}/keyless/app:1"), who);
+    assert_eq!(good.code, 0, "{good:?}");
+    assert!(good.stdout.contains(&format!("signed by: {who} (issuer {issuer}) over {signed}")), "{good:?}");
+    assert_eq!(verify(&format!("{r}/keyless/app:1"), "someone-else@era.test").code, 1);
+    assert_eq!(verify(&format!("{r}/keyless/rogue:1"), who).code, 1);
+}
+
+#[test]
+fn era_verify_blob_checks_sigstore_bundles_offline_and_refuses_tampered_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sigstore = TestSigstore::new(d);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let untrusted = TestSigstore::new(elsewhere.path());
+    let (who, issuer) = ("release@era.test", "https://issuer.era.test");
+    let artifact = d.join("plugin.wasm");
+    std::fs::write(&artifact, b"\0asm a release artifact").unwrap();
+    let content = std::fs::read(&artifact).unwrap();
+    let cert = sigstore.issue(who, issuer);
+    let write = |name: &str, text: String| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let v3 = write("v3.sigstore.json", sigstore.bundle(&content, &cert, "0.3"));
+    let v1 = write("v1.sigstore.json", sigstore.bundle(&content, &cert, "0.1"));
+    let key = CosignKey::generate(d, "k");
+    let signer = key.signer();
+    let keyed = write("key.sigstore.json", sigstore.key_bundle(&content, &signer));
+    let root = sigstore.trusted_root.display().to_string();
+    let file = artifact.display().to_string();
+    let keyless = |bundle: &str, id: &str, root: &str| {
+        era_tests::era(&[
+            "verify-blob",
+            &file,
+            "--bundle",
+            bundle,
+            "--certificate-identity",
+            id,
+            "--certificate-oidc-issuer",
+            issuer,
+            "--trusted-root",
+            root,
+        ])
+    };
+    for bundle in [&v3, &v1] {
+        let ok = keyless(bundle, who, &root);
+        assert_eq!(ok.code, 0, "{bundle}: {ok:?}");
+        assert!(ok.stdout.contains(&format!("signed by: {who} (issuer {issuer})")), "{ok:?}");
+        assert!(
+            ok.stdout.contains("checked:   certificate chain, SCT, identity and issuer, transparency log"),
+            "every keyless check ran: {ok:?}"
+        );
+    }
+    let ok = era_tests::era(&[
+        "verify-blob",
+        &file,
+        "--bundle",
+        &keyed,
+        "--key",
+        &key.public.display().to_string(),
+        "--trusted-root",
+        &root,
+    ]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("checked:   transparency log"), "{ok:?}");
+
+    // Each of these must fail, and say why.
+    let wrong_id = keyless(&v3, "someone-else@era.test", &root);
+    assert!(wrong_id.code == 1 && wrong_id.stderr.contains("identity"), "{wrong_id:?}");
+    let other_root = untrusted.trusted_root.display().to_string();
+    let foreign = keyless(&v3, who, &other_root);
+    assert_eq!(foreign.code, 1, "a root that did not issue the certificate: {foreign:?}");
+    let tamper = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&v3).unwrap()).unwrap();
+        edit(&mut b);
+        write(name, b.to_string())
+    };
+    let flip = |s: &str| {
+        use base64::Engine;
+        let mut bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        let n = bytes.len() / 2;
+        bytes[n] ^= 1;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let cases = [
+        tamper("sig.json", &|b| {
+            let s = flip(b["messageSignature"]["signature"].as_str().unwrap());
+            b["messageSignature"]["signature"] = s.into();
+        }),
+        tamper("set.json", &|b| {
+            let e = &mut b["verificationMaterial"]["tlogEntries"][0];
+            let s = flip(e["inclusionPromise"]["signedEntryTimestamp"].as_str().unwrap());
+            e["inclusionPromise"]["signedEntryTimestamp"] = s.into();
+        }),
+        tamper("body.json", &|b| {
+            let e = &mut b["verificationMaterial"]["tlogEntries"][0];
+            let s = flip(e["canonicalizedBody"].as_str().unwrap());
+            e["canonicalizedBody"] = s.into();
+        }),
+        tamper("time.json", &|b| {
+            b["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = "1700000000".into();
+        }),
+    ];
+    for bundle in &cases {
+        let refused = keyless(bundle, who, &root);
+        assert_eq!(refused.code, 1, "{bundle}: {refused:?}");
+        assert!(refused.stderr.contains("rejected"), "{bundle}: {refused:?}");
+    }
+    std::fs::write(&artifact, b"\0asm another artifact").unwrap();
+    let changed = keyless(&v3, who, &root);
+    assert!(changed.code == 1 && changed.stderr.contains("rejected"), "the artifact changed: {changed:?}");
 }

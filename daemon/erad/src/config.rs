@@ -409,6 +409,7 @@ mod tests {
         let c = DaemonConfig::parse(text, "examples/erad.toml", Path::new("/etc/era")).unwrap();
         assert_eq!(c.data_dir, Path::new("/var/lib/era"));
         assert!(c.plugins.contains_key("noop"));
+        assert!(c.trust.is_empty(), "the example trusts nothing until the operator says so");
     }
 
     #[test]
@@ -417,6 +418,7 @@ mod tests {
         assert_eq!(c.socket, Path::new("/tmp/x/erad.sock"));
         assert_eq!(c.plugins["noop"].path, Path::new("/opt/p/noop.wasm"));
         assert_eq!(c.plugins["noop"].memory_limit_mib, DEFAULT_MEMORY_LIMIT_MIB);
+        assert!(c.trust[0].allow_unsigned && c.trust[0].patterns == ["**"]);
     }
 
     #[test]

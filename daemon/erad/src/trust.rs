@@ -430,7 +430,7 @@ pub fn verify_blob(
     bundle: &Path,
     signer: &BundleSigner,
     root: Option<&Path>,
-) -> Result<Signer, TrustError> {
+) -> Result<BlobVerified, TrustError> {
     let subject = artifact.display().to_string();
     let fail = |message: String| TrustError::Bundle { subject: subject.clone(), message };
     let (root_text, root_name) = match root {
@@ -451,22 +451,55 @@ pub fn verify_blob(
     let verifier =
         sigstore_verify::Verifier::new(&trusted).map_err(|e| fail(format!("trusted root {}: {e}", root.display())))?;
     let rejected = |e: sigstore_verify::Error| fail(format!("bundle {} rejected: {e}", bundle.display()));
-    match signer {
+    let (who, result) = match signer {
         BundleSigner::Key(path) => {
             let pem = std::fs::read_to_string(path).map_err(|e| fail(format!("key {}: {e}", path.display())))?;
             let key = sigstore_verify::types::DerPublicKey::from_pem(&pem)
                 .map_err(|e| fail(format!("key {}: not a PEM public key: {e}", path.display())))?;
-            verifier
-                .verify_reader(reader, &parsed, &sigstore_verify::PublicKeyVerificationPolicy::new(key))
-                .map_err(rejected)?;
-            Ok(format!("key {}", path.display()))
+            let policy = sigstore_verify::PublicKeyVerificationPolicy::new(key);
+            (format!("key {}", path.display()), verifier.verify_reader(reader, &parsed, &policy).map_err(rejected)?)
         }
         BundleSigner::Keyless(k) => {
             let policy = sigstore_verify::VerificationPolicy::new(k.identity.as_str(), k.issuer.as_str());
-            verifier.verify_reader(reader, &parsed, &policy).map_err(rejected)?;
-            Ok(format!("{} (issuer {})", k.identity, k.issuer))
+            let result = verifier.verify_reader(reader, &parsed, &policy).map_err(rejected)?;
+            (format!("{} (issuer {})", k.identity, k.issuer), result)
+        }
+    };
+    // What was checked, from the verifier's own account; anything a keyless
+    // or key signature needs that it did not check fails closed.
+    let mut checks = Vec::new();
+    let mut missing = Vec::new();
+    let keyless = matches!(signer, BundleSigner::Keyless(_));
+    for (done, name, needed) in [
+        (result.certificate_verified(), "certificate chain", keyless),
+        (result.sct_verified(), "SCT", keyless),
+        (result.identity_policy_checked(), "identity and issuer", keyless),
+        (result.tlog_verified(), "transparency log", true),
+    ] {
+        if done {
+            checks.push(name);
+        } else if needed {
+            missing.push(name);
         }
     }
+    if !missing.is_empty() {
+        return Err(fail(format!("bundle {} was not fully checked: no {}", bundle.display(), missing.join(", "))));
+    }
+    Ok(BlobVerified {
+        signer: who,
+        checks: checks.join(", "),
+        logged_at: result.integrated_time().map(|t| t.to_string()),
+    })
+}
+
+/// What `verify_blob` established.
+#[derive(Debug, Clone)]
+pub struct BlobVerified {
+    pub signer: Signer,
+    /// The checks that passed, in words.
+    pub checks: String,
+    /// When the transparency log integrated the entry.
+    pub logged_at: Option<String>,
 }
 
 #[cfg(test)]

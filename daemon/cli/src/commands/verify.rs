@@ -81,10 +81,14 @@ pub fn blob(file: &Path, bundle: &Path, signers: &SignerArgs) -> Result<(), CliE
         ([], None) => return Err(CliError::Usage(NO_SIGNER.into())),
         _ => return Err(CliError::Usage("verify-blob takes one --key, or one keyless identity".into())),
     };
-    let who = erad::trust::verify_blob(file, bundle, &signer, signers.trusted_root.as_deref())
+    let v = erad::trust::verify_blob(file, bundle, &signer, signers.trusted_root.as_deref())
         .map_err(|e| CliError::Failed(e.to_string()))?;
     println!("Verified {}", file.display());
     println!("  bundle:    {}", bundle.display());
-    println!("  signed by: {who}");
+    println!("  signed by: {}", v.signer);
+    println!("  checked:   {}", v.checks);
+    if let Some(t) = v.logged_at {
+        println!("  logged at: {t}");
+    }
     Ok(())
 }
