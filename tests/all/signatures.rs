@@ -332,3 +332,63 @@ fn era_verify_blob_checks_sigstore_bundles_offline_and_refuses_tampered_ones() {
     let changed = keyless(&v3, who, &root);
     assert!(changed.code == 1 && changed.stderr.contains("rejected"), "the artifact changed: {changed:?}");
 }
+
+#[test]
+fn a_deployment_can_require_its_own_signer_on_top_of_the_policy() {
+    let keys = tempfile::tempdir().unwrap();
+    let a = CosignKey::generate(keys.path(), "a");
+    let b = CosignKey::generate(keys.path(), "b");
+    let registry = Registry::start();
+    let r = &registry.addr;
+    let digest = registry.push_image_signed("open/app", "1", &[("app", "signed by a")], Some(&a));
+    let erad = Erad::start_with(&policy(&registry, &a.public), &[]);
+    // Keys named relative to the spec's directory.
+    std::fs::copy(&a.public, erad.dir.path().join("a.pub")).unwrap();
+    std::fs::copy(&b.public, erad.dir.path().join("b.pub")).unwrap();
+    let with = |name: &str, verify: &str| {
+        let yaml = format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: noop\n  artifact:\n    image: \"{r}/open/app:1\"\n    verify: {verify}\n"
+        );
+        erad.spec(&format!("{name}.yaml"), &yaml)
+    };
+    // The policy takes the image unsigned; the deployment wants key b.
+    let refused = erad.apply_wait(&with("wantsb", "{key: b.pub}"));
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let msg = erad.get("wantsb")["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("trust rule \"spec.artifact.verify\" requires a signature by key") && msg.contains("b.pub"),
+        "{msg}"
+    );
+    assert!(msg.contains(&digest), "{msg}");
+    let ok = erad.apply_wait(&with("wantsa", "{key: a.pub}"));
+    assert_eq!(ok.code, 0, "{ok:?}");
+
+    // A file artifact with a sigstore bundle, keyless.
+    let sigstore = TestSigstore::new(erad.dir.path());
+    let content = b"a release file";
+    std::fs::write(erad.dir.path().join("app.bin"), content).unwrap();
+    let cert = sigstore.issue("release@era.test", "https://issuer.era.test");
+    std::fs::write(erad.dir.path().join("app.bin.sigstore.json"), sigstore.bundle(content, &cert, "0.3")).unwrap();
+    let file = |name: &str, subject: &str| {
+        let yaml = format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: noop\n  artifact:\n    file: app.bin\n    sha256: \"{}\"\n    verify:\n      bundle: app.bin.sigstore.json\n      identity: {{subject: \"{subject}\", issuer: \"https://issuer.era.test\"}}\n      trustedRoot: trusted_root.json\n",
+            era_tests::sha256(content)
+        );
+        erad.spec(&format!("{name}.yaml"), &yaml)
+    };
+    let ok = erad.apply_wait(&file("bundled", "release@era.test"));
+    assert_eq!(ok.code, 0, "{ok:?}\n{}", erad.log());
+    let refused = erad.apply_wait(&file("otherid", "someone-else@era.test"));
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let msg = erad.get("otherid")["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("spec.artifact.verify") && msg.contains("identity"), "{msg}");
+
+    // Shapes that cannot be checked are refused up front, naming the field.
+    for (verify, field) in
+        [("{}", "spec.artifact.verify"), ("{key: a.pub, bundle: x.json}", "spec.artifact.verify.bundle")]
+    {
+        let v = erad.era(&["validate", "-f", &with("shape", verify).display().to_string()]);
+        assert_eq!(v.code, 2, "{verify}: {v:?}");
+        assert!(v.stderr.contains(field), "{verify}: {v:?}");
+    }
+}

@@ -95,9 +95,40 @@ pub struct ArtifactSpec {
     /// Mandatory for `file` and `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    /// Signature requirements (see the trust policy).
+    /// Who must have signed the artifact, on top of what the daemon's trust
+    /// policy requires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify: Option<serde_json::Value>,
+    pub verify: Option<VerifySpec>,
+}
+
+/// A deployment's own signature requirement. For `image`, `wasm` and `blob`
+/// artifacts, a cosign signature by `key` or by the keyless `identity`; for
+/// `file` and `url` artifacts, a sigstore `bundle` signed that way.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// A cosign public key (PEM); a relative path is taken from the spec
+    /// file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// A keyless signer: the certificate's subject and OIDC issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
+    /// The Sigstore `trusted_root.json` keyless signatures are checked
+    /// against (default: the public-good root embedded in erad).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_root: Option<String>,
+    /// For `file` and `url` artifacts: the sigstore bundle over the content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentitySpec {
+    /// An email address or a URI (a CI workflow's, say).
+    pub subject: String,
+    pub issuer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -410,6 +441,43 @@ impl DeploymentSpec {
                 }
             }
             _ => {}
+        }
+        if let Some(v) = &a.verify {
+            match (&v.key, &v.identity) {
+                (None, None) => return e("spec.artifact.verify", "needs key or identity".into()),
+                (Some(_), Some(_)) => return e("spec.artifact.verify", "give key or identity, not both".into()),
+                (Some(k), None) if k.trim().is_empty() => {
+                    return e("spec.artifact.verify.key", "must name a public key file".into());
+                }
+                (None, Some(i)) if i.subject.trim().is_empty() || i.issuer.trim().is_empty() => {
+                    return e("spec.artifact.verify.identity", "needs both subject and issuer".into());
+                }
+                _ => {}
+            }
+            if v.key.is_some() && v.trusted_root.is_some() && v.bundle.is_none() {
+                return e(
+                    "spec.artifact.verify.trustedRoot",
+                    "is for keyless identities and bundles; a cosign key signature needs none".into(),
+                );
+            }
+            match (&source, &v.bundle) {
+                (ArtifactSource::File(_) | ArtifactSource::Url(_), None) => {
+                    return e(
+                        "spec.artifact.verify.bundle",
+                        format!("is required to verify a {} artifact (a sigstore bundle over it)", source.kind()),
+                    );
+                }
+                (ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_), Some(_)) => {
+                    return e(
+                        "spec.artifact.verify.bundle",
+                        format!(
+                            "is for file and url artifacts; a {} artifact's signatures are in its registry",
+                            source.kind()
+                        ),
+                    );
+                }
+                _ => {}
+            }
         }
         if let ArtifactSource::Url(u) = &source
             && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -206,6 +206,38 @@ impl TrustRule {
     }
 }
 
+/// A deployment's own requirement (`spec.artifact.verify`), as a rule named
+/// after the field; relative paths are taken from the spec's directory.
+pub fn spec_rule(v: &crate::spec::VerifySpec, base: &Path) -> Result<TrustRule, TrustError> {
+    let path = |p: &str| base.join(p);
+    let mut rule = TrustRule::load(&TrustRuleConfig {
+        patterns: vec!["spec.artifact.verify".into()],
+        allow_unsigned: false,
+        keys: v.key.iter().map(|k| path(k)).collect(),
+        keyless: v
+            .identity
+            .iter()
+            .map(|i| KeylessIdentity { identity: i.subject.clone(), issuer: i.issuer.clone() })
+            .collect(),
+        trusted_root: if v.bundle.is_some() { None } else { v.trusted_root.as_deref().map(path) },
+    })?;
+    rule.name = "spec.artifact.verify".into();
+    Ok(rule)
+}
+
+/// The bundle check a spec asks of a `file`/`url` artifact.
+pub fn spec_bundle(v: &crate::spec::VerifySpec, base: &Path) -> Option<(PathBuf, BundleSigner, Option<PathBuf>)> {
+    let bundle = base.join(v.bundle.as_ref()?);
+    let signer = match (&v.key, &v.identity) {
+        (Some(k), _) => BundleSigner::Key(base.join(k)),
+        (None, Some(i)) => {
+            BundleSigner::Keyless(KeylessIdentity { identity: i.subject.clone(), issuer: i.issuer.clone() })
+        }
+        (None, None) => return None,
+    };
+    Some((bundle, signer, v.trusted_root.as_ref().map(|r| base.join(r))))
+}
+
 /// The ordered rules of the daemon config.
 #[derive(Debug, Clone, Default)]
 pub struct TrustPolicy {

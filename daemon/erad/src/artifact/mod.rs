@@ -110,6 +110,23 @@ impl ContentStore {
         self.verified_dir(digest).join(fingerprint).is_file()
     }
 
+    /// Checks the cosign signatures of the OCI artifact `reference` at
+    /// `digest` against `rule` (a deployment's own requirement), unless they
+    /// already passed it; records the result.
+    pub async fn verify_oci(
+        &self,
+        reference: &str,
+        digest: &str,
+        rule: &crate::trust::TrustRule,
+    ) -> Result<(), FetchError> {
+        if self.is_verified(digest, &rule.fingerprint) {
+            return Ok(());
+        }
+        let signer = self.oci.verify_pinned(reference, digest, rule).await?;
+        tracing::info!(artifact = %reference, %digest, %signer, rule = %rule.name, "signature verified");
+        self.mark_verified(digest, &rule.fingerprint, &signer)
+    }
+
     /// Records that `digest`'s signatures passed the rule with `fingerprint`.
     pub fn mark_verified(&self, digest: &str, fingerprint: &str, signer: &str) -> Result<(), FetchError> {
         let dir = self.verified_dir(digest);

@@ -369,6 +369,25 @@ impl OciFetcher {
         Ok((subjects, signer))
     }
 
+    /// Checks the signatures over `digest` of `reference`'s repository
+    /// against `rule`; the artifact itself is not read.
+    pub async fn verify_pinned(
+        &self,
+        reference: &str,
+        digest: &str,
+        rule: &crate::trust::TrustRule,
+    ) -> Result<crate::trust::Signer, FetchError> {
+        let r: Reference = reference.parse().map_err(|e| FetchError::Registry {
+            reference: reference.to_string(),
+            message: format!("not an image reference: {e}"),
+        })?;
+        let registry = r.resolve_registry();
+        let access = self.access(registry);
+        let via = SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth };
+        let digests = [digest.to_string()];
+        Ok(crate::trust::verify_image(rule, reference, registry, r.repository(), &digests, &via).await?)
+    }
+
     /// Pulls `reference` (pinned to `pinned` if given) into `store`.
     pub async fn pull(
         &self,

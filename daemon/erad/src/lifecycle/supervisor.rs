@@ -682,6 +682,9 @@ impl Supervisor {
             )
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(v) = &rev.spec.spec.artifact.verify {
+            self.verify_spec(v, &source, &fetched, Path::new(&rev.source_dir)).await?;
+        }
         let (digest, path) = (fetched.digest.clone(), fetched.path.display().to_string());
         self.db(move |s, n| s.set_artifact(n, revision, &digest, &path)).await.map_err(|e| e.to_string())?;
         if matches!(source, ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_)) {
@@ -690,6 +693,38 @@ impl Supervisor {
             self.db(move |s, _| s.record_artifact(&reference, &digest, kind, size)).await.map_err(|e| e.to_string())?;
         }
         Ok(fetched.digest)
+    }
+
+    /// The deployment's own signature requirement, on top of the policy's:
+    /// a cosign signature for OCI artifacts, a sigstore bundle for files.
+    async fn verify_spec(
+        &self,
+        v: &crate::spec::VerifySpec,
+        source: &ArtifactSource,
+        fetched: &crate::artifact::Fetched,
+        base: &Path,
+    ) -> Work<()> {
+        match crate::trust::spec_bundle(v, base) {
+            Some((bundle, signer, root)) => {
+                let artifact = fetched.path.clone();
+                let checked = tokio::task::spawn_blocking(move || {
+                    crate::trust::verify_blob(&artifact, &bundle, &signer, root.as_deref())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("spec.artifact.verify: {e}"))?;
+                tracing::info!(artifact = %source.reference(), signer = %checked.signer, checks = %checked.checks, "bundle verified");
+                Ok(())
+            }
+            None => {
+                let rule = crate::trust::spec_rule(v, base).map_err(|e| e.to_string())?;
+                self.shared
+                    .content
+                    .verify_oci(source.reference(), &fetched.digest, &rule)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
     }
 
     async fn prepare(&self, revision: u64) -> Work<()> {
