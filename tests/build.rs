@@ -13,12 +13,14 @@ const PLUGINS: &[(&str, &str)] = &[
     ("HOG", "era_fixture_hog"),
     ("UNHEALTHY", "era_fixture_unhealthy"),
     ("EXEC", "era_fixture_exec"),
+    ("CONTAINER", "era_plugin_container"),
+    ("LXC", "era_plugin_lxc"),
 ];
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
     let plugins = root.join("plugins");
-    for dir in ["plugins/sdk", "plugins/fixtures", "plugins/Cargo.toml", "wit"] {
+    for dir in ["plugins/sdk", "plugins/fixtures", "plugins/container", "plugins/lxc", "plugins/Cargo.toml", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     // Keep the plugins' build next to the main one (a persistent target dir

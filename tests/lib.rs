@@ -19,6 +19,8 @@ pub mod plugin {
     pub const HOG: &str = env!("ERA_PLUGIN_HOG");
     pub const UNHEALTHY: &str = env!("ERA_PLUGIN_UNHEALTHY");
     pub const EXEC: &str = env!("ERA_PLUGIN_EXEC");
+    pub const CONTAINER: &str = env!("ERA_PLUGIN_CONTAINER");
+    pub const LXC: &str = env!("ERA_PLUGIN_LXC");
 }
 
 /// The workspace's binaries, next to the test executable's `deps/` dir.
@@ -434,6 +436,54 @@ impl Registry {
             self.cosign_sign(repo, &digest, k);
         }
         digest
+    }
+
+    /// Pushes a small image built from Debian's static busybox: `/bin/busybox`
+    /// and its applets as symlinks, with this entrypoint and env in the image
+    /// config. Returns the manifest digest.
+    pub fn push_busybox(&self, repo: &str, tag: &str, entrypoint: &[&str], env: &[&str]) -> String {
+        let name = format!("{}-{tag}", repo.replace('/', "_"));
+        let layout = self.work.join(&name);
+        let _ = std::fs::remove_dir_all(&layout);
+        let image = format!("{}:{tag}", layout.display());
+        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        run(Command::new("umoci").args(["new", "--image", &image]));
+        let bundle = self.work.join(format!("bundle-{name}"));
+        let _ = std::fs::remove_dir_all(&bundle);
+        run(Command::new("umoci").args(["unpack", "--rootless", "--image", &image]).arg(&bundle));
+        let rootfs = bundle.join("rootfs");
+        for dir in ["bin", "etc", "tmp", "data"] {
+            std::fs::create_dir_all(rootfs.join(dir)).expect("mkdir");
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox (apt install busybox-static)");
+        for applet in ["sh", "echo", "sleep", "cat", "date", "ls", "true", "false", "env", "id", "touch", "mkdir", "wc"]
+        {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
+        }
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )
+        .expect("passwd");
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+        run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+        let mut config = Command::new("umoci");
+        config.args(["config", "--image", &image]);
+        for e in entrypoint {
+            config.arg(format!("--config.entrypoint={e}"));
+        }
+        for e in env {
+            config.arg(format!("--config.env={e}"));
+        }
+        run(&mut config);
+        let digest_file = self.work.join("digest");
+        let mut copy = Command::new("skopeo");
+        copy.args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"]).arg(&digest_file);
+        if let Some((u, p)) = &self.creds {
+            copy.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        run(copy.arg(format!("oci:{image}")).arg(format!("docker://{}/{repo}:{tag}", self.addr)));
+        std::fs::read_to_string(digest_file).expect("digest").trim().to_string()
     }
 
     /// Signs the manifest `digest` in `repo` as `cosign sign --key` does: a

@@ -84,6 +84,8 @@ fn the_embedding_example_runs_the_daemon_in_process() {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::copy(era_tests::plugin::NOOP, plugins.join("noop.wasm")).unwrap();
+    std::fs::copy(era_tests::plugin::CONTAINER, plugins.join("container.wasm")).unwrap();
+    std::fs::copy(era_tests::plugin::LXC, plugins.join("lxc.wasm")).unwrap();
     let out = std::process::Command::new(era_tests::bin("era-embed-example"))
         .arg(dir.path().join("erad"))
         .arg(&plugins)

@@ -5,8 +5,10 @@
 
 mod artifacts;
 mod cli;
+mod containers;
 mod daemon;
 mod lifecycle;
+mod lxc;
 mod oci;
 mod plugins;
 mod recovery;

@@ -94,6 +94,19 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// The workload's output (stdout and stderr), from its runtime.
+    Logs {
+        name: String,
+        /// Keep printing what it writes.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// Another revision than the serving one (while its work dir exists).
+        #[arg(long)]
+        revision: Option<u64>,
+    },
     /// The runtime plugins erad has loaded.
     Plugins,
     /// Fetch and verify an OCI artifact into erad's content store ahead of use.
@@ -169,6 +182,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Delete { name, wait } => {
             commands::action::run(&cli.socket, commands::action::Action::Delete, &name, &wait, fmt).await
+        }
+        Command::Logs { name, follow, tail, revision } => {
+            commands::logs::run(&cli.socket, &name, follow, tail, revision).await
         }
         Command::Plugins => commands::plugins::run(&cli.socket, fmt).await,
         Command::Pull { reference, kind, sha256 } => {

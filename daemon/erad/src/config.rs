@@ -146,6 +146,7 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     memory_limit_mib: Option<u64>,
+    log_max_mib: Option<u64>,
     pooling_instances: Option<u32>,
     #[serde(default)]
     deadlines: RawDeadlines,
@@ -220,6 +221,8 @@ pub struct DaemonConfig {
     pub health_interval: Duration,
     /// Plugin instance slots for wasmtime's pooling allocator; 0 allocates on demand.
     pub pooling_instances: u32,
+    /// Size at which a workload's log is rotated.
+    pub log_max_bytes: u64,
     pub plugins: BTreeMap<String, PluginConfig>,
     /// Per-registry access, keyed by `host[:port]`.
     pub registries: BTreeMap<String, RegistryConfig>,
@@ -392,6 +395,7 @@ impl DaemonConfig {
             log_level: d.log_level.unwrap_or_else(|| "info".into()),
             health_interval: d.health_interval.map(|h| h.0).unwrap_or(Duration::from_secs(5)),
             pooling_instances: raw.limits.pooling_instances.unwrap_or(0),
+            log_max_bytes: raw.limits.log_max_mib.map(|m| m << 20).unwrap_or(crate::logs::DEFAULT_MAX_BYTES),
             plugins,
             registries,
             trust,

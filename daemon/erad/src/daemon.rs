@@ -131,6 +131,7 @@ impl DaemonBuilder {
             layout,
             events,
             health_interval: cfg.health_interval,
+            log_max_bytes: cfg.log_max_bytes,
             http: reqwest::Client::new(),
             shutdown: shutdown_rx.clone(),
         });

@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod config;
 pub mod health;
 pub mod lifecycle;
+pub mod logs;
 pub mod plugin;
 pub mod prepare;
 pub mod server;

@@ -71,6 +71,29 @@ pub mod process {
     pub fn run(command: &Command) -> Result<Exit, ProcessError> {
         crate::bindings::era::plugin::process::run(command)
     }
+
+    impl ProcessError {
+        /// The failure in words (the generated `Display` is `Debug`'s).
+        pub fn message(&self) -> String {
+            match self {
+                ProcessError::NotAllowed(m) | ProcessError::SpawnFailed(m) | ProcessError::Invalid(m) => m.clone(),
+                ProcessError::TimedOut(ms) => format!("timed out after {ms} ms"),
+            }
+        }
+    }
+
+    /// How a process failure reads as a plugin error: a program the operator
+    /// did not allow is a configuration problem, a timeout may pass, the rest
+    /// is a failure.
+    impl From<ProcessError> for crate::Error {
+        fn from(e: ProcessError) -> Self {
+            match e {
+                ProcessError::NotAllowed(m) => crate::Error::InvalidConfig(m),
+                ProcessError::TimedOut(_) => crate::Error::Unavailable(e.message()),
+                ProcessError::SpawnFailed(m) | ProcessError::Invalid(m) => crate::Error::Failed(m),
+            }
+        }
+    }
 }
 
 /// Small JSON state files in the work dir: how a plugin remembers what it did

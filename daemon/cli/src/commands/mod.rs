@@ -6,6 +6,7 @@ pub mod get;
 pub mod history;
 pub mod images;
 pub mod list;
+pub mod logs;
 pub mod plugins;
 pub mod pull;
 pub mod validate;

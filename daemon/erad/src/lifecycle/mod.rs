@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     pub layout: Layout,
     pub events: broadcast::Sender<WatchEvent>,
     pub health_interval: Duration,
+    /// Size at which a workload's `logs/output.log` is rotated.
+    pub log_max_bytes: u64,
     pub http: reqwest::Client,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -97,6 +99,11 @@ impl Lifecycle {
 
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// Where deployments' files live.
+    pub fn layout(&self) -> &Layout {
+        &self.shared.layout
     }
 
     pub fn content(&self) -> &ContentStore {

@@ -990,6 +990,10 @@ impl Supervisor {
     /// the restart policy if it is gone.
     async fn monitor(&self, rec: &DeploymentRecord) -> Result<(), StoreError> {
         let Ok(rev) = self.revision(rec.current_revision).await else { return Ok(()) };
+        let work = self.shared.layout.work_dir(&self.name, rev.revision);
+        if let Err(e) = crate::logs::rotate_if_over(&work, self.shared.log_max_bytes) {
+            tracing::warn!(deployment = self.name, revision = rev.revision, "rotating the workload log: {e}");
+        }
         let (health, outputs, exited) = match self.status(&rev).await {
             Ok(st) if st.running => {
                 let probe = match &rev.spec.spec.health {

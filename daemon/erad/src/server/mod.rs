@@ -94,6 +94,7 @@ fn transition(e: JournalEntry) -> pb::Transition {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullEvent, Status>> + Send>>;
+type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
 fn pulled(a: crate::store::ArtifactRecord) -> pb::PulledImage {
     pb::PulledImage {
@@ -251,6 +252,59 @@ impl Deployments for DeploymentsService {
                 Err(e) => Err(Status::failed_precondition(e.to_string())),
             };
             let _ = tx.send(event).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type LogsStream = LogsStream;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<LogsStream>, Status> {
+        let req = req.into_inner();
+        let store = self.lifecycle.store();
+        let rec = store.deployment(&req.name).map_err(store_status)?;
+        let revision = match req.revision {
+            0 if rec.current_revision != 0 => rec.current_revision,
+            0 => rec.desired_revision,
+            r => r,
+        };
+        if store.revision(&req.name, revision).map_err(store_status)?.is_none() {
+            return Err(Status::not_found(format!("{} has no revision {revision}", req.name)));
+        }
+        let work = self.lifecycle.layout().work_dir(&req.name, revision);
+        if !work.exists() {
+            return Err(Status::not_found(format!(
+                "{} revision {revision} has no work dir (retired or deleted): its logs went with it",
+                req.name
+            )));
+        }
+        let lines = usize::try_from(req.tail).ok();
+        let (first, mut offset) = crate::logs::tail(&work, lines).map_err(|e| Status::internal(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let follow = req.follow;
+        tokio::spawn(async move {
+            if !first.is_empty() && tx.send(Ok(pb::LogChunk { data: first })).await.is_err() {
+                return;
+            }
+            // Follow until the client goes or the revision's work dir does.
+            while follow && work.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let next = crate::logs::since(&work, offset);
+                match next {
+                    Ok((data, at)) => {
+                        offset = at;
+                        if !data.is_empty() && tx.send(Ok(pb::LogChunk { data })).await.is_err() {
+                            return;
+                        }
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }

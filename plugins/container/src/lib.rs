@@ -1,0 +1,483 @@
+//! `container`: OCI containers run by runc (or crun) on the host.
+//!
+//! erad unpacks the image into `<work dir>/rootfs` before `install`; this
+//! plugin writes the OCI runtime bundle (`bundle/config.json`) from the image
+//! config and the spec, and drives the runtime through the `process` import.
+//! The workload's stdout and stderr go to `logs/output.log` in the work dir,
+//! which `era logs` reads.
+//!
+//! - `install`: the bundle. `start`: `runc create` + `runc start`, detached.
+//! - `status`: `runc state`. `stop`: SIGTERM, SIGKILL after the grace period.
+//! - `delete`: `runc delete --force`. Every operation is idempotent.
+//!
+//! Config keys (anything else is refused by `validate`):
+//! - `runtime`: `runc` (default) or `crun`
+//! - `command`, `args`: replace the image's entrypoint and cmd
+//! - `network`: `host` (default) or `none` (a private network namespace)
+//! - `readOnlyRootfs`, `hostname`, `user` (`uid[:gid]` or a name in the image),
+//!   `workingDir`, `memoryMiB`, `cpus`
+
+use era_plugin_sdk::process::{Command, Output};
+use era_plugin_sdk::{ArtifactKind, Error, Health, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Where the workload's output goes, relative to the work dir.
+const OUTPUT: &str = "logs/output.log";
+/// How long one runtime command may take.
+const COMMAND_TIMEOUT_MS: u32 = 60_000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Config {
+    runtime: Option<String>,
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    network: Option<String>,
+    #[serde(default)]
+    read_only_rootfs: bool,
+    hostname: Option<String>,
+    user: Option<String>,
+    working_dir: Option<String>,
+    #[serde(rename = "memoryMiB")]
+    memory_mib: Option<u64>,
+    cpus: Option<f64>,
+}
+
+impl Config {
+    fn parse(w: &Workload) -> Result<Config, Error> {
+        let text = if w.config.trim().is_empty() { "{}" } else { &w.config };
+        let c: Config =
+            serde_json::from_str(text).map_err(|e| Error::InvalidConfig(format!("container config: {e}")))?;
+        if let Some(r) = &c.runtime
+            && r != "runc"
+            && r != "crun"
+        {
+            return Err(Error::InvalidConfig(format!("container config: runtime {r:?} is not runc or crun")));
+        }
+        if let Some(n) = &c.network
+            && n != "host"
+            && n != "none"
+        {
+            return Err(Error::InvalidConfig(format!("container config: network {n:?} is not host or none")));
+        }
+        if c.memory_mib == Some(0) {
+            return Err(Error::InvalidConfig("container config: memoryMiB must be at least 1".into()));
+        }
+        if let Some(cpus) = c.cpus
+            && !(cpus > 0.0 && cpus <= 1024.0)
+        {
+            return Err(Error::InvalidConfig(format!("container config: cpus {cpus} is out of range")));
+        }
+        Ok(c)
+    }
+
+    fn runtime(&self) -> &str {
+        self.runtime.as_deref().unwrap_or("runc")
+    }
+}
+
+/// The parts of an OCI image config a container uses.
+#[derive(Deserialize, Default)]
+struct ImageConfig {
+    #[serde(default)]
+    config: ImageRunConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ImageRunConfig {
+    #[serde(default)]
+    env: Option<Vec<String>>,
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// What the host keeps for us between calls.
+#[derive(Serialize, Deserialize)]
+struct Handle {
+    id: String,
+    runtime: String,
+}
+
+impl Handle {
+    fn parse(text: &str, w: &Workload) -> Handle {
+        serde_json::from_str(text).unwrap_or_else(|_| Handle { id: container_id(w), runtime: "runc".into() })
+    }
+
+    fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn container_id(w: &Workload) -> String {
+    format!("era-{}-{}", w.deployment, w.revision)
+}
+
+/// Docker's default capability set.
+const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Looks `name` up in the image's `/etc/passwd` (or `/etc/group`): the id.
+fn lookup(file: &str, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("{WORK_DIR}/rootfs/etc/{file}")).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok()).flatten()
+    })
+}
+
+/// `uid[:gid]`, numeric or by name in the image.
+fn user_ids(user: &str) -> Result<(u32, u32), Error> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let uid = u.parse().ok().or_else(|| lookup("passwd", u)).ok_or_else(|| {
+        Error::InvalidConfig(format!("user {u:?} is neither a number nor in the image's /etc/passwd"))
+    })?;
+    let gid = match g {
+        Some(g) => g.parse().ok().or_else(|| lookup("group", g)).ok_or_else(|| {
+            Error::InvalidConfig(format!("group {g:?} is neither a number nor in the image's /etc/group"))
+        })?,
+        None => {
+            // The user's primary group, when the image names one.
+            let text = std::fs::read_to_string(format!("{WORK_DIR}/rootfs/etc/passwd")).unwrap_or_default();
+            text.lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok()).flatten()
+                })
+                .unwrap_or(0)
+        }
+    };
+    Ok((uid, gid))
+}
+
+/// The OCI runtime config for this workload.
+fn bundle_config(w: &Workload, c: &Config) -> Result<Value, Error> {
+    let image: ImageConfig = match &w.artifact.image_config {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| Error::InvalidConfig(format!("the image config is not valid JSON: {e}")))?,
+        None => ImageConfig::default(),
+    };
+    let img = image.config;
+    let entrypoint = c.command.clone().or(img.entrypoint).unwrap_or_default();
+    // A new entrypoint drops the image's cmd, as Docker does.
+    let cmd = if c.command.is_some() {
+        c.args.clone().unwrap_or_default()
+    } else {
+        c.args.clone().or(img.cmd).unwrap_or_default()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(Error::InvalidConfig(
+            "the image has no entrypoint or cmd and the config gives no command: nothing to run".into(),
+        ));
+    }
+    // Image env first, the spec's over it.
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(e) => e.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    };
+    set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for kv in img.env.unwrap_or_default() {
+        if let Some((k, v)) = kv.split_once('=') {
+            set(k, v);
+        }
+    }
+    for (k, v) in &w.env {
+        set(k, v);
+    }
+    let user = c.user.clone().or(img.user).filter(|u| !u.is_empty());
+    let (uid, gid) = match &user {
+        Some(u) => user_ids(u)?,
+        None => (0, 0),
+    };
+    let cwd = c.working_dir.clone().or(img.working_dir).filter(|d| !d.is_empty()).unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(Error::InvalidConfig(format!("working dir {cwd:?} must be absolute")));
+    }
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    for v in &w.volumes {
+        if !v.mount_path.starts_with('/') {
+            return Err(Error::InvalidConfig(format!(
+                "volume {} mount path {:?} must be absolute",
+                v.name, v.mount_path
+            )));
+        }
+        let mode = if v.read_only { "ro" } else { "rw" };
+        mounts.push(
+            json!({"destination": v.mount_path, "type": "bind", "source": v.host_path, "options": ["rbind", mode]}),
+        );
+    }
+    let network_none = c.network.as_deref() == Some("none");
+    let mut namespaces =
+        vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+    if network_none {
+        namespaces.push(json!({"type": "network"}));
+    } else {
+        // The host's network: the container also sees the host's resolver.
+        mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf", "options": ["rbind", "ro"]}));
+    }
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(mib) = c.memory_mib {
+        resources["memory"] = json!({"limit": mib * 1024 * 1024});
+    }
+    if let Some(cpus) = c.cpus {
+        let period = 100_000u64;
+        resources["cpu"] = json!({"quota": (cpus * period as f64) as i64, "period": period});
+    }
+    let caps: Vec<&str> = CAPABILITIES.to_vec();
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": format!("{}/rootfs", w.work_dir), "readonly": c.read_only_rootfs},
+        "hostname": c.hostname.clone().unwrap_or_else(|| w.deployment.clone()),
+        "mounts": mounts,
+        "linux": {
+            "resources": resources,
+            "namespaces": namespaces,
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    }))
+}
+
+/// Runs the container runtime with `args`; output captured.
+fn runtime(rt: &str, args: &[&str]) -> Result<process::Exit, Error> {
+    let mut cmd = process::command(rt, args);
+    cmd.timeout_ms = COMMAND_TIMEOUT_MS;
+    Ok(process::run(&cmd)?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
+}
+
+/// The container's state as the runtime reports it: `None` when it does
+/// not exist.
+fn state(h: &Handle) -> Result<Option<(String, Option<u32>)>, Error> {
+    let exit = runtime(&h.runtime, &["state", &h.id])?;
+    if exit.code != Some(0) {
+        let err = text(&exit.stderr);
+        if err.contains("does not exist") || err.contains("not found") || err.contains("No such file") {
+            return Ok(None);
+        }
+        return Err(Error::Unavailable(format!("{} state {}: {err}", h.runtime, h.id)));
+    }
+    let v: Value = serde_json::from_slice(&exit.stdout)
+        .map_err(|e| Error::Failed(format!("{} state {}: not JSON: {e}", h.runtime, h.id)))?;
+    let status = v["status"].as_str().unwrap_or("unknown").to_string();
+    let pid = v["pid"].as_u64().map(|p| p as u32).filter(|p| *p > 0);
+    Ok(Some((status, pid)))
+}
+
+/// The last lines of the workload's output, for error messages.
+fn output_tail() -> String {
+    let text = std::fs::read_to_string(format!("{WORK_DIR}/{OUTPUT}")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn create(h: &Handle, w: &Workload) -> Result<(), Error> {
+    let bundle = format!("{}/bundle", w.work_dir);
+    let pid_file = format!("{}/container.pid", w.work_dir);
+    // The runtime hands its stdout and stderr to the container, so both go
+    // to the log file (a pipe would stay open as long as the container runs).
+    let cmd = Command {
+        program: h.runtime.clone(),
+        args: ["create", "--bundle", &bundle, "--pid-file", &pid_file, &h.id].iter().map(|s| s.to_string()).collect(),
+        env: Vec::new(),
+        stdin: None,
+        timeout_ms: COMMAND_TIMEOUT_MS,
+        stdout: Output::File(OUTPUT.into()),
+        stderr: Output::File(OUTPUT.into()),
+    };
+    let exit = process::run(&cmd)?;
+    if exit.code != Some(0) {
+        return Err(Error::Failed(format!("{} create {} failed: {}", h.runtime, h.id, output_tail())));
+    }
+    Ok(())
+}
+
+fn wait_stopped(h: &Handle, within: Duration) -> Result<bool, Error> {
+    let deadline = Instant::now() + within;
+    loop {
+        match state(h)? {
+            None => return Ok(true),
+            Some((s, _)) if s == "stopped" => return Ok(true),
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Container;
+
+impl Runtime for Container {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "container".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "OCI containers with runc or crun, from the image erad unpacked".into(),
+        }
+    }
+
+    fn validate(w: Workload) -> Result<(), Error> {
+        let c = Config::parse(&w)?;
+        // The runtime must be one the operator allowed (and installed).
+        let version = runtime(c.runtime(), &["--version"])?;
+        if version.code != Some(0) {
+            return Err(Error::Failed(format!("{} --version: {}", c.runtime(), text(&version.stderr))));
+        }
+        // The image itself is not fetched yet at validation: its kind is known.
+        if w.artifact.kind != ArtifactKind::Image && c.command.is_none() {
+            return Err(Error::InvalidConfig(
+                "the container runtime runs images: use an image artifact, or give config.command".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn install(w: Workload) -> Result<String, Error> {
+        let c = Config::parse(&w)?;
+        let config = bundle_config(&w, &c)?;
+        let fail = |e: std::io::Error| Error::Failed(format!("writing the bundle: {e}"));
+        std::fs::create_dir_all(format!("{WORK_DIR}/bundle")).map_err(fail)?;
+        std::fs::create_dir_all(format!("{WORK_DIR}/logs")).map_err(fail)?;
+        let text = serde_json::to_vec_pretty(&config).map_err(|e| Error::Failed(e.to_string()))?;
+        std::fs::write(format!("{WORK_DIR}/bundle/config.json.tmp"), text).map_err(fail)?;
+        std::fs::rename(format!("{WORK_DIR}/bundle/config.json.tmp"), format!("{WORK_DIR}/bundle/config.json"))
+            .map_err(fail)?;
+        let h = Handle { id: container_id(&w), runtime: c.runtime().into() };
+        log::info(&format!("bundle for {} written ({} runs it)", h.id, h.runtime));
+        Ok(h.text())
+    }
+
+    fn start(w: Workload, handle: String) -> Result<String, Error> {
+        let h = Handle::parse(&handle, &w);
+        match state(&h)?.map(|(s, _)| s) {
+            Some(s) if s == "running" => return Ok(handle),
+            Some(s) if s == "created" => {}
+            Some(_) => {
+                // Stopped (or half-made): make it afresh.
+                runtime(&h.runtime, &["delete", "--force", &h.id])?;
+                create(&h, &w)?;
+            }
+            None => create(&h, &w)?,
+        }
+        let exit = runtime(&h.runtime, &["start", &h.id])?;
+        if exit.code != Some(0) {
+            return Err(Error::Failed(format!("{} start {}: {}", h.runtime, h.id, text(&exit.stderr))));
+        }
+        log::info(&format!("started {}", h.id));
+        Ok(h.text())
+    }
+
+    fn status(w: Workload, handle: String) -> Result<Status, Error> {
+        let h = Handle::parse(&handle, &w);
+        Ok(match state(&h)? {
+            Some((s, pid)) if s == "running" => {
+                let mut st = Status::healthy(format!("{} running (pid {})", h.id, pid.unwrap_or(0)));
+                st.outputs = vec![("pid".into(), pid.unwrap_or(0).to_string()), ("id".into(), h.id.clone())];
+                st
+            }
+            Some((s, _)) => Status {
+                running: false,
+                health: Health::Unhealthy,
+                // runc keeps no exit code once the process is gone.
+                exit_code: None,
+                message: format!("{} is {s}", h.id),
+                outputs: Vec::new(),
+            },
+            None => Status {
+                running: false,
+                health: Health::Unknown,
+                exit_code: None,
+                message: format!("{} does not exist", h.id),
+                outputs: Vec::new(),
+            },
+        })
+    }
+
+    fn stop(w: Workload, handle: String) -> Result<(), Error> {
+        let h = Handle::parse(&handle, &w);
+        match state(&h)? {
+            None => return Ok(()),
+            Some((s, _)) if s == "stopped" => return Ok(()),
+            Some((s, _)) if s == "created" => {
+                runtime(&h.runtime, &["delete", "--force", &h.id])?;
+                return Ok(());
+            }
+            _ => {}
+        }
+        runtime(&h.runtime, &["kill", &h.id, "SIGTERM"])?;
+        if !wait_stopped(&h, Duration::from_secs(w.stop_grace_seconds.into()))? {
+            log::warn(&format!("{} did not stop within {}s: SIGKILL", h.id, w.stop_grace_seconds));
+            runtime(&h.runtime, &["kill", &h.id, "SIGKILL"])?;
+            if !wait_stopped(&h, Duration::from_secs(10))? {
+                return Err(Error::Failed(format!("{} still runs after SIGKILL", h.id)));
+            }
+        }
+        log::info(&format!("stopped {}", h.id));
+        Ok(())
+    }
+
+    fn delete(w: Workload, handle: String) -> Result<(), Error> {
+        let h = Handle::parse(&handle, &w);
+        if state(&h)?.is_some() {
+            let exit = runtime(&h.runtime, &["delete", "--force", &h.id])?;
+            if exit.code != Some(0) && state(&h)?.is_some() {
+                return Err(Error::Failed(format!("{} delete {}: {}", h.runtime, h.id, text(&exit.stderr))));
+            }
+        }
+        let _ = std::fs::remove_dir_all(format!("{WORK_DIR}/bundle"));
+        let _ = std::fs::remove_file(format!("{WORK_DIR}/container.pid"));
+        Ok(())
+    }
+}
+
+era_plugin_sdk::export_plugin!(Container);

@@ -1,0 +1,205 @@
+//! The container plugin against the real runc (Debian's), with images built
+//! from Debian's static busybox and served by a real registry.
+
+use era_tests::{Erad, Registry, eventually};
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn config() -> String {
+    format!(
+        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"runc\", \"crun\"]\n",
+        era_tests::plugin::CONTAINER
+    )
+}
+
+fn spec(erad: &Erad, name: &str, image: &str, extra: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: container\n  artifact: {{image: \"{image}\"}}\n  stopGracePeriod: 2s\n{extra}"
+    );
+    erad.spec(&format!("{name}-{}.yaml", &era_tests::sha256(yaml.as_bytes())[..8]), &yaml)
+}
+
+/// `runc state ID`, or None when runc knows no such container.
+fn runc_state(id: &str) -> Option<Value> {
+    let out = Command::new("runc").args(["state", id]).output().unwrap();
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn runc_ids() -> Vec<String> {
+    let out = Command::new("runc").args(["list", "-q"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Whether `pid` is a live process. (A zombie is not: where PID 1 does not
+/// reap orphans, as on this test VM, a stopped container's init stays one.)
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+        .unwrap_or(false)
+}
+
+fn output(erad: &Erad, name: &str, rev: u64) -> String {
+    std::fs::read_to_string(erad.data_dir().join(format!("deployments/{name}/rev-{rev}/logs/output.log")))
+        .unwrap_or_default()
+}
+
+/// What every container test runs: a shell that says hello, counts its
+/// starts in the volume, and sleeps.
+const SERVE: &str = "echo hello from $GREETING; echo start >> /data/starts; exec sleep 600";
+
+#[test]
+fn a_container_runs_for_real_stops_starts_and_is_gone_after_delete() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", SERVE], &["GREETING=image"]);
+    let erad = Erad::start_with(&config(), &[]);
+    let image = format!("{}/demo/box:1", registry.addr);
+    let s = spec(&erad, "ct1", &image, "  env: {GREETING: spec}\n  volumes: [{name: data, mountPath: /data}]\n");
+    let a = erad.apply_wait(&s);
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    let state = runc_state("era-ct1-1").expect("runc knows the container");
+    assert_eq!(state["status"], "running", "{state}");
+    let pid = state["pid"].as_u64().unwrap();
+    assert!(alive(pid));
+    eventually(T, || erad.era(&["logs", "ct1"]).stdout.contains("hello from spec"));
+    let starts = erad.data_dir().join("volumes/ct1/data/starts");
+    assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 1);
+
+    assert_eq!(erad.era(&["stop", "ct1", "--wait"]).code, 0);
+    assert!(!alive(pid), "the process is gone after stop");
+    assert!(starts.exists(), "the volume is kept");
+    assert_eq!(erad.era(&["start", "ct1", "--wait"]).code, 0);
+    eventually(T, || std::fs::read_to_string(&starts).unwrap().lines().count() == 2);
+    assert_eq!(runc_state("era-ct1-1").unwrap()["status"], "running");
+
+    assert_eq!(erad.era(&["delete", "ct1", "--wait"]).code, 0, "{}", erad.log());
+    assert!(runc_state("era-ct1-1").is_none(), "runc has no such container");
+    assert!(!runc_ids().iter().any(|id| id.starts_with("era-ct1-")));
+    assert!(!erad.data_dir().join("deployments/ct1").exists(), "no bundle or rootfs on disk");
+    assert!(!erad.data_dir().join("volumes/ct1").exists(), "no volume on disk");
+}
+
+#[test]
+fn an_update_replaces_the_container_and_a_failing_one_rolls_back() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", SERVE], &["GREETING=one"]);
+    registry.push_busybox("demo/box", "2", &["/bin/sh", "-c", SERVE], &["GREETING=two"]);
+    registry.push_busybox("demo/box", "broken", &["/bin/sh", "-c", "echo cannot start; exit 1"], &[]);
+    let erad = Erad::start_with(&config(), &[]);
+    let img = |t: &str| format!("{}/demo/box:{t}", registry.addr);
+    let vol = "  volumes: [{name: data, mountPath: /data}]\n";
+    assert_eq!(erad.apply_wait(&spec(&erad, "ct2", &img("1"), vol)).code, 0, "{}", erad.log());
+    let a = erad.apply_wait(&spec(&erad, "ct2", &img("2"), vol));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(runc_state("era-ct2-2").unwrap()["status"], "running");
+    assert!(runc_state("era-ct2-1").is_none(), "the old revision's container is gone");
+    eventually(T, || output(&erad, "ct2", 2).contains("hello from two"));
+
+    let bad = erad.apply_wait(&spec(&erad, "ct2", &img("broken"), vol));
+    assert_eq!(bad.code, 1, "{bad:?}");
+    let d = erad.get("ct2");
+    assert_eq!(d["state"], "Running", "{d}");
+    assert_eq!(d["revision"], 2, "rolled back to revision 2: {d}");
+    assert_eq!(runc_state("era-ct2-2").unwrap()["status"], "running");
+    assert!(runc_state("era-ct2-3").is_none(), "the failed revision's container is cleaned up");
+    let states: Vec<String> = erad.history("ct2").iter().map(|t| t["to"].as_str().unwrap().to_string()).collect();
+    assert!(states.contains(&"RollingBack".to_string()), "{states:?}");
+    assert_eq!(erad.era(&["delete", "ct2", "--wait"]).code, 0);
+}
+
+#[test]
+fn a_killed_erad_adopts_the_running_container_and_a_crash_is_restarted_by_policy() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", SERVE], &["GREETING=x"]);
+    registry.push_busybox("demo/box", "crashy", &["/bin/sh", "-c", "echo start >> /data/starts; sleep 1; exit 3"], &[]);
+    let mut erad = Erad::start_with(&config(), &[]);
+    let vol = "  volumes: [{name: data, mountPath: /data}]\n";
+    let s = spec(&erad, "ct3", &format!("{}/demo/box:1", registry.addr), vol);
+    assert_eq!(erad.apply_wait(&s).code, 0, "{}", erad.log());
+    let pid = runc_state("era-ct3-1").unwrap()["pid"].as_u64().unwrap();
+    erad.kill9();
+    erad.spawn(&[]).unwrap();
+    eventually(T, || erad.get("ct3")["state"] == "Running");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(runc_state("era-ct3-1").unwrap()["pid"].as_u64().unwrap(), pid, "the same process, adopted");
+    let starts = erad.data_dir().join("volumes/ct3/data/starts");
+    assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 1, "not started twice");
+
+    // A workload that keeps crashing is restarted, as its policy says.
+    let crashy = spec(
+        &erad,
+        "ct4",
+        &format!("{}/demo/box:crashy", registry.addr),
+        &format!("{vol}  restart: {{policy: always, maxRetries: 2}}\n  health: {{startPeriod: 0s}}\n"),
+    );
+    let _ = erad.era(&["apply", "-f", &crashy.display().to_string()]);
+    let starts = erad.data_dir().join("volumes/ct4/data/starts");
+    eventually(T, || std::fs::read_to_string(&starts).map(|s| s.lines().count() >= 3).unwrap_or(false));
+    erad.era(&["delete", "ct3", "--wait"]);
+    erad.era(&["delete", "ct4", "--wait"]);
+}
+
+#[test]
+fn network_none_gives_a_private_namespace_and_an_ungranted_runtime_is_refused() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", "ls /sys/class/net; exec sleep 600"], &[]);
+    let erad = Erad::start_with(&config(), &[]);
+    let image = format!("{}/demo/box:1", registry.addr);
+    assert_eq!(erad.apply_wait(&spec(&erad, "isolated", &image, "  config: {network: none}\n")).code, 0);
+    eventually(T, || output(&erad, "isolated", 1).contains("lo"));
+    assert_eq!(output(&erad, "isolated", 1).split_whitespace().collect::<Vec<_>>(), ["lo"], "only loopback");
+    erad.era(&["delete", "isolated", "--wait"]);
+
+    // The operator granted crun only; the config asks for runc (the default).
+    let only_crun = format!(
+        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"crun\"]\n",
+        era_tests::plugin::CONTAINER
+    );
+    let erad = Erad::start_with(&only_crun, &[]);
+    let refused = erad.apply_wait(&spec(&erad, "norunc", &image, ""));
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let msg = erad.get("norunc")["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("validate: invalid config: \"runc\" is not on this plugin's allowlist (allowed: crun)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn era_logs_prints_tails_and_follows_the_workload_output() {
+    let registry = Registry::start();
+    let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+    registry.push_busybox("demo/ticker", "1", &["/bin/sh", "-c", ticker], &[]);
+    let erad = Erad::start_with(&config(), &[]);
+    let image = format!("{}/demo/ticker:1", registry.addr);
+    assert_eq!(erad.apply_wait(&spec(&erad, "ticker", &image, "")).code, 0, "{}", erad.log());
+    eventually(T, || erad.era(&["logs", "ticker"]).stdout.lines().count() >= 3);
+    let all = erad.era(&["logs", "ticker"]);
+    assert_eq!(all.code, 0, "{all:?}");
+    assert!(all.stdout.starts_with("tick 0\ntick 1\n"), "{all:?}");
+    let last = erad.era(&["logs", "ticker", "--tail", "2"]);
+    let lines: Vec<&str> = last.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{last:?}");
+    assert!(lines[0].starts_with("tick ") && lines[1].starts_with("tick "), "{last:?}");
+
+    // -f keeps printing what the workload writes next.
+    let mut follow = std::process::Command::new(era_tests::bin("era"))
+        .args(["--socket", &erad.socket().display().to_string(), "logs", "ticker", "-f", "--tail", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    follow.kill().unwrap();
+    let out = follow.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout).to_string();
+    let n: Vec<u64> = followed.lines().map(|l| l.trim_start_matches("tick ").parse().unwrap()).collect();
+    assert!(n.len() >= 3, "followed {followed:?}");
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "in order, none lost: {n:?}");
+
+    let missing = erad.era(&["logs", "nosuch"]);
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(missing.stderr.contains("not found"), "{missing:?}");
+    assert_eq!(erad.era(&["delete", "ticker", "--wait"]).code, 0);
+}

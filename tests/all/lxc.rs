@@ -1,0 +1,107 @@
+//! The LXC plugin against the real LXC tools (Debian's lxc), with images
+//! built from Debian's static busybox and served by a real registry.
+
+use era_tests::{Erad, Registry, eventually};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn config() -> String {
+    format!(
+        "[plugins.lxc]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"lxc-start\", \"lxc-stop\", \"lxc-info\", \"lxc-destroy\", \"lxc-create\"]\n",
+        era_tests::plugin::LXC
+    )
+}
+
+fn spec(erad: &Erad, name: &str, image: &str, extra: &str) -> PathBuf {
+    let yaml = format!(
+        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: lxc\n  artifact: {{image: \"{image}\"}}\n  stopGracePeriod: 1s\n  volumes: [{{name: data, mountPath: /data}}]\n{extra}"
+    );
+    erad.spec(&format!("{name}-{}.yaml", &era_tests::sha256(yaml.as_bytes())[..8]), &yaml)
+}
+
+fn lxcpath(erad: &Erad, name: &str, rev: u64) -> PathBuf {
+    erad.data_dir().join(format!("deployments/{name}/rev-{rev}/lxc"))
+}
+
+/// `lxc-info` of the revision's container: (state, pid), or None.
+fn info(erad: &Erad, name: &str, rev: u64) -> Option<(String, Option<u64>)> {
+    let out = Command::new("lxc-info")
+        .arg("-P")
+        .arg(lxcpath(erad, name, rev))
+        .args(["-n", &format!("era-{name}-{rev}"), "-s", "-p"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()));
+    Some((field("State:").unwrap_or_default(), field("PID:").and_then(|p| p.parse().ok())))
+}
+
+fn lxc_ls(erad: &Erad, name: &str, rev: u64) -> Vec<String> {
+    let out = Command::new("lxc-ls").arg("-P").arg(lxcpath(erad, name, rev)).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+const SERVE: &str = "echo hello from $GREETING; echo start >> /data/starts; exec sleep 600";
+
+#[test]
+fn an_lxc_container_runs_stops_starts_updates_rolls_back_and_is_gone_after_delete() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", SERVE], &["GREETING=image"]);
+    registry.push_busybox("demo/box", "2", &["/bin/sh", "-c", SERVE], &["GREETING=two"]);
+    registry.push_busybox("demo/box", "broken", &["/bin/sh", "-c", "echo cannot start; exit 1"], &[]);
+    let erad = Erad::start_with(&config(), &[]);
+    let img = |t: &str| format!("{}/demo/box:{t}", registry.addr);
+    let a = erad.apply_wait(&spec(&erad, "sys", &img("1"), "  env: {GREETING: spec}\n"));
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    assert_eq!(lxc_ls(&erad, "sys", 1), ["era-sys-1"]);
+    let (state, pid) = info(&erad, "sys", 1).unwrap();
+    assert_eq!(state, "RUNNING");
+    assert!(pid.is_some());
+    eventually(T, || erad.era(&["logs", "sys"]).stdout.contains("hello from spec"));
+    let starts = erad.data_dir().join("volumes/sys/data/starts");
+    assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 1);
+
+    assert_eq!(erad.era(&["stop", "sys", "--wait"]).code, 0);
+    assert_eq!(info(&erad, "sys", 1).unwrap().0, "STOPPED");
+    assert_eq!(erad.era(&["start", "sys", "--wait"]).code, 0);
+    eventually(T, || std::fs::read_to_string(&starts).unwrap().lines().count() == 2);
+
+    let a = erad.apply_wait(&spec(&erad, "sys", &img("2"), ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(info(&erad, "sys", 2).unwrap().0, "RUNNING");
+    assert!(!lxcpath(&erad, "sys", 1).exists(), "the old revision's container is gone");
+    let bad = erad.apply_wait(&spec(&erad, "sys", &img("broken"), ""));
+    assert_eq!(bad.code, 1, "{bad:?}");
+    let d = erad.get("sys");
+    assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(2)), "{d}");
+    assert_eq!(info(&erad, "sys", 2).unwrap().0, "RUNNING");
+    assert!(info(&erad, "sys", 3).is_none(), "the failed revision's container is cleaned up");
+
+    assert_eq!(erad.era(&["delete", "sys", "--wait"]).code, 0, "{}", erad.log());
+    assert!(!erad.data_dir().join("deployments/sys").exists(), "no container, config or rootfs on disk");
+    assert!(!erad.data_dir().join("volumes/sys").exists(), "no volume on disk");
+}
+
+#[test]
+fn a_killed_erad_adopts_the_running_lxc_container() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", SERVE], &["GREETING=x"]);
+    let mut erad = Erad::start_with(&config(), &[]);
+    let s = spec(&erad, "adopt", &format!("{}/demo/box:1", registry.addr), "");
+    assert_eq!(erad.apply_wait(&s).code, 0, "{}", erad.log());
+    let pid = info(&erad, "adopt", 1).unwrap().1;
+    erad.kill9();
+    erad.spawn(&[]).unwrap();
+    eventually(T, || erad.get("adopt")["state"] == "Running");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(info(&erad, "adopt", 1).unwrap().1, pid, "the same init, adopted");
+    let starts = erad.data_dir().join("volumes/adopt/data/starts");
+    assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 1, "not started twice");
+    assert_eq!(erad.era(&["delete", "adopt", "--wait"]).code, 0);
+}
