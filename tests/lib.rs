@@ -456,8 +456,10 @@ impl Registry {
             std::fs::create_dir_all(rootfs.join(dir)).expect("mkdir");
         }
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox (apt install busybox-static)");
-        for applet in ["sh", "echo", "sleep", "cat", "date", "ls", "true", "false", "env", "id", "touch", "mkdir", "wc"]
-        {
+        for applet in [
+            "sh", "echo", "sleep", "cat", "date", "ls", "true", "false", "env", "id", "touch", "mkdir", "wc",
+            "hostname", "httpd",
+        ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
         }
         std::fs::write(

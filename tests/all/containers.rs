@@ -203,3 +203,43 @@ fn era_logs_prints_tails_and_follows_the_workload_output() {
     assert!(missing.stderr.contains("not found"), "{missing:?}");
     assert_eq!(erad.era(&["delete", "ticker", "--wait"]).code, 0);
 }
+
+#[test]
+fn config_options_reach_the_container() {
+    let registry = Registry::start();
+    let report = "echo uid=$(id -u) host=$(hostname); touch /probe 2>/dev/null && echo rw || echo ro; \
+                  cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
+                  exec sleep 600";
+    registry.push_busybox("demo/report", "1", &["/bin/sh", "-c", report], &[]);
+    let erad = Erad::start_with(&config(), &[]);
+    let image = format!("{}/demo/report:1", registry.addr);
+    let opts = "  config: {user: nobody, hostname: edge-7, readOnlyRootfs: true, memoryMiB: 48}\n";
+    let a = erad.apply_wait(&spec(&erad, "opts", &image, opts));
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    eventually(T, || erad.era(&["logs", "opts"]).stdout.lines().count() >= 3);
+    let logs = erad.era(&["logs", "opts"]).stdout;
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines[0], "uid=65534 host=edge-7", "{logs}");
+    assert_eq!(lines[1], "ro", "{logs}");
+    assert_eq!(lines[2], (48u64 << 20).to_string(), "{logs}");
+    erad.era(&["delete", "opts", "--wait"]);
+}
+
+#[test]
+fn the_specs_http_probe_reaches_a_container_on_the_host_network() {
+    let registry = Registry::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let serve = format!("mkdir -p /www && echo ok > /www/healthz && exec httpd -f -p 127.0.0.1:{port} -h /www");
+    registry.push_busybox("demo/web", "1", &["/bin/sh", "-c", &serve], &[]);
+    let erad = Erad::start_with(&config(), &[]);
+    let image = format!("{}/demo/web:1", registry.addr);
+    let health = format!(
+        "  ports: [{{name: http, port: {port}}}]\n  health: {{http: {{port: {port}, path: /healthz}}, interval: 200ms, startPeriod: 10s}}\n"
+    );
+    let a = erad.apply_wait(&spec(&erad, "web", &image, &health));
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    eventually(T, || erad.get("web")["health"] == "healthy");
+    let body = Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/healthz")]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&body.stdout).trim(), "ok");
+    erad.era(&["delete", "web", "--wait"]);
+}

@@ -1,0 +1,142 @@
+//! Real runtimes, each against the same work done by hand in the same run:
+//!
+//! 1. `era apply --wait` of a busybox image already in the content store,
+//!    until Running (validate, fetch from the store, unpack the rootfs, write
+//!    the bundle, runc create + start, health check, every transition
+//!    committed) vs `runc run -d` of the same bundle and rootfs by hand;
+//! 2. the same with the LXC plugin vs `lxc-start -d` of the same container.
+//!
+//! Run: `cargo bench -p era-tests --bench runtimes` (after `cargo build
+//! --release --workspace --bins`).
+
+#![allow(clippy::unwrap_used)]
+
+use era_tests::{Erad, Registry};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn ok(cmd: &mut Command) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// For runtimes that hand their stdio to the container: no pipes to wait
+/// on, errors to a file.
+fn detached(cmd: &mut Command) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let status = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err.reopen().unwrap()).status().unwrap();
+    assert!(status.success(), "{cmd:?} failed: {}", std::fs::read_to_string(err.path()).unwrap_or_default());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    ok(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+fn report(what: &str, era: Duration, hand: Duration, baseline: &str) {
+    println!(
+        "{what}: era apply --wait to Running {:.0} ms, {baseline} {:.0} ms; ratio {:.1}x, difference {:.0} ms (median)",
+        ms(era),
+        ms(hand),
+        era.as_secs_f64() / hand.as_secs_f64(),
+        ms(era) - ms(hand)
+    );
+}
+
+fn main() {
+    let rounds = 10;
+    let registry = Registry::start();
+    registry.push_busybox("bench/box", "1", &["/bin/sleep", "600"], &[]);
+    let image = format!("{}/bench/box:1", registry.addr);
+    let config = format!(
+        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"runc\"]\n\
+         [plugins.lxc]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"lxc-start\", \"lxc-stop\", \"lxc-info\", \"lxc-destroy\"]\n",
+        era_tests::plugin::CONTAINER,
+        era_tests::plugin::LXC
+    );
+    let erad = Erad::start_with(&config, &[]);
+    assert_eq!(erad.era(&["pull", &image]).code, 0, "the image is cached before timing");
+
+    for runtime in ["container", "lxc"] {
+        let (mut era, mut hand) = (Vec::new(), Vec::new());
+        for i in 0..rounds {
+            let name = format!("{runtime}-{i}");
+            let spec = erad.spec(
+                &format!("{name}.yaml"),
+                &format!(
+                    "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: {runtime}\n  artifact: {{image: \"{image}\"}}\n  stopGracePeriod: 1s\n"
+                ),
+            );
+            let t = Instant::now();
+            let a = erad.apply_wait(&spec);
+            era.push(t.elapsed());
+            assert_eq!(a.code, 0, "{a:?}");
+
+            // The same container by hand, from a copy of what erad made.
+            let work = erad.data_dir().join(format!("deployments/{name}/rev-1"));
+            let scratch = tempfile::tempdir().unwrap();
+            match runtime {
+                "container" => {
+                    let bundle = scratch.path().join("bundle");
+                    std::fs::create_dir_all(&bundle).unwrap();
+                    copy_dir(&work.join("rootfs"), &bundle.join("rootfs"));
+                    let mut cfg: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read(work.join("bundle/config.json")).unwrap()).unwrap();
+                    cfg["root"]["path"] = "rootfs".into();
+                    std::fs::write(bundle.join("config.json"), cfg.to_string()).unwrap();
+                    let id = format!("bench-hand-{i}");
+                    // A previous, interrupted run may have left it.
+                    let _ = Command::new("runc").args(["delete", "--force", &id]).output();
+                    let t = Instant::now();
+                    detached(Command::new("runc").args(["run", "-d", "--bundle"]).arg(&bundle).arg(&id));
+                    hand.push(t.elapsed());
+                    ok(Command::new("runc").args(["delete", "--force", &id]));
+                }
+                _ => {
+                    let path = scratch.path().join("lxc");
+                    let cname = format!("era-{name}-1");
+                    std::fs::create_dir_all(path.join(&cname)).unwrap();
+                    copy_dir(&work.join("rootfs"), &path.join(&cname).join("rootfs"));
+                    let cfg = std::fs::read_to_string(work.join(format!("lxc/{cname}/config"))).unwrap();
+                    let cfg: String = cfg
+                        .lines()
+                        .map(|l| {
+                            if l.starts_with("lxc.rootfs.path") {
+                                format!("lxc.rootfs.path = dir:{}/{cname}/rootfs", path.display())
+                            } else if l.starts_with("lxc.console.logfile") || l.starts_with("lxc.log.file") {
+                                String::new()
+                            } else {
+                                l.to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    std::fs::write(path.join(&cname).join("config"), cfg).unwrap();
+                    let t = Instant::now();
+                    detached(Command::new("lxc-start").arg("-P").arg(&path).args([
+                        "-n",
+                        &cname,
+                        "-d",
+                        "--",
+                        "/bin/sleep",
+                        "600",
+                    ]));
+                    hand.push(t.elapsed());
+                    ok(Command::new("lxc-stop").arg("-P").arg(&path).args(["-n", &cname, "-k"]));
+                }
+            }
+            assert_eq!(erad.era(&["delete", &name, "--wait"]).code, 0);
+        }
+        let baseline = if runtime == "container" { "runc run -d by hand" } else { "lxc-start -d by hand" };
+        report(&format!("{runtime} ({rounds} rounds)"), median(era), median(hand), baseline);
+    }
+}
