@@ -89,13 +89,31 @@ fn an_lxc_container_runs_stops_starts_updates_rolls_back_and_is_gone_after_delet
 }
 
 #[test]
-fn a_killed_erad_adopts_the_running_lxc_container() {
+fn a_killed_erad_adopts_the_running_lxc_container_with_its_memory_limit() {
     let registry = Registry::start();
     registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", SERVE], &["GREETING=x"]);
     let mut erad = Erad::start_with(&config(), &[]);
-    let s = spec(&erad, "adopt", &format!("{}/demo/box:1", registry.addr), "");
+    let s = spec(&erad, "adopt", &format!("{}/demo/box:1", registry.addr), "  config: {memoryMiB: 48}\n");
     assert_eq!(erad.apply_wait(&s).code, 0, "{}", erad.log());
     let pid = info(&erad, "adopt", 1).unwrap().1;
+    // The memory limit is on the container's cgroup (v1 here; v2 hosts read memory.max).
+    let limit = Command::new("lxc-cgroup")
+        .arg("-P")
+        .arg(lxcpath(&erad, "adopt", 1))
+        .args(["-n", "era-adopt-1", "memory.limit_in_bytes"])
+        .output()
+        .unwrap();
+    let limit = if limit.status.success() {
+        limit
+    } else {
+        Command::new("lxc-cgroup")
+            .arg("-P")
+            .arg(lxcpath(&erad, "adopt", 1))
+            .args(["-n", "era-adopt-1", "memory.max"])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(String::from_utf8_lossy(&limit.stdout).trim(), (48u64 << 20).to_string(), "{limit:?}");
     erad.kill9();
     erad.spawn(&[]).unwrap();
     eventually(T, || erad.get("adopt")["state"] == "Running");
@@ -104,4 +122,55 @@ fn a_killed_erad_adopts_the_running_lxc_container() {
     let starts = erad.data_dir().join("volumes/adopt/data/starts");
     assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 1, "not started twice");
     assert_eq!(erad.era(&["delete", "adopt", "--wait"]).code, 0);
+}
+
+#[test]
+fn the_network_is_empty_by_default_or_a_veth_on_the_named_bridge() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/net", "1", &["/bin/sh", "-c", "ls /sys/class/net; exec sleep 600"], &[]);
+    let image = format!("{}/demo/net:1", registry.addr);
+    let erad = Erad::start_with(&config(), &[]);
+    let nets = |name: &str| erad.era(&["logs", name]).stdout.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(erad.apply_wait(&spec(&erad, "empty", &image, "")).code, 0, "{}", erad.log());
+    eventually(T, || !nets("empty").is_empty());
+    assert_eq!(nets("empty"), ["lo"]);
+
+    let bridge = format!("erabr{}", std::process::id() % 100_000);
+    let made = Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]).status().unwrap();
+    assert!(made.success(), "a bridge for the test");
+    let _ = Command::new("ip").args(["link", "set", &bridge, "up"]).status();
+    let veth = format!("  config: {{network: {{type: veth, link: {bridge}}}}}\n");
+    let a = erad.apply_wait(&spec(&erad, "bridged", &image, &veth));
+    let seen = if a.code == 0 {
+        eventually(T, || !nets("bridged").is_empty());
+        nets("bridged")
+    } else {
+        Vec::new()
+    };
+    erad.era(&["delete", "bridged", "--wait"]);
+    erad.era(&["delete", "empty", "--wait"]);
+    let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(seen, ["eth0", "lo"]);
+}
+
+#[test]
+fn a_container_from_an_lxc_template_runs_and_goes_with_the_deployment() {
+    // The busybox template makes its rootfs from the host's busybox; the
+    // artifact is only what the revision pins (here, a small file).
+    let erad = Erad::start_with(&config(), &[]);
+    let file = erad.dir.path().join("marker.txt");
+    std::fs::write(&file, "template test").unwrap();
+    let yaml = format!(
+        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: tmpl}}\nspec:\n  runtime: lxc\n  artifact: {{file: marker.txt, sha256: \"{}\"}}\n  stopGracePeriod: 1s\n  config: {{template: busybox, command: [/bin/sh, -c, \"echo from the template; exec sleep 600\"]}}\n",
+        era_tests::sha256(b"template test")
+    );
+    let s = erad.spec("tmpl.yaml", &yaml);
+    let a = erad.apply_wait(&s);
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    assert_eq!(info(&erad, "tmpl", 1).unwrap().0, "RUNNING");
+    assert!(lxcpath(&erad, "tmpl", 1).join("era-tmpl-1/rootfs/bin/busybox").exists(), "lxc-create made the rootfs");
+    eventually(T, || erad.era(&["logs", "tmpl"]).stdout.contains("from the template"));
+    assert_eq!(erad.era(&["delete", "tmpl", "--wait"]).code, 0);
+    assert!(!erad.data_dir().join("deployments/tmpl").exists());
 }

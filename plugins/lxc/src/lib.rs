@@ -16,6 +16,8 @@
 //! - `command`, `args`: replace the image's entrypoint and cmd
 //! - `network`: `{type: empty}` (default) or `{type: veth, link: BRIDGE}`
 //! - `hostname`
+//! - `memoryMiB`: a memory limit (set for cgroup v1 and v2 alike; LXC applies
+//!   the one the host has)
 
 use era_plugin_sdk::{ArtifactKind, Error, Health, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,8 @@ struct Config {
     #[serde(default)]
     network: Network,
     hostname: Option<String>,
+    #[serde(rename = "memoryMiB")]
+    memory_mib: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -49,6 +53,9 @@ impl Config {
     fn parse(w: &Workload) -> Result<Config, Error> {
         let text = if w.config.trim().is_empty() { "{}" } else { &w.config };
         let c: Config = serde_json::from_str(text).map_err(|e| Error::InvalidConfig(format!("lxc config: {e}")))?;
+        if c.memory_mib == Some(0) {
+            return Err(Error::InvalidConfig("lxc config: memoryMiB must be at least 1".into()));
+        }
         match (c.network.kind.as_deref().unwrap_or("empty"), &c.network.link) {
             ("empty", None) => {}
             ("empty", Some(_)) => return Err(Error::InvalidConfig("lxc config: network.link needs type veth".into())),
@@ -168,6 +175,11 @@ fn lxc_config(w: &Workload, c: &Config, rootfs: &str) -> Result<String, Error> {
         format!("lxc.log.file = {}/logs/lxc.log", w.work_dir),
         "lxc.log.level = WARN".into(),
     ];
+    if let Some(mib) = c.memory_mib {
+        let bytes = mib * 1024 * 1024;
+        lines.push(format!("lxc.cgroup.memory.limit_in_bytes = {bytes}"));
+        lines.push(format!("lxc.cgroup2.memory.max = {bytes}"));
+    }
     match c.network.kind.as_deref().unwrap_or("empty") {
         "veth" => {
             lines.push("lxc.net.0.type = veth".into());
