@@ -10,8 +10,9 @@ const T: Duration = Duration::from_secs(60);
 
 fn config() -> String {
     format!(
-        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"runc\", \"crun\"]\n",
-        era_tests::plugin::CONTAINER
+        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"runc\", \"crun\", \"{}\"]\n",
+        era_tests::plugin::CONTAINER,
+        era_tests::bin("era-shim").display()
     )
 }
 
@@ -33,8 +34,7 @@ fn runc_ids() -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
-/// Whether `pid` is a live process. (A zombie is not: where PID 1 does not
-/// reap orphans, as on this test VM, a stopped container's init stays one.)
+/// Whether `pid` is a live process (a zombie is not one).
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
@@ -137,8 +137,9 @@ fn a_killed_erad_adopts_the_running_container_and_a_crash_is_restarted_by_policy
     let _ = erad.era(&["apply", "-f", &crashy.display().to_string()]);
     let starts = erad.data_dir().join("volumes/ct4/data/starts");
     eventually(T, || std::fs::read_to_string(&starts).map(|s| s.lines().count() >= 3).unwrap_or(false));
-    erad.era(&["delete", "ct3", "--wait"]);
-    erad.era(&["delete", "ct4", "--wait"]);
+    assert_eq!(erad.era(&["delete", "ct3", "--wait"]).code, 0);
+    // A delete that lands mid-restart is refused until the restart settles.
+    eventually(T, || erad.era(&["delete", "ct4", "--wait"]).code == 0);
 }
 
 #[test]
@@ -242,4 +243,34 @@ fn the_specs_http_probe_reaches_a_container_on_the_host_network() {
     let body = Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/healthz")]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&body.stdout).trim(), "ok");
     erad.era(&["delete", "web", "--wait"]);
+}
+
+#[test]
+fn the_shim_records_the_exit_code_and_reaps_the_container() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/exit", "1", &["/bin/sh", "-c", "echo bye; sleep 1; exit 3"], &[]);
+    let erad = Erad::start_with(&config(), &[]);
+    let image = format!("{}/demo/exit:1", registry.addr);
+    let a = erad.apply_wait(&spec(&erad, "exits", &image, "  restart: {policy: never}\n  health: {startPeriod: 0s}\n"));
+    assert_eq!(a.code, 0, "{a:?}");
+    let pid = runc_state("era-exits-1").unwrap()["pid"].as_u64().unwrap();
+    eventually(T, || erad.get("exits")["message"].as_str().unwrap_or_default().contains("exited with code 3"));
+    // Reaped by the shim: not even a zombie is left.
+    eventually(T, || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(std::fs::read_to_string(erad.data_dir().join("deployments/exits/rev-1/exit-code")).unwrap().trim(), "3");
+    erad.era(&["delete", "exits", "--wait"]);
+
+    // Without era-shim on the allowlist the container still runs; only the
+    // exit code is unknown.
+    let no_shim = format!(
+        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"runc\"]\n",
+        era_tests::plugin::CONTAINER
+    );
+    let erad = Erad::start_with(&no_shim, &[]);
+    let a =
+        erad.apply_wait(&spec(&erad, "noshim", &image, "  restart: {policy: never}\n  health: {startPeriod: 0s}\n"));
+    assert_eq!(a.code, 0, "{a:?}");
+    eventually(T, || erad.get("noshim")["message"].as_str().unwrap_or_default().contains("is gone"));
+    assert!(erad.log().contains("era-shim is not allowed"), "the operator is told: {}", erad.log());
+    erad.era(&["delete", "noshim", "--wait"]);
 }

@@ -174,3 +174,17 @@ fn a_container_from_an_lxc_template_runs_and_goes_with_the_deployment() {
     assert_eq!(erad.era(&["delete", "tmpl", "--wait"]).code, 0);
     assert!(!erad.data_dir().join("deployments/tmpl").exists());
 }
+
+#[test]
+fn a_crashing_lxc_workload_is_restarted_by_its_policy() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/crashy", "1", &["/bin/sh", "-c", "echo start >> /data/starts; sleep 1; exit 3"], &[]);
+    let erad = Erad::start_with(&config(), &[]);
+    let image = format!("{}/demo/crashy:1", registry.addr);
+    let s = spec(&erad, "crashy", &image, "  restart: {policy: always, maxRetries: 2}\n  health: {startPeriod: 0s}\n");
+    let _ = erad.era(&["apply", "-f", &s.display().to_string()]);
+    let starts = erad.data_dir().join("volumes/crashy/data/starts");
+    eventually(T, || std::fs::read_to_string(&starts).map(|s| s.lines().count() >= 3).unwrap_or(false));
+    // A delete that lands mid-restart is refused until the restart settles.
+    eventually(T, || erad.era(&["delete", "crashy", "--wait"]).code == 0);
+}

@@ -319,21 +319,41 @@ fn output_tail() -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
+/// Where `era-shim` writes the container's exit status.
+const EXIT_FILE: &str = "exit-code";
+
 fn create(h: &Handle, w: &Workload) -> Result<(), Error> {
     let bundle = format!("{}/bundle", w.work_dir);
     let pid_file = format!("{}/container.pid", w.work_dir);
+    let exit_file = format!("{}/{EXIT_FILE}", w.work_dir);
+    let create: Vec<String> =
+        [h.runtime.as_str(), "create", "--bundle", &bundle, "--pid-file", &pid_file, &h.id].map(String::from).to_vec();
     // The runtime hands its stdout and stderr to the container, so both go
     // to the log file (a pipe would stay open as long as the container runs).
-    let cmd = Command {
-        program: h.runtime.clone(),
-        args: ["create", "--bundle", &bundle, "--pid-file", &pid_file, &h.id].iter().map(|s| s.to_string()).collect(),
+    // era-shim, when the operator allows it, stays with the container to
+    // record its exit status; without it, runc keeps none.
+    let mut cmd = Command {
+        program: "era-shim".into(),
+        args: ["--exit-file", &exit_file, "--pid-file", &pid_file, "--"]
+            .map(String::from)
+            .into_iter()
+            .chain(create.clone())
+            .collect(),
         env: Vec::new(),
         stdin: None,
         timeout_ms: COMMAND_TIMEOUT_MS,
         stdout: Output::File(OUTPUT.into()),
         stderr: Output::File(OUTPUT.into()),
     };
-    let exit = process::run(&cmd)?;
+    let exit = match process::run(&cmd) {
+        Err(process::ProcessError::NotAllowed(_)) => {
+            log::warn("era-shim is not allowed for this plugin: exited containers will have no exit code");
+            cmd.program = create[0].clone();
+            cmd.args = create[1..].to_vec();
+            process::run(&cmd)?
+        }
+        other => other?,
+    };
     if exit.code != Some(0) {
         return Err(Error::Failed(format!("{} create {} failed: {}", h.runtime, h.id, output_tail())));
     }
@@ -425,14 +445,17 @@ impl Runtime for Container {
                 st.outputs = vec![("pid".into(), pid.unwrap_or(0).to_string()), ("id".into(), h.id.clone())];
                 st
             }
-            Some((s, _)) => Status {
-                running: false,
-                health: Health::Unhealthy,
-                // runc keeps no exit code once the process is gone.
-                exit_code: None,
-                message: format!("{} is {s}", h.id),
-                outputs: Vec::new(),
-            },
+            Some((s, _)) => {
+                // What era-shim recorded, if it ran; runc itself keeps none.
+                let code = std::fs::read_to_string(format!("{WORK_DIR}/{EXIT_FILE}"))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok());
+                let message = match code {
+                    Some(c) => format!("{} is {s} (exit code {c})", h.id),
+                    None => format!("{} is {s}", h.id),
+                };
+                Status { running: false, health: Health::Unhealthy, exit_code: code, message, outputs: Vec::new() }
+            }
             None => Status {
                 running: false,
                 health: Health::Unknown,
@@ -476,6 +499,7 @@ impl Runtime for Container {
         }
         let _ = std::fs::remove_dir_all(format!("{WORK_DIR}/bundle"));
         let _ = std::fs::remove_file(format!("{WORK_DIR}/container.pid"));
+        let _ = std::fs::remove_file(format!("{WORK_DIR}/{EXIT_FILE}"));
         Ok(())
     }
 }
