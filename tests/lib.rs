@@ -424,14 +424,7 @@ impl Registry {
             std::fs::write(p, content).expect("write");
         }
         run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
-        let digest_file = self.work.join("digest");
-        let mut copy = Command::new("skopeo");
-        copy.args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"]).arg(&digest_file);
-        if let Some((u, p)) = &self.creds {
-            copy.arg("--dest-creds").arg(format!("{u}:{p}"));
-        }
-        run(copy.arg(format!("oci:{image}")).arg(format!("docker://{}/{repo}:{tag}", self.addr)));
-        let digest = std::fs::read_to_string(digest_file).expect("digest").trim().to_string();
+        let digest = self.copy_layout(&image, repo, tag);
         if let Some(k) = key {
             self.cosign_sign(repo, &digest, k);
         }
@@ -478,6 +471,12 @@ impl Registry {
             config.arg(format!("--config.env={e}"));
         }
         run(&mut config);
+        self.copy_layout(&image, repo, tag)
+    }
+
+    /// Pushes the OCI layout image `image` (`DIR:TAG`) with skopeo; returns
+    /// the manifest digest.
+    fn copy_layout(&self, image: &str, repo: &str, tag: &str) -> String {
         let digest_file = self.work.join("digest");
         let mut copy = Command::new("skopeo");
         copy.args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"]).arg(&digest_file);

@@ -17,6 +17,7 @@
 //! - `readOnlyRootfs`, `hostname`, `user` (`uid[:gid]` or a name in the image),
 //!   `workingDir`, `memoryMiB`, `cpus`
 
+use era_plugin_sdk::image::ImageConfig;
 use era_plugin_sdk::process::{Command, Output};
 use era_plugin_sdk::{ArtifactKind, Error, Health, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
 use serde::{Deserialize, Serialize};
@@ -76,28 +77,6 @@ impl Config {
     fn runtime(&self) -> &str {
         self.runtime.as_deref().unwrap_or("runc")
     }
-}
-
-/// The parts of an OCI image config a container uses.
-#[derive(Deserialize, Default)]
-struct ImageConfig {
-    #[serde(default)]
-    config: ImageRunConfig,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ImageRunConfig {
-    #[serde(default)]
-    env: Option<Vec<String>>,
-    #[serde(default)]
-    entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    cmd: Option<Vec<String>>,
-    #[serde(default)]
-    working_dir: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
 }
 
 /// What the host keeps for us between calls.
@@ -177,40 +156,15 @@ fn user_ids(user: &str) -> Result<(u32, u32), Error> {
 
 /// The OCI runtime config for this workload.
 fn bundle_config(w: &Workload, c: &Config) -> Result<Value, Error> {
-    let image: ImageConfig = match &w.artifact.image_config {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| Error::InvalidConfig(format!("the image config is not valid JSON: {e}")))?,
-        None => ImageConfig::default(),
-    };
-    let img = image.config;
-    let entrypoint = c.command.clone().or(img.entrypoint).unwrap_or_default();
-    // A new entrypoint drops the image's cmd, as Docker does.
-    let cmd = if c.command.is_some() {
-        c.args.clone().unwrap_or_default()
-    } else {
-        c.args.clone().or(img.cmd).unwrap_or_default()
-    };
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    let image = ImageConfig::of(w)?;
+    let args = image.argv(c.command.as_deref(), c.args.as_deref());
     if args.is_empty() {
         return Err(Error::InvalidConfig(
             "the image has no entrypoint or cmd and the config gives no command: nothing to run".into(),
         ));
     }
-    // Image env first, the spec's over it.
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
-        Some(e) => e.1 = v.to_string(),
-        None => env.push((k.to_string(), v.to_string())),
-    };
-    set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    for kv in img.env.unwrap_or_default() {
-        if let Some((k, v)) = kv.split_once('=') {
-            set(k, v);
-        }
-    }
-    for (k, v) in &w.env {
-        set(k, v);
-    }
+    let env = image.env(w, &[("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")]);
+    let img = image.config;
     let user = c.user.clone().or(img.user).filter(|u| !u.is_empty());
     let (uid, gid) = match &user {
         Some(u) => user_ids(u)?,

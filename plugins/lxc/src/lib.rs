@@ -19,6 +19,7 @@
 //! - `memoryMiB`: a memory limit (set for cgroup v1 and v2 alike; LXC applies
 //!   the one the host has)
 
+use era_plugin_sdk::image::ImageConfig;
 use era_plugin_sdk::{ArtifactKind, Error, Health, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -65,23 +66,6 @@ impl Config {
         }
         Ok(c)
     }
-}
-
-#[derive(Deserialize, Default)]
-struct ImageConfig {
-    #[serde(default)]
-    config: ImageRunConfig,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ImageRunConfig {
-    #[serde(default)]
-    env: Option<Vec<String>>,
-    #[serde(default)]
-    entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    cmd: Option<Vec<String>>,
 }
 
 /// What the host keeps for us: where the container is and how it starts.
@@ -188,21 +172,7 @@ fn lxc_config(w: &Workload, c: &Config, rootfs: &str) -> Result<String, Error> {
         }
         _ => lines.push("lxc.net.0.type = empty".into()),
     }
-    let image: ImageConfig = match &w.artifact.image_config {
-        Some(t) => serde_json::from_str(t).map_err(|e| Error::InvalidConfig(format!("the image config: {e}")))?,
-        None => ImageConfig::default(),
-    };
-    let mut env: Vec<(String, String)> = Vec::new();
-    for kv in image.config.env.unwrap_or_default() {
-        if let Some((k, v)) = kv.split_once('=') {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.into(), v.into()));
-        }
-    }
-    for (k, v) in &w.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
+    let env = ImageConfig::of(w)?.env(w, &[]);
     for (k, v) in env {
         lines.push(format!("lxc.environment = {}", line("env", &format!("{k}={v}"))?));
     }
@@ -222,17 +192,7 @@ fn lxc_config(w: &Workload, c: &Config, rootfs: &str) -> Result<String, Error> {
 
 /// The init command: the config's, else the image's entrypoint and cmd.
 fn init_command(w: &Workload, c: &Config) -> Result<Vec<String>, Error> {
-    let image: ImageConfig = match &w.artifact.image_config {
-        Some(t) => serde_json::from_str(t).map_err(|e| Error::InvalidConfig(format!("the image config: {e}")))?,
-        None => ImageConfig::default(),
-    };
-    let entry = c.command.clone().or(image.config.entrypoint).unwrap_or_default();
-    let cmd = if c.command.is_some() {
-        c.args.clone().unwrap_or_default()
-    } else {
-        c.args.clone().or(image.config.cmd).unwrap_or_default()
-    };
-    Ok(entry.into_iter().chain(cmd).collect())
+    Ok(ImageConfig::of(w)?.argv(c.command.as_deref(), c.args.as_deref()))
 }
 
 struct Lxc;

@@ -96,6 +96,79 @@ pub mod process {
     }
 }
 
+/// The OCI image config erad passes with an image artifact: what runtimes
+/// that start an image's process need from it.
+pub mod image {
+    use crate::{Error, Workload};
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Default, Debug, Clone)]
+    pub struct ImageConfig {
+        #[serde(default)]
+        pub config: RunConfig,
+    }
+
+    #[derive(Deserialize, Default, Debug, Clone)]
+    #[serde(rename_all = "PascalCase")]
+    pub struct RunConfig {
+        #[serde(default)]
+        pub env: Option<Vec<String>>,
+        #[serde(default)]
+        pub entrypoint: Option<Vec<String>>,
+        #[serde(default)]
+        pub cmd: Option<Vec<String>>,
+        #[serde(default)]
+        pub working_dir: Option<String>,
+        #[serde(default)]
+        pub user: Option<String>,
+    }
+
+    impl ImageConfig {
+        /// The workload's image config; empty for other artifacts.
+        pub fn of(w: &Workload) -> Result<ImageConfig, Error> {
+            match &w.artifact.image_config {
+                Some(t) => serde_json::from_str(t)
+                    .map_err(|e| Error::InvalidConfig(format!("the image config is not valid JSON: {e}"))),
+                None => Ok(ImageConfig::default()),
+            }
+        }
+
+        /// The process to run: `command`/`args` override the image's
+        /// entrypoint/cmd; a new command drops the image's cmd, as Docker does.
+        pub fn argv(&self, command: Option<&[String]>, args: Option<&[String]>) -> Vec<String> {
+            let c = &self.config;
+            let entry = command.map(<[String]>::to_vec).or_else(|| c.entrypoint.clone()).unwrap_or_default();
+            let rest = match command {
+                Some(_) => args.map(<[String]>::to_vec).unwrap_or_default(),
+                None => args.map(<[String]>::to_vec).or_else(|| c.cmd.clone()).unwrap_or_default(),
+            };
+            entry.into_iter().chain(rest).collect()
+        }
+
+        /// The environment: `base`, then the image's, then the workload's,
+        /// each key set once (the later wins, keeping its first position).
+        pub fn env(&self, w: &Workload, base: &[(&str, &str)]) -> Vec<(String, String)> {
+            let mut env: Vec<(String, String)> = Vec::new();
+            let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
+                Some(e) => e.1 = v.to_string(),
+                None => env.push((k.to_string(), v.to_string())),
+            };
+            for (k, v) in base {
+                set(k, v);
+            }
+            for kv in self.config.env.iter().flatten() {
+                if let Some((k, v)) = kv.split_once('=') {
+                    set(k, v);
+                }
+            }
+            for (k, v) in &w.env {
+                set(k, v);
+            }
+            env
+        }
+    }
+}
+
 /// Small JSON state files in the work dir: how a plugin remembers what it did
 /// so that every operation can be idempotent.
 pub mod state {
