@@ -378,6 +378,37 @@ fn constraints(rule: &TrustRule) -> Result<Vec<Named>, TrustError> {
     Ok(constraints)
 }
 
+/// A cosign client per rule, registry and protocol, kept: building one loads
+/// the TLS roots (~16 ms here), which would otherwise be most of a check.
+type SharedClient = Arc<tokio::sync::Mutex<sigstore::cosign::Client>>;
+
+fn signature_client(rule: &TrustRule, registry: &str, plain_http: bool) -> Result<SharedClient, TrustError> {
+    static CLIENTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, SharedClient>>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = format!("{} {registry} {plain_http}", rule.fingerprint);
+    let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = clients.get(&key) {
+        return Ok(c.clone());
+    }
+    let protocol =
+        if plain_http { ClientProtocol::HttpsExcept(vec![registry.to_string()]) } else { ClientProtocol::Https };
+    let manual = rule.root.as_ref().map(|r| r.manual());
+    let mut builder = sigstore::cosign::ClientBuilder::default()
+        .with_oci_client_config(ClientConfig { protocol, ..Default::default() });
+    let material = |message: String| TrustError::Material {
+        rule: rule.name.clone(),
+        path: rule.root.as_ref().map(|r| r.path.clone()).unwrap_or_default(),
+        message,
+    };
+    if let Some(m) = &manual {
+        builder = builder.with_trust_repository(m).map_err(|e| material(e.to_string()))?;
+    }
+    let client = builder.build().map_err(|e| material(format!("the signature client failed: {e}")))?;
+    let client = Arc::new(tokio::sync::Mutex::new(client));
+    clients.insert(key, client.clone());
+    Ok(client)
+}
+
 /// Finds the cosign signatures of `repository` at any of `digests` (an
 /// image's index and its platform manifest: a signature on either covers
 /// it) and checks them against `rule`. Returns who signed.
@@ -398,19 +429,8 @@ pub async fn verify_image(
     if rule.keys.is_empty() && rule.keyless.is_empty() {
         return Err(unverified("the rule names no key and no keyless signer".into()));
     }
-    let protocol =
-        if access.plain_http { ClientProtocol::HttpsExcept(vec![registry.to_string()]) } else { ClientProtocol::Https };
-    let manual = rule.root.as_ref().map(|r| r.manual());
-    let mut builder = sigstore::cosign::ClientBuilder::default()
-        .with_oci_client_config(ClientConfig { protocol, ..Default::default() });
-    if let Some(m) = &manual {
-        builder = builder.with_trust_repository(m).map_err(|e| TrustError::Material {
-            rule: rule.name.clone(),
-            path: rule.root.as_ref().map(|r| r.path.clone()).unwrap_or_default(),
-            message: e.to_string(),
-        })?;
-    }
-    let mut client = builder.build().map_err(|e| unverified(format!("the signature client failed: {e}")))?;
+    let client = signature_client(rule, registry, access.plain_http)?;
+    let mut client = client.lock().await;
     let auth = match &access.auth {
         Some(oci_client::secrets::RegistryAuth::Basic(u, p)) => Auth::Basic(u.clone(), p.clone()),
         Some(oci_client::secrets::RegistryAuth::Bearer(t)) => Auth::Bearer(t.clone()),
