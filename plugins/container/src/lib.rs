@@ -19,10 +19,10 @@
 
 use era_plugin_sdk::image::ImageConfig;
 use era_plugin_sdk::process::{Command, Output};
-use era_plugin_sdk::{ArtifactKind, Error, Health, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
+use era_plugin_sdk::{ArtifactKind, Error, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where the workload's output goes, relative to the work dir.
 const OUTPUT: &str = "logs/output.log";
@@ -315,18 +315,7 @@ fn create(h: &Handle, w: &Workload) -> Result<(), Error> {
 }
 
 fn wait_stopped(h: &Handle, within: Duration) -> Result<bool, Error> {
-    let deadline = Instant::now() + within;
-    loop {
-        match state(h)? {
-            None => return Ok(true),
-            Some((s, _)) if s == "stopped" => return Ok(true),
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    era_plugin_sdk::wait_until(within, || Ok(state(h)?.is_none_or(|(s, _)| s == "stopped")))
 }
 
 struct Container;
@@ -404,19 +393,12 @@ impl Runtime for Container {
                 let code = std::fs::read_to_string(format!("{WORK_DIR}/{EXIT_FILE}"))
                     .ok()
                     .and_then(|t| t.trim().parse::<i32>().ok());
-                let message = match code {
-                    Some(c) => format!("{} is {s} (exit code {c})", h.id),
-                    None => format!("{} is {s}", h.id),
-                };
-                Status { running: false, health: Health::Unhealthy, exit_code: code, message, outputs: Vec::new() }
+                match code {
+                    Some(c) => Status::exited(format!("{} is {s} (exit code {c})", h.id), Some(c)),
+                    None => Status::exited(format!("{} is {s}", h.id), None),
+                }
             }
-            None => Status {
-                running: false,
-                health: Health::Unknown,
-                exit_code: None,
-                message: format!("{} does not exist", h.id),
-                outputs: Vec::new(),
-            },
+            None => Status::missing(format!("{} does not exist", h.id)),
         })
     }
 

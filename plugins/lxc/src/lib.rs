@@ -20,9 +20,9 @@
 //!   the one the host has)
 
 use era_plugin_sdk::image::ImageConfig;
-use era_plugin_sdk::{ArtifactKind, Error, Health, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
+use era_plugin_sdk::{ArtifactKind, Error, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const OUTPUT: &str = "logs/output.log";
 const COMMAND_TIMEOUT_MS: u32 = 60_000;
@@ -111,18 +111,7 @@ impl Handle {
     }
 
     fn wait_stopped(&self, within: Duration) -> Result<bool, Error> {
-        let deadline = Instant::now() + within;
-        loop {
-            match self.state()? {
-                None => return Ok(true),
-                Some((s, _)) if s == "STOPPED" => return Ok(true),
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        era_plugin_sdk::wait_until(within, || Ok(self.state()?.is_none_or(|(s, _)| s == "STOPPED")))
     }
 }
 
@@ -290,20 +279,8 @@ impl Runtime for Lxc {
                 st.outputs = vec![("pid".into(), pid.unwrap_or(0).to_string()), ("name".into(), h.name.clone())];
                 st
             }
-            Some((s, _)) => Status {
-                running: false,
-                health: Health::Unhealthy,
-                exit_code: None,
-                message: format!("{} is {s}", h.name),
-                outputs: Vec::new(),
-            },
-            None => Status {
-                running: false,
-                health: Health::Unknown,
-                exit_code: None,
-                message: format!("{} does not exist", h.name),
-                outputs: Vec::new(),
-            },
+            Some((s, _)) => Status::exited(format!("{} is {s}", h.name), None),
+            None => Status::missing(format!("{} does not exist", h.name)),
         })
     }
 

@@ -213,4 +213,35 @@ impl Status {
     pub fn healthy(message: impl Into<String>) -> Self {
         Status { running: true, health: Health::Healthy, exit_code: None, message: message.into(), outputs: Vec::new() }
     }
+
+    /// A workload that ran and is no longer running, with its exit code if known.
+    pub fn exited(message: impl Into<String>, exit_code: Option<i32>) -> Self {
+        Status { running: false, health: Health::Unhealthy, exit_code, message: message.into(), outputs: Vec::new() }
+    }
+
+    /// A workload the runtime does not know (never made, or already gone).
+    pub fn missing(message: impl Into<String>) -> Self {
+        Status {
+            running: false,
+            health: Health::Unknown,
+            exit_code: None,
+            message: message.into(),
+            outputs: Vec::new(),
+        }
+    }
+}
+
+/// Polls `done` every 100 ms until it says yes (`Ok(true)`) or `within`
+/// passes (`Ok(false)`); its errors end the wait.
+pub fn wait_until<E>(within: std::time::Duration, mut done: impl FnMut() -> Result<bool, E>) -> Result<bool, E> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if done()? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
