@@ -410,20 +410,13 @@ impl Registry {
     /// Like [`Registry::push_image`]; with a key, also signs it the way
     /// cosign does ([`Registry::cosign_sign`]).
     pub fn push_image_signed(&self, repo: &str, tag: &str, files: &[(&str, &str)], key: Option<&CosignKey>) -> String {
-        let layout = self.work.join(format!("{}-{tag}", repo.replace('/', "_")));
-        let _ = std::fs::remove_dir_all(&layout);
-        let image = format!("{}:{tag}", layout.display());
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
-        run(Command::new("umoci").args(["new", "--image", &image]));
-        let bundle = self.work.join(format!("bundle-{}-{tag}", repo.replace('/', "_")));
-        let _ = std::fs::remove_dir_all(&bundle);
-        run(Command::new("umoci").args(["unpack", "--rootless", "--image", &image]).arg(&bundle));
-        for (path, content) in files {
-            let p = bundle.join("rootfs").join(path);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            std::fs::write(p, content).expect("write");
-        }
-        run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+        let image = self.build_image(repo, tag, |rootfs| {
+            for (path, content) in files {
+                let p = rootfs.join(path);
+                std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+                std::fs::write(p, content).expect("write");
+            }
+        });
         let digest = self.copy_layout(&image, repo, tag);
         if let Some(k) = key {
             self.cosign_sign(repo, &digest, k);
@@ -435,33 +428,25 @@ impl Registry {
     /// and its applets as symlinks, with this entrypoint and env in the image
     /// config. Returns the manifest digest.
     pub fn push_busybox(&self, repo: &str, tag: &str, entrypoint: &[&str], env: &[&str]) -> String {
-        let name = format!("{}-{tag}", repo.replace('/', "_"));
-        let layout = self.work.join(&name);
-        let _ = std::fs::remove_dir_all(&layout);
-        let image = format!("{}:{tag}", layout.display());
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
-        run(Command::new("umoci").args(["new", "--image", &image]));
-        let bundle = self.work.join(format!("bundle-{name}"));
-        let _ = std::fs::remove_dir_all(&bundle);
-        run(Command::new("umoci").args(["unpack", "--rootless", "--image", &image]).arg(&bundle));
-        let rootfs = bundle.join("rootfs");
-        for dir in ["bin", "etc", "tmp", "data"] {
-            std::fs::create_dir_all(rootfs.join(dir)).expect("mkdir");
-        }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox (apt install busybox-static)");
-        for applet in [
-            "sh", "echo", "sleep", "cat", "date", "ls", "true", "false", "env", "id", "touch", "mkdir", "wc",
-            "hostname", "httpd",
-        ] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
-        }
-        std::fs::write(
-            rootfs.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-        )
-        .expect("passwd");
-        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
-        run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+        let image = self.build_image(repo, tag, |rootfs| {
+            for dir in ["bin", "etc", "tmp", "data"] {
+                std::fs::create_dir_all(rootfs.join(dir)).expect("mkdir");
+            }
+            std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+                .expect("copy busybox (apt install busybox-static)");
+            for applet in [
+                "sh", "echo", "sleep", "cat", "date", "ls", "true", "false", "env", "id", "touch", "mkdir", "wc",
+                "hostname", "httpd",
+            ] {
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
+            }
+            std::fs::write(
+                rootfs.join("etc/passwd"),
+                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            )
+            .expect("passwd");
+            std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+        });
         let mut config = Command::new("umoci");
         config.args(["config", "--image", &image]);
         for e in entrypoint {
@@ -472,6 +457,23 @@ impl Registry {
         }
         run(&mut config);
         self.copy_layout(&image, repo, tag)
+    }
+
+    /// A one-layer image in a fresh OCI layout, its root filesystem filled by
+    /// `fill`; returns the umoci image name (`DIR:TAG`).
+    fn build_image(&self, repo: &str, tag: &str, fill: impl FnOnce(&Path)) -> String {
+        let name = format!("{}-{tag}", repo.replace('/', "_"));
+        let layout = self.work.join(&name);
+        let _ = std::fs::remove_dir_all(&layout);
+        let image = format!("{}:{tag}", layout.display());
+        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        run(Command::new("umoci").args(["new", "--image", &image]));
+        let bundle = self.work.join(format!("bundle-{name}"));
+        let _ = std::fs::remove_dir_all(&bundle);
+        run(Command::new("umoci").args(["unpack", "--rootless", "--image", &image]).arg(&bundle));
+        fill(&bundle.join("rootfs"));
+        run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+        image
     }
 
     /// Pushes the OCI layout image `image` (`DIR:TAG`) with skopeo; returns

@@ -53,22 +53,12 @@ pub fn tail(work_dir: &Path, lines: Option<usize>) -> std::io::Result<(Vec<u8>, 
     let mut all = old;
     all.extend_from_slice(&cur);
     let Some(n) = lines else { return Ok((all, end)) };
-    // Start after the (n+1)th newline from the end, ignoring a final one.
+    // Start after the n-th newline from the end, not counting a final one.
     let body = all.strip_suffix(b"\n").unwrap_or(&all);
-    let mut seen = 0;
-    let mut from = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == n {
-                from = i + 1;
-                break;
-            }
-        }
-    }
-    if n == 0 {
-        from = all.len();
-    }
+    let from = match n {
+        0 => all.len(),
+        _ => body.iter().enumerate().rev().filter(|(_, b)| **b == b'\n').nth(n - 1).map_or(0, |(i, _)| i + 1),
+    };
     Ok((all[from..].to_vec(), end))
 }
 

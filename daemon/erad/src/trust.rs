@@ -90,17 +90,12 @@ pub struct TrustedRoot {
 pub const PUBLIC_GOOD_ROOT: &str = sigstore_verify::trust_root::SIGSTORE_PRODUCTION_TRUSTED_ROOT;
 
 impl TrustedRoot {
-    /// Reads a `trusted_root.json` (Sigstore's protobuf-specs format).
-    pub fn load(path: &Path) -> Result<TrustedRoot, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
-        TrustedRoot::parse(&text, path)
-    }
-
     /// The Sigstore public-good root as this build embeds it (no network).
     pub fn public_good() -> Result<TrustedRoot, String> {
         TrustedRoot::parse(PUBLIC_GOOD_ROOT, Path::new("<embedded Sigstore public-good root>"))
     }
 
+    /// Parses a `trusted_root.json` (Sigstore's protobuf-specs format).
     fn parse(text: &str, path: &Path) -> Result<TrustedRoot, String> {
         let root = sigstore_verify::trust_root::TrustedRoot::from_json(text)
             .map_err(|e| format!("not a Sigstore trusted root: {e}"))?;
@@ -173,9 +168,9 @@ impl TrustRule {
         }
         let root = match &c.trusted_root {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| material(path, format!("cannot read it: {e}")))?;
-                hash.update(format!("root {}\n", hex::encode(Sha256::digest(&bytes))));
-                Some(Arc::new(TrustedRoot::load(path).map_err(|m| material(path, m))?))
+                let text = std::fs::read_to_string(path).map_err(|e| material(path, format!("cannot read it: {e}")))?;
+                hash.update(format!("root {}\n", hex::encode(Sha256::digest(&text))));
+                Some(Arc::new(TrustedRoot::parse(&text, path).map_err(|m| material(path, m))?))
             }
             None if !c.keyless.is_empty() => {
                 hash.update(format!("root {}\n", hex::encode(Sha256::digest(PUBLIC_GOOD_ROOT))));

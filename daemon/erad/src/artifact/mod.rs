@@ -110,23 +110,6 @@ impl ContentStore {
         self.verified_dir(digest).join(fingerprint).is_file()
     }
 
-    /// Checks the cosign signatures of the OCI artifact `reference` at
-    /// `digest` against `rule` (a deployment's own requirement), unless they
-    /// already passed it; records the result.
-    pub async fn verify_oci(
-        &self,
-        reference: &str,
-        digest: &str,
-        rule: &crate::trust::TrustRule,
-    ) -> Result<(), FetchError> {
-        if self.is_verified(digest, &rule.fingerprint) {
-            return Ok(());
-        }
-        let signer = self.oci.verify_pinned(reference, digest, rule).await?;
-        tracing::info!(artifact = %reference, %digest, %signer, rule = %rule.name, "signature verified");
-        self.mark_verified(digest, &rule.fingerprint, &signer)
-    }
-
     /// Records that `digest`'s signatures passed the rule with `fingerprint`.
     pub fn mark_verified(&self, digest: &str, fingerprint: &str, signer: &str) -> Result<(), FetchError> {
         let dir = self.verified_dir(digest);
@@ -168,6 +151,19 @@ impl ContentStore {
         base_dir: &Path,
         progress: Progress<'_>,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_requiring(source, expected, base_dir, None, progress).await
+    }
+
+    /// Like [`ContentStore::fetch`]; an OCI artifact's signatures must also
+    /// satisfy `also` (a deployment's own requirement).
+    pub async fn fetch_requiring(
+        &self,
+        source: &ArtifactSource,
+        expected: Option<&str>,
+        base_dir: &Path,
+        also: Option<&crate::trust::TrustRule>,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, FetchError> {
         let reference = source.reference().to_string();
         let kind = match source {
             ArtifactSource::Image(_) => Some(oci::OciKind::Image),
@@ -176,7 +172,7 @@ impl ContentStore {
             _ => None,
         };
         if let Some(kind) = kind {
-            let pulled = self.oci.pull(kind, &reference, expected, self, progress).await?;
+            let pulled = self.oci.pull(kind, &reference, expected, also, self, progress).await?;
             // The artifact's whole size: manifest, config and layers.
             let manifest = tokio::fs::metadata(&pulled.manifest).await.map(|m| m.len()).unwrap_or(0);
             let size = manifest

@@ -12,7 +12,7 @@
 //! that digest and never asks for the tag again.
 
 use super::{ContentStore, FetchError, Fetched, Progress};
-use crate::trust::{SignatureAccess, TrustPolicy};
+use crate::trust::{SignatureAccess, TrustPolicy, TrustRule};
 use futures::StreamExt;
 use oci_client::{Reference, RegistryOperation, secrets::RegistryAuth};
 use serde::Deserialize;
@@ -350,7 +350,7 @@ impl OciFetcher {
         &self,
         kind: OciKind,
         reference: &str,
-        rule: &crate::trust::TrustRule,
+        rule: &TrustRule,
     ) -> Result<(Vec<String>, crate::trust::Signer), FetchError> {
         let bad = |message: String| FetchError::Registry { reference: reference.to_string(), message };
         let r: Reference = reference.parse().map_err(|e| bad(format!("not an image reference: {e}")))?;
@@ -362,38 +362,28 @@ impl OciFetcher {
         if let Some(list) = &doc.manifests {
             subjects.push(pick_platform(list, kind).map_err(bad)?.digest);
         }
-        let registry = r.resolve_registry();
-        let access = self.access(registry);
-        let via = SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth };
-        let signer = crate::trust::verify_image(rule, reference, registry, r.repository(), &subjects, &via).await?;
+        let via = self.signature_access(&r);
+        let signer =
+            crate::trust::verify_image(rule, reference, r.resolve_registry(), r.repository(), &subjects, &via).await?;
         Ok((subjects, signer))
     }
 
-    /// Checks the signatures over `digest` of `reference`'s repository
-    /// against `rule`; the artifact itself is not read.
-    pub async fn verify_pinned(
-        &self,
-        reference: &str,
-        digest: &str,
-        rule: &crate::trust::TrustRule,
-    ) -> Result<crate::trust::Signer, FetchError> {
-        let r: Reference = reference.parse().map_err(|e| FetchError::Registry {
-            reference: reference.to_string(),
-            message: format!("not an image reference: {e}"),
-        })?;
+    /// How to reach `r`'s registry for its signatures.
+    fn signature_access(&self, r: &Reference) -> SignatureAccess {
         let registry = r.resolve_registry();
         let access = self.access(registry);
-        let via = SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth };
-        let digests = [digest.to_string()];
-        Ok(crate::trust::verify_image(rule, reference, registry, r.repository(), &digests, &via).await?)
+        SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth }
     }
 
-    /// Pulls `reference` (pinned to `pinned` if given) into `store`.
+    /// Pulls `reference` (pinned to `pinned` if given) into `store`. Its
+    /// signatures must satisfy the policy's rule for it, and `also` (a
+    /// deployment's own requirement) when given, before any blob is fetched.
     pub async fn pull(
         &self,
         kind: OciKind,
         reference: &str,
         pinned: Option<&str>,
+        also: Option<&TrustRule>,
         store: &ContentStore,
         progress: Progress<'_>,
     ) -> Result<Pulled, FetchError> {
@@ -473,12 +463,14 @@ impl OciFetcher {
         // Signatures before any blob: a signature on the index or on the
         // platform manifest covers the image.
         let subjects: Vec<String> = index.iter().map(|(d, _)| d.clone()).chain([digest.clone()]).collect();
-        if !rule.allow_unsigned && !subjects.iter().any(|d| store.is_verified(d, &rule.fingerprint)) {
-            let registry = r.resolve_registry();
-            let access = self.access(registry);
-            let via = SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth };
-            let signer = crate::trust::verify_image(rule, &what, registry, r.repository(), &subjects, &via).await?;
-            tracing::info!(artifact = %what, %digest, %signer, "signature verified");
+        for rule in std::iter::once(rule).chain(also) {
+            if rule.allow_unsigned || subjects.iter().any(|d| store.is_verified(d, &rule.fingerprint)) {
+                continue;
+            }
+            let via = self.signature_access(&r);
+            let signer =
+                crate::trust::verify_image(rule, &what, r.resolve_registry(), r.repository(), &subjects, &via).await?;
+            tracing::info!(artifact = %what, %digest, %signer, rule = %rule.name, "signature verified");
             for d in &subjects {
                 store.mark_verified(d, &rule.fingerprint, &signer)?;
             }

@@ -669,21 +669,38 @@ impl Supervisor {
                 });
             }
         };
+        let base = Path::new(&rev.source_dir);
+        let verify = rev.spec.spec.artifact.verify.as_ref();
+        // The deployment's own signer: for an OCI artifact, checked with the
+        // policy's rule before any blob; for a file, its bundle after.
+        let bundle = verify.and_then(|v| crate::trust::spec_bundle(v, base));
+        let also = match verify {
+            Some(v) if bundle.is_none() => Some(crate::trust::spec_rule(v, base).map_err(|e| e.to_string())?),
+            _ => None,
+        };
         let fetched = self
             .shared
             .content
             // Once resolved, the revision's digest is what it is fetched by:
             // a tag that moves later never changes a deployed revision.
-            .fetch(
+            .fetch_requiring(
                 &source,
                 rev.artifact_digest.clone().or(rev.spec.pinned_digest()).as_deref(),
-                Path::new(&rev.source_dir),
+                base,
+                also.as_ref(),
                 &progress,
             )
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(v) = &rev.spec.spec.artifact.verify {
-            self.verify_spec(v, &source, &fetched, Path::new(&rev.source_dir)).await?;
+        if let Some((bundle, signer, root)) = bundle {
+            let artifact = fetched.path.clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                crate::trust::verify_blob(&artifact, &bundle, &signer, root.as_deref())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("spec.artifact.verify: {e}"))?;
+            tracing::info!(artifact = %source.reference(), signer = %checked.signer, checks = %checked.checks, "bundle verified");
         }
         let (digest, path) = (fetched.digest.clone(), fetched.path.display().to_string());
         self.db(move |s, n| s.set_artifact(n, revision, &digest, &path)).await.map_err(|e| e.to_string())?;
@@ -693,38 +710,6 @@ impl Supervisor {
             self.db(move |s, _| s.record_artifact(&reference, &digest, kind, size)).await.map_err(|e| e.to_string())?;
         }
         Ok(fetched.digest)
-    }
-
-    /// The deployment's own signature requirement, on top of the policy's:
-    /// a cosign signature for OCI artifacts, a sigstore bundle for files.
-    async fn verify_spec(
-        &self,
-        v: &crate::spec::VerifySpec,
-        source: &ArtifactSource,
-        fetched: &crate::artifact::Fetched,
-        base: &Path,
-    ) -> Work<()> {
-        match crate::trust::spec_bundle(v, base) {
-            Some((bundle, signer, root)) => {
-                let artifact = fetched.path.clone();
-                let checked = tokio::task::spawn_blocking(move || {
-                    crate::trust::verify_blob(&artifact, &bundle, &signer, root.as_deref())
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("spec.artifact.verify: {e}"))?;
-                tracing::info!(artifact = %source.reference(), signer = %checked.signer, checks = %checked.checks, "bundle verified");
-                Ok(())
-            }
-            None => {
-                let rule = crate::trust::spec_rule(v, base).map_err(|e| e.to_string())?;
-                self.shared
-                    .content
-                    .verify_oci(source.reference(), &fetched.digest, &rule)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        }
     }
 
     async fn prepare(&self, revision: u64) -> Work<()> {
