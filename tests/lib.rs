@@ -39,7 +39,7 @@ pub fn fixture_plugins() -> String {
         r#"
 [plugins.noop]
 path = "{noop}"
-grants = ["log"]
+grants = {{ log = true }}
 
 [plugins.trap]
 path = "{trap}"
@@ -111,7 +111,7 @@ impl Erad {
         let dir = tempfile::Builder::new().prefix("era-test-").tempdir().expect("temp dir");
         let config = dir.path().join("erad.toml");
         let text = format!(
-            "version = 1\n[daemon]\ndata_dir = \"{d}/data\"\nsocket = \"{d}/erad.sock\"\nlog_level = \"info\"\nhealth_interval = \"200ms\"\n{plugins}",
+            "version = 2\n[daemon]\ndata_dir = \"{d}/data\"\nsocket = \"{d}/erad.sock\"\nlog_level = \"info\"\nhealth_interval = \"200ms\"\n{plugins}",
             d = dir.path().display()
         );
         // Tests that are not about signatures pull unsigned test images;

@@ -10,9 +10,8 @@ const T: Duration = Duration::from_secs(60);
 
 fn config() -> String {
     format!(
-        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"runc\", \"crun\", \"{}\"]\n",
-        era_tests::plugin::CONTAINER,
-        era_tests::bin("era-shim").display()
+        "[plugins.container]\npath = \"{}\"\ngrants = {{ log = true, oci = {{ runtimes = [\"runc\", \"crun\"], host_namespaces = [\"network\"] }} }}\n",
+        era_tests::plugin::CONTAINER
     )
 }
 
@@ -23,15 +22,23 @@ fn spec(erad: &Erad, name: &str, image: &str, extra: &str) -> std::path::PathBuf
     erad.spec(&format!("{name}-{}.yaml", &era_tests::sha256(yaml.as_bytes())[..8]), &yaml)
 }
 
-/// `runc state ID`, or None when runc knows no such container.
-fn runc_state(id: &str) -> Option<Value> {
-    let out = Command::new("runc").args(["state", id]).output().unwrap();
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+/// erad's own runc root: containers live there, not in runc's global one.
+fn runc_root(erad: &Erad) -> std::path::PathBuf {
+    erad.data_dir().join("runtimes/oci/runc")
 }
 
-fn runc_ids() -> Vec<String> {
-    let out = Command::new("runc").args(["list", "-q"]).output().unwrap();
+fn runc_ids(erad: &Erad) -> Vec<String> {
+    let out = Command::new("runc").arg("--root").arg(runc_root(erad)).args(["list", "-q"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// `runc state` of the revision's container (`era-<store id>-NAME-REV`),
+/// or None when erad's runc root has no such container.
+fn runc_state(erad: &Erad, name: &str, rev: u64) -> Option<Value> {
+    let suffix = format!("-{name}-{rev}");
+    let id = runc_ids(erad).into_iter().find(|id| id.starts_with("era-") && id.ends_with(&suffix))?;
+    let out = Command::new("runc").arg("--root").arg(runc_root(erad)).args(["state", &id]).output().unwrap();
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
 /// Whether `pid` is a live process (a zombie is not one).
@@ -59,7 +66,7 @@ fn a_container_runs_for_real_stops_starts_and_is_gone_after_delete() {
     let s = spec(&erad, "ct1", &image, "  env: {GREETING: spec}\n  volumes: [{name: data, mountPath: /data}]\n");
     let a = erad.apply_wait(&s);
     assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
-    let state = runc_state("era-ct1-1").expect("runc knows the container");
+    let state = runc_state(&erad, "ct1", 1).expect("runc knows the container");
     assert_eq!(state["status"], "running", "{state}");
     let pid = state["pid"].as_u64().unwrap();
     assert!(alive(pid));
@@ -72,11 +79,11 @@ fn a_container_runs_for_real_stops_starts_and_is_gone_after_delete() {
     assert!(starts.exists(), "the volume is kept");
     assert_eq!(erad.era(&["start", "ct1", "--wait"]).code, 0);
     eventually(T, || std::fs::read_to_string(&starts).unwrap().lines().count() == 2);
-    assert_eq!(runc_state("era-ct1-1").unwrap()["status"], "running");
+    assert_eq!(runc_state(&erad, "ct1", 1).unwrap()["status"], "running");
 
     assert_eq!(erad.era(&["delete", "ct1", "--wait"]).code, 0, "{}", erad.log());
-    assert!(runc_state("era-ct1-1").is_none(), "runc has no such container");
-    assert!(!runc_ids().iter().any(|id| id.starts_with("era-ct1-")));
+    assert!(runc_state(&erad, "ct1", 1).is_none(), "runc has no such container");
+    assert!(!runc_ids(&erad).iter().any(|id| id.ends_with("-ct1-1")));
     assert!(!erad.data_dir().join("deployments/ct1").exists(), "no bundle or rootfs on disk");
     assert!(!erad.data_dir().join("volumes/ct1").exists(), "no volume on disk");
 }
@@ -93,8 +100,8 @@ fn an_update_replaces_the_container_and_a_failing_one_rolls_back() {
     assert_eq!(erad.apply_wait(&spec(&erad, "ct2", &img("1"), vol)).code, 0, "{}", erad.log());
     let a = erad.apply_wait(&spec(&erad, "ct2", &img("2"), vol));
     assert_eq!(a.code, 0, "{a:?}");
-    assert_eq!(runc_state("era-ct2-2").unwrap()["status"], "running");
-    assert!(runc_state("era-ct2-1").is_none(), "the old revision's container is gone");
+    assert_eq!(runc_state(&erad, "ct2", 2).unwrap()["status"], "running");
+    assert!(runc_state(&erad, "ct2", 1).is_none(), "the old revision's container is gone");
     eventually(T, || output(&erad, "ct2", 2).contains("hello from two"));
 
     let bad = erad.apply_wait(&spec(&erad, "ct2", &img("broken"), vol));
@@ -102,8 +109,8 @@ fn an_update_replaces_the_container_and_a_failing_one_rolls_back() {
     let d = erad.get("ct2");
     assert_eq!(d["state"], "Running", "{d}");
     assert_eq!(d["revision"], 2, "rolled back to revision 2: {d}");
-    assert_eq!(runc_state("era-ct2-2").unwrap()["status"], "running");
-    assert!(runc_state("era-ct2-3").is_none(), "the failed revision's container is cleaned up");
+    assert_eq!(runc_state(&erad, "ct2", 2).unwrap()["status"], "running");
+    assert!(runc_state(&erad, "ct2", 3).is_none(), "the failed revision's container is cleaned up");
     let states: Vec<String> = erad.history("ct2").iter().map(|t| t["to"].as_str().unwrap().to_string()).collect();
     assert!(states.contains(&"RollingBack".to_string()), "{states:?}");
     assert_eq!(erad.era(&["delete", "ct2", "--wait"]).code, 0);
@@ -118,12 +125,12 @@ fn a_killed_erad_adopts_the_running_container_and_a_crash_is_restarted_by_policy
     let vol = "  volumes: [{name: data, mountPath: /data}]\n";
     let s = spec(&erad, "ct3", &format!("{}/demo/box:1", registry.addr), vol);
     assert_eq!(erad.apply_wait(&s).code, 0, "{}", erad.log());
-    let pid = runc_state("era-ct3-1").unwrap()["pid"].as_u64().unwrap();
+    let pid = runc_state(&erad, "ct3", 1).unwrap()["pid"].as_u64().unwrap();
     erad.kill9();
     erad.spawn(&[]).unwrap();
     eventually(T, || erad.get("ct3")["state"] == "Running");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(runc_state("era-ct3-1").unwrap()["pid"].as_u64().unwrap(), pid, "the same process, adopted");
+    assert_eq!(runc_state(&erad, "ct3", 1).unwrap()["pid"].as_u64().unwrap(), pid, "the same process, adopted");
     let starts = erad.data_dir().join("volumes/ct3/data/starts");
     assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 1, "not started twice");
 
@@ -155,7 +162,7 @@ fn network_none_gives_a_private_namespace_and_an_ungranted_runtime_is_refused() 
 
     // The operator granted crun only; the config asks for runc (the default).
     let only_crun = format!(
-        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"crun\"]\n",
+        "[plugins.container]\npath = \"{}\"\ngrants = {{ log = true, oci = {{ runtimes = [\"crun\"] }} }}\n",
         era_tests::plugin::CONTAINER
     );
     let erad = Erad::start_with(&only_crun, &[]);
@@ -163,7 +170,7 @@ fn network_none_gives_a_private_namespace_and_an_ungranted_runtime_is_refused() 
     assert_eq!(refused.code, 1, "{refused:?}");
     let msg = erad.get("norunc")["message"].as_str().unwrap().to_string();
     assert!(
-        msg.contains("validate: invalid config: \"runc\" is not on this plugin's allowlist (allowed: crun)"),
+        msg.contains("validate: invalid config: not granted: runtime \"runc\" is not granted (grants.oci.runtimes: crun)"),
         "{msg}"
     );
 }
@@ -253,24 +260,17 @@ fn the_shim_records_the_exit_code_and_reaps_the_container() {
     let image = format!("{}/demo/exit:1", registry.addr);
     let a = erad.apply_wait(&spec(&erad, "exits", &image, "  restart: {policy: never}\n  health: {startPeriod: 0s}\n"));
     assert_eq!(a.code, 0, "{a:?}");
-    let pid = runc_state("era-exits-1").unwrap()["pid"].as_u64().unwrap();
+    let pid = runc_state(&erad, "exits", 1).unwrap()["pid"].as_u64().unwrap();
     eventually(T, || erad.get("exits")["message"].as_str().unwrap_or_default().contains("exited with code 3"));
     // Reaped by the shim: not even a zombie is left.
     eventually(T, || !std::path::Path::new(&format!("/proc/{pid}")).exists());
-    assert_eq!(std::fs::read_to_string(erad.data_dir().join("deployments/exits/rev-1/exit-code")).unwrap().trim(), "3");
+    // The shim wrote it in erad's own state dir, out of the plugin's reach.
+    let state = std::fs::read_dir(erad.data_dir().join("runtimes/oci/state"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-exits-1"))
+        .expect("a state dir for the container");
+    assert_eq!(std::fs::read_to_string(state.join("exit-code")).unwrap().trim(), "3");
+    assert!(!erad.data_dir().join("deployments/exits/rev-1/exit-code").exists());
     erad.era(&["delete", "exits", "--wait"]);
-
-    // Without era-shim on the allowlist the container still runs; only the
-    // exit code is unknown.
-    let no_shim = format!(
-        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"runc\"]\n",
-        era_tests::plugin::CONTAINER
-    );
-    let erad = Erad::start_with(&no_shim, &[]);
-    let a =
-        erad.apply_wait(&spec(&erad, "noshim", &image, "  restart: {policy: never}\n  health: {startPeriod: 0s}\n"));
-    assert_eq!(a.code, 0, "{a:?}");
-    eventually(T, || erad.get("noshim")["message"].as_str().unwrap_or_default().contains("is gone"));
-    assert!(erad.log().contains("era-shim is not allowed"), "the operator is told: {}", erad.log());
-    erad.era(&["delete", "noshim", "--wait"]);
 }

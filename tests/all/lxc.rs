@@ -10,9 +10,15 @@ const T: Duration = Duration::from_secs(60);
 
 fn config() -> String {
     format!(
-        "[plugins.lxc]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"lxc-start\", \"lxc-stop\", \"lxc-info\", \"lxc-destroy\", \"lxc-create\"]\n",
-        era_tests::plugin::LXC
+        "[plugins.lxc]\npath = \"{}\"\ngrants = {{ log = true, lxc = {{ templates = [\"busybox\"], bridges = [\"{}\"] }} }}\n",
+        era_tests::plugin::LXC,
+        bridge_name()
     )
+}
+
+/// The bridge the veth test makes (and the grant allows).
+fn bridge_name() -> String {
+    format!("erabr{}", std::process::id() % 100_000)
 }
 
 fn spec(erad: &Erad, name: &str, image: &str, extra: &str) -> PathBuf {
@@ -22,16 +28,26 @@ fn spec(erad: &Erad, name: &str, image: &str, extra: &str) -> PathBuf {
     erad.spec(&format!("{name}-{}.yaml", &era_tests::sha256(yaml.as_bytes())[..8]), &yaml)
 }
 
-fn lxcpath(erad: &Erad, name: &str, rev: u64) -> PathBuf {
-    erad.data_dir().join(format!("deployments/{name}/rev-{rev}/lxc"))
+/// erad's own lxcpath: containers live there, not among the host's.
+fn lxcpath(erad: &Erad) -> PathBuf {
+    erad.data_dir().join("runtimes/lxc")
+}
+
+/// The revision's container name (`era-<store id>-NAME-REV`), if it exists.
+fn ct(erad: &Erad, name: &str, rev: u64) -> Option<String> {
+    let suffix = format!("-{name}-{rev}");
+    std::fs::read_dir(lxcpath(erad))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("era-") && n.ends_with(&suffix))
 }
 
 /// `lxc-info` of the revision's container: (state, pid), or None.
 fn info(erad: &Erad, name: &str, rev: u64) -> Option<(String, Option<u64>)> {
     let out = Command::new("lxc-info")
         .arg("-P")
-        .arg(lxcpath(erad, name, rev))
-        .args(["-n", &format!("era-{name}-{rev}"), "-s", "-p"])
+        .arg(lxcpath(erad))
+        .args(["-n", &ct(erad, name, rev)?, "-s", "-p"])
         .output()
         .unwrap();
     if !out.status.success() {
@@ -42,8 +58,8 @@ fn info(erad: &Erad, name: &str, rev: u64) -> Option<(String, Option<u64>)> {
     Some((field("State:").unwrap_or_default(), field("PID:").and_then(|p| p.parse().ok())))
 }
 
-fn lxc_ls(erad: &Erad, name: &str, rev: u64) -> Vec<String> {
-    let out = Command::new("lxc-ls").arg("-P").arg(lxcpath(erad, name, rev)).output().unwrap();
+fn lxc_ls(erad: &Erad) -> Vec<String> {
+    let out = Command::new("lxc-ls").arg("-P").arg(lxcpath(erad)).output().unwrap();
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
 }
 
@@ -59,7 +75,7 @@ fn an_lxc_container_runs_stops_starts_updates_rolls_back_and_is_gone_after_delet
     let img = |t: &str| format!("{}/demo/box:{t}", registry.addr);
     let a = erad.apply_wait(&spec(&erad, "sys", &img("1"), "  env: {GREETING: spec}\n"));
     assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
-    assert_eq!(lxc_ls(&erad, "sys", 1), ["era-sys-1"]);
+    assert_eq!(lxc_ls(&erad), [ct(&erad, "sys", 1).unwrap()], "one container, in erad's lxcpath");
     let (state, pid) = info(&erad, "sys", 1).unwrap();
     assert_eq!(state, "RUNNING");
     assert!(pid.is_some());
@@ -75,7 +91,7 @@ fn an_lxc_container_runs_stops_starts_updates_rolls_back_and_is_gone_after_delet
     let a = erad.apply_wait(&spec(&erad, "sys", &img("2"), ""));
     assert_eq!(a.code, 0, "{a:?}");
     assert_eq!(info(&erad, "sys", 2).unwrap().0, "RUNNING");
-    assert!(!lxcpath(&erad, "sys", 1).exists(), "the old revision's container is gone");
+    assert!(ct(&erad, "sys", 1).is_none(), "the old revision's container is gone");
     let bad = erad.apply_wait(&spec(&erad, "sys", &img("broken"), ""));
     assert_eq!(bad.code, 1, "{bad:?}");
     let d = erad.get("sys");
@@ -99,8 +115,8 @@ fn a_killed_erad_adopts_the_running_lxc_container_with_its_memory_limit() {
     // The memory limit is on the container's cgroup (v1 here; v2 hosts read memory.max).
     let limit = Command::new("lxc-cgroup")
         .arg("-P")
-        .arg(lxcpath(&erad, "adopt", 1))
-        .args(["-n", "era-adopt-1", "memory.limit_in_bytes"])
+        .arg(lxcpath(&erad))
+        .args(["-n", &ct(&erad, "adopt", 1).unwrap(), "memory.limit_in_bytes"])
         .output()
         .unwrap();
     let limit = if limit.status.success() {
@@ -108,8 +124,8 @@ fn a_killed_erad_adopts_the_running_lxc_container_with_its_memory_limit() {
     } else {
         Command::new("lxc-cgroup")
             .arg("-P")
-            .arg(lxcpath(&erad, "adopt", 1))
-            .args(["-n", "era-adopt-1", "memory.max"])
+            .arg(lxcpath(&erad))
+            .args(["-n", &ct(&erad, "adopt", 1).unwrap(), "memory.max"])
             .output()
             .unwrap()
     };
@@ -135,7 +151,7 @@ fn the_network_is_empty_by_default_or_a_veth_on_the_named_bridge() {
     eventually(T, || !nets("empty").is_empty());
     assert_eq!(nets("empty"), ["lo"]);
 
-    let bridge = format!("erabr{}", std::process::id() % 100_000);
+    let bridge = bridge_name();
     let made = Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]).status().unwrap();
     assert!(made.success(), "a bridge for the test");
     let _ = Command::new("ip").args(["link", "set", &bridge, "up"]).status();
@@ -169,7 +185,8 @@ fn a_container_from_an_lxc_template_runs_and_goes_with_the_deployment() {
     let a = erad.apply_wait(&s);
     assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
     assert_eq!(info(&erad, "tmpl", 1).unwrap().0, "RUNNING");
-    assert!(lxcpath(&erad, "tmpl", 1).join("era-tmpl-1/rootfs/bin/busybox").exists(), "lxc-create made the rootfs");
+    let made = lxcpath(&erad).join(ct(&erad, "tmpl", 1).unwrap()).join("rootfs/bin/busybox");
+    assert!(made.exists(), "lxc-create made the rootfs");
     eventually(T, || erad.era(&["logs", "tmpl"]).stdout.contains("from the template"));
     assert_eq!(erad.era(&["delete", "tmpl", "--wait"]).code, 0);
     assert!(!erad.data_dir().join("deployments/tmpl").exists());

@@ -261,7 +261,7 @@ fn a_plugin_named_by_oci_reference_is_pulled_verified_and_runs() {
     let wasm = std::fs::read(era_tests::plugin::NOOP).unwrap();
     let manifest = registry.push_wasm("plugins/noop", "0.1.0", &wasm);
     let reference = format!("{}/plugins/noop:0.1.0", registry.addr);
-    let config = format!("[plugins.noop]\nreference = \"{reference}\"\nsha256 = \"{manifest}\"\ngrants = [\"log\"]\n");
+    let config = format!("[plugins.noop]\nreference = \"{reference}\"\nsha256 = \"{manifest}\"\ngrants = {{ log = true }}\n");
     let mut erad = Erad::start_with(&config, &[]);
     let plugins = erad.era(&["-o", "json", "plugins"]).json();
     assert_eq!(plugins[0]["source"], reference.as_str());
@@ -282,7 +282,7 @@ fn a_plugin_reference_that_does_not_match_its_pin_stops_erad_from_starting() {
     let manifest = registry.push_wasm("plugins/noop", "0.1.0", &wasm);
     let wrong = era_tests::sha256(b"some other plugin");
     let config = format!(
-        "[plugins.noop]\nreference = \"{}/plugins/noop:0.1.0\"\nsha256 = \"{wrong}\"\ngrants = [\"log\"]\n",
+        "[plugins.noop]\nreference = \"{}/plugins/noop:0.1.0\"\nsha256 = \"{wrong}\"\ngrants = {{ log = true }}\n",
         registry.addr
     );
     let msg = Erad::try_start_with(&config, &[]).err().expect("erad must refuse the plugin");

@@ -134,7 +134,7 @@ fn a_plugin_reference_under_a_key_rule_loads_only_when_signed() {
     let wasm = std::fs::read(era_tests::plugin::NOOP).unwrap();
     let config = |tag: &str| {
         format!(
-            "[plugins.noop]\nreference = \"{r}/signed/noop:{tag}\"\ngrants = [\"log\"]\n[[trust]]\nmatch = \"{r}/signed/**\"\nkeys = [\"{k}\"]\n",
+            "[plugins.noop]\nreference = \"{r}/signed/noop:{tag}\"\ngrants = {{ log = true }}\n[[trust]]\nmatch = \"{r}/signed/**\"\nkeys = [\"{k}\"]\n",
             r = registry.addr,
             k = a.public.display()
         )

@@ -90,8 +90,7 @@ async fn plugin_call(iterations: usize, pooling: Option<erad::plugin::Pooling>) 
         path: era_tests::plugin::NOOP.into(),
         reference: None,
         pinned: None,
-        grants: vec![erad::config::Grant::Log],
-        allow_programs: vec![],
+        grants: erad::plugin::Grants { log: true, ..Default::default() },
         memory_limit_mib: 64,
         deadlines: Default::default(),
     };
@@ -265,7 +264,7 @@ fn start_to_ready_and_rss() {
     std::fs::write(
         &config,
         format!(
-            "version = 1\n[daemon]\ndata_dir = \"{d}/data\"\nsocket = \"{d}/erad.sock\"\n{}",
+            "version = 2\n[daemon]\ndata_dir = \"{d}/data\"\nsocket = \"{d}/erad.sock\"\n{}",
             era_tests::fixture_plugins(),
             d = dir.path().display()
         ),

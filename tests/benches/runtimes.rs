@@ -58,8 +58,8 @@ fn main() {
     registry.push_busybox("bench/box", "1", &["/bin/sleep", "600"], &[]);
     let image = format!("{}/bench/box:1", registry.addr);
     let config = format!(
-        "[plugins.container]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"runc\", \"{}\"]\n\
-         [plugins.lxc]\npath = \"{}\"\ngrants = [\"log\", \"process\"]\nallow_programs = [\"lxc-start\", \"lxc-stop\", \"lxc-info\", \"lxc-destroy\"]\n",
+        "[plugins.container]\npath = \"{}\"\ngrants = {{ log = true, oci = {{ runtimes = [\"runc\"], host_namespaces = [\"network\"] }} }}\n# {}\n\
+         [plugins.lxc]\npath = \"{}\"\ngrants = {{ log = true, lxc = {{}} }}\n",
         era_tests::plugin::CONTAINER,
         era_tests::bin("era-shim").display(),
         era_tests::plugin::LXC

@@ -1,7 +1,8 @@
 //! The daemon config: `/etc/era/erad.toml`, versioned, every key documented in
 //! `examples/erad.toml`. Flags and `ERAD_*` environment variables override it.
 
-use crate::plugin::Deadlines;
+use crate::plugin::{Deadlines, Grants};
+pub use crate::plugin::PluginConfig;
 use crate::spec::HumanDuration;
 use crate::trust::{KeylessIdentity, TrustRuleConfig};
 use serde::{Deserialize, Serialize};
@@ -9,8 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The config format this erad reads.
-pub const CONFIG_VERSION: u32 = 1;
+/// The config format this erad reads. Version 2 made each plugin's grants a
+/// table with data (version 1 had a list and `allow_programs`).
+pub const CONFIG_VERSION: u32 = 2;
 
 /// The dev-mode config, embedded so `erad --dev DIR` needs no file.
 /// `{dir}` and `{plugins}` are filled in at start.
@@ -31,28 +33,6 @@ pub enum ConfigError {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// A capability the operator grants a plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Grant {
-    /// `era:plugin/log`.
-    Log,
-    /// `era:plugin/process`, limited to `allow_programs`.
-    Process,
-    /// `wasi:sockets`.
-    Network,
-}
-
-impl Grant {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Grant::Log => "log",
-            Grant::Process => "process",
-            Grant::Network => "network",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -162,6 +142,7 @@ struct RawDeadlines {
     status: Option<HumanDuration>,
     stop: Option<HumanDuration>,
     delete: Option<HumanDuration>,
+    exec: Option<HumanDuration>,
 }
 
 impl RawDeadlines {
@@ -175,6 +156,7 @@ impl RawDeadlines {
             status: pick(self.status, base.status),
             stop: pick(self.stop, base.stop),
             delete: pick(self.delete, base.delete),
+            exec: pick(self.exec, base.exec),
         }
     }
 }
@@ -186,28 +168,10 @@ struct RawPlugin {
     reference: Option<String>,
     sha256: Option<String>,
     #[serde(default)]
-    grants: Vec<Grant>,
-    #[serde(default)]
-    allow_programs: Vec<String>,
+    grants: Grants,
     memory_limit_mib: Option<u64>,
     #[serde(default)]
     deadlines: RawDeadlines,
-}
-
-/// One plugin as the operator configured it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PluginConfig {
-    /// The component file. For a plugin named by `reference`, erad fills
-    /// this in once the artifact is pulled and verified.
-    pub path: PathBuf,
-    /// An OCI reference to a Wasm component artifact, instead of a file.
-    pub reference: Option<String>,
-    /// The manifest digest the reference must resolve to (`sha256:<hex>`).
-    pub pinned: Option<String>,
-    pub grants: Vec<Grant>,
-    pub allow_programs: Vec<String>,
-    pub memory_limit_mib: u64,
-    pub deadlines: Deadlines,
 }
 
 /// The daemon's effective configuration.
@@ -253,13 +217,24 @@ impl DaemonConfig {
 
     /// Parses a config; relative paths in it are taken from `base`.
     pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<DaemonConfig, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { source_name: source_name.into(), message: e.to_string() })?;
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             source_name: source_name.into(),
             key: key.into(),
             message,
         };
+        // Say what changed before the old format fails to parse.
+        #[derive(Deserialize)]
+        struct Version {
+            version: Option<u32>,
+        }
+        if let Ok(Version { version: Some(1) }) = toml::from_str::<Version>(text) {
+            return Err(invalid(
+                "version",
+                "this erad reads config version 2: each plugin's grants became a table with data (log = true, process = { programs = [...] }, oci = { runtimes = [...] }, lxc = { ... }) instead of a list and allow_programs; see examples/erad.toml".into(),
+            ));
+        }
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { source_name: source_name.into(), message: e.to_string() })?;
         if raw.version != CONFIG_VERSION {
             return Err(invalid(
                 "version",
@@ -271,18 +246,9 @@ impl DaemonConfig {
         let deadlines = raw.limits.deadlines.over(Deadlines::default());
         let mut plugins = BTreeMap::new();
         for (name, p) in raw.plugins {
-            if p.grants.contains(&Grant::Process) && p.allow_programs.is_empty() {
-                return Err(invalid(
-                    &format!("plugins.{name}.allow_programs"),
-                    "the process grant needs a list of allowed programs".into(),
-                ));
-            }
-            if !p.grants.contains(&Grant::Process) && !p.allow_programs.is_empty() {
-                return Err(invalid(
-                    &format!("plugins.{name}.allow_programs"),
-                    "programs are allowed but the process grant is missing".into(),
-                ));
-            }
+            p.grants.check().map_err(|e| {
+                invalid(&format!("plugins.{name}.grants.{}", e.key.trim_start_matches("grants.")), e.message)
+            })?;
             let path = match (p.path, &p.reference) {
                 (Some(path), None) => abs(path),
                 (None, Some(_)) => PathBuf::new(),
@@ -315,7 +281,6 @@ impl DaemonConfig {
                         .sha256
                         .map(|d| format!("sha256:{}", d.trim_start_matches("sha256:").to_ascii_lowercase())),
                     grants: p.grants,
-                    allow_programs: p.allow_programs,
                     memory_limit_mib: mib,
                     deadlines: p.deadlines.over(deadlines),
                 },
@@ -430,19 +395,19 @@ mod tests {
 
     #[test]
     fn registries_take_credentials_from_files() {
-        let text = "version = 1\n[registries.\"reg.example:5000\"]\nusername = \"era\"\npassword_file = \"secrets/reg\"\n[registries.\"10.0.0.5:5000\"]\ninsecure = true\n";
+        let text = "version = 2\n[registries.\"reg.example:5000\"]\nusername = \"era\"\npassword_file = \"secrets/reg\"\n[registries.\"10.0.0.5:5000\"]\ninsecure = true\n";
         let c = DaemonConfig::parse(text, "t", Path::new("/etc/era")).unwrap();
         let r = &c.registries["reg.example:5000"];
         assert_eq!(r.password_file.as_deref(), Some(Path::new("/etc/era/secrets/reg")));
         assert!(c.registries["10.0.0.5:5000"].insecure);
-        let half = "version = 1\n[registries.r]\nusername = \"era\"\n";
+        let half = "version = 2\n[registries.r]\nusername = \"era\"\n";
         let err = DaemonConfig::parse(half, "t", Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("basic auth needs both"), "{err}");
     }
 
     #[test]
     fn trust_rules_say_what_they_require() {
-        let text = "version = 1\n[[trust]]\nmatch = \"reg/signed/**\"\nkeys = [\"keys/a.pub\"]\n[[trust]]\nmatch = [\"reg/**\", \"127.0.0.1:5000/**\"]\nallow_unsigned = true\n";
+        let text = "version = 2\n[[trust]]\nmatch = \"reg/signed/**\"\nkeys = [\"keys/a.pub\"]\n[[trust]]\nmatch = [\"reg/**\", \"127.0.0.1:5000/**\"]\nallow_unsigned = true\n";
         let c = DaemonConfig::parse(text, "t", Path::new("/etc/era")).unwrap();
         assert_eq!(c.trust.len(), 2);
         assert_eq!(c.trust[0].keys, [PathBuf::from("/etc/era/keys/a.pub")]);
@@ -454,23 +419,31 @@ mod tests {
             ("match = \"**\"\nkeyless = [{ identity = \"\", issuer = \"https://i\" }]\n", "trust[0].keyless[0]"),
             ("match = []\nallow_unsigned = true\n", "trust[0].match"),
         ] {
-            let err = DaemonConfig::parse(&format!("version = 1\n[[trust]]\n{bad}"), "t", Path::new("/")).unwrap_err();
+            let err = DaemonConfig::parse(&format!("version = 2\n[[trust]]\n{bad}"), "t", Path::new("/")).unwrap_err();
             assert!(err.to_string().contains(says), "{bad}: {err}");
         }
     }
 
     #[test]
     fn mistakes_name_the_key() {
-        let err = DaemonConfig::parse("version = 2", "t", Path::new("/")).unwrap_err();
+        let err = DaemonConfig::parse("version = 3", "t", Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("version"), "{err}");
-        let err = DaemonConfig::parse(
-            "version = 1\n[plugins.c]\npath = \"c.wasm\"\ngrants = [\"process\"]",
-            "t",
-            Path::new("/"),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("plugins.c.allow_programs"), "{err}");
-        let err = DaemonConfig::parse("version = 1\n[daemon]\nsockett = \"x\"", "t", Path::new("/")).unwrap_err();
+        let err = DaemonConfig::parse("version = 1\n[plugins.c]\npath = \"c.wasm\"\ngrants = [\"log\"]", "t", Path::new("/"))
+            .unwrap_err();
+        assert!(err.to_string().contains("grants became a table"), "{err}");
+        for (grants, says) in [
+            ("process = { programs = [] }", "plugins.c.grants.process.programs"),
+            ("process = { programs = [\"runc\"] }", "plugins.c.grants.process.programs"),
+            ("oci = { runtimes = [\"sh\"] }", "plugins.c.grants.oci.runtimes"),
+            ("oci = { runtimes = [\"runc\"], capabilities = [\"CAP_NOPE\"] }", "plugins.c.grants.oci.capabilities"),
+            ("lxc = { templates = [\"/tmp/evil\"] }", "plugins.c.grants.lxc.templates"),
+            ("network = true", "network"),
+        ] {
+            let text = format!("version = 2\n[plugins.c]\npath = \"c.wasm\"\ngrants = {{ {grants} }}");
+            let err = DaemonConfig::parse(&text, "t", Path::new("/")).unwrap_err();
+            assert!(err.to_string().contains(says), "{grants}: {err}");
+        }
+        let err = DaemonConfig::parse("version = 2\n[daemon]\nsockett = \"x\"", "t", Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("sockett"), "{err}");
     }
 }

@@ -94,7 +94,12 @@ impl DaemonBuilder {
             instances: cfg.pooling_instances,
             max_memory_mib: cfg.plugins.values().map(|p| p.memory_limit_mib).max().unwrap_or(1),
         });
-        let host = PluginHost::with_pooling(&layout.compile_cache(), pooling)?;
+        let runtimes = crate::plugin::RuntimeHome {
+            root: layout.root().join("runtimes"),
+            instance: store.instance_id()?,
+            shim: crate::plugin::RuntimeHome::find_shim(),
+        };
+        let host = PluginHost::with_pooling(&layout.compile_cache(), runtimes, pooling)?;
         let mut plugins = PluginRegistry::default();
         for (name, pc) in &cfg.plugins {
             let mut pc = pc.clone();

@@ -1,9 +1,11 @@
-//! The spec's own health probes: `http`, `tcp` and `exec`.
+//! The spec's own health probes: `http` and `tcp` from the host. An `exec`
+//! probe runs inside the workload, through the plugin's `exec` operation
+//! (the supervisor calls it), never on the host: [`exec_verdict`] reads it.
 
 use crate::spec::HealthSpec;
 use std::time::Duration;
 
-/// Runs the spec's probe once. `Ok(None)` when the spec has no probe.
+/// Runs the spec's http or tcp probe once. `Ok(None)` when the spec has neither.
 pub async fn probe(spec: &HealthSpec, http: &reqwest::Client) -> Result<Option<()>, String> {
     let timeout = spec.timeout.0;
     if let Some(h) = &spec.http {
@@ -28,22 +30,24 @@ pub async fn probe(spec: &HealthSpec, http: &reqwest::Client) -> Result<Option<(
             Err(_) => Err(format!("tcp probe {addr}: no connection within {}", humantime::format_duration(timeout))),
         };
     }
-    if let Some(x) = &spec.exec {
-        let Some((program, args)) = x.command.split_first() else { return Ok(None) };
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        return match tokio::time::timeout(timeout, cmd.status()).await {
-            Ok(Ok(s)) if s.success() => Ok(Some(())),
-            Ok(Ok(s)) => Err(format!("exec probe {program}: {s}")),
-            Ok(Err(e)) => Err(format!("exec probe {program}: {e}")),
-            Err(_) => Err(format!("exec probe {program}: no answer within {}", humantime::format_duration(timeout))),
-        };
-    }
     Ok(None)
+}
+
+/// What an exec probe's run inside the workload says.
+pub fn exec_verdict(command: &[String], out: crate::plugin::ExecOutput) -> Result<(), String> {
+    let program = command.first().map(String::as_str).unwrap_or("");
+    match out.exit_code {
+        Some(0) => Ok(()),
+        code => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said = said.trim().lines().last().unwrap_or("").chars().take(200).collect::<String>();
+            let how = match code {
+                Some(c) => format!("exited with {c}"),
+                None => "was killed or timed out".into(),
+            };
+            Err(if said.is_empty() { format!("exec probe {program}: {how}") } else { format!("exec probe {program}: {how}: {said}") })
+        }
+    }
 }
 
 /// How often to ask while waiting for a workload to become healthy when the
@@ -53,7 +57,7 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(100);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{ExecProbe, HumanDuration, TcpProbe};
+    use crate::spec::{HumanDuration, TcpProbe};
 
     fn spec() -> HealthSpec {
         HealthSpec {
@@ -78,13 +82,12 @@ mod tests {
         assert!(probe(&s, &http).await.is_err());
     }
 
-    #[tokio::test]
-    async fn exec_probe_follows_the_exit_code() {
-        let http = reqwest::Client::new();
-        let ok = HealthSpec { exec: Some(ExecProbe { command: vec!["true".into()] }), ..spec() };
-        let bad = HealthSpec { exec: Some(ExecProbe { command: vec!["false".into()] }), ..spec() };
-        assert_eq!(probe(&ok, &http).await, Ok(Some(())));
-        assert!(probe(&bad, &http).await.unwrap_err().contains("exec probe false"));
-        assert_eq!(probe(&spec(), &http).await, Ok(None));
+    #[test]
+    fn exec_probe_follows_the_exit_code() {
+        let out = |code, err: &str| crate::plugin::ExecOutput { exit_code: code, stdout: vec![], stderr: err.into() };
+        let cmd = vec!["check".to_string()];
+        assert_eq!(exec_verdict(&cmd, out(Some(0), "")), Ok(()));
+        assert_eq!(exec_verdict(&cmd, out(Some(3), "not ready\n")), Err("exec probe check: exited with 3: not ready".into()));
+        assert!(exec_verdict(&cmd, out(None, "")).unwrap_err().contains("killed or timed out"));
     }
 }

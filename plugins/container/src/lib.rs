@@ -2,13 +2,16 @@
 //!
 //! erad unpacks the image into `<work dir>/rootfs` before `install`; this
 //! plugin writes the OCI runtime bundle (`bundle/config.json`) from the image
-//! config and the spec, and drives the runtime through the `process` import.
-//! The workload's stdout and stderr go to `logs/output.log` in the work dir,
+//! config and the spec, and has the host run it through the `oci` capability
+//! (the host checks the bundle against the operator's policy, picks the
+//! container id and runs runc or crun under its own root and era-shim). The
+//! workload's stdout and stderr go to `logs/output.log` in the work dir,
 //! which `era logs` reads.
 //!
-//! - `install`: the bundle. `start`: `runc create` + `runc start`, detached.
-//! - `status`: `runc state`. `stop`: SIGTERM, SIGKILL after the grace period.
-//! - `delete`: `runc delete --force`. Every operation is idempotent.
+//! - `install`: the bundle, checked by the host. `start`: create + start.
+//! - `status`: the container's state. `stop`: SIGTERM, SIGKILL after the grace period.
+//! - `delete`: delete by force. `exec`: a command inside the container.
+//!   Every operation is idempotent.
 //!
 //! Config keys (anything else is refused by `validate`):
 //! - `runtime`: `runc` (default) or `crun`
@@ -18,16 +21,12 @@
 //!   `workingDir`, `memoryMiB`, `cpus`
 
 use era_plugin_sdk::image::ImageConfig;
-use era_plugin_sdk::process::{Command, Output};
-use era_plugin_sdk::{ArtifactKind, Error, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
+use era_plugin_sdk::oci::{self, Signal};
+use era_plugin_sdk::{ArtifactKind, Error, ExecOutput, PluginInfo, Runtime, Status, WORK_DIR, Workload, log};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// Where the workload's output goes, relative to the work dir.
-const OUTPUT: &str = "logs/output.log";
-/// How long one runtime command may take.
-const COMMAND_TIMEOUT_MS: u32 = 60_000;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -79,25 +78,21 @@ impl Config {
     }
 }
 
-/// What the host keeps for us between calls.
+/// What the host keeps for us between calls: which runtime made the
+/// container (the host names the container itself).
 #[derive(Serialize, Deserialize)]
 struct Handle {
-    id: String,
     runtime: String,
 }
 
 impl Handle {
-    fn parse(text: &str, w: &Workload) -> Handle {
-        serde_json::from_str(text).unwrap_or_else(|_| Handle { id: container_id(w), runtime: "runc".into() })
+    fn parse(text: &str) -> Handle {
+        serde_json::from_str(text).unwrap_or_else(|_| Handle { runtime: "runc".into() })
     }
 
     fn text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
-}
-
-fn container_id(w: &Workload) -> String {
-    format!("era-{}-{}", w.deployment, w.revision)
 }
 
 /// Docker's default capability set.
@@ -237,85 +232,13 @@ fn bundle_config(w: &Workload, c: &Config) -> Result<Value, Error> {
     }))
 }
 
-/// Runs the container runtime with `args`; output captured.
-fn runtime(rt: &str, args: &[&str]) -> Result<process::Exit, Error> {
-    let mut cmd = process::command(rt, args);
-    cmd.timeout_ms = COMMAND_TIMEOUT_MS;
-    Ok(process::run(&cmd)?)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_string()
-}
-
-/// The container's state as the runtime reports it: `None` when it does
-/// not exist.
-fn state(h: &Handle) -> Result<Option<(String, Option<u32>)>, Error> {
-    let exit = runtime(&h.runtime, &["state", &h.id])?;
-    if exit.code != Some(0) {
-        let err = text(&exit.stderr);
-        if err.contains("does not exist") || err.contains("not found") || err.contains("No such file") {
-            return Ok(None);
-        }
-        return Err(Error::Unavailable(format!("{} state {}: {err}", h.runtime, h.id)));
-    }
-    let v: Value = serde_json::from_slice(&exit.stdout)
-        .map_err(|e| Error::Failed(format!("{} state {}: not JSON: {e}", h.runtime, h.id)))?;
-    let status = v["status"].as_str().unwrap_or("unknown").to_string();
-    let pid = v["pid"].as_u64().map(|p| p as u32).filter(|p| *p > 0);
-    Ok(Some((status, pid)))
-}
-
-/// The last lines of the workload's output, for error messages.
-fn output_tail() -> String {
-    let text = std::fs::read_to_string(format!("{WORK_DIR}/{OUTPUT}")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
-/// Where `era-shim` writes the container's exit status.
-const EXIT_FILE: &str = "exit-code";
-
-fn create(h: &Handle, w: &Workload) -> Result<(), Error> {
-    let bundle = format!("{}/bundle", w.work_dir);
-    let pid_file = format!("{}/container.pid", w.work_dir);
-    let exit_file = format!("{}/{EXIT_FILE}", w.work_dir);
-    let create: Vec<String> =
-        [h.runtime.as_str(), "create", "--bundle", &bundle, "--pid-file", &pid_file, &h.id].map(String::from).to_vec();
-    // The runtime hands its stdout and stderr to the container, so both go
-    // to the log file (a pipe would stay open as long as the container runs).
-    // era-shim, when the operator allows it, stays with the container to
-    // record its exit status; without it, runc keeps none.
-    let mut cmd = Command {
-        program: "era-shim".into(),
-        args: ["--exit-file", &exit_file, "--pid-file", &pid_file, "--"]
-            .map(String::from)
-            .into_iter()
-            .chain(create.clone())
-            .collect(),
-        env: Vec::new(),
-        stdin: None,
-        timeout_ms: COMMAND_TIMEOUT_MS,
-        stdout: Output::File(OUTPUT.into()),
-        stderr: Output::File(OUTPUT.into()),
-    };
-    let exit = match process::run(&cmd) {
-        Err(process::ProcessError::NotAllowed(_)) => {
-            log::warn("era-shim is not allowed for this plugin: exited containers will have no exit code");
-            cmd.program = create[0].clone();
-            cmd.args = create[1..].to_vec();
-            process::run(&cmd)?
-        }
-        other => other?,
-    };
-    if exit.code != Some(0) {
-        return Err(Error::Failed(format!("{} create {} failed: {}", h.runtime, h.id, output_tail())));
-    }
-    Ok(())
+/// The container's state, `None` when it does not exist.
+fn state(h: &Handle) -> Result<Option<oci::ContainerState>, Error> {
+    Ok(oci::state(&h.runtime)?)
 }
 
 fn wait_stopped(h: &Handle, within: Duration) -> Result<bool, Error> {
-    era_plugin_sdk::wait_until(within, || Ok(state(h)?.is_none_or(|(s, _)| s == "stopped")))
+    era_plugin_sdk::wait_until(within, || Ok(state(h)?.is_none_or(|s| s.status == "stopped")))
 }
 
 struct Container;
@@ -331,11 +254,8 @@ impl Runtime for Container {
 
     fn validate(w: Workload) -> Result<(), Error> {
         let c = Config::parse(&w)?;
-        // The runtime must be one the operator allowed (and installed).
-        let version = runtime(c.runtime(), &["--version"])?;
-        if version.code != Some(0) {
-            return Err(Error::Failed(format!("{} --version: {}", c.runtime(), text(&version.stderr))));
-        }
+        // The runtime must be one the operator granted (and installed).
+        oci::version(c.runtime())?;
         // The image itself is not fetched yet at validation: its kind is known.
         if w.artifact.kind != ArtifactKind::Image && c.command.is_none() {
             return Err(Error::InvalidConfig(
@@ -355,88 +275,77 @@ impl Runtime for Container {
         std::fs::write(format!("{WORK_DIR}/bundle/config.json.tmp"), text).map_err(fail)?;
         std::fs::rename(format!("{WORK_DIR}/bundle/config.json.tmp"), format!("{WORK_DIR}/bundle/config.json"))
             .map_err(fail)?;
-        let h = Handle { id: container_id(&w), runtime: c.runtime().into() };
-        log::info(&format!("bundle for {} written ({} runs it)", h.id, h.runtime));
+        // The host's policy has the last word; better to hear it now.
+        oci::check(c.runtime())?;
+        let h = Handle { runtime: c.runtime().into() };
+        log::info(&format!("bundle for revision {} written and accepted ({} runs it)", w.revision, h.runtime));
         Ok(h.text())
     }
 
-    fn start(w: Workload, handle: String) -> Result<String, Error> {
-        let h = Handle::parse(&handle, &w);
-        match state(&h)?.map(|(s, _)| s) {
+    fn start(_w: Workload, handle: String) -> Result<String, Error> {
+        let h = Handle::parse(&handle);
+        match state(&h)?.map(|s| s.status) {
             Some(s) if s == "running" => return Ok(handle),
             Some(s) if s == "created" => {}
             Some(_) => {
                 // Stopped (or half-made): make it afresh.
-                runtime(&h.runtime, &["delete", "--force", &h.id])?;
-                create(&h, &w)?;
+                oci::delete(&h.runtime)?;
+                oci::create(&h.runtime)?;
             }
-            None => create(&h, &w)?,
+            None => oci::create(&h.runtime)?,
         }
-        let exit = runtime(&h.runtime, &["start", &h.id])?;
-        if exit.code != Some(0) {
-            return Err(Error::Failed(format!("{} start {}: {}", h.runtime, h.id, text(&exit.stderr))));
-        }
-        log::info(&format!("started {}", h.id));
+        oci::start(&h.runtime)?;
+        log::info("started");
         Ok(h.text())
     }
 
-    fn status(w: Workload, handle: String) -> Result<Status, Error> {
-        let h = Handle::parse(&handle, &w);
+    fn status(_w: Workload, handle: String) -> Result<Status, Error> {
+        let h = Handle::parse(&handle);
         Ok(match state(&h)? {
-            Some((s, pid)) if s == "running" => {
-                let mut st = Status::healthy(format!("{} running (pid {})", h.id, pid.unwrap_or(0)));
-                st.outputs = vec![("pid".into(), pid.unwrap_or(0).to_string()), ("id".into(), h.id.clone())];
+            Some(s) if s.status == "running" => {
+                let pid = s.pid.unwrap_or(0);
+                let mut st = Status::healthy(format!("{} running (pid {pid})", s.id));
+                st.outputs = vec![("pid".into(), pid.to_string()), ("id".into(), s.id)];
                 st
             }
-            Some((s, _)) => {
-                // What era-shim recorded, if it ran; runc itself keeps none.
-                let code = std::fs::read_to_string(format!("{WORK_DIR}/{EXIT_FILE}"))
-                    .ok()
-                    .and_then(|t| t.trim().parse::<i32>().ok());
-                match code {
-                    Some(c) => Status::exited(format!("{} is {s} (exit code {c})", h.id), Some(c)),
-                    None => Status::exited(format!("{} is {s}", h.id), None),
-                }
-            }
-            None => Status::missing(format!("{} does not exist", h.id)),
+            Some(s) => match s.exit_code {
+                Some(c) => Status::exited(format!("{} is {} (exit code {c})", s.id, s.status), Some(c)),
+                None => Status::exited(format!("{} is {}", s.id, s.status), None),
+            },
+            None => Status::missing("the container does not exist"),
         })
     }
 
     fn stop(w: Workload, handle: String) -> Result<(), Error> {
-        let h = Handle::parse(&handle, &w);
+        let h = Handle::parse(&handle);
         match state(&h)? {
             None => return Ok(()),
-            Some((s, _)) if s == "stopped" => return Ok(()),
-            Some((s, _)) if s == "created" => {
-                runtime(&h.runtime, &["delete", "--force", &h.id])?;
-                return Ok(());
-            }
+            Some(s) if s.status == "stopped" => return Ok(()),
+            Some(s) if s.status == "created" => return Ok(oci::delete(&h.runtime)?),
             _ => {}
         }
-        runtime(&h.runtime, &["kill", &h.id, "SIGTERM"])?;
+        oci::kill(&h.runtime, Signal::Term)?;
         if !wait_stopped(&h, Duration::from_secs(w.stop_grace_seconds.into()))? {
-            log::warn(&format!("{} did not stop within {}s: SIGKILL", h.id, w.stop_grace_seconds));
-            runtime(&h.runtime, &["kill", &h.id, "SIGKILL"])?;
+            log::warn(&format!("did not stop within {}s: SIGKILL", w.stop_grace_seconds));
+            oci::kill(&h.runtime, Signal::Kill)?;
             if !wait_stopped(&h, Duration::from_secs(10))? {
-                return Err(Error::Failed(format!("{} still runs after SIGKILL", h.id)));
+                return Err(Error::Failed("the container still runs after SIGKILL".into()));
             }
         }
-        log::info(&format!("stopped {}", h.id));
+        log::info("stopped");
         Ok(())
     }
 
-    fn delete(w: Workload, handle: String) -> Result<(), Error> {
-        let h = Handle::parse(&handle, &w);
-        if state(&h)?.is_some() {
-            let exit = runtime(&h.runtime, &["delete", "--force", &h.id])?;
-            if exit.code != Some(0) && state(&h)?.is_some() {
-                return Err(Error::Failed(format!("{} delete {}: {}", h.runtime, h.id, text(&exit.stderr))));
-            }
-        }
+    fn delete(_w: Workload, handle: String) -> Result<(), Error> {
+        let h = Handle::parse(&handle);
+        oci::delete(&h.runtime)?;
         let _ = std::fs::remove_dir_all(format!("{WORK_DIR}/bundle"));
-        let _ = std::fs::remove_file(format!("{WORK_DIR}/container.pid"));
-        let _ = std::fs::remove_file(format!("{WORK_DIR}/{EXIT_FILE}"));
         Ok(())
+    }
+
+    fn exec(_w: Workload, handle: String, command: Vec<String>, timeout_ms: u32) -> Result<ExecOutput, Error> {
+        let h = Handle::parse(&handle);
+        Ok(oci::exec(&h.runtime, &command, timeout_ms)?)
     }
 }
 

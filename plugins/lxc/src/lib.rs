@@ -1,18 +1,21 @@
-//! `lxc`: LXC containers, each in an lxcpath inside its revision's work dir
-//! (`lxc-ls -P <work dir>/lxc`), never among the host's own containers.
+//! `lxc`: LXC containers, run by the host through the `lxc` capability: one
+//! per revision, in erad's own lxcpath, never among the host's own
+//! containers. The plugin turns the spec into config entries; the host checks
+//! them against the operator's policy and adds the root filesystem (the image
+//! erad unpacked into `<work dir>/rootfs`, or one an LXC template the
+//! operator allowed makes: `config.template`), the console log
+//! (`logs/output.log` in the work dir, which `era logs` reads), capabilities
+//! and device rules.
 //!
-//! The root filesystem is the image erad unpacked into `<work dir>/rootfs`,
-//! or one an LXC template makes (`config.template`). The container's console
-//! goes to `logs/output.log` in the work dir, which `era logs` reads.
-//!
-//! - `install`: the container config (and `lxc-create` for a template).
+//! - `install`: the container config (and the template's rootfs).
 //! - `start`: `lxc-start -d` with the image's command. `status`: `lxc-info`.
-//! - `stop`: `lxc-stop` with the grace period, then kill. `delete`: `lxc-destroy`.
+//! - `stop`: `lxc-stop` with the grace period, then kill. `delete`: destroy.
+//! - `exec`: `lxc-attach`.
 //!
 //! Every operation is idempotent.
 //!
 //! Config keys (anything else is refused by `validate`):
-//! - `template`, `templateArgs`: make the rootfs with `lxc-create -t`
+//! - `template`, `templateArgs`: make the rootfs with an LXC template
 //! - `command`, `args`: replace the image's entrypoint and cmd
 //! - `network`: `{type: empty}` (default) or `{type: veth, link: BRIDGE}`
 //! - `hostname`
@@ -20,12 +23,10 @@
 //!   the one the host has)
 
 use era_plugin_sdk::image::ImageConfig;
-use era_plugin_sdk::{ArtifactKind, Error, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, process};
+use era_plugin_sdk::{ArtifactKind, Error, ExecOutput, PluginInfo, Runtime, Status, WORK_DIR, Workload, log, lxc};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-const OUTPUT: &str = "logs/output.log";
-const COMMAND_TIMEOUT_MS: u32 = 60_000;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -68,11 +69,9 @@ impl Config {
     }
 }
 
-/// What the host keeps for us: where the container is and how it starts.
+/// What the host keeps for us: how the container starts (the host names it).
 #[derive(Serialize, Deserialize)]
 struct Handle {
-    lxcpath: String,
-    name: String,
     /// The init command (empty: the rootfs's own /sbin/init).
     init: Vec<String>,
 }
@@ -85,46 +84,15 @@ impl Handle {
     fn text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
-
-    fn lxc(&self, tool: &str, extra: &[&str]) -> Result<process::Exit, Error> {
-        let mut args = vec!["-P", &self.lxcpath, "-n", &self.name];
-        args.extend_from_slice(extra);
-        let mut cmd = process::command(tool, &args);
-        cmd.timeout_ms = COMMAND_TIMEOUT_MS;
-        Ok(process::run(&cmd)?)
-    }
-
-    /// `RUNNING`, `STOPPED`, ...; `None` when LXC knows no such container.
-    fn state(&self) -> Result<Option<(String, Option<u32>)>, Error> {
-        let exit = self.lxc("lxc-info", &["-s", "-p"])?;
-        if exit.code != Some(0) {
-            let err = text(&exit.stderr);
-            if err.contains("doesn't exist") || err.contains("does not exist") {
-                return Ok(None);
-            }
-            return Err(Error::Unavailable(format!("lxc-info {}: {err}", self.name)));
-        }
-        let out = String::from_utf8_lossy(&exit.stdout).to_string();
-        let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()));
-        let state = field("State:").unwrap_or_else(|| "UNKNOWN".into());
-        Ok(Some((state, field("PID:").and_then(|p| p.parse().ok()))))
-    }
-
-    fn wait_stopped(&self, within: Duration) -> Result<bool, Error> {
-        era_plugin_sdk::wait_until(within, || Ok(self.state()?.is_none_or(|(s, _)| s == "STOPPED")))
-    }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_string()
+/// `RUNNING`, `STOPPED`, ...; `None` when the container does not exist.
+fn state() -> Result<Option<lxc::ContainerState>, Error> {
+    Ok(lxc::state()?)
 }
 
-fn lxcpath(w: &Workload) -> String {
-    format!("{}/lxc", w.work_dir)
-}
-
-fn container_name(w: &Workload) -> String {
-    format!("era-{}-{}", w.deployment, w.revision)
+fn wait_stopped(within: Duration) -> Result<bool, Error> {
+    era_plugin_sdk::wait_until(within, || Ok(state()?.is_none_or(|s| s.status == "STOPPED")))
 }
 
 /// A value for one line of LXC config: no newlines.
@@ -135,35 +103,34 @@ fn line(what: &str, v: &str) -> Result<String, Error> {
     Ok(v.to_string())
 }
 
-/// The container config LXC reads, written where `lxc-start -P` looks.
-fn lxc_config(w: &Workload, c: &Config, rootfs: &str) -> Result<String, Error> {
-    let mut lines = vec![
-        format!("lxc.uts.name = {}", line("hostname", c.hostname.as_deref().unwrap_or(&w.deployment))?),
-        format!("lxc.rootfs.path = dir:{rootfs}"),
-        "lxc.autodev = 1".into(),
-        "lxc.pty.max = 4".into(),
-        "lxc.tty.max = 0".into(),
-        "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed".into(),
-        format!("lxc.console.logfile = {}/{OUTPUT}", w.work_dir),
-        format!("lxc.log.file = {}/logs/lxc.log", w.work_dir),
-        "lxc.log.level = WARN".into(),
-    ];
+/// The container config entries for the host to check and write (the host
+/// adds the rootfs, console log, capabilities and device rules itself).
+fn lxc_config(w: &Workload, c: &Config) -> Result<Vec<(String, String)>, Error> {
+    let mut e: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String| e.push((k.to_string(), v));
+    set("lxc.uts.name", line("hostname", c.hostname.as_deref().unwrap_or(&w.deployment))?);
+    if c.template.is_none() {
+        set("lxc.autodev", "1".into());
+        set("lxc.pty.max", "4".into());
+        set("lxc.tty.max", "0".into());
+        set("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed".into());
+    }
+    set("lxc.log.level", "WARN".into());
     if let Some(mib) = c.memory_mib {
         let bytes = mib * 1024 * 1024;
-        lines.push(format!("lxc.cgroup.memory.limit_in_bytes = {bytes}"));
-        lines.push(format!("lxc.cgroup2.memory.max = {bytes}"));
+        set("lxc.cgroup.memory.limit_in_bytes", bytes.to_string());
+        set("lxc.cgroup2.memory.max", bytes.to_string());
     }
     match c.network.kind.as_deref().unwrap_or("empty") {
         "veth" => {
-            lines.push("lxc.net.0.type = veth".into());
-            lines.push(format!("lxc.net.0.link = {}", c.network.link.clone().unwrap_or_default()));
-            lines.push("lxc.net.0.flags = up".into());
+            set("lxc.net.0.type", "veth".into());
+            set("lxc.net.0.link", c.network.link.clone().unwrap_or_default());
+            set("lxc.net.0.flags", "up".into());
         }
-        _ => lines.push("lxc.net.0.type = empty".into()),
+        _ => set("lxc.net.0.type", "empty".into()),
     }
-    let env = ImageConfig::of(w)?.env(w, &[]);
-    for (k, v) in env {
-        lines.push(format!("lxc.environment = {}", line("env", &format!("{k}={v}"))?));
+    for (k, v) in ImageConfig::of(w)?.env(w, &[]) {
+        set("lxc.environment", line("env", &format!("{k}={v}"))?);
     }
     for v in &w.volumes {
         let target = v.mount_path.trim_start_matches('/');
@@ -174,9 +141,9 @@ fn lxc_config(w: &Workload, c: &Config, rootfs: &str) -> Result<String, Error> {
             )));
         }
         let ro = if v.read_only { ",ro" } else { "" };
-        lines.push(format!("lxc.mount.entry = {} {target} none bind,create=dir{ro} 0 0", v.host_path));
+        set("lxc.mount.entry", format!("{} {target} none bind,create=dir{ro} 0 0", v.host_path));
     }
-    Ok(lines.join("\n") + "\n")
+    Ok(e)
 }
 
 /// The init command: the config's, else the image's entrypoint and cmd.
@@ -197,10 +164,7 @@ impl Runtime for Lxc {
 
     fn validate(w: Workload) -> Result<(), Error> {
         let c = Config::parse(&w)?;
-        let version = process::run(&process::command("lxc-start", &["--version"]))?;
-        if version.code != Some(0) {
-            return Err(Error::Failed(format!("lxc-start --version: {}", text(&version.stderr))));
-        }
+        lxc::version()?;
         if w.artifact.kind != ArtifactKind::Image && c.template.is_none() {
             return Err(Error::InvalidConfig(
                 "the lxc runtime needs a root filesystem: use an image artifact, or give config.template".into(),
@@ -211,120 +175,70 @@ impl Runtime for Lxc {
 
     fn install(w: Workload) -> Result<String, Error> {
         let c = Config::parse(&w)?;
-        let h = Handle { lxcpath: lxcpath(&w), name: container_name(&w), init: init_command(&w, &c)? };
-        let fail = |e: std::io::Error| Error::Failed(format!("writing the container config: {e}"));
-        std::fs::create_dir_all(format!("{WORK_DIR}/logs")).map_err(fail)?;
-        let rootfs = match &c.template {
-            Some(t) => {
-                if h.state()?.is_none() {
-                    let mut args = vec!["-t", t.as_str()];
-                    if !c.template_args.is_empty() {
-                        args.push("--");
-                        args.extend(c.template_args.iter().map(String::as_str));
-                    }
-                    let exit = h.lxc("lxc-create", &args)?;
-                    if exit.code != Some(0) {
-                        return Err(Error::Failed(format!("lxc-create -t {t}: {}", text(&exit.stderr))));
-                    }
-                }
-                format!("{}/{}/rootfs", h.lxcpath, h.name)
-            }
-            None => format!("{}/rootfs", w.work_dir),
-        };
-        let config = lxc_config(&w, &c, &rootfs)?;
-        // The container's directory, as the plugin sees the work dir.
-        let dir = format!("{WORK_DIR}/lxc/{}", h.name);
-        std::fs::create_dir_all(&dir).map_err(fail)?;
-        // A template's config comes first; ours overrides what it names.
-        let base = std::fs::read_to_string(format!("{dir}/config")).unwrap_or_default();
-        let base: String = base
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("# era:") && !config.lines().any(|o| same_key(l, o)))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let text = if c.template.is_some() { format!("{base}# era: settings below\n{config}") } else { config };
-        std::fs::write(format!("{dir}/config.tmp"), text).map_err(fail)?;
-        std::fs::rename(format!("{dir}/config.tmp"), format!("{dir}/config")).map_err(fail)?;
-        log::info(&format!("container {} configured in {}", h.name, h.lxcpath));
+        let h = Handle { init: init_command(&w, &c)? };
+        std::fs::create_dir_all(format!("{WORK_DIR}/logs"))
+            .map_err(|e| Error::Failed(format!("creating the log dir: {e}")))?;
+        if let Some(t) = &c.template {
+            lxc::create_from_template(t, &c.template_args)?;
+        }
+        lxc::configure(&lxc_config(&w, &c)?)?;
+        log::info(&format!("container for revision {} configured", w.revision));
         Ok(h.text())
     }
 
     fn start(_w: Workload, handle: String) -> Result<String, Error> {
         let h = Handle::parse(&handle)?;
-        match h.state()? {
-            Some((s, _)) if s == "RUNNING" => return Ok(handle),
-            None => return Err(Error::NotFound(format!("container {} is not installed", h.name))),
+        match state()? {
+            Some(s) if s.status == "RUNNING" => return Ok(handle),
+            None => return Err(Error::NotFound("the container is not installed".into())),
             _ => {}
         }
-        let mut args: Vec<&str> = vec!["-d"];
-        if !h.init.is_empty() {
-            args.push("--");
-            args.extend(h.init.iter().map(String::as_str));
-        }
-        let exit = h.lxc("lxc-start", &args)?;
-        if exit.code != Some(0) {
-            let log = std::fs::read_to_string(format!("{WORK_DIR}/logs/lxc.log")).unwrap_or_default();
-            let last = log.lines().last().unwrap_or_default().to_string();
-            return Err(Error::Failed(format!("lxc-start {}: {} {last}", h.name, text(&exit.stderr))));
-        }
-        log::info(&format!("started {}", h.name));
+        lxc::start(&h.init)?;
+        log::info("started");
         Ok(handle)
     }
 
     fn status(_w: Workload, handle: String) -> Result<Status, Error> {
-        let h = Handle::parse(&handle)?;
-        Ok(match h.state()? {
-            Some((s, pid)) if s == "RUNNING" => {
-                let mut st = Status::healthy(format!("{} running (pid {})", h.name, pid.unwrap_or(0)));
-                st.outputs = vec![("pid".into(), pid.unwrap_or(0).to_string()), ("name".into(), h.name.clone())];
+        Handle::parse(&handle)?;
+        Ok(match state()? {
+            Some(s) if s.status == "RUNNING" => {
+                let pid = s.pid.unwrap_or(0);
+                let mut st = Status::healthy(format!("{} running (pid {pid})", s.name));
+                st.outputs = vec![("pid".into(), pid.to_string()), ("name".into(), s.name)];
                 st
             }
-            Some((s, _)) => Status::exited(format!("{} is {s}", h.name), None),
-            None => Status::missing(format!("{} does not exist", h.name)),
+            Some(s) => Status::exited(format!("{} is {}", s.name, s.status), None),
+            None => Status::missing("the container does not exist"),
         })
     }
 
     fn stop(w: Workload, handle: String) -> Result<(), Error> {
-        let h = Handle::parse(&handle)?;
-        match h.state()? {
+        Handle::parse(&handle)?;
+        match state()? {
             None => return Ok(()),
-            Some((s, _)) if s == "STOPPED" => return Ok(()),
+            Some(s) if s.status == "STOPPED" => return Ok(()),
             _ => {}
         }
-        let grace = w.stop_grace_seconds.max(1).to_string();
         // lxc-stop asks init to shut down, and kills it after the timeout.
-        let _ = h.lxc("lxc-stop", &["-t", &grace])?;
-        if !h.wait_stopped(Duration::from_secs(2))? {
-            h.lxc("lxc-stop", &["-k"])?;
-            if !h.wait_stopped(Duration::from_secs(10))? {
-                return Err(Error::Failed(format!("{} still runs after lxc-stop -k", h.name)));
+        lxc::stop(w.stop_grace_seconds.max(1))?;
+        if !wait_stopped(Duration::from_secs(2))? {
+            lxc::kill()?;
+            if !wait_stopped(Duration::from_secs(10))? {
+                return Err(Error::Failed("the container still runs after a kill".into()));
             }
         }
-        log::info(&format!("stopped {}", h.name));
+        log::info("stopped");
         Ok(())
     }
 
-    fn delete(w: Workload, handle: String) -> Result<(), Error> {
-        let h = Handle::parse(&handle)?;
-        if let Some((s, _)) = h.state()? {
-            if s != "STOPPED" {
-                h.lxc("lxc-stop", &["-k"])?;
-                h.wait_stopped(Duration::from_secs(10))?;
-            }
-            // Our rootfs is the work dir's (erad removes it); only a
-            // template's lives in the container dir, and lxc-destroy takes it.
-            let _ = h.lxc("lxc-destroy", &[])?;
-        }
-        let _ = std::fs::remove_dir_all(format!("{WORK_DIR}/lxc"));
-        let _ = w;
+    fn delete(_w: Workload, _handle: String) -> Result<(), Error> {
+        lxc::destroy()?;
         Ok(())
     }
-}
 
-/// Whether two config lines set the same key.
-fn same_key(a: &str, b: &str) -> bool {
-    let key = |l: &str| l.split_once('=').map(|(k, _)| k.trim().to_string());
-    matches!((key(a), key(b)), (Some(x), Some(y)) if x == y && !x.starts_with('#'))
+    fn exec(_w: Workload, _handle: String, command: Vec<String>, timeout_ms: u32) -> Result<ExecOutput, Error> {
+        Ok(lxc::attach(&command, timeout_ms)?)
+    }
 }
 
 era_plugin_sdk::export_plugin!(Lxc);

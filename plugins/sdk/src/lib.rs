@@ -9,7 +9,8 @@
 //! era_plugin_sdk::export_plugin!(Hello);
 //! ```
 //!
-//! The helpers here wrap the host imports: [`log`] and [`process`]. A plugin
+//! The helpers here wrap the host imports: [`log`], [`process`], [`oci`] and
+//! [`lxc`]. A plugin
 //! only imports what it calls, and erad refuses a plugin that imports an
 //! interface the operator did not grant, so call only what you need.
 
@@ -25,7 +26,8 @@ pub mod bindings {
 }
 
 pub use bindings::era::plugin::types::{
-    Artifact, ArtifactKind, Error, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus as Status,
+    Artifact, ArtifactKind, Error, ExecOutput, Health, PluginInfo, Port, RuntimeError, Volume, Workload,
+    WorkloadStatus as Status,
 };
 pub use bindings::export_plugin;
 pub use bindings::exports::era::plugin::runtime::Guest as Runtime;
@@ -92,6 +94,31 @@ pub mod process {
                 ProcessError::TimedOut(_) => crate::Error::Unavailable(e.message()),
                 ProcessError::SpawnFailed(m) | ProcessError::Invalid(m) => crate::Error::Failed(m),
             }
+        }
+    }
+}
+
+/// OCI containers run by the host (needs the `oci` grant): write
+/// `bundle/config.json` in the work dir, then `create`, `start`, `state`,
+/// `kill`, `delete`, `exec` this revision's container.
+pub mod oci {
+    pub use crate::bindings::era::plugin::oci_runtime::*;
+}
+
+/// LXC containers run by the host (needs the `lxc` grant).
+pub mod lxc {
+    pub use crate::bindings::era::plugin::lxc::*;
+}
+
+/// How a runtime capability's refusal reads as a plugin error: what the
+/// operator did not grant or the policy refuses is a configuration problem.
+impl From<RuntimeError> for Error {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::NotAllowed(m) => Error::InvalidConfig(format!("not granted: {m}")),
+            RuntimeError::Policy(m) => Error::InvalidConfig(format!("refused by the host's policy: {m}")),
+            RuntimeError::NotFound(m) => Error::NotFound(m),
+            RuntimeError::Failed(m) => Error::Failed(m),
         }
     }
 }

@@ -206,7 +206,7 @@ impl Lifecycle {
             crate::prepare::Scratch::new(&self.shared.layout.scratch()).map_err(|e| invalid(e.to_string()))?;
         let workload: Workload = supervisor::workload_of(&self.shared.layout, spec, 0, None, &scratch.path, source_dir);
         plugin
-            .validate(&CallContext { deployment: spec.name(), work_dir: &scratch.path }, &workload)
+            .validate(&CallContext { deployment: spec.name(), work_dir: &scratch.path, revision: None }, &workload)
             .await
             .map_err(|e| invalid(e.to_string()))
     }

@@ -645,7 +645,7 @@ impl Supervisor {
         let scratch = Scratch::new(&self.shared.layout.scratch()).map_err(|e| format!("scratch dir: {e}"))?;
         let workload =
             workload_of(&self.shared.layout, &rev.spec, revision, None, &scratch.path, Path::new(&rev.source_dir));
-        let ctx = CallContext { deployment: &self.name, work_dir: &scratch.path };
+        let ctx = CallContext { deployment: &self.name, work_dir: &scratch.path, revision: None };
         retry(|| plugin.validate(&ctx, &workload)).await.map_err(|e| e.to_string())
     }
 
@@ -750,7 +750,7 @@ impl Supervisor {
         let rev = self.revision(revision).await?;
         let plugin = plugin_for(&self.shared, &rev.runtime)?;
         let workload = self.workload(&rev);
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         let handle = retry(|| plugin.install(&ctx, &workload)).await.map_err(|e| e.to_string())?;
         self.db(move |s, n| s.set_installed(n, revision, Some(&handle), true)).await.map_err(|e| e.to_string())
     }
@@ -762,15 +762,27 @@ impl Supervisor {
             rev.handle.clone().ok_or_else(|| format!("revision {revision} has no handle: it was never installed"))?;
         self.db(move |s, n| s.count_activation(n, revision)).await.map_err(|e| e.to_string())?;
         let workload = self.workload(&rev);
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         let handle = retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(|e| e.to_string())?;
         self.db(move |s, n| s.set_installed(n, revision, Some(&handle), true)).await.map_err(|e| e.to_string())
     }
 
     async fn status(&self, rev: &RevisionRecord) -> Result<crate::plugin::WorkloadStatus, String> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         plugin.status(&ctx, &workload, &handle).await.map_err(|e| e.to_string())
+    }
+
+    /// The spec's probe, once: http and tcp from the host, exec inside the
+    /// workload through the plugin.
+    async fn probe(&self, rev: &RevisionRecord, h: &crate::spec::HealthSpec) -> Result<Option<()>, String> {
+        let Some(exec) = h.exec.as_ref().filter(|x| !x.command.is_empty()) else {
+            return health::probe(h, &self.shared.http).await;
+        };
+        let (plugin, workload, handle) = self.call_parts(rev)?;
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let out = plugin.exec(&ctx, &workload, &handle, &exec.command, h.timeout.0).await.map_err(|e| e.to_string())?;
+        health::exec_verdict(&exec.command, out).map(Some)
     }
 
     /// Waits until the revision is healthy, by the plugin's `status` and the
@@ -795,7 +807,7 @@ impl Supervisor {
                     Err(format!("the plugin reports revision {revision} unhealthy: {}", st.message))
                 }
                 Ok(st) => match spec.health.as_ref() {
-                    Some(h) => match health::probe(h, &self.shared.http).await {
+                    Some(h) => match self.probe(&rev, h).await {
                         Ok(Some(())) => Ok(true),
                         Ok(None) => Ok(st.health == Health::Healthy),
                         Err(e) => Err(e),
@@ -870,7 +882,7 @@ impl Supervisor {
 
     async fn stop_revision(&self, rev: &RevisionRecord) -> Work<()> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         match retry(|| plugin.stop(&ctx, &workload, &handle)).await {
             Ok(()) => Ok(()),
             Err(CallError { failure: Failure::NotFound(_), .. }) => Ok(()),
@@ -880,7 +892,7 @@ impl Supervisor {
 
     async fn delete_revision(&self, rev: &RevisionRecord) -> Work<()> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir) };
+        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         // The work dir is the plugin's only view of the host; recreate it if a
         // crash took it, so delete can run.
         let _ = std::fs::create_dir_all(&rev.work_dir);
@@ -982,7 +994,7 @@ impl Supervisor {
         let (health, outputs, exited) = match self.status(&rev).await {
             Ok(st) if st.running => {
                 let probe = match &rev.spec.spec.health {
-                    Some(h) => health::probe(h, &self.shared.http).await,
+                    Some(h) => self.probe(&rev, h).await,
                     None => Ok(None),
                 };
                 let health = match (st.health, probe) {

@@ -4,13 +4,16 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     world: "plugin",
     imports: {
-        // Host programs take time; everything else returns at once.
+        // Host programs and runtimes take time; everything else returns at once.
         "era:plugin/process": async,
+        "era:plugin/oci-runtime": async,
+        "era:plugin/lxc": async,
         default: tracing,
     },
     exports: { default: async },
 });
 
 pub use era::plugin::types::{
-    Artifact, ArtifactKind, Error as GuestError, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus,
+    Artifact, ArtifactKind, Error as GuestError, ExecOutput, Health, PluginInfo, Port, Volume, Workload,
+    WorkloadStatus,
 };

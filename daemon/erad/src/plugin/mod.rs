@@ -12,11 +12,13 @@
 //!   memory fail that call only.
 
 mod bindings;
-pub mod process;
+pub mod caps;
 
-pub use bindings::{Artifact, ArtifactKind, GuestError, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus};
+pub use bindings::{
+    Artifact, ArtifactKind, ExecOutput, GuestError, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus,
+};
+pub use caps::{CallScope, Grants, RuntimeHome};
 
-use crate::config::{Grant, PluginConfig};
 use bindings::{Plugin, PluginPre};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -46,6 +48,7 @@ pub enum Op {
     Status,
     Stop,
     Delete,
+    Exec,
 }
 
 impl fmt::Display for Op {
@@ -58,6 +61,7 @@ impl fmt::Display for Op {
             Op::Status => "status",
             Op::Stop => "stop",
             Op::Delete => "delete",
+            Op::Exec => "exec",
         })
     }
 }
@@ -123,11 +127,13 @@ pub enum LoadError {
     #[error("plugin {name}: {path} is not a valid component: {message}")]
     Compile { name: String, path: PathBuf, message: String },
     #[error(
-        "plugin {name}: imports {import}, which is not granted (grants: {granted}); add {needed:?} to its grants in the daemon config"
+        "plugin {name}: imports {import}, which is not granted (grants: {granted}); add {needed:?} to [plugins.{name}.grants] in the daemon config"
     )]
     NotGranted { name: String, import: String, granted: String, needed: String },
     #[error("plugin {name}: imports {import}, which erad does not provide")]
     UnknownImport { name: String, import: String },
+    #[error("plugin {name}: imports {import}, which erad refuses: {reason}")]
+    RefusedImport { name: String, import: String, reason: String },
     #[error("plugin {name}: does not fit the era:plugin world: {message}")]
     Link { name: String, message: String },
     #[error("plugin {name}: info: {source}")]
@@ -136,16 +142,32 @@ pub enum LoadError {
     Engine(String),
 }
 
+/// One plugin as the operator configured it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// The component file. For a plugin named by `reference`, erad fills
+    /// this in once the artifact is pulled and verified.
+    pub path: PathBuf,
+    /// An OCI reference to a Wasm component artifact, instead of a file.
+    pub reference: Option<String>,
+    /// The manifest digest the reference must resolve to (`sha256:<hex>`).
+    pub pinned: Option<String>,
+    pub grants: Grants,
+    pub memory_limit_mib: u64,
+    pub deadlines: Deadlines,
+}
+
 /// Per-store state: WASI limited to the work dir, the memory limiter, and
-/// what the host imports need to know.
+/// what the capabilities need: the call's scope, the plugin's grants and
+/// the runtimes' home.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    plugin: Arc<str>,
-    deployment: String,
-    work_dir: PathBuf,
-    programs: Arc<[String]>,
+    pub(crate) plugin: Arc<str>,
+    pub(crate) scope: CallScope,
+    pub(crate) grants: Arc<Grants>,
+    pub(crate) runtimes: Arc<RuntimeHome>,
 }
 
 impl WasiView for HostState {
@@ -155,30 +177,6 @@ impl WasiView for HostState {
 }
 
 impl bindings::era::plugin::types::Host for HostState {}
-
-impl bindings::era::plugin::log::Host for HostState {
-    fn log(&mut self, level: bindings::era::plugin::log::Level, message: String) {
-        use bindings::era::plugin::log::Level;
-        let (plugin, deployment) = (&*self.plugin, self.deployment.as_str());
-        match level {
-            Level::Trace => tracing::trace!(plugin, deployment, "{message}"),
-            Level::Debug => tracing::debug!(plugin, deployment, "{message}"),
-            Level::Info => tracing::info!(plugin, deployment, "{message}"),
-            Level::Warn => tracing::warn!(plugin, deployment, "{message}"),
-            Level::Error => tracing::error!(plugin, deployment, "{message}"),
-        }
-    }
-}
-
-impl bindings::era::plugin::process::Host for HostState {
-    async fn run(
-        &mut self,
-        command: bindings::era::plugin::process::Command,
-    ) -> Result<bindings::era::plugin::process::Exit, bindings::era::plugin::process::ProcessError> {
-        tracing::debug!(plugin = &*self.plugin, deployment = self.deployment, program = command.program, "process.run");
-        process::run(command, &self.programs, &self.work_dir).await
-    }
-}
 
 /// Deadlines per operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +188,7 @@ pub struct Deadlines {
     pub status: Duration,
     pub stop: Duration,
     pub delete: Duration,
+    pub exec: Duration,
 }
 
 impl Deadlines {
@@ -202,6 +201,7 @@ impl Deadlines {
             Op::Status => self.status,
             Op::Stop => self.stop,
             Op::Delete => self.delete,
+            Op::Exec => self.exec,
         }
     }
 }
@@ -217,6 +217,7 @@ impl Default for Deadlines {
             status: s(10),
             stop: s(120),
             delete: s(120),
+            exec: s(60),
         }
     }
 }
@@ -229,11 +230,11 @@ pub struct LoadedPlugin {
     pub digest: String,
     /// Where it came from: the OCI reference, or the file.
     pub source: String,
-    pub grants: Vec<Grant>,
+    pub grants: Arc<Grants>,
     pre: PluginPre<HostState>,
     /// With pooling: one permit per instance slot.
     slots: Option<Arc<tokio::sync::Semaphore>>,
-    programs: Arc<[String]>,
+    runtimes: Arc<RuntimeHome>,
     memory_limit_mib: u64,
     deadlines: Deadlines,
 }
@@ -248,6 +249,8 @@ impl fmt::Debug for LoadedPlugin {
 pub struct CallContext<'a> {
     pub deployment: &'a str,
     pub work_dir: &'a Path,
+    /// The revision the call acts on; `None` for `info` and `validate`.
+    pub revision: Option<u64>,
 }
 
 /// Pre-allocated instance slots for the pooling allocator.
@@ -270,18 +273,23 @@ pub struct PluginHost {
     linker: Arc<Linker<HostState>>,
     cache_dir: PathBuf,
     slots: Option<Arc<tokio::sync::Semaphore>>,
+    runtimes: Arc<RuntimeHome>,
 }
 
 impl PluginHost {
     /// An engine with on-demand instance allocation.
-    pub fn new(cache_dir: &Path) -> Result<PluginHost, LoadError> {
-        PluginHost::with_pooling(cache_dir, None)
+    pub fn new(cache_dir: &Path, runtimes: RuntimeHome) -> Result<PluginHost, LoadError> {
+        PluginHost::with_pooling(cache_dir, runtimes, None)
     }
 
     /// An engine that, with `pooling`, pre-allocates instance slots: cheaper
     /// instantiation, at the price of reserved address space and a cap on
     /// concurrent calls.
-    pub fn with_pooling(cache_dir: &Path, pooling: Option<Pooling>) -> Result<PluginHost, LoadError> {
+    pub fn with_pooling(
+        cache_dir: &Path,
+        runtimes: RuntimeHome,
+        pooling: Option<Pooling>,
+    ) -> Result<PluginHost, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true).wasm_component_model(true);
         if let Some(p) = pooling {
@@ -324,7 +332,13 @@ impl PluginHost {
             })
             .map_err(|e| LoadError::Engine(format!("epoch thread: {e}")))?;
         let slots = pooling.map(|p| Arc::new(tokio::sync::Semaphore::new(p.instances.max(1) as usize)));
-        Ok(PluginHost { engine, linker: Arc::new(linker), cache_dir: cache_dir.to_path_buf(), slots })
+        Ok(PluginHost {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir: cache_dir.to_path_buf(),
+            slots,
+            runtimes: Arc::new(runtimes),
+        })
     }
 
     /// A stable key for this engine's compiled code (wasmtime version + settings).
@@ -394,64 +408,41 @@ impl PluginHost {
             info: PluginInfo { name: name.into(), version: String::new(), description: String::new() },
             digest,
             source: cfg.reference.clone().unwrap_or_else(|| cfg.path.display().to_string()),
-            grants: cfg.grants.clone(),
+            grants: Arc::new(cfg.grants.clone()),
             pre,
             slots: self.slots.clone(),
-            programs: cfg.allow_programs.clone().into(),
+            runtimes: self.runtimes.clone(),
             memory_limit_mib: cfg.memory_limit_mib,
             deadlines: cfg.deadlines,
         };
         let scratch = crate::prepare::Scratch::new(&self.cache_dir.join("scratch"))
             .map_err(|e| LoadError::Engine(e.to_string()))?;
-        let info = plugin.info(&CallContext { deployment: "", work_dir: &scratch.path }).await;
+        let info = plugin.info(&CallContext { deployment: "", work_dir: &scratch.path, revision: None }).await;
         plugin.info = info.map_err(|source| LoadError::Info { name: name.into(), source })?;
         Ok(plugin)
     }
 }
 
-/// The grant an import needs, or `None` for the WASI interfaces every plugin
-/// gets (clocks, random, io, cli; filesystem limited to the work dir).
-fn grant_for(import: &str) -> Result<Option<Grant>, ()> {
-    let iface = import.split('@').next().unwrap_or(import);
-    match iface {
-        "era:plugin/types" => Ok(None),
-        "era:plugin/log" => Ok(Some(Grant::Log)),
-        "era:plugin/process" => Ok(Some(Grant::Process)),
-        _ if ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"]
-            .iter()
-            .any(|p| iface.starts_with(p)) =>
-        {
-            Ok(None)
-        }
-        "wasi:sockets/network"
-        | "wasi:sockets/instance-network"
-        | "wasi:sockets/tcp"
-        | "wasi:sockets/udp"
-        | "wasi:sockets/tcp-create-socket"
-        | "wasi:sockets/udp-create-socket"
-        | "wasi:sockets/ip-name-lookup" => Ok(Some(Grant::Network)),
-        _ => Err(()),
-    }
-}
-
-fn check_imports(name: &str, engine: &Engine, component: &Component, grants: &[Grant]) -> Result<(), LoadError> {
+fn check_imports(name: &str, engine: &Engine, component: &Component, grants: &Grants) -> Result<(), LoadError> {
+    use caps::ImportRefusal;
     for (import, _) in component.component_type().imports(engine) {
-        match grant_for(import) {
-            Ok(None) => {}
-            Ok(Some(g)) if grants.contains(&g) => {}
-            Ok(Some(g)) => {
+        match caps::required_grant(import, grants) {
+            Ok(_) => {}
+            Err(ImportRefusal::NotGranted(cap)) => {
+                let names = grants.names();
                 return Err(LoadError::NotGranted {
                     name: name.into(),
                     import: import.into(),
-                    granted: if grants.is_empty() {
-                        "none".into()
-                    } else {
-                        grants.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
-                    },
-                    needed: g.as_str().into(),
+                    granted: if names.is_empty() { "none".into() } else { names.join(", ") },
+                    needed: cap.as_str().into(),
                 });
             }
-            Err(()) => return Err(LoadError::UnknownImport { name: name.into(), import: import.into() }),
+            Err(ImportRefusal::Refused(reason)) => {
+                return Err(LoadError::RefusedImport { name: name.into(), import: import.into(), reason: reason.into() });
+            }
+            Err(ImportRefusal::Unknown) => {
+                return Err(LoadError::UnknownImport { name: name.into(), import: import.into() });
+            }
         }
     }
     Ok(())
@@ -460,14 +451,14 @@ fn check_imports(name: &str, engine: &Engine, component: &Component, grants: &[G
 /// Runs one export of a fresh instance under the plugin's limits and turns
 /// every way it can end into a `CallError`.
 macro_rules! call {
-    ($self:ident, $op:expr, $ctx:expr, |$rt:ident, $store:ident| $body:expr) => {{
+    ($self:ident, $op:expr, $ctx:expr, $w:expr, |$rt:ident, $store:ident| $body:expr) => {{
         let op = $op;
         let deadline = $self.deadlines.of(op);
         let _slot = match &$self.slots {
             Some(s) => Some(s.acquire().await.map_err(|e| $self.err(op, Failure::Host(e.to_string())))?),
             None => None,
         };
-        let (mut $store, stderr) = $self.store($ctx, deadline).map_err(|f| $self.err(op, f))?;
+        let (mut $store, stderr) = $self.store($ctx, $w, deadline).map_err(|f| $self.err(op, f))?;
         let instance = $self
             .pre
             .instantiate_async(&mut $store)
@@ -502,6 +493,7 @@ impl LoadedPlugin {
     fn store(
         &self,
         ctx: &CallContext<'_>,
+        workload: Option<&Workload>,
         deadline: Duration,
     ) -> Result<(Store<HostState>, MemoryOutputPipe), Failure> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
@@ -518,9 +510,17 @@ impl LoadedPlugin {
             table: ResourceTable::new(),
             limits,
             plugin: self.name.as_str().into(),
-            deployment: ctx.deployment.to_string(),
-            work_dir: ctx.work_dir.to_path_buf(),
-            programs: self.programs.clone(),
+            scope: CallScope {
+                deployment: ctx.deployment.to_string(),
+                revision: ctx.revision,
+                work_dir: ctx.work_dir.to_path_buf(),
+                // From the host's own record of the revision, never the plugin.
+                volumes: workload
+                    .map(|w| w.volumes.iter().map(|v| PathBuf::from(&v.host_path)).collect())
+                    .unwrap_or_default(),
+            },
+            grants: self.grants.clone(),
+            runtimes: self.runtimes.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -559,37 +559,57 @@ impl LoadedPlugin {
     }
 
     pub async fn info(&self, ctx: &CallContext<'_>) -> Result<PluginInfo, CallError> {
-        call!(self, Op::Info, ctx, |rt, store| rt.call_info(&mut store))
+        call!(self, Op::Info, ctx, None, |rt, store| rt.call_info(&mut store))
     }
 
     pub async fn validate(&self, ctx: &CallContext<'_>, w: &Workload) -> Result<(), CallError> {
-        call!(self, Op::Validate, ctx, |rt, store| rt.call_validate(&mut store, w))?
+        call!(self, Op::Validate, ctx, Some(w), |rt, store| rt.call_validate(&mut store, w))?
             .map_err(|e| self.err(Op::Validate, guest_failure(e)))
     }
 
     pub async fn install(&self, ctx: &CallContext<'_>, w: &Workload) -> Result<String, CallError> {
-        call!(self, Op::Install, ctx, |rt, store| rt.call_install(&mut store, w))?
+        call!(self, Op::Install, ctx, Some(w), |rt, store| rt.call_install(&mut store, w))?
             .map_err(|e| self.err(Op::Install, guest_failure(e)))
     }
 
     pub async fn start(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<String, CallError> {
-        call!(self, Op::Start, ctx, |rt, store| rt.call_start(&mut store, w, &handle.to_string()))?
+        call!(self, Op::Start, ctx, Some(w), |rt, store| rt.call_start(&mut store, w, &handle.to_string()))?
             .map_err(|e| self.err(Op::Start, guest_failure(e)))
     }
 
     pub async fn status(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<WorkloadStatus, CallError> {
-        call!(self, Op::Status, ctx, |rt, store| rt.call_status(&mut store, w, &handle.to_string()))?
+        call!(self, Op::Status, ctx, Some(w), |rt, store| rt.call_status(&mut store, w, &handle.to_string()))?
             .map_err(|e| self.err(Op::Status, guest_failure(e)))
     }
 
     pub async fn stop(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<(), CallError> {
-        call!(self, Op::Stop, ctx, |rt, store| rt.call_stop(&mut store, w, &handle.to_string()))?
+        call!(self, Op::Stop, ctx, Some(w), |rt, store| rt.call_stop(&mut store, w, &handle.to_string()))?
             .map_err(|e| self.err(Op::Stop, guest_failure(e)))
     }
 
     pub async fn delete(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<(), CallError> {
-        call!(self, Op::Delete, ctx, |rt, store| rt.call_delete(&mut store, w, &handle.to_string()))?
+        call!(self, Op::Delete, ctx, Some(w), |rt, store| rt.call_delete(&mut store, w, &handle.to_string()))?
             .map_err(|e| self.err(Op::Delete, guest_failure(e)))
+    }
+
+    /// Runs `command` inside the workload, through the plugin (`health.exec`).
+    pub async fn exec(
+        &self,
+        ctx: &CallContext<'_>,
+        w: &Workload,
+        handle: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, CallError> {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        call!(self, Op::Exec, ctx, Some(w), |rt, store| rt.call_exec(
+            &mut store,
+            w,
+            &handle.to_string(),
+            command,
+            ms
+        ))?
+        .map_err(|e| self.err(Op::Exec, guest_failure(e)))
     }
 }
 
@@ -617,16 +637,3 @@ impl PluginRegistry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn imports_map_to_the_grants_they_need() {
-        assert_eq!(grant_for("era:plugin/log@0.1.0"), Ok(Some(Grant::Log)));
-        assert_eq!(grant_for("era:plugin/process@0.1.0"), Ok(Some(Grant::Process)));
-        assert_eq!(grant_for("wasi:filesystem/types@0.2.6"), Ok(None));
-        assert_eq!(grant_for("wasi:sockets/tcp@0.2.0"), Ok(Some(Grant::Network)));
-        assert_eq!(grant_for("acme:evil/backdoor"), Err(()));
-    }
-}

@@ -325,7 +325,7 @@ impl Deployments for DeploymentsService {
                 description: p.info.description.clone(),
                 digest: p.digest.clone(),
                 source: p.source.clone(),
-                grants: p.grants.iter().map(|g| g.as_str().to_string()).collect(),
+                grants: p.grants.names().into_iter().map(str::to_string).collect(),
             })
             .collect();
         Ok(Response::new(pb::PluginsResponse { plugins }))

@@ -69,6 +69,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
     pulled_at TEXT NOT NULL,
     PRIMARY KEY (reference, digest)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS port_claims (
     port       INTEGER NOT NULL,
     protocol   TEXT NOT NULL,
@@ -242,6 +246,23 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A random id made when this store was created: part of every runtime
+    /// object's name, so objects another store made are never taken for ours.
+    pub fn instance_id(&self) -> Result<String, StoreError> {
+        self.with(|c| {
+            let fresh = {
+                use std::io::Read;
+                let mut b = [0u8; 4];
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| f.read_exact(&mut b))
+                    .map_err(|e| StoreError::Corrupt(format!("cannot read /dev/urandom: {e}")))?;
+                hex::encode(b)
+            };
+            c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)", params![fresh])?;
+            Ok(c.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| r.get(0))?)
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {

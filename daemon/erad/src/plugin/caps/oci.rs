@@ -1,0 +1,701 @@
+//! The `oci` capability: OCI containers run by runc or crun, which erad runs
+//! itself. Granted by `oci = { runtimes = ["runc", "crun"], ... }`.
+//!
+//! A plugin writes an OCI runtime bundle's `config.json` into
+//! `bundle/` of its work dir and asks the host to create, start, signal,
+//! inspect, exec in or delete *this revision's* container. The host:
+//! - picks the container id (`era-<store id>-<deployment>-<revision>`) and
+//!   keeps every container under its own runtime root, `DATA/runtimes/oci/<runtime>`,
+//!   so a plugin cannot name another deployment's container, and a container
+//!   erad did not create (elsewhere, or before this store) is never adopted;
+//! - reads `config.json` beneath the work dir without following links,
+//!   checks it against the grant's policy ([`check_bundle`]: mount sources,
+//!   capabilities, namespaces, devices, no hooks, `noNewPrivileges`, and
+//!   every key it knows, refusing the rest), and runs the runtime on its own
+//!   copy of what it checked, outside the plugin's reach;
+//! - runs `runtime create` under `era-shim` (next to erad), which records the
+//!   exit code in the host's state dir; the container's stdout and stderr go
+//!   to `logs/output.log`, opened beneath the work dir without following links.
+
+use super::policy::{self, ContainerPolicy, HostNamespace, Ran};
+use super::{CallScope, GrantError, RuntimeHome};
+use crate::plugin::HostState;
+use crate::plugin::bindings::era::plugin::oci_runtime::{ContainerState, Host, Signal};
+use crate::plugin::bindings::era::plugin::types::{ExecOutput, RuntimeError};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long one runtime command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// `bundle/config.json` larger than this is refused.
+const MAX_CONFIG: u64 = 1 << 20;
+/// The runtimes this capability knows how to drive.
+const RUNTIMES: &[&str] = &["runc", "crun"];
+/// Where the plugin writes the bundle, relative to the work dir.
+pub const BUNDLE: &str = "bundle/config.json";
+
+/// `oci = { ... }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciGrant {
+    /// `runc` and/or `crun` (on erad's `PATH`), or absolute paths to them.
+    pub runtimes: Vec<String>,
+    /// Capabilities a container may have; default Docker's set.
+    pub capabilities: Option<Vec<String>>,
+    /// Host namespaces a container may stay in (`network`, `pid`, `ipc`, `uts`); default none.
+    #[serde(default)]
+    pub host_namespaces: Vec<HostNamespace>,
+    /// Host files a container may bind-mount; default `/etc/resolv.conf`, `/etc/hosts`.
+    pub host_files: Option<Vec<PathBuf>>,
+}
+
+impl OciGrant {
+    pub fn check(&self) -> Result<(), GrantError> {
+        if self.runtimes.is_empty() {
+            return Err(GrantError::new("oci.runtimes", "name at least one runtime: runc or crun"));
+        }
+        for r in &self.runtimes {
+            let base = Path::new(r).file_name().and_then(|f| f.to_str()).unwrap_or("");
+            if !RUNTIMES.contains(&base) || (!Path::new(r).is_absolute() && r.contains('/')) {
+                return Err(GrantError::new(
+                    "oci.runtimes",
+                    format!("{r:?} is not runc or crun (by name, or an absolute path to one)"),
+                ));
+            }
+        }
+        self.policy()?;
+        Ok(())
+    }
+
+    pub fn policy(&self) -> Result<ContainerPolicy, GrantError> {
+        ContainerPolicy::from_grant(
+            "grants.oci",
+            self.capabilities.as_deref(),
+            &self.host_namespaces,
+            self.host_files.as_deref(),
+        )
+    }
+}
+
+/// Docker's masked paths: a bundle must mask at least these.
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+/// Docker's read-only paths: a bundle must keep at least these read-only.
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Mount types that take no host path (the kernel makes them fresh).
+const PSEUDO_MOUNTS: &[&str] = &["proc", "tmpfs", "devpts", "mqueue", "sysfs", "cgroup", "cgroup2"];
+
+fn obj<'a>(v: &'a mut Value, at: &str) -> Result<&'a mut Map<String, Value>, String> {
+    v.as_object_mut().ok_or_else(|| format!("{at} must be an object"))
+}
+
+fn only_keys(m: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), String> {
+    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("{at}{k} is not allowed by erad's policy")),
+        None => Ok(()),
+    }
+}
+
+fn strings(v: &Value, at: &str) -> Result<Vec<String>, String> {
+    let list = v.as_array().ok_or_else(|| format!("{at} must be a list of strings"))?;
+    list.iter().map(|s| s.as_str().map(str::to_string).ok_or_else(|| format!("{at} must be a list of strings"))).collect()
+}
+
+/// An empty object, list or null: what "none of these" looks like.
+fn empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.values().all(empty),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Checks a bundle's `config.json` against the policy; returns what the
+/// runtime will run: the same config, with the root path made absolute.
+/// Errors name the field.
+pub fn check_bundle(text: &[u8], scope: &CallScope, policy: &ContainerPolicy) -> Result<Value, String> {
+    let mut spec: Value = serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let top = obj(&mut spec, "the config")?;
+    only_keys(
+        top,
+        "",
+        &["ociVersion", "root", "mounts", "process", "hostname", "domainname", "linux", "hooks", "annotations"],
+    )?;
+    if top.get("hooks").is_some_and(|h| !empty(h)) {
+        return Err("hooks: OCI hooks run on the host as root; erad's policy allows none".into());
+    }
+    if top.get("annotations").is_some_and(|a| !empty(a)) {
+        return Err("annotations: runtimes read some as settings; erad's policy allows none".into());
+    }
+
+    // root: beneath the work dir, through no link.
+    let bundle_dir = scope.work_dir.join("bundle");
+    let root = top.get_mut("root").ok_or("root: missing")?;
+    let root = obj(root, "root")?;
+    only_keys(root, "root.", &["path", "readonly"])?;
+    let path = root.get("path").and_then(Value::as_str).ok_or("root.path: missing")?;
+    let rel = policy::beneath_work_dir(&scope.work_dir, &bundle_dir, path).map_err(|e| format!("root.path: {e}"))?;
+    crate::beneath::check_dir(&scope.work_dir, &rel).map_err(|e| format!("root.path: {e}"))?;
+    root.insert("path".into(), Value::String(scope.work_dir.join(&rel).display().to_string()));
+
+    // process: no terminal, no new privileges, granted capabilities only.
+    let process = obj(top.get_mut("process").ok_or("process: missing")?, "process")?;
+    only_keys(
+        process,
+        "process.",
+        &[
+            "terminal",
+            "consoleSize",
+            "user",
+            "args",
+            "commandLine",
+            "env",
+            "cwd",
+            "capabilities",
+            "rlimits",
+            "noNewPrivileges",
+            "apparmorProfile",
+            "oomScoreAdj",
+            "selinuxLabel",
+            "ioPriority",
+            "scheduler",
+            "execCPUAffinity",
+        ],
+    )?;
+    if process.get("terminal").and_then(Value::as_bool).unwrap_or(false) {
+        return Err("process.terminal: erad gives containers no terminal".into());
+    }
+    if process.get("noNewPrivileges").and_then(Value::as_bool) != Some(true) {
+        return Err("process.noNewPrivileges: must be true (setuid programs must not gain privileges)".into());
+    }
+    if let Some(caps) = process.get("capabilities") {
+        let caps = caps.as_object().ok_or("process.capabilities must be an object")?;
+        only_keys(caps, "process.capabilities.", &["bounding", "effective", "inheritable", "permitted", "ambient"])?;
+        for (set, list) in caps {
+            for c in strings(list, &format!("process.capabilities.{set}"))? {
+                policy.allows_capability(&c).map_err(|e| format!("process.capabilities.{set}: {e}"))?;
+            }
+        }
+    }
+
+    // mounts: host paths only from the work dir, volumes and listed files.
+    if let Some(mounts) = top.get("mounts") {
+        let mounts = mounts.as_array().ok_or("mounts must be a list")?;
+        for (i, m) in mounts.iter().enumerate() {
+            let at = format!("mounts[{i}]");
+            let m = m.as_object().ok_or_else(|| format!("{at} must be an object"))?;
+            only_keys(m, &format!("{at}."), &["destination", "source", "type", "options", "uidMappings", "gidMappings"])?;
+            let options = match m.get("options") {
+                Some(o) => strings(o, &format!("{at}.options"))?,
+                None => Vec::new(),
+            };
+            let kind = m.get("type").and_then(Value::as_str).unwrap_or("");
+            let dest = m.get("destination").and_then(Value::as_str).unwrap_or("");
+            if options.iter().any(|o| matches!(o.as_str(), "shared" | "rshared")) {
+                return Err(format!("{at}.options: shared propagation would carry mounts back to the host"));
+            }
+            let bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+            if bind {
+                let source = m.get("source").and_then(Value::as_str).ok_or_else(|| format!("{at}.source: missing"))?;
+                policy.mount_source(scope, source).map_err(|e| format!("{at}: {e}"))?;
+            } else if !PSEUDO_MOUNTS.contains(&kind) {
+                return Err(format!("{at}.type: {kind:?} mounts are not allowed (bind, {})", PSEUDO_MOUNTS.join(", ")));
+            } else if kind == "proc" && dest != "/proc" {
+                return Err(format!("{at}: proc only at /proc, where its sensitive files are masked"));
+            } else if matches!(kind, "sysfs" | "cgroup" | "cgroup2") && !options.iter().any(|o| o == "ro") {
+                return Err(format!("{at}: {kind} must be mounted read-only (\"ro\")"));
+            }
+        }
+    }
+
+    // linux: own namespaces, no devices, no host hooks into the kernel.
+    let linux = obj(top.get_mut("linux").ok_or("linux: missing")?, "linux")?;
+    only_keys(
+        linux,
+        "linux.",
+        &[
+            "namespaces",
+            "uidMappings",
+            "gidMappings",
+            "timeOffsets",
+            "devices",
+            "resources",
+            "rootfsPropagation",
+            "seccomp",
+            "sysctl",
+            "maskedPaths",
+            "readonlyPaths",
+            "mountLabel",
+            "personality",
+        ],
+    )?;
+    if linux.get("devices").is_some_and(|d| !empty(d)) {
+        return Err("linux.devices: containers get the runtime's default devices only".into());
+    }
+    if linux.get("sysctl").is_some_and(|d| !empty(d)) {
+        return Err("linux.sysctl: erad's policy allows no sysctls".into());
+    }
+    if let Some(p) = linux.get("rootfsPropagation").and_then(Value::as_str)
+        && !matches!(p, "private" | "rprivate" | "slave" | "rslave")
+    {
+        return Err(format!("linux.rootfsPropagation: {p:?} would share mounts with the host"));
+    }
+    if let Some(seccomp) = linux.get("seccomp") {
+        let s = seccomp.as_object().ok_or("linux.seccomp must be an object")?;
+        only_keys(s, "linux.seccomp.", &["defaultAction", "defaultErrnoRet", "architectures", "flags", "syscalls"])?;
+    }
+    if let Some(res) = linux.get("resources") {
+        let r = res.as_object().ok_or("linux.resources must be an object")?;
+        only_keys(
+            r,
+            "linux.resources.",
+            &["devices", "memory", "cpu", "blockIO", "hugepageLimits", "pids", "network", "rdma", "unified"],
+        )?;
+        if let Some(devs) = r.get("devices") {
+            let devs = devs.as_array().ok_or("linux.resources.devices must be a list")?;
+            if let Some(i) = devs.iter().position(|d| d.get("allow").and_then(Value::as_bool) != Some(false)) {
+                return Err(format!(
+                    "linux.resources.devices[{i}]: only deny rules; containers get the runtime's default devices"
+                ));
+            }
+        }
+    }
+    let mut kinds = std::collections::BTreeSet::new();
+    for (i, ns) in linux.get("namespaces").and_then(Value::as_array).cloned().unwrap_or_default().iter().enumerate() {
+        let kind = ns.get("type").and_then(Value::as_str).unwrap_or("");
+        if ns.get("path").is_some_and(|p| !p.is_null()) {
+            return Err(format!("linux.namespaces[{i}].path: joining an existing namespace is not allowed"));
+        }
+        if !matches!(kind, "pid" | "network" | "mount" | "ipc" | "uts" | "user" | "cgroup" | "time") {
+            return Err(format!("linux.namespaces[{i}].type: {kind:?} is not a namespace"));
+        }
+        kinds.insert(kind.to_string());
+    }
+    if !kinds.contains("mount") {
+        return Err("linux.namespaces: a container needs its own mount namespace".into());
+    }
+    for (kind, ns) in [
+        ("network", HostNamespace::Network),
+        ("pid", HostNamespace::Pid),
+        ("ipc", HostNamespace::Ipc),
+        ("uts", HostNamespace::Uts),
+    ] {
+        policy.require_namespace(ns, kinds.contains(kind)).map_err(|e| format!("linux.namespaces: {e}"))?;
+    }
+    for (key, needed) in [("maskedPaths", MASKED_PATHS), ("readonlyPaths", READONLY_PATHS)] {
+        let have = match linux.get(key) {
+            Some(v) => strings(v, &format!("linux.{key}"))?,
+            None => Vec::new(),
+        };
+        if let Some(missing) = needed.iter().find(|p| !have.iter().any(|h| h == *p)) {
+            return Err(format!("linux.{key}: must include {missing} (and the rest of Docker's defaults)"));
+        }
+    }
+    Ok(spec)
+}
+
+impl From<String> for RuntimeError {
+    fn from(m: String) -> RuntimeError {
+        RuntimeError::Failed(m)
+    }
+}
+
+/// One call's view of the container of its revision.
+struct Oci<'a> {
+    scope: &'a CallScope,
+    home: &'a RuntimeHome,
+    grant: &'a OciGrant,
+    /// `runc` or `crun`.
+    runtime: String,
+    program: PathBuf,
+}
+
+impl<'a> Oci<'a> {
+    fn new(state: &'a HostState, runtime: &str) -> Result<Oci<'a>, RuntimeError> {
+        let grant = state
+            .grants
+            .oci
+            .as_ref()
+            .ok_or_else(|| RuntimeError::NotAllowed("this plugin has no oci grant".into()))?;
+        let entry = grant
+            .runtimes
+            .iter()
+            .find(|r| Path::new(r).file_name().is_some_and(|f| f == runtime))
+            .filter(|_| RUNTIMES.contains(&runtime))
+            .ok_or_else(|| {
+                RuntimeError::NotAllowed(format!(
+                    "runtime {runtime:?} is not granted (grants.oci.runtimes: {})",
+                    grant.runtimes.join(", ")
+                ))
+            })?;
+        let program = super::find_program(entry)
+            .ok_or_else(|| RuntimeError::Failed(format!("{entry} is granted but not installed on this host")))?;
+        Ok(Oci { scope: &state.scope, home: &state.runtimes, grant, runtime: runtime.to_string(), program })
+    }
+
+    fn id(&self, what: &str) -> Result<String, RuntimeError> {
+        let rev = self.scope.revision(what).map_err(RuntimeError::NotAllowed)?;
+        Ok(self.home.container_id(&self.scope.deployment, rev))
+    }
+
+    fn dirs(&self, id: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let base = self.home.root.join("oci");
+        (base.join(&self.runtime), base.join("bundles").join(id), base.join("state").join(id))
+    }
+
+    async fn run(&self, args: &[&str], output: Option<&std::fs::File>, timeout: Duration) -> Result<Ran, RuntimeError> {
+        let (root, _, _) = self.dirs("");
+        create_private(&root)?;
+        let mut argv: Vec<OsString> = vec!["--root".into(), root.into_os_string()];
+        argv.extend(args.iter().map(OsString::from));
+        policy::run_host(&self.program, &argv, &self.home.root, output, timeout).await.map_err(RuntimeError::Failed)
+    }
+
+    fn policy(&self) -> Result<ContainerPolicy, RuntimeError> {
+        self.grant.policy().map_err(|e| RuntimeError::Failed(e.to_string()))
+    }
+
+    fn checked_bundle(&self) -> Result<Value, RuntimeError> {
+        let text = crate::beneath::read_capped(&self.scope.work_dir, Path::new(BUNDLE), MAX_CONFIG)
+            .map_err(|e| RuntimeError::Policy(format!("{BUNDLE}: {e}")))?
+            .ok_or_else(|| RuntimeError::NotFound(format!("{BUNDLE} is missing in the work dir")))?;
+        check_bundle(&text, self.scope, &self.policy()?).map_err(|e| RuntimeError::Policy(format!("{BUNDLE}: {e}")))
+    }
+
+    async fn state(&self) -> Result<Option<ContainerState>, RuntimeError> {
+        let id = self.id("looking at a container")?;
+        let ran = self.run(&["state", &id], None, COMMAND_TIMEOUT).await?;
+        if !ran.ok() {
+            let err = ran.stderr_text();
+            if err.contains("does not exist") || err.contains("not found") || err.contains("No such file") {
+                return Ok(None);
+            }
+            return Err(RuntimeError::Failed(format!("{} state {id}: {err}", self.runtime)));
+        }
+        let v: Value = serde_json::from_slice(&ran.stdout)
+            .map_err(|e| RuntimeError::Failed(format!("{} state {id}: not JSON: {e}", self.runtime)))?;
+        let (_, _, state_dir) = self.dirs(&id);
+        let exit_code =
+            std::fs::read_to_string(state_dir.join("exit-code")).ok().and_then(|t| t.trim().parse::<i32>().ok());
+        Ok(Some(ContainerState {
+            id,
+            status: v["status"].as_str().unwrap_or("unknown").to_string(),
+            pid: v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0),
+            exit_code,
+        }))
+    }
+
+    async fn create(&self) -> Result<(), RuntimeError> {
+        let id = self.id("creating a container")?;
+        let checked = self.checked_bundle()?;
+        match self.state().await?.map(|s| s.status) {
+            Some(s) if s == "created" || s == "running" || s == "paused" => return Ok(()),
+            Some(_) => {
+                self.run(&["delete", "--force", &id], None, COMMAND_TIMEOUT).await?;
+            }
+            None => {}
+        }
+        let (_, bundle, state_dir) = self.dirs(&id);
+        create_private(&bundle)?;
+        create_private(&state_dir)?;
+        let _ = std::fs::remove_file(state_dir.join("exit-code"));
+        let text = serde_json::to_vec_pretty(&checked).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        write_atomic(&bundle.join("config.json"), &text)?;
+        let log = open_log(&self.scope.work_dir)?;
+        let pid_file = state_dir.join("pid");
+        let create: Vec<OsString> = vec![
+            self.program.clone().into(),
+            "--root".into(),
+            self.dirs("").0.into(),
+            "create".into(),
+            "--bundle".into(),
+            bundle.clone().into(),
+            "--pid-file".into(),
+            pid_file.clone().into(),
+            id.clone().into(),
+        ];
+        create_private(&self.dirs("").0)?;
+        // era-shim stays with the container to record its exit code (runc
+        // keeps none once a detached container is gone).
+        let ran = match &self.home.shim {
+            Some(shim) => {
+                let mut argv: Vec<OsString> = vec![
+                    "--exit-file".into(),
+                    state_dir.join("exit-code").into(),
+                    "--pid-file".into(),
+                    pid_file.into(),
+                    "--".into(),
+                ];
+                argv.extend(create);
+                policy::run_host(shim, &argv, &bundle, Some(&log), COMMAND_TIMEOUT).await
+            }
+            None => policy::run_host(&self.program, &create[1..], &bundle, Some(&log), COMMAND_TIMEOUT).await,
+        }
+        .map_err(RuntimeError::Failed)?;
+        if !ran.ok() {
+            return Err(RuntimeError::Failed(format!(
+                "{} create {id} failed: {}",
+                self.runtime,
+                policy::log_tail(&self.scope.work_dir)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn create_private(dir: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| RuntimeError::Failed(format!("{}: {e}", dir.display())))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| RuntimeError::Failed(format!("{}: {e}", path.display())))
+}
+
+/// The workload's log, opened beneath the work dir without following links.
+pub fn open_log(work_dir: &Path) -> Result<std::fs::File, RuntimeError> {
+    let rel = Path::new(crate::logs::OUTPUT);
+    if let Some(parent) = rel.parent() {
+        crate::beneath::create_dirs(work_dir, parent)
+            .map_err(|e| RuntimeError::Policy(format!("{}: {e}", parent.display())))?;
+    }
+    crate::beneath::append_file(work_dir, rel).map_err(|e| RuntimeError::Policy(format!("{}: {e}", rel.display())))
+}
+
+fn signal_name(s: Signal) -> &'static str {
+    match s {
+        Signal::Term => "SIGTERM",
+        Signal::Kill => "SIGKILL",
+        Signal::Int => "SIGINT",
+        Signal::Hup => "SIGHUP",
+        Signal::Quit => "SIGQUIT",
+        Signal::Usr1 => "SIGUSR1",
+        Signal::Usr2 => "SIGUSR2",
+    }
+}
+
+impl Host for HostState {
+    async fn version(&mut self, runtime: String) -> Result<String, RuntimeError> {
+        let oci = Oci::new(self, &runtime)?;
+        let ran =
+            policy::run_host(&oci.program, &["--version".into()], &oci.home.root, None, COMMAND_TIMEOUT).await?;
+        if !ran.ok() {
+            return Err(RuntimeError::Failed(format!("{runtime} --version: {}", ran.stderr_text())));
+        }
+        Ok(String::from_utf8_lossy(&ran.stdout).lines().next().unwrap_or_default().to_string())
+    }
+
+    async fn check(&mut self, runtime: String) -> Result<(), RuntimeError> {
+        Oci::new(self, &runtime)?.checked_bundle().map(|_| ())
+    }
+
+    async fn create(&mut self, runtime: String) -> Result<(), RuntimeError> {
+        let r = Oci::new(self, &runtime)?.create().await;
+        if let Err(e) = &r {
+            tracing::warn!(plugin = &*self.plugin, deployment = self.scope.deployment, "oci create refused or failed: {e:?}");
+        }
+        r
+    }
+
+    async fn start(&mut self, runtime: String) -> Result<(), RuntimeError> {
+        let oci = Oci::new(self, &runtime)?;
+        let id = oci.id("starting a container")?;
+        let ran = oci.run(&["start", &id], None, COMMAND_TIMEOUT).await?;
+        if !ran.ok() {
+            return Err(RuntimeError::Failed(format!("{runtime} start {id}: {}", ran.stderr_text())));
+        }
+        Ok(())
+    }
+
+    async fn state(&mut self, runtime: String) -> Result<Option<ContainerState>, RuntimeError> {
+        Oci::new(self, &runtime)?.state().await
+    }
+
+    async fn kill(&mut self, runtime: String, signal: Signal) -> Result<(), RuntimeError> {
+        let oci = Oci::new(self, &runtime)?;
+        let id = oci.id("signalling a container")?;
+        let ran = oci.run(&["kill", &id, signal_name(signal)], None, COMMAND_TIMEOUT).await?;
+        if !ran.ok() {
+            let err = ran.stderr_text();
+            if err.contains("does not exist") || err.contains("not found") {
+                return Err(RuntimeError::NotFound(format!("container {id} does not exist")));
+            }
+            return Err(RuntimeError::Failed(format!("{runtime} kill {id}: {err}")));
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, runtime: String) -> Result<(), RuntimeError> {
+        let oci = Oci::new(self, &runtime)?;
+        let id = oci.id("deleting a container")?;
+        if oci.state().await?.is_some() {
+            let ran = oci.run(&["delete", "--force", &id], None, COMMAND_TIMEOUT).await?;
+            if !ran.ok() && oci.state().await?.is_some() {
+                return Err(RuntimeError::Failed(format!("{runtime} delete {id}: {}", ran.stderr_text())));
+            }
+        }
+        let (_, bundle, state_dir) = oci.dirs(&id);
+        for d in [bundle, state_dir] {
+            match std::fs::remove_dir_all(&d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(RuntimeError::Failed(format!("{}: {e}", d.display())));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn exec(&mut self, runtime: String, args: Vec<String>, timeout_ms: u32) -> Result<ExecOutput, RuntimeError> {
+        let oci = Oci::new(self, &runtime)?;
+        let id = oci.id("running a command in a container")?;
+        if args.is_empty() {
+            return Err(RuntimeError::Policy("exec needs a command".into()));
+        }
+        let mut argv = vec!["exec", &id, "--"];
+        argv.extend(args.iter().map(String::as_str));
+        let timeout = if timeout_ms == 0 { COMMAND_TIMEOUT } else { Duration::from_millis(timeout_ms.into()) };
+        match oci.run(&argv, None, timeout).await {
+            Ok(ran) => Ok(ExecOutput { exit_code: ran.code, stdout: ran.stdout, stderr: ran.stderr }),
+            Err(RuntimeError::Failed(m)) if m.contains("did not finish") => {
+                Ok(ExecOutput { exit_code: None, stdout: Vec::new(), stderr: m.into_bytes() })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What the shipped container plugin writes, in short.
+    fn good(work: &Path) -> Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                "capabilities": {"bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
+                "noNewPrivileges": true
+            },
+            "root": {"path": "../rootfs", "readonly": false},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "ro"]},
+                {"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf", "options": ["rbind", "ro"]},
+                {"destination": "/data", "type": "bind", "source": work.join("rootfs/data").display().to_string(), "options": ["rbind"]}
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+                "maskedPaths": MASKED_PATHS,
+                "readonlyPaths": READONLY_PATHS
+            }
+        })
+    }
+
+    fn setup() -> (tempfile::TempDir, CallScope, ContainerPolicy) {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(work.path().join("rootfs/data")).unwrap();
+        std::fs::create_dir_all(work.path().join("bundle")).unwrap();
+        let scope = CallScope {
+            deployment: "web".into(),
+            revision: Some(1),
+            work_dir: work.path().to_path_buf(),
+            volumes: vec![],
+        };
+        let policy = ContainerPolicy::from_grant("grants.oci", None, &[], None).unwrap();
+        (work, scope, policy)
+    }
+
+    fn refused(spec: &Value, scope: &CallScope, policy: &ContainerPolicy) -> String {
+        check_bundle(&serde_json::to_vec(spec).unwrap(), scope, policy).expect_err("must be refused")
+    }
+
+    #[test]
+    fn a_plain_bundle_passes_with_its_root_made_absolute() {
+        let (work, scope, policy) = setup();
+        let out = check_bundle(&serde_json::to_vec(&good(work.path())).unwrap(), &scope, &policy).unwrap();
+        assert_eq!(out["root"]["path"], work.path().join("rootfs").display().to_string());
+    }
+
+    #[test]
+    fn escapes_through_the_bundle_are_refused_naming_the_field() {
+        let (work, scope, policy) = setup();
+        std::os::unix::fs::symlink("/", work.path().join("hostroot")).unwrap();
+        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+            ("hooks", Box::new(|s| s["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "touch /pwned"]}]}))),
+            ("mounts[3]", Box::new(|s| s["mounts"][3]["source"] = json!("/"))),
+            ("mounts[3]", Box::new(|s| s["mounts"][3] = json!({"destination": "/h", "type": "none", "source": "/etc", "options": ["rbind"]}))),
+            ("mounts[3].type", Box::new(|s| s["mounts"][3] = json!({"destination": "/h", "type": "ext4", "source": "/dev/vda"}))),
+            ("mounts[3]", Box::new(|s| s["mounts"][3] = json!({"destination": "/p2", "type": "proc", "source": "proc"}))),
+            ("mounts[1]", Box::new(|s| s["mounts"][1]["options"] = json!(["nosuid"]))),
+            ("root.path", Box::new(|s| s["root"]["path"] = json!("/"))),
+            ("root.path", Box::new(|s| s["root"]["path"] = json!("../hostroot"))),
+            ("root.path", Box::new(|s| s["root"]["path"] = json!("../../.."))),
+            ("process.capabilities.bounding", Box::new(|s| s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]))),
+            ("process.capabilities.ambient", Box::new(|s| s["process"]["capabilities"]["ambient"] = json!(["CAP_SYS_MODULE"]))),
+            ("process.noNewPrivileges", Box::new(|s| s["process"]["noNewPrivileges"] = json!(false))),
+            ("linux.namespaces", Box::new(|s| s["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]))),
+            ("linux.namespaces[0].path", Box::new(|s| s["linux"]["namespaces"][0]["path"] = json!("/proc/1/ns/pid"))),
+            ("linux.namespaces", Box::new(|s| s["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]))),
+            ("linux.devices", Box::new(|s| s["linux"]["devices"] = json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0}]))),
+            ("linux.resources.devices[0]", Box::new(|s| s["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]))),
+            ("linux.sysctl", Box::new(|s| s["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/tmp/x"}))),
+            ("linux.cgroupsPath", Box::new(|s| s["linux"]["cgroupsPath"] = json!("/system.slice/erad.service"))),
+            ("linux.seccomp.listenerPath", Box::new(|s| s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/x.sock"}))),
+            ("linux.maskedPaths", Box::new(|s| s["linux"]["maskedPaths"] = json!([]))),
+            ("linux.readonlyPaths", Box::new(|s| s["linux"]["readonlyPaths"] = json!(["/proc/sys"]))),
+            ("linux.rootfsPropagation", Box::new(|s| s["linux"]["rootfsPropagation"] = json!("shared"))),
+            ("linux.netDevices", Box::new(|s| s["linux"]["netDevices"] = json!({"eth0": {}}))),
+            ("annotations", Box::new(|s| s["annotations"] = json!({"run.oci.handler": "krun"}))),
+            ("process.terminal", Box::new(|s| s["process"]["terminal"] = json!(true))),
+            ("vm", Box::new(|s| s["vm"] = json!({"hypervisor": {"path": "/bin/sh"}}))),
+        ];
+        for (field, break_it) in cases {
+            let mut spec = good(work.path());
+            break_it(&mut spec);
+            let err = refused(&spec, &scope, &policy);
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn granted_host_namespaces_and_capabilities_pass() {
+        let (work, scope, _) = setup();
+        let policy = ContainerPolicy::from_grant(
+            "grants.oci",
+            Some(&["CAP_SYS_ADMIN".into(), "CAP_KILL".into(), "CAP_CHOWN".into()]),
+            &[HostNamespace::Network],
+            None,
+        )
+        .unwrap();
+        let mut spec = good(work.path());
+        spec["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+        spec["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
+        check_bundle(&serde_json::to_vec(&spec).unwrap(), &scope, &policy).unwrap();
+    }
+}
