@@ -170,7 +170,9 @@ fn network_none_gives_a_private_namespace_and_an_ungranted_runtime_is_refused() 
     assert_eq!(refused.code, 1, "{refused:?}");
     let msg = erad.get("norunc")["message"].as_str().unwrap().to_string();
     assert!(
-        msg.contains("validate: invalid config: not granted: runtime \"runc\" is not granted (grants.oci.runtimes: crun)"),
+        msg.contains(
+            "validate: invalid config: not granted: runtime \"runc\" is not granted (grants.oci.runtimes: crun)"
+        ),
         "{msg}"
     );
 }

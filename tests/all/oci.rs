@@ -261,7 +261,8 @@ fn a_plugin_named_by_oci_reference_is_pulled_verified_and_runs() {
     let wasm = std::fs::read(era_tests::plugin::NOOP).unwrap();
     let manifest = registry.push_wasm("plugins/noop", "0.1.0", &wasm);
     let reference = format!("{}/plugins/noop:0.1.0", registry.addr);
-    let config = format!("[plugins.noop]\nreference = \"{reference}\"\nsha256 = \"{manifest}\"\ngrants = {{ log = true }}\n");
+    let config =
+        format!("[plugins.noop]\nreference = \"{reference}\"\nsha256 = \"{manifest}\"\ngrants = {{ log = true }}\n");
     let mut erad = Erad::start_with(&config, &[]);
     let plugins = erad.era(&["-o", "json", "plugins"]).json();
     assert_eq!(plugins[0]["source"], reference.as_str());

@@ -30,7 +30,7 @@ fn trap_hang_and_hog_fail_one_call_each_while_another_deployment_keeps_working()
 fn a_plugin_importing_what_it_was_not_granted_is_refused_at_load() {
     let config = format!("[plugins.noop]\npath = \"{}\"\ngrants = {{}}\n", plugin::NOOP);
     let msg = Erad::try_start_with(&config, &[]).err().expect("erad must refuse to start");
-    assert!(msg.contains("plugin noop: imports era:plugin/log@0.1.0, which is not granted"), "{msg}");
+    assert!(msg.contains("plugin noop: imports era:plugin/log@0.2.0, which is not granted"), "{msg}");
 }
 
 #[test]

@@ -30,7 +30,7 @@ mod bare {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "plugin",
-        imports: { "era:plugin/process": async },
+        imports: { "era:plugin/process": async, "era:plugin/oci-runtime": async, "era:plugin/lxc": async },
         exports: { default: async },
     });
 }
@@ -47,14 +47,6 @@ impl wasmtime_wasi::WasiView for BareState {
 impl bare::era::plugin::types::Host for BareState {}
 impl bare::era::plugin::log::Host for BareState {
     fn log(&mut self, _: bare::era::plugin::log::Level, _: String) {}
-}
-impl bare::era::plugin::process::Host for BareState {
-    async fn run(
-        &mut self,
-        _: bare::era::plugin::process::Command,
-    ) -> Result<bare::era::plugin::process::Exit, bare::era::plugin::process::ProcessError> {
-        Err(bare::era::plugin::process::ProcessError::NotAllowed("bench".into()))
-    }
 }
 
 fn workload(work: &Path) -> bare::era::plugin::types::Workload {
@@ -85,7 +77,9 @@ async fn plugin_call(iterations: usize, pooling: Option<erad::plugin::Pooling>) 
     std::fs::create_dir_all(&work).unwrap();
 
     // era: the real host, one fresh Store per call.
-    let host = PluginHost::with_pooling(&dir.path().join("cache"), pooling).unwrap();
+    let runtimes =
+        erad::plugin::RuntimeHome { root: dir.path().join("runtimes"), instance: "bench".into(), shim: None };
+    let host = PluginHost::with_pooling(&dir.path().join("cache"), runtimes, pooling).unwrap();
     let cfg = erad::config::PluginConfig {
         path: era_tests::plugin::NOOP.into(),
         reference: None,
@@ -95,7 +89,7 @@ async fn plugin_call(iterations: usize, pooling: Option<erad::plugin::Pooling>) 
         deadlines: Default::default(),
     };
     let plugin = host.load("noop", &cfg).await.unwrap();
-    let ctx = CallContext { deployment: "bench", work_dir: &work };
+    let ctx = CallContext { deployment: "bench", work_dir: &work, revision: Some(1) };
     let w: erad::plugin::Workload = to_erad_workload(workload(&work));
     let handle = plugin.install(&ctx, &w).await.unwrap();
     plugin.start(&ctx, &w, &handle).await.unwrap();
@@ -107,7 +101,10 @@ async fn plugin_call(iterations: usize, pooling: Option<erad::plugin::Pooling>) 
     let component = wasmtime::component::Component::from_file(&engine, era_tests::plugin::NOOP).unwrap();
     let mut linker = wasmtime::component::Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    bare::Plugin::add_to_linker::<BareState, wasmtime::component::HasSelf<BareState>>(&mut linker, |s| s).unwrap();
+    // The noop plugin imports only `log` (and the types it uses).
+    type Me = wasmtime::component::HasSelf<BareState>;
+    bare::era::plugin::types::add_to_linker::<BareState, Me>(&mut linker, |s| s).unwrap();
+    bare::era::plugin::log::add_to_linker::<BareState, Me>(&mut linker, |s| s).unwrap();
     let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
     wasi.preopened_dir(&work, "/work", wasmtime_wasi::FsPerms::ReadWrite).unwrap();
     let mut store = wasmtime::Store::new(

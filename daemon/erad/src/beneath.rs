@@ -14,8 +14,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path};
 
-const RESOLVE: ResolveFlags =
-    ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
 /// Opens the directory `dir` itself (not following a link at its last component).
 pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
@@ -24,8 +23,7 @@ pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
 
 /// Checks that `rel` is a plain relative path (no `..`, not absolute, not empty).
 pub fn relative(rel: &Path) -> io::Result<&Path> {
-    if rel.as_os_str().is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
+    if rel.as_os_str().is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a relative path inside the directory", rel.display()),
@@ -49,8 +47,9 @@ fn explain(rel: &Path, e: rustix::io::Errno) -> io::Error {
 pub fn open(dir: &Path, rel: &Path, flags: OFlags, mode: u32) -> io::Result<File> {
     let rel = relative(rel)?;
     let dirfd = open_dir(dir)?;
-    let fd = rustix::fs::openat2(&dirfd, rel, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::from_raw_mode(mode), RESOLVE)
-        .map_err(|e| explain(rel, e))?;
+    let fd =
+        rustix::fs::openat2(&dirfd, rel, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::from_raw_mode(mode), RESOLVE)
+            .map_err(|e| explain(rel, e))?;
     Ok(File::from(fd))
 }
 
@@ -88,8 +87,14 @@ pub fn create_dirs(dir: &Path, rel: &Path) -> io::Result<()> {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(io::Error::from(e)),
         }
-        at = rustix::fs::openat2(&at, name, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-            .map_err(|e| explain(&walked, e))?;
+        at = rustix::fs::openat2(
+            &at,
+            name,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| explain(&walked, e))?;
     }
     Ok(())
 }
@@ -108,8 +113,9 @@ pub fn check_path(dir: &Path, rel: &Path) -> io::Result<()> {
     let rel = relative(rel)?;
     let dirfd = open_dir(dir)?;
     // With O_PATH|O_NOFOLLOW a final symlink opens as itself: look at what it is.
-    let fd = rustix::fs::openat2(&dirfd, rel, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-        .map_err(|e| explain(rel, e))?;
+    let fd =
+        rustix::fs::openat2(&dirfd, rel, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
+            .map_err(|e| explain(rel, e))?;
     if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) == rustix::fs::FileType::Symlink {
         return Err(explain(rel, rustix::io::Errno::LOOP));
     }

@@ -1,8 +1,8 @@
 //! The daemon config: `/etc/era/erad.toml`, versioned, every key documented in
 //! `examples/erad.toml`. Flags and `ERAD_*` environment variables override it.
 
-use crate::plugin::{Deadlines, Grants};
 pub use crate::plugin::PluginConfig;
+use crate::plugin::{Deadlines, Grants};
 use crate::spec::HumanDuration;
 use crate::trust::{KeylessIdentity, TrustRuleConfig};
 use serde::{Deserialize, Serialize};
@@ -428,8 +428,9 @@ mod tests {
     fn mistakes_name_the_key() {
         let err = DaemonConfig::parse("version = 3", "t", Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("version"), "{err}");
-        let err = DaemonConfig::parse("version = 1\n[plugins.c]\npath = \"c.wasm\"\ngrants = [\"log\"]", "t", Path::new("/"))
-            .unwrap_err();
+        let err =
+            DaemonConfig::parse("version = 1\n[plugins.c]\npath = \"c.wasm\"\ngrants = [\"log\"]", "t", Path::new("/"))
+                .unwrap_err();
         assert!(err.to_string().contains("grants became a table"), "{err}");
         for (grants, says) in [
             ("process = { programs = [] }", "plugins.c.grants.process.programs"),

@@ -45,7 +45,11 @@ pub fn exec_verdict(command: &[String], out: crate::plugin::ExecOutput) -> Resul
                 Some(c) => format!("exited with {c}"),
                 None => "was killed or timed out".into(),
             };
-            Err(if said.is_empty() { format!("exec probe {program}: {how}") } else { format!("exec probe {program}: {how}: {said}") })
+            Err(if said.is_empty() {
+                format!("exec probe {program}: {how}")
+            } else {
+                format!("exec probe {program}: {how}: {said}")
+            })
         }
     }
 }
@@ -87,7 +91,10 @@ mod tests {
         let out = |code, err: &str| crate::plugin::ExecOutput { exit_code: code, stdout: vec![], stderr: err.into() };
         let cmd = vec!["check".to_string()];
         assert_eq!(exec_verdict(&cmd, out(Some(0), "")), Ok(()));
-        assert_eq!(exec_verdict(&cmd, out(Some(3), "not ready\n")), Err("exec probe check: exited with 3: not ready".into()));
+        assert_eq!(
+            exec_verdict(&cmd, out(Some(3), "not ready\n")),
+            Err("exec probe check: exited with 3: not ready".into())
+        );
         assert!(exec_verdict(&cmd, out(None, "")).unwrap_err().contains("killed or timed out"));
     }
 }

@@ -27,7 +27,6 @@ use era_plugin_sdk::{ArtifactKind, Error, ExecOutput, PluginInfo, Runtime, Statu
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Config {
@@ -109,12 +108,10 @@ fn lxc_config(w: &Workload, c: &Config) -> Result<Vec<(String, String)>, Error> 
     let mut e: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| e.push((k.to_string(), v));
     set("lxc.uts.name", line("hostname", c.hostname.as_deref().unwrap_or(&w.deployment))?);
-    if c.template.is_none() {
-        set("lxc.autodev", "1".into());
-        set("lxc.pty.max", "4".into());
-        set("lxc.tty.max", "0".into());
-        set("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed".into());
-    }
+    set("lxc.autodev", "1".into());
+    set("lxc.pty.max", "4".into());
+    set("lxc.tty.max", "0".into());
+    set("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed".into());
     set("lxc.log.level", "WARN".into());
     if let Some(mib) = c.memory_mib {
         let bytes = mib * 1024 * 1024;

@@ -750,7 +750,8 @@ impl Supervisor {
         let rev = self.revision(revision).await?;
         let plugin = plugin_for(&self.shared, &rev.runtime)?;
         let workload = self.workload(&rev);
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx =
+            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         let handle = retry(|| plugin.install(&ctx, &workload)).await.map_err(|e| e.to_string())?;
         self.db(move |s, n| s.set_installed(n, revision, Some(&handle), true)).await.map_err(|e| e.to_string())
     }
@@ -762,14 +763,16 @@ impl Supervisor {
             rev.handle.clone().ok_or_else(|| format!("revision {revision} has no handle: it was never installed"))?;
         self.db(move |s, n| s.count_activation(n, revision)).await.map_err(|e| e.to_string())?;
         let workload = self.workload(&rev);
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx =
+            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         let handle = retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(|e| e.to_string())?;
         self.db(move |s, n| s.set_installed(n, revision, Some(&handle), true)).await.map_err(|e| e.to_string())
     }
 
     async fn status(&self, rev: &RevisionRecord) -> Result<crate::plugin::WorkloadStatus, String> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx =
+            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         plugin.status(&ctx, &workload, &handle).await.map_err(|e| e.to_string())
     }
 
@@ -780,7 +783,8 @@ impl Supervisor {
             return health::probe(h, &self.shared.http).await;
         };
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx =
+            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         let out = plugin.exec(&ctx, &workload, &handle, &exec.command, h.timeout.0).await.map_err(|e| e.to_string())?;
         health::exec_verdict(&exec.command, out).map(Some)
     }
@@ -882,7 +886,8 @@ impl Supervisor {
 
     async fn stop_revision(&self, rev: &RevisionRecord) -> Work<()> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx =
+            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         match retry(|| plugin.stop(&ctx, &workload, &handle)).await {
             Ok(()) => Ok(()),
             Err(CallError { failure: Failure::NotFound(_), .. }) => Ok(()),
@@ -892,7 +897,8 @@ impl Supervisor {
 
     async fn delete_revision(&self, rev: &RevisionRecord) -> Work<()> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx = CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx =
+            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
         // The work dir is the plugin's only view of the host; recreate it if a
         // crash took it, so delete can run.
         let _ = std::fs::create_dir_all(&rev.work_dir);

@@ -14,6 +14,5 @@ wasmtime::component::bindgen!({
 });
 
 pub use era::plugin::types::{
-    Artifact, ArtifactKind, Error as GuestError, ExecOutput, Health, PluginInfo, Port, Volume, Workload,
-    WorkloadStatus,
+    Artifact, ArtifactKind, Error as GuestError, ExecOutput, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus,
 };

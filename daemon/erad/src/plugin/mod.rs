@@ -438,7 +438,11 @@ fn check_imports(name: &str, engine: &Engine, component: &Component, grants: &Gr
                 });
             }
             Err(ImportRefusal::Refused(reason)) => {
-                return Err(LoadError::RefusedImport { name: name.into(), import: import.into(), reason: reason.into() });
+                return Err(LoadError::RefusedImport {
+                    name: name.into(),
+                    import: import.into(),
+                    reason: reason.into(),
+                });
             }
             Err(ImportRefusal::Unknown) => {
                 return Err(LoadError::UnknownImport { name: name.into(), import: import.into() });
@@ -602,14 +606,8 @@ impl LoadedPlugin {
         timeout: Duration,
     ) -> Result<ExecOutput, CallError> {
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        call!(self, Op::Exec, ctx, Some(w), |rt, store| rt.call_exec(
-            &mut store,
-            w,
-            &handle.to_string(),
-            command,
-            ms
-        ))?
-        .map_err(|e| self.err(Op::Exec, guest_failure(e)))
+        call!(self, Op::Exec, ctx, Some(w), |rt, store| rt.call_exec(&mut store, w, &handle.to_string(), command, ms))?
+            .map_err(|e| self.err(Op::Exec, guest_failure(e)))
     }
 }
 
@@ -636,4 +634,3 @@ impl PluginRegistry {
         self.plugins.values()
     }
 }
-

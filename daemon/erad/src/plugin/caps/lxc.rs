@@ -55,14 +55,19 @@ pub struct LxcGrant {
 }
 
 fn plain_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && !s.starts_with('.')
 }
 
 impl LxcGrant {
     pub fn check(&self) -> Result<(), GrantError> {
         if let Some(t) = self.templates.iter().find(|t| !plain_name(t)) {
-            return Err(GrantError::new("lxc.templates", format!("{t:?} is not a template name (as lxc-create -t takes it)")));
+            return Err(GrantError::new(
+                "lxc.templates",
+                format!("{t:?} is not a template name (as lxc-create -t takes it)"),
+            ));
         }
         if let Some(b) = self.bridges.iter().find(|b| !plain_name(b) || b.len() > 15) {
             return Err(GrantError::new("lxc.bridges", format!("{b:?} is not an interface name")));
@@ -123,7 +128,13 @@ const MOUNT_AUTO: &[&str] =
     &["proc:mixed", "sys:mixed", "sys:ro", "cgroup:mixed", "cgroup:ro", "cgroup-full:ro", "cgroup-full:mixed"];
 
 /// Checks one config entry against the policy. Errors name the key.
-pub fn check_entry(key: &str, value: &str, scope: &CallScope, grant: &LxcGrant, p: &ContainerPolicy) -> Result<(), String> {
+pub fn check_entry(
+    key: &str,
+    value: &str,
+    scope: &CallScope,
+    grant: &LxcGrant,
+    p: &ContainerPolicy,
+) -> Result<(), String> {
     let bad = |why: String| Err(format!("{key}: {why}"));
     if value.contains(['\n', '\r', '\0']) {
         return bad("a value must be one line".into());
@@ -186,15 +197,27 @@ fn check_mount_entry(value: &str, scope: &CallScope, p: &ContainerPolicy) -> Res
     }
     match kind {
         "tmpfs" | "mqueue" | "devpts" => Ok(()),
-        other => Err(format!("{other:?} mounts are not allowed (bind, tmpfs, mqueue, devpts; proc, sys and cgroup through lxc.mount.auto)")),
+        other => Err(format!(
+            "{other:?} mounts are not allowed (bind, tmpfs, mqueue, devpts; proc, sys and cgroup through lxc.mount.auto)"
+        )),
     }
 }
 
 /// The device rules of LXC's own `common.conf`: nothing but the usual
 /// character devices; `mknod` of others is allowed, using them is not.
 const DEVICE_RULES: &[&str] = &[
-    "c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 1:8 rwm",
-    "c 1:9 rwm", "c 136:* rwm", "c 10:229 rwm",
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 136:* rwm",
+    "c 10:229 rwm",
 ];
 
 /// The host's lines, last in every config so nothing before overrides them.
@@ -326,7 +349,8 @@ impl Host for HostState {
         }
         let program = super::find_program("lxc-start")
             .ok_or_else(|| RuntimeError::Failed("lxc-start is not installed on this host".into()))?;
-        let ran = policy::run_host(&program, &["--version".into()], &self.scope.work_dir, None, COMMAND_TIMEOUT).await?;
+        let ran =
+            policy::run_host(&program, &["--version".into()], &self.scope.work_dir, None, COMMAND_TIMEOUT).await?;
         if !ran.ok() {
             return Err(RuntimeError::Failed(format!("lxc-start --version: {}", ran.stderr_text())));
         }
@@ -374,7 +398,10 @@ impl Host for HostState {
         let rootfs = lxc.rootfs()?;
         create_private(&lxc.dir())?;
         let mut text = std::fs::read_to_string(lxc.dir().join("config.template")).unwrap_or_default();
-        text.push_str(&format!("# erad: {} revision {:?}, checked against grants.lxc\n", lxc.scope.deployment, lxc.scope.revision));
+        text.push_str(&format!(
+            "# erad: {} revision {:?}, checked against grants.lxc\n",
+            lxc.scope.deployment, lxc.scope.revision
+        ));
         for (k, v) in &entries {
             text.push_str(&format!("{} = {}\n", k.trim(), v.trim()));
         }

@@ -112,7 +112,9 @@ fn only_keys(m: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), S
 
 fn strings(v: &Value, at: &str) -> Result<Vec<String>, String> {
     let list = v.as_array().ok_or_else(|| format!("{at} must be a list of strings"))?;
-    list.iter().map(|s| s.as_str().map(str::to_string).ok_or_else(|| format!("{at} must be a list of strings"))).collect()
+    list.iter()
+        .map(|s| s.as_str().map(str::to_string).ok_or_else(|| format!("{at} must be a list of strings")))
+        .collect()
 }
 
 /// An empty object, list or null: what "none of these" looks like.
@@ -199,7 +201,11 @@ pub fn check_bundle(text: &[u8], scope: &CallScope, policy: &ContainerPolicy) ->
         for (i, m) in mounts.iter().enumerate() {
             let at = format!("mounts[{i}]");
             let m = m.as_object().ok_or_else(|| format!("{at} must be an object"))?;
-            only_keys(m, &format!("{at}."), &["destination", "source", "type", "options", "uidMappings", "gidMappings"])?;
+            only_keys(
+                m,
+                &format!("{at}."),
+                &["destination", "source", "type", "options", "uidMappings", "gidMappings"],
+            )?;
             let options = match m.get("options") {
                 Some(o) => strings(o, &format!("{at}.options"))?,
                 None => Vec::new(),
@@ -327,11 +333,8 @@ struct Oci<'a> {
 
 impl<'a> Oci<'a> {
     fn new(state: &'a HostState, runtime: &str) -> Result<Oci<'a>, RuntimeError> {
-        let grant = state
-            .grants
-            .oci
-            .as_ref()
-            .ok_or_else(|| RuntimeError::NotAllowed("this plugin has no oci grant".into()))?;
+        let grant =
+            state.grants.oci.as_ref().ok_or_else(|| RuntimeError::NotAllowed("this plugin has no oci grant".into()))?;
         let entry = grant
             .runtimes
             .iter()
@@ -499,8 +502,7 @@ fn signal_name(s: Signal) -> &'static str {
 impl Host for HostState {
     async fn version(&mut self, runtime: String) -> Result<String, RuntimeError> {
         let oci = Oci::new(self, &runtime)?;
-        let ran =
-            policy::run_host(&oci.program, &["--version".into()], &oci.home.root, None, COMMAND_TIMEOUT).await?;
+        let ran = policy::run_host(&oci.program, &["--version".into()], Path::new("/"), None, COMMAND_TIMEOUT).await?;
         if !ran.ok() {
             return Err(RuntimeError::Failed(format!("{runtime} --version: {}", ran.stderr_text())));
         }
@@ -514,7 +516,11 @@ impl Host for HostState {
     async fn create(&mut self, runtime: String) -> Result<(), RuntimeError> {
         let r = Oci::new(self, &runtime)?.create().await;
         if let Err(e) = &r {
-            tracing::warn!(plugin = &*self.plugin, deployment = self.scope.deployment, "oci create refused or failed: {e:?}");
+            tracing::warn!(
+                plugin = &*self.plugin,
+                deployment = self.scope.deployment,
+                "oci create refused or failed: {e:?}"
+            );
         }
         r
     }
@@ -646,27 +652,76 @@ mod tests {
     fn escapes_through_the_bundle_are_refused_naming_the_field() {
         let (work, scope, policy) = setup();
         std::os::unix::fs::symlink("/", work.path().join("hostroot")).unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-            ("hooks", Box::new(|s| s["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "touch /pwned"]}]}))),
+        type Breaker = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            (
+                "hooks",
+                Box::new(|s| {
+                    s["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "touch /pwned"]}]})
+                }),
+            ),
             ("mounts[3]", Box::new(|s| s["mounts"][3]["source"] = json!("/"))),
-            ("mounts[3]", Box::new(|s| s["mounts"][3] = json!({"destination": "/h", "type": "none", "source": "/etc", "options": ["rbind"]}))),
-            ("mounts[3].type", Box::new(|s| s["mounts"][3] = json!({"destination": "/h", "type": "ext4", "source": "/dev/vda"}))),
-            ("mounts[3]", Box::new(|s| s["mounts"][3] = json!({"destination": "/p2", "type": "proc", "source": "proc"}))),
+            (
+                "mounts[3]",
+                Box::new(|s| {
+                    s["mounts"][3] =
+                        json!({"destination": "/h", "type": "none", "source": "/etc", "options": ["rbind"]})
+                }),
+            ),
+            (
+                "mounts[3].type",
+                Box::new(|s| s["mounts"][3] = json!({"destination": "/h", "type": "ext4", "source": "/dev/vda"})),
+            ),
+            (
+                "mounts[3]",
+                Box::new(|s| s["mounts"][3] = json!({"destination": "/p2", "type": "proc", "source": "proc"})),
+            ),
             ("mounts[1]", Box::new(|s| s["mounts"][1]["options"] = json!(["nosuid"]))),
             ("root.path", Box::new(|s| s["root"]["path"] = json!("/"))),
             ("root.path", Box::new(|s| s["root"]["path"] = json!("../hostroot"))),
             ("root.path", Box::new(|s| s["root"]["path"] = json!("../../.."))),
-            ("process.capabilities.bounding", Box::new(|s| s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]))),
-            ("process.capabilities.ambient", Box::new(|s| s["process"]["capabilities"]["ambient"] = json!(["CAP_SYS_MODULE"]))),
+            (
+                "process.capabilities.bounding",
+                Box::new(|s| s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"])),
+            ),
+            (
+                "process.capabilities.ambient",
+                Box::new(|s| s["process"]["capabilities"]["ambient"] = json!(["CAP_SYS_MODULE"])),
+            ),
             ("process.noNewPrivileges", Box::new(|s| s["process"]["noNewPrivileges"] = json!(false))),
-            ("linux.namespaces", Box::new(|s| s["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]))),
+            (
+                "linux.namespaces",
+                Box::new(|s| {
+                    s["linux"]["namespaces"] =
+                        json!([{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}])
+                }),
+            ),
             ("linux.namespaces[0].path", Box::new(|s| s["linux"]["namespaces"][0]["path"] = json!("/proc/1/ns/pid"))),
-            ("linux.namespaces", Box::new(|s| s["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]))),
-            ("linux.devices", Box::new(|s| s["linux"]["devices"] = json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0}]))),
-            ("linux.resources.devices[0]", Box::new(|s| s["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]))),
+            (
+                "linux.namespaces",
+                Box::new(|s| {
+                    s["linux"]["namespaces"] =
+                        json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}])
+                }),
+            ),
+            (
+                "linux.devices",
+                Box::new(|s| {
+                    s["linux"]["devices"] = json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0}])
+                }),
+            ),
+            (
+                "linux.resources.devices[0]",
+                Box::new(|s| s["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}])),
+            ),
             ("linux.sysctl", Box::new(|s| s["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/tmp/x"}))),
             ("linux.cgroupsPath", Box::new(|s| s["linux"]["cgroupsPath"] = json!("/system.slice/erad.service"))),
-            ("linux.seccomp.listenerPath", Box::new(|s| s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/x.sock"}))),
+            (
+                "linux.seccomp.listenerPath",
+                Box::new(|s| {
+                    s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/x.sock"})
+                }),
+            ),
             ("linux.maskedPaths", Box::new(|s| s["linux"]["maskedPaths"] = json!([]))),
             ("linux.readonlyPaths", Box::new(|s| s["linux"]["readonlyPaths"] = json!(["/proc/sys"]))),
             ("linux.rootfsPropagation", Box::new(|s| s["linux"]["rootfsPropagation"] = json!("shared"))),

@@ -149,7 +149,12 @@ impl ContainerPolicy {
                 files.to_vec()
             }
         };
-        Ok(ContainerPolicy { key, capabilities, host_namespaces: host_namespaces.iter().copied().collect(), host_files })
+        Ok(ContainerPolicy {
+            key,
+            capabilities,
+            host_namespaces: host_namespaces.iter().copied().collect(),
+            host_files,
+        })
     }
 
     /// Whether a (possibly unprefixed) capability name is granted.
@@ -198,8 +203,7 @@ impl ContainerPolicy {
         if let Ok(rel) = path.strip_prefix(&scope.work_dir)
             && !rel.as_os_str().is_empty()
         {
-            return crate::beneath::check_path(&scope.work_dir, rel)
-                .map_err(|e| format!("mount source {source}: {e}"));
+            return crate::beneath::check_path(&scope.work_dir, rel).map_err(|e| format!("mount source {source}: {e}"));
         }
         Err(format!(
             "mount source {source} is outside the work dir and the deployment's volumes, and not one of {}.host_files ({})",
@@ -335,9 +339,15 @@ mod tests {
         p.mount_source(&s, &format!("{w}/rootfs")).unwrap();
         p.mount_source(&s, &vol.path().display().to_string()).unwrap();
         p.mount_source(&s, "/etc/resolv.conf").unwrap();
-        for bad in
-            ["/", "/etc/shadow", "/var/run/docker.sock", &format!("{w}/root-link"), &format!("{w}/../x"), "relative", &w]
-        {
+        for bad in [
+            "/",
+            "/etc/shadow",
+            "/var/run/docker.sock",
+            &format!("{w}/root-link"),
+            &format!("{w}/../x"),
+            "relative",
+            &w,
+        ] {
             assert!(p.mount_source(&s, bad).is_err(), "{bad}");
         }
         let err = p.mount_source(&s, "/etc").unwrap_err();

@@ -169,7 +169,12 @@ impl Host for HostState {
         let Some(grant) = self.grants.process.as_ref() else {
             return Err(ProcessError::NotAllowed("this plugin has no process grant".into()));
         };
-        tracing::debug!(plugin = &*self.plugin, deployment = self.scope.deployment, program = command.program, "process.run");
+        tracing::debug!(
+            plugin = &*self.plugin,
+            deployment = self.scope.deployment,
+            program = command.program,
+            "process.run"
+        );
         run(command, &grant.programs, &self.scope.work_dir).await
     }
 }
