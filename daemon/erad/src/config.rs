@@ -205,13 +205,11 @@ impl DaemonConfig {
     }
 
     /// The embedded dev config with data and socket under `dir`, plugins from
-    /// `plugin_dir`, and helper programs (era-shim) next to this executable.
+    /// `plugin_dir`.
     pub fn dev(dir: &Path, plugin_dir: &Path) -> Result<DaemonConfig, ConfigError> {
-        let bin = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_default();
         let text = DEV_CONFIG
             .replace("{dir}", &dir.display().to_string())
-            .replace("{plugins}", &plugin_dir.display().to_string())
-            .replace("{bin}", &bin.display().to_string());
+            .replace("{plugins}", &plugin_dir.display().to_string());
         DaemonConfig::parse(&text, "embedded dev config", dir)
     }
 

@@ -258,6 +258,12 @@ impl Status {
     }
 }
 
+/// The `exec` of a runtime with no workload to run commands in (the spec's
+/// `health.exec` then fails with this message).
+pub fn exec_unsupported(runtime: &str) -> Result<ExecOutput, Error> {
+    Err(Error::InvalidConfig(format!("{runtime} has no workload to run commands in")))
+}
+
 /// Polls `done` every 100 ms until it says yes (`Ok(true)`) or `within`
 /// passes (`Ok(false)`); its errors end the wait.
 pub fn wait_until<E>(within: std::time::Duration, mut done: impl FnMut() -> Result<bool, E>) -> Result<bool, E> {

@@ -15,7 +15,7 @@
 //! The config lives outside the plugin's reach, so what LXC reads is what
 //! was checked.
 
-use super::policy::{self, ContainerPolicy, HostNamespace, Ran};
+use super::policy::{self, ContainerPolicy, HostNamespace, Ran, RunError, create_private, write_atomic};
 use super::{CallScope, GrantError, RuntimeHome};
 use crate::plugin::HostState;
 use crate::plugin::bindings::era::plugin::lxc::{ContainerState, Host};
@@ -164,9 +164,7 @@ pub fn check_entry(
     {
         return match (field, value.trim()) {
             ("type", "empty" | "veth") => Ok(()),
-            ("type", "none") => p
-                .require_namespace(HostNamespace::Network, false)
-                .map_err(|e| format!("{key}: {e}").replace("grants.lxc.host_namespaces", "grants.lxc.host_namespaces")),
+            ("type", "none") => p.require_namespace(HostNamespace::Network, false).map_err(|e| format!("{key}: {e}")),
             ("type", t) => bad(format!("network type {t:?} is not allowed (empty, veth, or none when granted)")),
             ("link", b) if grant.bridges.iter().any(|g| g == b) => Ok(()),
             ("link", b) => bad(format!("bridge {b:?} is not one of grants.lxc.bridges ({})", grant.bridges.join(", "))),
@@ -277,14 +275,14 @@ impl<'a> Lxc<'a> {
         self.lxcpath.join(&self.name)
     }
 
-    async fn tool(&self, tool: &str, extra: &[&str], timeout: Duration) -> Result<Ran, RuntimeError> {
+    async fn tool(&self, tool: &str, extra: &[&str], timeout: Duration) -> Result<Ran, RunError> {
         let program = super::find_program(tool)
-            .ok_or_else(|| RuntimeError::Failed(format!("{tool} is not installed on this host")))?;
+            .ok_or_else(|| RunError::Failed(format!("{tool} is not installed on this host")))?;
         let mut args: Vec<OsString> =
             vec!["-P".into(), self.lxcpath.clone().into(), "-n".into(), self.name.clone().into()];
         args.extend(extra.iter().map(OsString::from));
-        create_private(&self.lxcpath)?;
-        policy::run_host(&program, &args, &self.lxcpath, None, timeout).await.map_err(RuntimeError::Failed)
+        create_private(&self.lxcpath).map_err(|e| RunError::Failed(format!("{e:?}")))?;
+        policy::run_host(&program, &args, &self.lxcpath, None, timeout).await
     }
 
     /// The root filesystem: a template's, or the image's in the work dir
@@ -331,15 +329,6 @@ impl<'a> Lxc<'a> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn create_private(dir: &Path) -> Result<(), RuntimeError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| RuntimeError::Failed(format!("{}: {e}", dir.display())))
 }
 
 impl Host for HostState {
@@ -409,10 +398,7 @@ impl Host for HostState {
             text.push_str(&line);
             text.push('\n');
         }
-        let (tmp, config) = (lxc.dir().join("config.tmp"), lxc.dir().join("config"));
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &config))
-            .map_err(|e| RuntimeError::Failed(format!("{}: {e}", config.display())))
+        write_atomic(&lxc.dir().join("config"), text.as_bytes())
     }
 
     async fn start(&mut self, init: Vec<String>) -> Result<(), RuntimeError> {
@@ -424,7 +410,7 @@ impl Host for HostState {
         }
         // What LXC will open as root: checked now, while the plugin waits.
         lxc.rootfs()?;
-        drop(super::oci::open_log(&lxc.scope.work_dir)?);
+        drop(policy::open_log(&lxc.scope.work_dir)?);
         let mut extra = vec!["-d"];
         if !init.is_empty() {
             extra.push("--");
@@ -491,14 +477,7 @@ impl Host for HostState {
         }
         let mut extra = vec!["--clear-env", "--"];
         extra.extend(args.iter().map(String::as_str));
-        let timeout = if timeout_ms == 0 { COMMAND_TIMEOUT } else { Duration::from_millis(timeout_ms.into()) };
-        match lxc.tool("lxc-attach", &extra, timeout).await {
-            Ok(ran) => Ok(ExecOutput { exit_code: ran.code, stdout: ran.stdout, stderr: ran.stderr }),
-            Err(RuntimeError::Failed(m)) if m.contains("did not finish") => {
-                Ok(ExecOutput { exit_code: None, stdout: Vec::new(), stderr: m.into_bytes() })
-            }
-            Err(e) => Err(e),
-        }
+        policy::exec_output(lxc.tool("lxc-attach", &extra, policy::timeout_or(timeout_ms, COMMAND_TIMEOUT)).await)
     }
 }
 

@@ -207,6 +207,21 @@ impl RuntimeHome {
     }
 }
 
+/// The name a grant's program entry answers to: a bare name, or the file
+/// name of an absolute path; `None` for anything else (`bin/sh`, "").
+pub fn program_name(entry: &str) -> Option<&str> {
+    let path = std::path::Path::new(entry);
+    if entry.is_empty() || (!path.is_absolute() && entry.contains('/')) {
+        return None;
+    }
+    path.file_name().and_then(|f| f.to_str())
+}
+
+/// The granted entry a plugin's `name` refers to (the entry itself, or its name).
+pub fn granted_program<'a>(name: &str, granted: &'a [String]) -> Option<&'a String> {
+    granted.iter().find(|g| g.as_str() == name || program_name(g) == Some(name))
+}
+
 /// Resolves a program name to an executable: an absolute path as is, else
 /// the first match on erad's `PATH`.
 pub fn find_program(entry: &str) -> Option<PathBuf> {

@@ -17,7 +17,7 @@
 //!   exit code in the host's state dir; the container's stdout and stderr go
 //!   to `logs/output.log`, opened beneath the work dir without following links.
 
-use super::policy::{self, ContainerPolicy, HostNamespace, Ran};
+use super::policy::{self, ContainerPolicy, HostNamespace, Ran, RunError, create_private, open_log, write_atomic};
 use super::{CallScope, GrantError, RuntimeHome};
 use crate::plugin::HostState;
 use crate::plugin::bindings::era::plugin::oci_runtime::{ContainerState, Host, Signal};
@@ -58,8 +58,7 @@ impl OciGrant {
             return Err(GrantError::new("oci.runtimes", "name at least one runtime: runc or crun"));
         }
         for r in &self.runtimes {
-            let base = Path::new(r).file_name().and_then(|f| f.to_str()).unwrap_or("");
-            if !RUNTIMES.contains(&base) || (!Path::new(r).is_absolute() && r.contains('/')) {
+            if !super::program_name(r).is_some_and(|base| RUNTIMES.contains(&base)) {
                 return Err(GrantError::new(
                     "oci.runtimes",
                     format!("{r:?} is not runc or crun (by name, or an absolute path to one)"),
@@ -315,12 +314,6 @@ pub fn check_bundle(text: &[u8], scope: &CallScope, policy: &ContainerPolicy) ->
     Ok(spec)
 }
 
-impl From<String> for RuntimeError {
-    fn from(m: String) -> RuntimeError {
-        RuntimeError::Failed(m)
-    }
-}
-
 /// One call's view of the container of its revision.
 struct Oci<'a> {
     scope: &'a CallScope,
@@ -335,10 +328,7 @@ impl<'a> Oci<'a> {
     fn new(state: &'a HostState, runtime: &str) -> Result<Oci<'a>, RuntimeError> {
         let grant =
             state.grants.oci.as_ref().ok_or_else(|| RuntimeError::NotAllowed("this plugin has no oci grant".into()))?;
-        let entry = grant
-            .runtimes
-            .iter()
-            .find(|r| Path::new(r).file_name().is_some_and(|f| f == runtime))
+        let entry = super::granted_program(runtime, &grant.runtimes)
             .filter(|_| RUNTIMES.contains(&runtime))
             .ok_or_else(|| {
                 RuntimeError::NotAllowed(format!(
@@ -356,17 +346,23 @@ impl<'a> Oci<'a> {
         Ok(self.home.container_id(&self.scope.deployment, rev))
     }
 
-    fn dirs(&self, id: &str) -> (PathBuf, PathBuf, PathBuf) {
-        let base = self.home.root.join("oci");
-        (base.join(&self.runtime), base.join("bundles").join(id), base.join("state").join(id))
+    /// The runtime's `--root`: erad's own, one per runtime.
+    fn root(&self) -> PathBuf {
+        self.home.root.join("oci").join(&self.runtime)
     }
 
-    async fn run(&self, args: &[&str], output: Option<&std::fs::File>, timeout: Duration) -> Result<Ran, RuntimeError> {
-        let (root, _, _) = self.dirs("");
-        create_private(&root)?;
+    /// The host's copy of the checked bundle, and the shim's state (pid, exit code).
+    fn dirs(&self, id: &str) -> (PathBuf, PathBuf) {
+        let base = self.home.root.join("oci");
+        (base.join("bundles").join(id), base.join("state").join(id))
+    }
+
+    async fn run(&self, args: &[&str], timeout: Duration) -> Result<Ran, RunError> {
+        let root = self.root();
+        create_private(&root).map_err(|e| RunError::Failed(format!("{e:?}")))?;
         let mut argv: Vec<OsString> = vec!["--root".into(), root.into_os_string()];
         argv.extend(args.iter().map(OsString::from));
-        policy::run_host(&self.program, &argv, &self.home.root, output, timeout).await.map_err(RuntimeError::Failed)
+        policy::run_host(&self.program, &argv, &self.home.root, None, timeout).await
     }
 
     fn policy(&self) -> Result<ContainerPolicy, RuntimeError> {
@@ -382,7 +378,7 @@ impl<'a> Oci<'a> {
 
     async fn state(&self) -> Result<Option<ContainerState>, RuntimeError> {
         let id = self.id("looking at a container")?;
-        let ran = self.run(&["state", &id], None, COMMAND_TIMEOUT).await?;
+        let ran = self.run(&["state", &id], COMMAND_TIMEOUT).await?;
         if !ran.ok() {
             let err = ran.stderr_text();
             if err.contains("does not exist") || err.contains("not found") || err.contains("No such file") {
@@ -392,7 +388,7 @@ impl<'a> Oci<'a> {
         }
         let v: Value = serde_json::from_slice(&ran.stdout)
             .map_err(|e| RuntimeError::Failed(format!("{} state {id}: not JSON: {e}", self.runtime)))?;
-        let (_, _, state_dir) = self.dirs(&id);
+        let (_, state_dir) = self.dirs(&id);
         let exit_code =
             std::fs::read_to_string(state_dir.join("exit-code")).ok().and_then(|t| t.trim().parse::<i32>().ok());
         Ok(Some(ContainerState {
@@ -409,11 +405,11 @@ impl<'a> Oci<'a> {
         match self.state().await?.map(|s| s.status) {
             Some(s) if s == "created" || s == "running" || s == "paused" => return Ok(()),
             Some(_) => {
-                self.run(&["delete", "--force", &id], None, COMMAND_TIMEOUT).await?;
+                self.run(&["delete", "--force", &id], COMMAND_TIMEOUT).await?;
             }
             None => {}
         }
-        let (_, bundle, state_dir) = self.dirs(&id);
+        let (bundle, state_dir) = self.dirs(&id);
         create_private(&bundle)?;
         create_private(&state_dir)?;
         let _ = std::fs::remove_file(state_dir.join("exit-code"));
@@ -421,10 +417,11 @@ impl<'a> Oci<'a> {
         write_atomic(&bundle.join("config.json"), &text)?;
         let log = open_log(&self.scope.work_dir)?;
         let pid_file = state_dir.join("pid");
+        create_private(&self.root())?;
         let create: Vec<OsString> = vec![
             self.program.clone().into(),
             "--root".into(),
-            self.dirs("").0.into(),
+            self.root().into(),
             "create".into(),
             "--bundle".into(),
             bundle.clone().into(),
@@ -432,7 +429,6 @@ impl<'a> Oci<'a> {
             pid_file.clone().into(),
             id.clone().into(),
         ];
-        create_private(&self.dirs("").0)?;
         // era-shim stays with the container to record its exit code (runc
         // keeps none once a detached container is gone).
         let ran = match &self.home.shim {
@@ -448,8 +444,7 @@ impl<'a> Oci<'a> {
                 policy::run_host(shim, &argv, &bundle, Some(&log), COMMAND_TIMEOUT).await
             }
             None => policy::run_host(&self.program, &create[1..], &bundle, Some(&log), COMMAND_TIMEOUT).await,
-        }
-        .map_err(RuntimeError::Failed)?;
+        }?;
         if !ran.ok() {
             return Err(RuntimeError::Failed(format!(
                 "{} create {id} failed: {}",
@@ -459,32 +454,6 @@ impl<'a> Oci<'a> {
         }
         Ok(())
     }
-}
-
-fn create_private(dir: &Path) -> Result<(), RuntimeError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| RuntimeError::Failed(format!("{}: {e}", dir.display())))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| RuntimeError::Failed(format!("{}: {e}", path.display())))
-}
-
-/// The workload's log, opened beneath the work dir without following links.
-pub fn open_log(work_dir: &Path) -> Result<std::fs::File, RuntimeError> {
-    let rel = Path::new(crate::logs::OUTPUT);
-    if let Some(parent) = rel.parent() {
-        crate::beneath::create_dirs(work_dir, parent)
-            .map_err(|e| RuntimeError::Policy(format!("{}: {e}", parent.display())))?;
-    }
-    crate::beneath::append_file(work_dir, rel).map_err(|e| RuntimeError::Policy(format!("{}: {e}", rel.display())))
 }
 
 fn signal_name(s: Signal) -> &'static str {
@@ -528,7 +497,7 @@ impl Host for HostState {
     async fn start(&mut self, runtime: String) -> Result<(), RuntimeError> {
         let oci = Oci::new(self, &runtime)?;
         let id = oci.id("starting a container")?;
-        let ran = oci.run(&["start", &id], None, COMMAND_TIMEOUT).await?;
+        let ran = oci.run(&["start", &id], COMMAND_TIMEOUT).await?;
         if !ran.ok() {
             return Err(RuntimeError::Failed(format!("{runtime} start {id}: {}", ran.stderr_text())));
         }
@@ -542,7 +511,7 @@ impl Host for HostState {
     async fn kill(&mut self, runtime: String, signal: Signal) -> Result<(), RuntimeError> {
         let oci = Oci::new(self, &runtime)?;
         let id = oci.id("signalling a container")?;
-        let ran = oci.run(&["kill", &id, signal_name(signal)], None, COMMAND_TIMEOUT).await?;
+        let ran = oci.run(&["kill", &id, signal_name(signal)], COMMAND_TIMEOUT).await?;
         if !ran.ok() {
             let err = ran.stderr_text();
             if err.contains("does not exist") || err.contains("not found") {
@@ -557,12 +526,12 @@ impl Host for HostState {
         let oci = Oci::new(self, &runtime)?;
         let id = oci.id("deleting a container")?;
         if oci.state().await?.is_some() {
-            let ran = oci.run(&["delete", "--force", &id], None, COMMAND_TIMEOUT).await?;
+            let ran = oci.run(&["delete", "--force", &id], COMMAND_TIMEOUT).await?;
             if !ran.ok() && oci.state().await?.is_some() {
                 return Err(RuntimeError::Failed(format!("{runtime} delete {id}: {}", ran.stderr_text())));
             }
         }
-        let (_, bundle, state_dir) = oci.dirs(&id);
+        let (bundle, state_dir) = oci.dirs(&id);
         for d in [bundle, state_dir] {
             match std::fs::remove_dir_all(&d) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -582,14 +551,7 @@ impl Host for HostState {
         }
         let mut argv = vec!["exec", &id, "--"];
         argv.extend(args.iter().map(String::as_str));
-        let timeout = if timeout_ms == 0 { COMMAND_TIMEOUT } else { Duration::from_millis(timeout_ms.into()) };
-        match oci.run(&argv, None, timeout).await {
-            Ok(ran) => Ok(ExecOutput { exit_code: ran.code, stdout: ran.stdout, stderr: ran.stderr }),
-            Err(RuntimeError::Failed(m)) if m.contains("did not finish") => {
-                Ok(ExecOutput { exit_code: None, stdout: Vec::new(), stderr: m.into_bytes() })
-            }
-            Err(e) => Err(e),
-        }
+        policy::exec_output(oci.run(&argv, policy::timeout_or(timeout_ms, COMMAND_TIMEOUT)).await)
     }
 }
 

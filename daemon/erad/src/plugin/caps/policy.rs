@@ -3,6 +3,7 @@
 //! mount sources, and running a runtime's command on the host.
 
 use super::{CallScope, GrantError};
+use crate::plugin::bindings::era::plugin::types::{ExecOutput, RuntimeError};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -259,6 +260,65 @@ impl Ran {
     }
 }
 
+/// A host command that could not run to its end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    TimedOut(String),
+}
+
+impl From<RunError> for RuntimeError {
+    fn from(e: RunError) -> RuntimeError {
+        RuntimeError::Failed(e.to_string())
+    }
+}
+
+/// A plugin's timeout in milliseconds, 0 meaning `default`.
+pub fn timeout_or(ms: u32, default: Duration) -> Duration {
+    if ms == 0 { default } else { Duration::from_millis(ms.into()) }
+}
+
+/// What a command run inside a container (`runc exec`, `lxc-attach`) did:
+/// one that timed out has no exit code, which the caller reads as a failure.
+pub fn exec_output(run: Result<Ran, RunError>) -> Result<ExecOutput, RuntimeError> {
+    match run {
+        Ok(ran) => Ok(ExecOutput { exit_code: ran.code, stdout: ran.stdout, stderr: ran.stderr }),
+        Err(RunError::TimedOut(m)) => Ok(ExecOutput { exit_code: None, stdout: Vec::new(), stderr: m.into_bytes() }),
+        Err(RunError::Failed(m)) => Err(RuntimeError::Failed(m)),
+    }
+}
+
+/// Creates one of erad's own runtime dirs (0700).
+pub fn create_private(dir: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| RuntimeError::Failed(format!("{}: {e}", dir.display())))
+}
+
+/// Writes one of erad's own files whole (temp file + rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| RuntimeError::Failed(format!("{}: {e}", path.display())))
+}
+
+/// The workload's log, opened beneath the work dir without following links:
+/// what a runtime is handed as stdio or console log.
+pub fn open_log(work_dir: &Path) -> Result<std::fs::File, RuntimeError> {
+    let rel = Path::new(crate::logs::OUTPUT);
+    if let Some(parent) = rel.parent() {
+        crate::beneath::create_dirs(work_dir, parent)
+            .map_err(|e| RuntimeError::Policy(format!("{}: {e}", parent.display())))?;
+    }
+    crate::beneath::append_file(work_dir, rel).map_err(|e| RuntimeError::Policy(format!("{}: {e}", rel.display())))
+}
+
 async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
     let Some(stream) = stream else { return Vec::new() };
     let mut buf = Vec::new();
@@ -275,7 +335,7 @@ pub async fn run_host(
     cwd: &Path,
     output: Option<&std::fs::File>,
     timeout: Duration,
-) -> Result<Ran, String> {
+) -> Result<Ran, RunError> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -286,20 +346,25 @@ pub async fn run_host(
     match output {
         Some(f) => {
             let (out, err) = (f.try_clone(), f.try_clone());
-            let (out, err) = (out.map_err(|e| e.to_string())?, err.map_err(|e| e.to_string())?);
+            let dup = |e: std::io::Error| RunError::Failed(format!("the log file: {e}"));
+            let (out, err) = (out.map_err(dup)?, err.map_err(dup)?);
             cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
         }
         None => {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
     }
-    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", program.display()))?;
+    let mut child = cmd.spawn().map_err(|e| RunError::Failed(format!("{}: {e}", program.display())))?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let wait = async { tokio::join!(read_capped(stdout), read_capped(stderr), child.wait()) };
     match tokio::time::timeout(timeout, wait).await {
         Ok((stdout, stderr, Ok(status))) => Ok(Ran { code: status.code(), stdout, stderr }),
-        Ok((_, _, Err(e))) => Err(format!("waiting for {}: {e}", program.display())),
-        Err(_) => Err(format!("{} did not finish within {}", program.display(), humantime::format_duration(timeout))),
+        Ok((_, _, Err(e))) => Err(RunError::Failed(format!("waiting for {}: {e}", program.display()))),
+        Err(_) => Err(RunError::TimedOut(format!(
+            "{} did not finish within {}",
+            program.display(),
+            humantime::format_duration(timeout)
+        ))),
     }
 }
 

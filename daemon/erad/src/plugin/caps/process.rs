@@ -45,13 +45,12 @@ impl ProcessGrant {
             return Err(GrantError::new("process.programs", "the process grant needs at least one program"));
         }
         for p in &self.programs {
-            let base = Path::new(p).file_name().and_then(|f| f.to_str()).unwrap_or("");
-            if p.is_empty() || (!Path::new(p).is_absolute() && p.contains('/')) {
+            let Some(base) = super::program_name(p) else {
                 return Err(GrantError::new(
                     "process.programs",
                     format!("{p:?} is neither a program name nor an absolute path"),
                 ));
-            }
+            };
             if RUNTIME_PROGRAMS.contains(&base) {
                 return Err(GrantError::new(
                     "process.programs",
@@ -90,13 +89,10 @@ pub fn refused_env(key: &str) -> bool {
 
 /// Finds `program` on the allowlist and resolves it to an executable.
 pub fn resolve(program: &str, allow: &[String]) -> Result<PathBuf, ProcessError> {
-    let entry = allow
-        .iter()
-        .find(|a| a.as_str() == program || Path::new(a).file_name().is_some_and(|f| f == program))
-        .ok_or_else(|| {
-            let allowed = if allow.is_empty() { "nothing".to_string() } else { allow.join(", ") };
-            ProcessError::NotAllowed(format!("{program:?} is not on this plugin's allowlist (allowed: {allowed})"))
-        })?;
+    let entry = super::granted_program(program, allow).ok_or_else(|| {
+        let allowed = if allow.is_empty() { "nothing".to_string() } else { allow.join(", ") };
+        ProcessError::NotAllowed(format!("{program:?} is not on this plugin's allowlist (allowed: {allowed})"))
+    })?;
     super::find_program(entry).ok_or_else(|| {
         ProcessError::SpawnFailed(format!("{entry:?} is allowed but not installed on this host (not on PATH)"))
     })
@@ -133,7 +129,7 @@ pub async fn run(cmd: Command, allow: &[String], work_dir: &Path) -> Result<Exit
             "env {k:?} may not be set by a plugin (PATH and loader variables are erad's)"
         )));
     }
-    let timeout = if cmd.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(cmd.timeout_ms.into()) };
+    let timeout = super::policy::timeout_or(cmd.timeout_ms, DEFAULT_TIMEOUT);
     let mut child = tokio::process::Command::new(&program);
     child
         .args(&cmd.args)
