@@ -4,6 +4,7 @@
 //! can run the same daemon in-process (see `examples/embed`).
 
 pub mod artifact;
+pub mod beneath;
 pub mod config;
 pub mod health;
 pub mod lifecycle;
