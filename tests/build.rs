@@ -24,9 +24,18 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     // Keep the plugins' build next to the main one (a persistent target dir
-    // in CI), but apart from it: a different target and profile.
+    // in CI), but apart from it: a different target and profile. One per
+    // checkout: cargo names a path package's build by its path relative to
+    // the workspace, so two worktrees sharing a target dir would take each
+    // other's plugin builds for up to date.
+    // scripts/build-plugins names it the same way (sha256 of the checkout's path).
+    let checkout = {
+        use sha2::Digest;
+        let path = root.canonicalize().unwrap_or_else(|_| root.clone());
+        hex::encode(sha2::Sha256::digest(path.as_os_str().as_encoded_bytes()))[..8].to_string()
+    };
     let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) => PathBuf::from(t).join("wasm-plugins"),
+        Some(t) => PathBuf::from(t).join(format!("wasm-plugins-{checkout}")),
         None => plugins.join("target"),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -114,6 +114,13 @@ impl Erad {
             "version = 2\n[daemon]\ndata_dir = \"{d}/data\"\nsocket = \"{d}/erad.sock\"\nlog_level = \"info\"\nhealth_interval = \"200ms\"\n{plugins}",
             d = dir.path().display()
         );
+        // `file:` artifacts and specs live in the test dir; tests about the
+        // roots name their own.
+        let text = if text.contains("[artifacts]") {
+            text
+        } else {
+            format!("{text}\n[artifacts]\nfile_roots = [\"{}\"]\n", dir.path().display())
+        };
         // Tests that are not about signatures pull unsigned test images;
         // the ones that are name their own rules.
         let text = if text.contains("[[trust]]") {
@@ -191,6 +198,30 @@ impl Erad {
     /// Runs `era` against this daemon.
     pub fn era(&self, args: &[&str]) -> Answer {
         let out = Command::new(bin("era")).arg("--socket").arg(self.socket()).args(args).output().expect("run era");
+        Answer {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs `era` against this daemon as another user (uid, primary gid,
+    /// supplementary groups), through util-linux's `setpriv`; the tests run
+    /// as root. `era` is linked into the test dir first, since the target
+    /// dir may be under a home only root can enter; the caller makes the
+    /// test dir (and so the socket's dir) reachable for that user.
+    pub fn era_as(&self, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Answer {
+        let era = self.dir.path().join("era");
+        if !era.exists() && std::fs::hard_link(bin("era"), &era).is_err() {
+            std::fs::copy(bin("era"), &era).expect("copy era into the test dir");
+        }
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}"));
+        match groups {
+            [] => cmd.arg("--clear-groups"),
+            _ => cmd.arg(format!("--groups={}", groups.iter().map(u32::to_string).collect::<Vec<_>>().join(","))),
+        };
+        let out = cmd.arg("--").arg(&era).arg("--socket").arg(self.socket()).args(args).output().expect("run setpriv");
         Answer {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod cli;
+mod confinement;
 mod containers;
 mod daemon;
 mod lifecycle;
@@ -12,5 +13,6 @@ mod lxc;
 mod oci;
 mod plugins;
 mod recovery;
+mod roles;
 mod scale;
 mod signatures;

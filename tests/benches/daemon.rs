@@ -210,7 +210,8 @@ async fn concurrent_deployments(n: usize) {
     let plugin_dir = dir.path().join("plugins");
     std::fs::create_dir_all(&plugin_dir).unwrap();
     std::fs::copy(era_tests::plugin::NOOP, plugin_dir.join("noop.wasm")).unwrap();
-    let config = erad::config::DaemonConfig::dev(&dir.path().join("erad"), &plugin_dir).unwrap();
+    let mut config = erad::config::DaemonConfig::dev(&dir.path().join("erad"), &plugin_dir).unwrap();
+    config.file_roots = vec![dir.path().to_path_buf()];
     let daemon = erad::Daemon::builder(config).start().await.unwrap();
     std::fs::write(dir.path().join("app.bin"), b"bench").unwrap();
     let sha = era_tests::sha256(b"bench");

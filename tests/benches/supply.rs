@@ -121,7 +121,8 @@ fn main() {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let store_dir = tempfile::tempdir().unwrap();
-        let store = open_store(store_dir.path());
+        let roots = erad::artifact::roots::FileRoots::new(&[dir.path().to_path_buf()]);
+        let store = open_store(store_dir.path()).with_file_roots(roots);
         let t = Instant::now();
         rt.block_on(store.fetch(&ArtifactSource::File("blob.bin".into()), Some(&want), dir.path(), &|_, _| {}))
             .unwrap();

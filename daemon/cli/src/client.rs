@@ -16,6 +16,9 @@ pub enum CliError {
     Usage(String),
     /// erad cannot be reached (exit 3).
     Unreachable(String),
+    /// The caller's role does not allow it, or the socket is not theirs to
+    /// open (exit 4).
+    Denied(String),
 }
 
 impl CliError {
@@ -24,6 +27,7 @@ impl CliError {
             CliError::Failed(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Unreachable(_) => 3,
+            CliError::Denied(_) => 4,
         }
     }
 }
@@ -32,6 +36,7 @@ impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CliError::Failed(m) | CliError::Usage(m) | CliError::Unreachable(m) => f.write_str(m),
+            CliError::Denied(m) => write!(f, "permission denied: {m}"),
         }
     }
 }
@@ -42,6 +47,7 @@ impl From<tonic::Status> for CliError {
         match s.code() {
             tonic::Code::InvalidArgument => CliError::Usage(msg),
             tonic::Code::Unavailable => CliError::Unreachable(format!("erad is unavailable: {msg}")),
+            tonic::Code::PermissionDenied => CliError::Denied(msg),
             _ => CliError::Failed(msg),
         }
     }
@@ -65,10 +71,21 @@ pub async fn connect(socket: &Path) -> Result<Client, CliError> {
         .await
         .map_err(|e| {
             let mut why = e.to_string();
+            let mut denied = false;
             let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
             while let Some(s) = src {
                 why = s.to_string();
+                denied |= s
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
                 src = s.source();
+            }
+            if denied {
+                return CliError::Denied(format!(
+                    "cannot open erad's socket {}: it is for root, erad's user and the members of its group \
+                     (the config's [api] read_group); ask for the reader or admin role",
+                    socket.display()
+                ));
             }
             unreachable(why)
         })?;

@@ -1,7 +1,8 @@
 //! `era`: the operator's command line for erad.
 //!
 //! Exit codes scripts can trust: 0 success, 1 the operation failed,
-//! 2 bad usage or an invalid spec, 3 the daemon is unreachable.
+//! 2 bad usage or an invalid spec, 3 the daemon is unreachable, 4 permission
+//! denied (the caller's role does not allow it, or the socket is not theirs).
 
 mod client;
 mod commands;

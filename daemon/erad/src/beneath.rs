@@ -7,11 +7,20 @@
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`
 //! from the directory: a link in any component, or `..` out of it, fails
 //! with `ELOOP`/`EXDEV` instead of being followed (Linux 5.6 and later).
+//!
+//! [`open_at`] is the descriptor-based form, for callers that hold a
+//! directory open across several operations (log rotation renames within
+//! it) or that may follow links which stay beneath the directory (`file:`
+//! artifact roots, [`Links::StayBeneath`]). It reports the kernel's errno
+//! untouched, and where `openat2` is missing (a kernel before 5.6, or a
+//! seccomp filter that hides it) it opens each component with `O_NOFOLLOW`
+//! instead, which refuses every symlink.
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
@@ -137,6 +146,90 @@ pub fn read_capped(dir: &Path, rel: &Path, limit: u64) -> io::Result<Option<Vec<
     Ok(Some(buf))
 }
 
+/// What a symlink met on the way means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Any symlink, in any component, is refused (`ELOOP`).
+    Refuse,
+    /// Symlinks are followed while they stay beneath the directory; one that
+    /// leads out (absolute, or `..` past the top) is refused (`EXDEV`).
+    StayBeneath,
+}
+
+/// Attempts at `openat2` when a concurrent rename makes the kernel answer
+/// `EAGAIN` (it refuses to guess whether the walk stayed beneath).
+const RENAME_RACE_RETRIES: usize = 8;
+
+/// Opens `rel` beneath the open directory `dir` with `flags` (and `mode` if
+/// it creates), following links only as `links` says. `rel` must be
+/// relative; it may not name `dir` itself. Errors carry the kernel's errno
+/// (see [`is_symlink_refusal`], [`is_escape`]).
+pub fn open_at(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode, links: Links) -> io::Result<OwnedFd> {
+    if rel.is_absolute() || rel.as_os_str().is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a relative path", rel.display())));
+    }
+    let resolve = match links {
+        Links::Refuse => ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        Links::StayBeneath => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    };
+    let flags = flags | OFlags::CLOEXEC;
+    let mut attempt = 0;
+    loop {
+        match rustix::fs::openat2(dir, rel, flags, mode, resolve) {
+            Err(Errno::AGAIN) if attempt < RENAME_RACE_RETRIES => attempt += 1,
+            Err(Errno::NOSYS) => return open_by_components(dir, rel, flags, mode),
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// The fallback: one `openat` per component, each with `O_NOFOLLOW`, and no
+/// `..`. Every symlink is refused, also where [`Links::StayBeneath`] would
+/// have followed it.
+pub fn open_by_components(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+    let parts: Vec<_> = rel
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(p) => Ok(p),
+            // `..` could climb out; RESOLVE_BENEATH reports that as EXDEV too.
+            _ => Err(io::Error::from(Errno::XDEV)),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some((last, parents)) = parts.split_last() else {
+        return Err(io::Error::from(Errno::INVAL));
+    };
+    let mut held: Option<OwnedFd> = None;
+    for p in parents {
+        let at = held.as_ref().map_or(dir, |f| f.as_fd());
+        let next = rustix::fs::openat(
+            at,
+            *p,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| if is_symlink(at, p) { Errno::LOOP } else { e })?;
+        held = Some(next);
+    }
+    let at = held.as_ref().map_or(dir, |f| f.as_fd());
+    Ok(rustix::fs::openat(at, *last, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode)?)
+}
+
+fn is_symlink(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+}
+
+/// Whether an error from [`open`] means a symlink was refused.
+pub fn is_symlink_refusal(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(Errno::LOOP.raw_os_error())
+}
+
+/// Whether an error from [`open`] means the path led out of the directory.
+pub fn is_escape(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(Errno::XDEV.raw_os_error())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +268,60 @@ mod tests {
         assert!(read_capped(dir.path(), Path::new("logs/deep/f"), 1).is_err());
         assert!(read_file(dir.path(), Path::new("nope")).unwrap().is_none());
         check_dir(dir.path(), Path::new("logs")).unwrap();
+    }
+
+    /// Both implementations, so the fallback is proven where openat2 exists.
+    fn both(dir: &Path, rel: &str, links: Links) -> [io::Result<OwnedFd>; 2] {
+        let fd = open_dir(dir).unwrap();
+        [
+            open_at(fd.as_fd(), Path::new(rel), OFlags::RDONLY, Mode::empty(), links),
+            open_by_components(fd.as_fd(), Path::new(rel), OFlags::RDONLY, Mode::empty()),
+        ]
+    }
+
+    #[test]
+    fn plain_files_beneath_open_and_links_out_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let marker = outside.path().join("marker");
+        std::fs::write(&marker, b"secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        std::fs::write(dir.path().join("logs/ok"), b"fine").unwrap();
+        symlink(&marker, dir.path().join("logs/abs")).unwrap();
+        symlink(outside.path(), dir.path().join("out")).unwrap();
+        symlink("../..", dir.path().join("logs/up")).unwrap();
+        for r in both(dir.path(), "logs/ok", Links::Refuse) {
+            assert_eq!(io::read_to_string(std::fs::File::from(r.unwrap())).unwrap(), "fine");
+        }
+        for rel in ["logs/abs", "out/marker", "logs/up/etc/passwd"] {
+            for r in both(dir.path(), rel, Links::Refuse) {
+                assert!(is_symlink_refusal(&r.unwrap_err()), "{rel}");
+            }
+            let beneath = open_at(
+                open_dir(dir.path()).unwrap().as_fd(),
+                Path::new(rel),
+                OFlags::RDONLY,
+                Mode::empty(),
+                Links::StayBeneath,
+            );
+            assert!(is_escape(&beneath.unwrap_err()), "{rel}");
+        }
+        for r in both(dir.path(), "logs/../../marker", Links::Refuse) {
+            assert!(is_escape(&r.unwrap_err()));
+        }
+        assert_eq!(std::fs::read(&marker).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn links_that_stay_beneath_are_followed_only_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("v1")).unwrap();
+        std::fs::write(dir.path().join("v1/app.bin"), b"app").unwrap();
+        symlink("v1", dir.path().join("current")).unwrap();
+        let fd = open_dir(dir.path()).unwrap();
+        let f = open_at(fd.as_fd(), Path::new("current/app.bin"), OFlags::RDONLY, Mode::empty(), Links::StayBeneath);
+        assert_eq!(io::read_to_string(std::fs::File::from(f.unwrap())).unwrap(), "app");
+        let refused = open_at(fd.as_fd(), Path::new("current/app.bin"), OFlags::RDONLY, Mode::empty(), Links::Refuse);
+        assert!(is_symlink_refusal(&refused.unwrap_err()));
     }
 }

@@ -49,6 +49,44 @@ struct RawConfig {
     registries: BTreeMap<String, RawRegistry>,
     #[serde(default)]
     trust: Vec<RawTrust>,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    artifacts: RawArtifacts,
+}
+
+/// `[api]`: who may use the socket API, by group.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    admin_group: Option<GroupRef>,
+    read_group: Option<GroupRef>,
+}
+
+/// `[artifacts]`: where `file:` artifacts may be read from.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArtifacts {
+    #[serde(default)]
+    file_roots: Vec<PathBuf>,
+}
+
+/// A group, by name or by number (`"era"`, `"4242"` or `4242`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Id(u32),
+    Name(String),
+}
+
+/// Who holds which role on the API (see `server::auth`); root and erad's
+/// own user are always admin.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApiConfig {
+    /// Members may do everything: apply, stop, start, delete, rollback, pull.
+    pub admin_group: Option<GroupRef>,
+    /// Members may read: get, list, history, watch, logs, plugins, images.
+    pub read_group: Option<GroupRef>,
 }
 
 /// `match` takes one pattern or a list.
@@ -192,6 +230,11 @@ pub struct DaemonConfig {
     pub registries: BTreeMap<String, RegistryConfig>,
     /// The signature trust policy: ordered rules, the first match decides.
     pub trust: Vec<TrustRuleConfig>,
+    /// The API's roles.
+    pub api: ApiConfig,
+    /// Directories `file:` artifacts may be read from (nothing outside them,
+    /// no link out of them); empty: no `file:` artifacts at all.
+    pub file_roots: Vec<PathBuf>,
 }
 
 /// Default memory cap of a plugin instance.
@@ -353,6 +396,26 @@ impl DaemonConfig {
                 trusted_root: t.trusted_root.map(&abs),
             });
         }
+        let mut file_roots = Vec::new();
+        for (i, root) in raw.artifacts.file_roots.into_iter().enumerate() {
+            let key = format!("artifacts.file_roots[{i}]");
+            if root.as_os_str().is_empty() {
+                return Err(invalid(&key, "is empty: name a directory that holds artifacts".into()));
+            }
+            let root = crate::artifact::roots::normalize(&abs(root));
+            if root == Path::new("/") {
+                return Err(invalid(
+                    &key,
+                    "\"/\" would let a spec read any file erad can: name the directories that hold artifacts".into(),
+                ));
+            }
+            file_roots.push(root);
+        }
+        for (key, group) in [("api.admin_group", &raw.api.admin_group), ("api.read_group", &raw.api.read_group)] {
+            if matches!(group, Some(GroupRef::Name(n)) if n.trim().is_empty()) {
+                return Err(invalid(key, "is empty: give a group name or number, or leave it out".into()));
+            }
+        }
         let d = raw.daemon;
         Ok(DaemonConfig {
             data_dir: abs(d.data_dir.unwrap_or_else(|| "/var/lib/era".into())),
@@ -365,6 +428,8 @@ impl DaemonConfig {
             plugins,
             registries,
             trust,
+            api: ApiConfig { admin_group: raw.api.admin_group, read_group: raw.api.read_group },
+            file_roots,
         })
     }
 }
@@ -380,6 +445,7 @@ mod tests {
         assert_eq!(c.data_dir, Path::new("/var/lib/era"));
         assert!(c.plugins.contains_key("noop"));
         assert!(c.trust.is_empty(), "the example trusts nothing until the operator says so");
+        assert_eq!(c.file_roots, [PathBuf::from("/srv/era/artifacts")]);
     }
 
     #[test]
@@ -389,6 +455,8 @@ mod tests {
         assert_eq!(c.plugins["noop"].path, Path::new("/opt/p/noop.wasm"));
         assert_eq!(c.plugins["noop"].memory_limit_mib, DEFAULT_MEMORY_LIMIT_MIB);
         assert!(c.trust[0].allow_unsigned && c.trust[0].patterns == ["**"]);
+        assert_eq!(c.file_roots, [PathBuf::from("/tmp/x")], "file: artifacts from the dev dir");
+        assert_eq!(c.api, ApiConfig::default(), "root and erad's own user only");
     }
 
     #[test]
@@ -418,6 +486,26 @@ mod tests {
             ("match = []\nallow_unsigned = true\n", "trust[0].match"),
         ] {
             let err = DaemonConfig::parse(&format!("version = 2\n[[trust]]\n{bad}"), "t", Path::new("/")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn api_groups_and_file_roots_are_read_and_checked() {
+        let text = "version = 2\n[api]\nadmin_group = \"era-admin\"\nread_group = 4242\n[artifacts]\nfile_roots = [\"artifacts\", \"/srv/era/../era-files/\"]\n";
+        let c = DaemonConfig::parse(text, "t", Path::new("/etc/era")).unwrap();
+        assert_eq!(c.api.admin_group, Some(GroupRef::Name("era-admin".into())));
+        assert_eq!(c.api.read_group, Some(GroupRef::Id(4242)));
+        assert_eq!(c.file_roots, [PathBuf::from("/etc/era/artifacts"), PathBuf::from("/srv/era-files")]);
+        let none = DaemonConfig::parse("version = 2", "t", Path::new("/")).unwrap();
+        assert!(none.file_roots.is_empty() && none.api == ApiConfig::default());
+        for (bad, says) in [
+            ("[artifacts]\nfile_roots = [\"/\"]", "artifacts.file_roots[0]"),
+            ("[artifacts]\nfile_roots = [\"/srv\", \"/tmp/..\"]", "artifacts.file_roots[1]"),
+            ("[api]\nread_group = \"\"", "api.read_group"),
+            ("[api]\nadmin_grup = \"x\"", "admin_grup"),
+        ] {
+            let err = DaemonConfig::parse(&format!("version = 2\n{bad}"), "t", Path::new("/")).unwrap_err();
             assert!(err.to_string().contains(says), "{bad}: {err}");
         }
     }

@@ -11,24 +11,36 @@
 //! ```
 
 use crate::artifact::oci::RegistryAccess;
+use crate::artifact::roots::FileRoots;
 use crate::artifact::{ContentStore, FetchError};
 use crate::config::{ConfigError, DaemonConfig};
 use crate::lifecycle::{Lifecycle, Shared};
 use crate::plugin::{LoadError, PluginHost, PluginRegistry, Pooling};
 use crate::prepare::Layout;
 use crate::server::DeploymentsService;
+use crate::server::auth::{ApiAccess, Authorized, resolve_group};
 use crate::store::{Store, StoreError};
 use era_api::v1::deployments_server::DeploymentsServer;
 use oci_client::secrets::RegistryAuth;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-/// The socket's mode: the owner and the `era` group may talk to erad.
+/// The socket's mode: erad's user and the socket's group (`[api]
+/// read_group`, else `admin_group`) may connect; what each may then do is
+/// decided per call by their role (`server::auth`).
 const SOCKET_MODE: u32 = 0o660;
+/// The socket's directory, when erad creates it: same group, no one else.
+const SOCKET_DIR_MODE: u32 = 0o750;
+/// The data dir holds the state database, artifacts and every work dir:
+/// erad's alone, also under `--dev`.
+const DATA_DIR_MODE: u32 = 0o700;
+/// `era.db` and its `-wal` and `-shm` (SQLite gives those the mode of the
+/// database file).
+const DATABASE_MODE: u32 = 0o600;
 
 /// Why the daemon could not start; each names the part that failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +67,8 @@ pub enum DaemonError {
     Server(String),
     #[error(transparent)]
     Trust(#[from] crate::trust::TrustError),
+    #[error("config {0}")]
+    ApiGroup(#[from] crate::server::auth::GroupError),
 }
 
 pub struct Daemon;
@@ -82,13 +96,28 @@ impl DaemonBuilder {
     /// serving. Returns once the socket accepts connections.
     pub async fn start(self) -> Result<RunningDaemon, DaemonError> {
         let cfg = self.config;
+        let access = Arc::new(api_access(&cfg)?);
         let layout = Layout::new(&cfg.data_dir);
-        std::fs::create_dir_all(layout.root())
-            .map_err(|source| DaemonError::DataDir { path: layout.root().into(), source })?;
+        private_data_dir(layout.root())?;
         let _ = std::fs::remove_dir_all(layout.scratch());
-        let store = Store::open(&layout.database())?;
+        let db = layout.database();
+        let db_err = |source| DaemonError::DataDir { path: db.clone(), source };
+        // Created private before SQLite opens it, so it is never readable by others.
+        std::fs::OpenOptions::new().create(true).append(true).mode(DATABASE_MODE).open(&db).map_err(db_err)?;
+        let store = Store::open(&db)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let path = PathBuf::from(format!("{}{suffix}", db.display()));
+            tighten(&path, DATABASE_MODE).map_err(|source| DaemonError::DataDir { path, source })?;
+        }
         let trust = std::sync::Arc::new(crate::trust::TrustPolicy::load(&cfg.trust)?);
-        let content = ContentStore::open(&layout.content_store())?.with_registries(registry_access(&cfg)?, trust);
+        if cfg.file_roots.is_empty() {
+            tracing::info!("file: artifacts are off: artifacts.file_roots lists no directory");
+        } else {
+            tracing::info!(file_roots = ?cfg.file_roots, "file: artifacts are read from beneath these directories only");
+        }
+        let content = ContentStore::open(&layout.content_store())?
+            .with_registries(registry_access(&cfg)?, trust)
+            .with_file_roots(FileRoots::new(&cfg.file_roots));
 
         let pooling = (cfg.pooling_instances > 0).then(|| Pooling {
             instances: cfg.pooling_instances,
@@ -126,7 +155,8 @@ impl DaemonBuilder {
             plugins.insert(p);
         }
 
-        let listener = bind_socket(&cfg.socket).await?;
+        let socket_group = access.read_group.as_ref().or(access.admin_group.as_ref()).map(|g| g.gid);
+        let listener = bind_socket(&cfg.socket, socket_group).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
         let lifecycle = Lifecycle::new(Shared {
@@ -150,7 +180,9 @@ impl DaemonBuilder {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| DaemonError::Server(e.to_string()))?;
-        let service = DeploymentsServer::new(DeploymentsService::new(lifecycle.clone()));
+        // Every era.v1 call is checked against the caller's role; health
+        // and reflection stay open.
+        let service = Authorized::new(DeploymentsServer::new(DeploymentsService::new(lifecycle.clone())), access);
         let mut stop = shutdown_rx;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let server = tokio::spawn(
@@ -210,11 +242,60 @@ fn registry_access(cfg: &DaemonConfig) -> Result<std::collections::BTreeMap<Stri
     Ok(out)
 }
 
-/// Binds the socket: a stale file is replaced, a live daemon is refused.
-async fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+/// The API's roles: `[api]` groups resolved to numbers.
+fn api_access(cfg: &DaemonConfig) -> Result<ApiAccess, DaemonError> {
+    let resolve = |key, g: &Option<crate::config::GroupRef>| g.as_ref().map(|g| resolve_group(key, g)).transpose();
+    let access = ApiAccess {
+        own_uid: rustix::process::geteuid().as_raw(),
+        admin_group: resolve("api.admin_group", &cfg.api.admin_group)?,
+        read_group: resolve("api.read_group", &cfg.api.read_group)?,
+    };
+    tracing::info!(
+        admin_group = access.admin_group.as_ref().map(|g| g.label.as_str()),
+        read_group = access.read_group.as_ref().map(|g| g.label.as_str()),
+        "API roles: admin is root, erad's own user and admin_group; reader is read_group"
+    );
+    Ok(access)
+}
+
+/// Creates the data dir private, or makes an existing one private.
+fn private_data_dir(root: &Path) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::DataDir { path: root.into(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(DATA_DIR_MODE).create(root).map_err(err)?;
+    tighten(root, DATA_DIR_MODE).map_err(err)
+}
+
+/// Takes away from `path` what `mode` does not allow others (a file that is
+/// not there is fine), and says so when it had to.
+fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let was = meta.permissions().mode() & 0o7777;
+    if was & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        tracing::warn!(path = %path.display(), "was mode {was:04o}, open to others; tightened to {mode:04o}");
+    }
+    Ok(())
+}
+
+/// Binds the socket: a stale file is replaced, a live daemon is refused. A
+/// directory erad creates for it is `SOCKET_DIR_MODE`; one that exists is
+/// left as the operator made it. Both belong to `group` when given.
+async fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, DaemonError> {
     let sock_err = |source| DaemonError::Socket { path: path.into(), source };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(sock_err)?;
+    let group = group.map(rustix::fs::Gid::from_raw);
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new().recursive(true).mode(SOCKET_DIR_MODE).create(parent).map_err(sock_err)?;
+        // The umask may have taken the group's bits.
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(SOCKET_DIR_MODE)).map_err(sock_err)?;
+        if group.is_some() {
+            rustix::fs::chown(parent, None, group).map_err(|e| sock_err(e.into()))?;
+        }
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
@@ -224,5 +305,8 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     }
     let listener = UnixListener::bind(path).map_err(sock_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(sock_err)?;
+    if group.is_some() {
+        rustix::fs::chown(path, None, group).map_err(|e| sock_err(e.into()))?;
+    }
     Ok(listener)
 }

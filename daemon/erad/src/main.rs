@@ -30,6 +30,10 @@ struct Args {
     /// Overrides `daemon.log_level` (a tracing filter).
     #[arg(long, env = "ERAD_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Overrides `artifacts.file_roots`: a directory `file:` artifacts may be
+    /// read from (repeat it, or separate them with `:` in the variable).
+    #[arg(long = "file-root", env = "ERAD_FILE_ROOTS", value_name = "DIR", value_delimiter = ':')]
+    file_roots: Vec<PathBuf>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -56,7 +60,10 @@ fn main() -> ExitCode {
 fn load_config(args: &Args) -> anyhow::Result<DaemonConfig> {
     let mut cfg = match &args.dev {
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("dev dir {}", dir.display()))?;
+            // The socket's directory: 0750 as erad makes it elsewhere.
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o750)
+                .create(dir)
+                .with_context(|| format!("dev dir {}", dir.display()))?;
             let dir = std::fs::canonicalize(dir)?;
             let plugins = match &args.plugin_dir {
                 Some(p) => p.clone(),
@@ -77,6 +84,16 @@ fn load_config(args: &Args) -> anyhow::Result<DaemonConfig> {
     }
     if let Some(l) = &args.log_level {
         cfg.log_level = l.clone();
+    }
+    if !args.file_roots.is_empty() {
+        let roots = args.file_roots.iter().map(std::path::absolute).collect::<Result<Vec<_>, _>>()?;
+        if let Some(root) = roots.iter().find(|r| erad::artifact::roots::normalize(r) == std::path::Path::new("/")) {
+            anyhow::bail!(
+                "--file-root {}: \"/\" would let a spec read any file erad can: name the directories that hold artifacts",
+                root.display()
+            );
+        }
+        cfg.file_roots = roots;
     }
     Ok(cfg)
 }
@@ -105,6 +122,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(Sub::CheckConfig) => {
             let cfg = load_config(&args)?;
+            for (key, group) in [("api.admin_group", &cfg.api.admin_group), ("api.read_group", &cfg.api.read_group)] {
+                if let Some(g) = group {
+                    erad::server::auth::resolve_group(key, g)?;
+                }
+            }
             println!(
                 "config is valid: data dir {}, socket {}, {} plugin(s)",
                 cfg.data_dir.display(),

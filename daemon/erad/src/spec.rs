@@ -191,7 +191,8 @@ pub struct TcpProbe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExecProbe {
-    /// Program and arguments, run on the host; exit 0 means healthy.
+    /// Program and arguments, run inside the workload by its runtime plugin
+    /// (`runc exec`, `lxc-attach`), never on the host; exit 0 means healthy.
     pub command: Vec<String>,
 }
 

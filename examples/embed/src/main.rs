@@ -25,12 +25,15 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::path::absolute(PathBuf::from(dir))?;
     let plugins = std::path::absolute(PathBuf::from(plugins))?;
 
-    let config = DaemonConfig::dev(&dir, &plugins)?;
+    // The example's `file:` artifact sits beside its spec, outside the dev
+    // dir: erad reads it only from a directory listed in `file_roots`.
+    let examples = std::path::absolute(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("hello"))?;
+    let mut config = DaemonConfig::dev(&dir, &plugins)?;
+    config.file_roots.push(examples.clone());
     let daemon = erad::Daemon::builder(config).start().await?;
     println!("erad is serving on {} (the era CLI works against it too)", daemon.socket().display());
 
     // Drive it directly through the library, as the gRPC API does.
-    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("hello");
     let text = std::fs::read_to_string(examples.join("deployment.yaml")).context("reading the example spec")?;
     let spec = DeploymentSpec::parse(&text, "examples/hello/deployment.yaml")?;
     let applied = daemon.lifecycle().apply(spec, examples).await?;

@@ -5,11 +5,13 @@
 //! it renamed to `blobs/sha256/<hex>`. A failed fetch leaves nothing behind,
 //! and a blob in the store is always the content its name says.
 //!
-//! `file:` and `url:` are handled here; OCI sources (`image:`, `wasm:`,
+//! `file:` and `url:` are handled here (`file:` only from the operator's
+//! [`roots::FileRoots`]); OCI sources (`image:`, `wasm:`,
 //! `blob:`) in [`oci`], into the same store with the same guarantees.
 
 pub mod gc;
 pub mod oci;
+pub mod roots;
 pub mod unpack;
 
 use crate::spec::ArtifactSource;
@@ -40,6 +42,8 @@ pub enum FetchError {
     Store { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Untrusted(#[from] crate::trust::TrustError),
+    #[error("artifact {reference}: spec.artifact.file: {source}")]
+    FileRoot { reference: String, source: roots::FileRootError },
 }
 
 /// Marks a reused blob as just used, so GC's grace period covers it.
@@ -65,6 +69,7 @@ pub struct ContentStore {
     root: PathBuf,
     http: reqwest::Client,
     oci: oci::OciFetcher,
+    file_roots: roots::FileRoots,
 }
 
 impl ContentStore {
@@ -83,7 +88,7 @@ impl ContentStore {
             .build()
             .map_err(|e| FetchError::Store { path: root.to_path_buf(), source: std::io::Error::other(e) })?;
         let oci = oci::OciFetcher::new(Default::default(), Default::default());
-        Ok(ContentStore { root: root.to_path_buf(), http, oci })
+        Ok(ContentStore { root: root.to_path_buf(), http, oci, file_roots: roots::FileRoots::default() })
     }
 
     /// How to reach registries that need credentials or plain HTTP, and the
@@ -96,6 +101,26 @@ impl ContentStore {
     ) -> Self {
         self.oci = oci::OciFetcher::new(registries, trust);
         self
+    }
+
+    /// The directories `file:` artifacts may be read from. Without any,
+    /// every `file:` artifact is refused.
+    pub fn with_file_roots(mut self, file_roots: roots::FileRoots) -> Self {
+        self.file_roots = file_roots;
+        self
+    }
+
+    /// Checks, by name and without reading it, that a `file:` source may be
+    /// read (what Validating asks); other sources pass.
+    pub fn check_source(&self, source: &ArtifactSource, base_dir: &Path) -> Result<(), FetchError> {
+        match source {
+            ArtifactSource::File(f) => self
+                .file_roots
+                .locate(&base_dir.join(f))
+                .map(|_| ())
+                .map_err(|e| FetchError::FileRoot { reference: f.clone(), source: e }),
+            _ => Ok(()),
+        }
     }
 
     /// Where verified signatures of `digest` are recorded, one file per
@@ -180,6 +205,8 @@ impl ContentStore {
                 + pulled.layers.iter().map(|(_, f)| f.size).sum::<u64>();
             return Ok(Fetched { digest: pulled.digest, path: pulled.local_path, size });
         }
+        // Refused before anything else, also when the blob is stored already.
+        self.check_source(source, base_dir)?;
         let expected = expected.ok_or_else(|| FetchError::NotPinned { reference: reference.clone() })?;
         let path = self.blob_path(expected);
         if let Ok(meta) = tokio::fs::metadata(&path).await {
@@ -222,7 +249,13 @@ impl ContentStore {
     ) -> Result<(String, u64), FetchError> {
         let read_err =
             |source| FetchError::ReadFile { reference: reference.to_string(), path: from.to_path_buf(), source };
-        let mut input = tokio::fs::File::open(from).await.map_err(read_err)?;
+        let roots = self.file_roots.clone();
+        let opened = {
+            let from = from.to_path_buf();
+            tokio::task::spawn_blocking(move || roots.open(&from)).await.map_err(|e| read_err(e.into()))?
+        };
+        let opened = opened.map_err(|e| FetchError::FileRoot { reference: reference.to_string(), source: e })?;
+        let mut input = tokio::fs::File::from_std(opened);
         let total = input.metadata().await.map_err(read_err)?.len();
         let mut out = HashedWriter::create(tmp).await?;
         let mut buf = vec![0u8; 256 * 1024];
@@ -382,11 +415,46 @@ mod tests {
         format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
     }
 
+    /// A store under `dir/cas` that reads `file:` artifacts from `dir`.
+    fn store_with_root(dir: &Path) -> ContentStore {
+        ContentStore::open(&dir.join("cas")).unwrap().with_file_roots(roots::FileRoots::new(&[dir.to_path_buf()]))
+    }
+
+    #[tokio::test]
+    async fn files_outside_the_roots_or_linked_out_are_neither_read_nor_hashed() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"root only").unwrap();
+        let leaked = sha(b"root only");
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link.bin")).unwrap();
+        let store = store_with_root(dir.path());
+        let wrong = sha(b"a guess");
+        let secret = outside.path().join("secret").display().to_string();
+        let climbing = format!("../../../../../../../..{secret}");
+        for (file, says) in [
+            (secret.as_str(), "is not beneath any directory of artifacts.file_roots"),
+            (climbing.as_str(), "is not beneath any directory of artifacts.file_roots"),
+            ("link.bin", "through a symlink"),
+        ] {
+            let source = ArtifactSource::File(file.to_string());
+            let err = store.fetch(&source, Some(&wrong), dir.path(), &|_, _| {}).await.unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(says) && msg.contains("spec.artifact.file"), "{file}: {msg}");
+            assert!(!msg.contains(&leaked), "{file}: the content outside was hashed: {msg}");
+        }
+        // No roots: no file: artifacts at all, named by the config key.
+        let off = ContentStore::open(&dir.path().join("cas2")).unwrap();
+        std::fs::write(dir.path().join("app.bin"), b"x").unwrap();
+        let err = off.fetch(&ArtifactSource::File("app.bin".into()), Some(&sha(b"x")), dir.path(), &|_, _| {}).await;
+        assert!(err.unwrap_err().to_string().contains("file: artifacts are off, as artifacts.file_roots"));
+        assert!(off.check_source(&ArtifactSource::File("app.bin".into()), dir.path()).is_err());
+    }
+
     #[tokio::test]
     async fn a_file_with_the_pinned_digest_lands_in_the_store() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app.bin"), b"hello era").unwrap();
-        let store = ContentStore::open(&dir.path().join("cas")).unwrap();
+        let store = store_with_root(dir.path());
         let want = sha(b"hello era");
         let got =
             store.fetch(&ArtifactSource::File("app.bin".into()), Some(&want), dir.path(), &|_, _| {}).await.unwrap();
@@ -399,7 +467,7 @@ mod tests {
     async fn concurrent_fetches_of_the_same_artifact_all_succeed() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app.bin"), vec![7u8; 1 << 20]).unwrap();
-        let store = ContentStore::open(&dir.path().join("cas")).unwrap();
+        let store = store_with_root(dir.path());
         let want = sha(&vec![7u8; 1 << 20]);
         let fetches: Vec<_> = (0..16)
             .map(|_| {
@@ -419,7 +487,7 @@ mod tests {
     async fn a_wrong_digest_names_both_digests_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app.bin"), b"tampered").unwrap();
-        let store = ContentStore::open(&dir.path().join("cas")).unwrap();
+        let store = store_with_root(dir.path());
         let want = sha(b"original");
         let err = store
             .fetch(&ArtifactSource::File("app.bin".into()), Some(&want), dir.path(), &|_, _| {})

@@ -191,6 +191,7 @@ impl Lifecycle {
     pub async fn validate(&self, spec: &DeploymentSpec, source_dir: &std::path::Path) -> Result<(), CommandError> {
         let invalid = |message: String| CommandError::Invalid { name: spec.name().to_string(), message };
         let plugin = supervisor::plugin_for(&self.shared, &spec.spec.runtime).map_err(invalid)?;
+        self.shared.content.check_source(&spec.artifact_source(), source_dir).map_err(|e| invalid(e.to_string()))?;
         for p in &spec.spec.ports {
             let claims = self.shared.store.port_owner(p.port, &p.protocol)?;
             if let Some(owner) = claims

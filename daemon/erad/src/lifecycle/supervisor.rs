@@ -640,6 +640,10 @@ impl Supervisor {
     async fn validate(&self, revision: u64) -> Work<()> {
         let rev = self.revision(revision).await?;
         let plugin = plugin_for(&self.shared, &rev.runtime)?;
+        self.shared
+            .content
+            .check_source(&rev.spec.artifact_source(), Path::new(&rev.source_dir))
+            .map_err(|e| e.to_string())?;
         let ports = ports_of(&rev.spec);
         self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(|e| e.to_string())?;
         let scratch = Scratch::new(&self.shared.layout.scratch()).map_err(|e| format!("scratch dir: {e}"))?;
@@ -994,7 +998,8 @@ impl Supervisor {
     async fn monitor(&self, rec: &DeploymentRecord) -> Result<(), StoreError> {
         let Ok(rev) = self.revision(rec.current_revision).await else { return Ok(()) };
         let work = self.shared.layout.work_dir(&self.name, rev.revision);
-        if let Err(e) = crate::logs::rotate_if_over(&work, self.shared.log_max_bytes) {
+        let log = crate::logs::WorkLog::new(&work, &self.name, rev.revision);
+        if let Err(e) = log.rotate_if_over(self.shared.log_max_bytes) {
             tracing::warn!(deployment = self.name, revision = rev.revision, "rotating the workload log: {e}");
         }
         let (health, outputs, exited) = match self.status(&rev).await {

@@ -13,6 +13,7 @@
 
 mod bindings;
 pub mod caps;
+mod compile_cache;
 
 pub use bindings::{
     Artifact, ArtifactKind, ExecOutput, GuestError, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus,
@@ -352,13 +353,14 @@ impl PluginHost {
     fn compile(&self, name: &str, path: &Path, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
         let cached =
             self.cache_dir.join(format!("{}-{}.cwasm", digest.trim_start_matches("sha256:"), self.engine_key()));
-        if cached.is_file() {
-            // SAFETY: the cache dir belongs to erad and only ever receives the
-            // output of `Component::serialize` from an engine with the same
-            // compatibility hash (part of the file name); wasmtime checks the
-            // header again on load.
+        if let Some(serialized) = compile_cache::read_verified(name, &cached) {
+            // SAFETY: these bytes are exactly what `Component::serialize`
+            // wrote from an engine with the same compatibility hash (part of
+            // the file name): their sha256 is the one recorded when they were
+            // written, and they are not read again after the check. wasmtime
+            // checks the header again on load.
             #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+            match unsafe { Component::deserialize(&self.engine, &serialized) } {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     tracing::warn!(plugin = name, path = %cached.display(), "ignoring unusable compile cache entry: {e:#}")
@@ -372,8 +374,7 @@ impl PluginHost {
         })?;
         match component.serialize() {
             Ok(bytes) => {
-                let tmp = cached.with_extension("tmp");
-                if let Err(e) = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &cached)) {
+                if let Err(e) = compile_cache::write(&cached, &bytes) {
                     tracing::warn!(plugin = name, "cannot write compile cache {}: {e}", cached.display());
                 }
             }

@@ -1,5 +1,8 @@
 //! The `era.v1` gRPC API over erad's unix socket. Conversions between the
-//! wire types and the domain types happen here and nowhere else.
+//! wire types and the domain types happen here and nowhere else. Every call
+//! is checked against the caller's role first ([`auth`]).
+
+pub mod auth;
 
 use crate::lifecycle::{CommandError, Lifecycle, WatchEvent};
 use crate::spec::DeploymentSpec;
@@ -66,6 +69,15 @@ fn command_status(e: CommandError) -> Status {
         CommandError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         CommandError::Store(s) => store_status(s),
         CommandError::ShuttingDown => Status::unavailable(e.to_string()),
+    }
+}
+
+/// A log erad refuses to open (a link, a FIFO, a hard link) is a state of
+/// the work dir the caller can see, not a fault of erad.
+fn log_status(e: crate::logs::LogError) -> Status {
+    match e.problem {
+        crate::logs::LogProblem::Io(_) => Status::internal(e.to_string()),
+        _ => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -278,7 +290,8 @@ impl Deployments for DeploymentsService {
             )));
         }
         let lines = usize::try_from(req.tail).ok();
-        let (first, mut offset) = crate::logs::tail(&work, lines).map_err(|e| Status::internal(e.to_string()))?;
+        let log = crate::logs::WorkLog::new(&work, &req.name, revision);
+        let (first, mut offset) = log.tail(lines).map_err(log_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let follow = req.follow;
         tokio::spawn(async move {
@@ -288,7 +301,7 @@ impl Deployments for DeploymentsService {
             // Follow until the client goes or the revision's work dir does.
             while follow && work.exists() {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let next = crate::logs::since(&work, offset);
+                let next = log.since(offset);
                 match next {
                     Ok((data, at)) => {
                         offset = at;
@@ -300,7 +313,7 @@ impl Deployments for DeploymentsService {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        let _ = tx.send(Err(log_status(e))).await;
                         return;
                     }
                 }
