@@ -13,6 +13,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("HOG", "era_fixture_hog"),
     ("UNHEALTHY", "era_fixture_unhealthy"),
     ("EXEC", "era_fixture_exec"),
+    ("HOSTILE", "era_fixture_hostile"),
     ("CONTAINER", "era_plugin_container"),
     ("LXC", "era_plugin_lxc"),
 ];

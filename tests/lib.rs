@@ -19,6 +19,7 @@ pub mod plugin {
     pub const HOG: &str = env!("ERA_PLUGIN_HOG");
     pub const UNHEALTHY: &str = env!("ERA_PLUGIN_UNHEALTHY");
     pub const EXEC: &str = env!("ERA_PLUGIN_EXEC");
+    pub const HOSTILE: &str = env!("ERA_PLUGIN_HOSTILE");
     pub const CONTAINER: &str = env!("ERA_PLUGIN_CONTAINER");
     pub const LXC: &str = env!("ERA_PLUGIN_LXC");
 }
@@ -295,8 +296,21 @@ impl Erad {
 }
 
 impl Drop for Erad {
+    /// Kills erad, and then the containers it left in its own runc root and
+    /// lxcpath (a test that failed midway, or one that kills erad on
+    /// purpose), so no workload outlives its test.
     fn drop(&mut self) {
         self.kill9();
+        let runc_root = self.data_dir().join("runtimes/oci/runc");
+        if let Ok(out) = Command::new("runc").arg("--root").arg(&runc_root).args(["list", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("runc").arg("--root").arg(&runc_root).args(["delete", "--force", id]).output();
+            }
+        }
+        let lxcpath = self.data_dir().join("runtimes/lxc");
+        for name in std::fs::read_dir(&lxcpath).into_iter().flatten().flatten() {
+            let _ = Command::new("lxc-stop").arg("-P").arg(&lxcpath).arg("-n").arg(name.file_name()).arg("-k").output();
+        }
     }
 }
 
@@ -467,7 +481,7 @@ impl Registry {
                 .expect("copy busybox (apt install busybox-static)");
             for applet in [
                 "sh", "echo", "sleep", "cat", "date", "ls", "true", "false", "env", "id", "touch", "mkdir", "wc",
-                "hostname", "httpd",
+                "hostname", "httpd", "mknod", "head", "test",
             ] {
                 std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
             }

@@ -8,6 +8,8 @@ mod cli;
 mod confinement;
 mod containers;
 mod daemon;
+mod hostile;
+mod inside;
 mod lifecycle;
 mod lxc;
 mod oci;

@@ -94,24 +94,6 @@ impl Handle {
     }
 }
 
-/// Docker's default capability set.
-const CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 /// Looks `name` up in the image's `/etc/passwd` (or `/etc/group`): the id.
 fn lookup(file: &str, name: &str) -> Option<u32> {
     let text = std::fs::read_to_string(format!("{WORK_DIR}/rootfs/etc/{file}")).ok()?;
@@ -168,15 +150,8 @@ fn bundle_config(w: &Workload, c: &Config) -> Result<Value, Error> {
     if !cwd.starts_with('/') {
         return Err(Error::InvalidConfig(format!("working dir {cwd:?} must be absolute")));
     }
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-    ];
+    let mut config = oci::default_bundle(&w.work_dir, &args);
+    let mut mounts = Vec::new();
     for v in &w.volumes {
         if !v.mount_path.starts_with('/') {
             return Err(Error::InvalidConfig(format!(
@@ -189,16 +164,17 @@ fn bundle_config(w: &Workload, c: &Config) -> Result<Value, Error> {
             json!({"destination": v.mount_path, "type": "bind", "source": v.host_path, "options": ["rbind", mode]}),
         );
     }
-    let network_none = c.network.as_deref() == Some("none");
-    let mut namespaces =
-        vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
-    if network_none {
-        namespaces.push(json!({"type": "network"}));
-    } else {
+    if c.network.as_deref() != Some("none") {
         // The host's network: the container also sees the host's resolver.
+        if let Some(ns) = config["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
         mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf", "options": ["rbind", "ro"]}));
     }
-    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(m) = config["mounts"].as_array_mut() {
+        m.extend(mounts);
+    }
+    let resources = &mut config["linux"]["resources"];
     if let Some(mib) = c.memory_mib {
         resources["memory"] = json!({"limit": mib * 1024 * 1024});
     }
@@ -206,32 +182,15 @@ fn bundle_config(w: &Workload, c: &Config) -> Result<Value, Error> {
         let period = 100_000u64;
         resources["cpu"] = json!({"quota": (cpus * period as f64) as i64, "period": period});
     }
-    let caps: Vec<&str> = CAPABILITIES.to_vec();
-    Ok(json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": uid, "gid": gid},
-            "args": args,
-            "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-            "cwd": cwd,
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
-        },
-        "root": {"path": format!("{}/rootfs", w.work_dir), "readonly": c.read_only_rootfs},
-        "hostname": c.hostname.clone().unwrap_or_else(|| w.deployment.clone()),
-        "mounts": mounts,
-        "linux": {
-            "resources": resources,
-            "namespaces": namespaces,
-            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-        }
-    }))
+    let process = &mut config["process"];
+    process["user"] = json!({"uid": uid, "gid": gid});
+    process["env"] = json!(env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>());
+    process["cwd"] = json!(cwd);
+    config["root"]["readonly"] = json!(c.read_only_rootfs);
+    config["hostname"] = json!(c.hostname.clone().unwrap_or_else(|| w.deployment.clone()));
+    Ok(config)
 }
 
-/// The container's state, `None` when it does not exist.
 fn state(h: &Handle) -> Result<Option<oci::ContainerState>, Error> {
     Ok(oci::state(&h.runtime)?)
 }
@@ -267,13 +226,7 @@ impl Runtime for Container {
     fn install(w: Workload) -> Result<String, Error> {
         let c = Config::parse(&w)?;
         let config = bundle_config(&w, &c)?;
-        let fail = |e: std::io::Error| Error::Failed(format!("writing the bundle: {e}"));
-        std::fs::create_dir_all(format!("{WORK_DIR}/bundle")).map_err(fail)?;
-        std::fs::create_dir_all(format!("{WORK_DIR}/logs")).map_err(fail)?;
-        let text = serde_json::to_vec_pretty(&config).map_err(|e| Error::Failed(e.to_string()))?;
-        std::fs::write(format!("{WORK_DIR}/bundle/config.json.tmp"), text).map_err(fail)?;
-        std::fs::rename(format!("{WORK_DIR}/bundle/config.json.tmp"), format!("{WORK_DIR}/bundle/config.json"))
-            .map_err(fail)?;
+        oci::write_bundle(&config)?;
         // The host's policy has the last word; better to hear it now.
         oci::check(c.runtime())?;
         let h = Handle { runtime: c.runtime().into() };

@@ -103,6 +103,75 @@ pub mod process {
 /// `kill`, `delete`, `exec` this revision's container.
 pub mod oci {
     pub use crate::bindings::era::plugin::oci_runtime::*;
+    use serde_json::{Value, json};
+
+    /// Docker's default capabilities: what the host's policy allows when the
+    /// operator's grant names none.
+    pub const DEFAULT_CAPABILITIES: &[&str] = &[
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ];
+
+    /// A bundle config (`bundle/config.json`) that the host's default policy
+    /// accepts: `args` as root in `<work dir>/rootfs`, Docker's default
+    /// capabilities, mounts, masked and read-only paths, no devices, its own
+    /// pid, ipc, uts, mount and network namespaces, `noNewPrivileges`. Adjust
+    /// it (user, env, volumes, resources...) and write it.
+    pub fn default_bundle(work_dir: &str, args: &[String]) -> Value {
+        let caps = DEFAULT_CAPABILITIES;
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "cwd": "/",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                "noNewPrivileges": true
+            },
+            "root": {"path": format!("{work_dir}/rootfs"), "readonly": false},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+            ],
+            "linux": {
+                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+                "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            }
+        })
+    }
+
+    /// Writes `bundle/config.json` in the work dir atomically.
+    pub fn write_bundle(config: &Value) -> Result<(), crate::Error> {
+        let fail = |e: std::io::Error| crate::Error::Failed(format!("writing the bundle: {e}"));
+        let dir = format!("{}/bundle", crate::WORK_DIR);
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        std::fs::create_dir_all(format!("{}/logs", crate::WORK_DIR)).map_err(fail)?;
+        let text = serde_json::to_vec_pretty(config).map_err(|e| crate::Error::Failed(e.to_string()))?;
+        std::fs::write(format!("{dir}/config.json.tmp"), text).map_err(fail)?;
+        std::fs::rename(format!("{dir}/config.json.tmp"), format!("{dir}/config.json")).map_err(fail)
+    }
 }
 
 /// LXC containers run by the host (needs the `lxc` grant).

@@ -30,6 +30,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const TEMPLATE_TIMEOUT: Duration = Duration::from_secs(600);
 /// LXC's default seccomp profile, used when installed.
 const SECCOMP: &str = "/usr/share/lxc/config/common.seccomp";
+/// The plugin's entries as `configure` took them, in the container's dir.
+const ENTRIES: &str = "entries.json";
 
 /// `lxc = { ... }`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -275,6 +277,15 @@ impl<'a> Lxc<'a> {
         self.lxcpath.join(&self.name)
     }
 
+    /// Checks the plugin's entries against the policy, as they stand now.
+    fn check_entries(&self, entries: &[(String, String)]) -> Result<(), RuntimeError> {
+        let policy = self.grant.policy().map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        for (k, v) in entries {
+            check_entry(k.trim(), v.trim(), self.scope, self.grant, &policy).map_err(RuntimeError::Policy)?;
+        }
+        Ok(())
+    }
+
     async fn tool(&self, tool: &str, extra: &[&str], timeout: Duration) -> Result<Ran, RunError> {
         let program = super::find_program(tool)
             .ok_or_else(|| RunError::Failed(format!("{tool} is not installed on this host")))?;
@@ -381,11 +392,13 @@ impl Host for HostState {
     async fn configure(&mut self, entries: Vec<(String, String)>) -> Result<(), RuntimeError> {
         let lxc = Lxc::new(self, "configuring a container")?;
         let policy = lxc.grant.policy().map_err(|e| RuntimeError::Failed(e.to_string()))?;
-        for (k, v) in &entries {
-            check_entry(k.trim(), v.trim(), lxc.scope, lxc.grant, &policy).map_err(RuntimeError::Policy)?;
-        }
+        lxc.check_entries(&entries)?;
         let rootfs = lxc.rootfs()?;
         create_private(&lxc.dir())?;
+        // Kept to be checked again before every start: a mount source that
+        // was a directory now may be a link by then.
+        let kept = serde_json::to_vec(&entries).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        write_atomic(&lxc.dir().join(ENTRIES), &kept)?;
         let mut text = std::fs::read_to_string(lxc.dir().join("config.template")).unwrap_or_default();
         text.push_str(&format!(
             "# erad: {} revision {:?}, checked against grants.lxc\n",
@@ -410,6 +423,11 @@ impl Host for HostState {
         }
         // What LXC will open as root: checked now, while the plugin waits.
         lxc.rootfs()?;
+        let kept = std::fs::read(lxc.dir().join(ENTRIES))
+            .map_err(|e| RuntimeError::Failed(format!("{ENTRIES} of {}: {e}", lxc.name)))?;
+        let entries: Vec<(String, String)> = serde_json::from_slice(&kept)
+            .map_err(|e| RuntimeError::Failed(format!("{ENTRIES} of {}: {e}", lxc.name)))?;
+        lxc.check_entries(&entries)?;
         drop(policy::open_log(&lxc.scope.work_dir)?);
         let mut extra = vec!["-d"];
         if !init.is_empty() {

@@ -549,7 +549,10 @@ impl Host for HostState {
         if args.is_empty() {
             return Err(RuntimeError::Policy("exec needs a command".into()));
         }
-        let mut argv = vec!["exec", &id, "--"];
+        // `--` before the id: runc stops reading its own flags there, and
+        // takes everything after the id as the command (a `--` after the id
+        // would be run as the program).
+        let mut argv = vec!["exec", "--", &id];
         argv.extend(args.iter().map(String::as_str));
         policy::exec_output(oci.run(&argv, policy::timeout_or(timeout_ms, COMMAND_TIMEOUT)).await)
     }

@@ -1,0 +1,242 @@
+//! A hostile plugin (`plugins/fixtures/hostile`), granted what the shipped
+//! container and LXC plugins get and a `process` grant besides, tries each
+//! escape through the real runc, the real LXC tools, host programs and WASI.
+//! Every attack must be refused with the host's words, and a marker file
+//! outside the work dir (and a neighbour's files) must stay as they were. An
+//! attack the host let through would run its payload for real and report
+//! Running: these tests fail then.
+
+use era_tests::{Erad, Registry};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const UNTOUCHED: &str = "untouched\n";
+
+fn config() -> String {
+    format!(
+        r#"
+[plugins.hostile]
+path = "{hostile}"
+grants = {{ log = true, process = {{ programs = ["echo"] }}, oci = {{ runtimes = ["runc"], host_namespaces = ["network"] }}, lxc = {{ templates = ["busybox"] }} }}
+
+[plugins.container]
+path = "{container}"
+grants = {{ log = true, oci = {{ runtimes = ["runc"], host_namespaces = ["network"] }} }}
+"#,
+        hostile = era_tests::plugin::HOSTILE,
+        container = era_tests::plugin::CONTAINER,
+    )
+}
+
+/// What lies outside erad's reach: the marker, and the bait an attack
+/// points LXC at (a config with a hook, a template script), both of which
+/// would write the marker if run.
+struct Outside {
+    dir: tempfile::TempDir,
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let dir = tempfile::Builder::new().prefix("era-outside-").tempdir().unwrap();
+        let marker = dir.path().join("marker");
+        std::fs::write(&marker, UNTOUCHED).unwrap();
+        let write = format!("echo pwned > {}", marker.display());
+        std::fs::write(dir.path().join("evil.conf"), format!("lxc.hook.pre-start = /bin/sh -c '{write}'\n")).unwrap();
+        let script = dir.path().join("evil.sh");
+        std::fs::write(&script, format!("#!/bin/sh\n{write}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Outside { dir }
+    }
+
+    fn marker(&self) -> PathBuf {
+        self.dir.path().join("marker")
+    }
+
+    fn listing(&self) -> Vec<String> {
+        era_tests::files_under(self.dir.path())
+    }
+}
+
+/// A deployment of the hostile plugin that tries `attack`.
+fn spec(erad: &Erad, image: &str, attack: &str, marker: &Path, victim: Option<&Path>) -> PathBuf {
+    let victim = victim.map(|v| format!(", victim: \"{}\"", v.display())).unwrap_or_default();
+    let yaml = format!(
+        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {attack}}}\nspec:\n  runtime: hostile\n  artifact: {{image: \"{image}\"}}\n  stopGracePeriod: 1s\n  config: {{attack: {attack}, marker: \"{}\"{victim}}}\n",
+        marker.display()
+    );
+    erad.spec(&format!("{attack}.yaml"), &yaml)
+}
+
+fn runc_ids(erad: &Erad) -> Vec<String> {
+    let root = erad.data_dir().join("runtimes/oci/runc");
+    let out = Command::new("runc").arg("--root").arg(root).args(["list", "-q"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn lxc_running(erad: &Erad) -> Vec<String> {
+    let out = Command::new("lxc-ls").arg("-P").arg(erad.data_dir().join("runtimes/lxc")).arg("--running").output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Runs each attack as its own deployment and checks that it failed with
+/// every word of its expected refusal, that the marker and its directory
+/// are as they were, and that no container of it runs.
+fn attack_all(erad: &Erad, image: &str, outside: &Outside, attacks: &[(&str, &[&str])], victim: Option<&Path>) {
+    let before = outside.listing();
+    for (attack, words) in attacks {
+        let s = spec(erad, image, attack, &outside.marker(), victim);
+        let a = erad.apply_wait(&s);
+        let d = erad.get(attack);
+        let message = d["message"].as_str().unwrap_or_default().to_string();
+        eprintln!("{attack}: {message}");
+        if d["state"] != "Failed" {
+            // Give a payload that got through time to show what it did.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let marker = std::fs::read_to_string(outside.marker()).unwrap();
+        assert_eq!(
+            d["state"],
+            "Failed",
+            "{attack} was not refused (the marker says {marker:?}): {d}\n{a:?}\n{}",
+            erad.log()
+        );
+        assert_ne!(a.code, 0, "{attack}: {a:?}");
+        for w in *words {
+            assert!(message.contains(w), "{attack}: the refusal {message:?} does not say {w:?}");
+        }
+        assert_eq!(marker, UNTOUCHED, "{attack} wrote the marker");
+        assert_eq!(outside.listing(), before, "{attack} made a file outside");
+        let ids = runc_ids(erad);
+        assert!(!ids.iter().any(|id| id.contains(attack)), "{attack} left a container: {ids:?}");
+        let lxc = lxc_running(erad);
+        assert!(!lxc.iter().any(|n| n.contains(attack)), "{attack} left a running LXC container: {lxc:?}");
+    }
+}
+
+fn busybox(registry: &Registry) -> String {
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", "sleep 600"], &[]);
+    format!("{}/demo/box:1", registry.addr)
+}
+
+#[test]
+fn a_hostile_plugin_cannot_escape_through_the_oci_runtime_nor_touch_a_neighbour() {
+    let registry = Registry::start();
+    let image = busybox(&registry);
+    let erad = Erad::start_with(&config(), &[]);
+    let outside = Outside::new();
+
+    // A neighbour: a real container with a volume, whose files and process
+    // must survive every attack.
+    let neighbour = erad.spec(
+        "neighbour.yaml",
+        &format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: neighbour}}\nspec:\n  runtime: container\n  artifact: {{image: \"{image}\"}}\n  volumes: [{{name: data, mountPath: /data}}]\n  config: {{command: [/bin/sh, -c, \"echo mine > /data/file; exec sleep 600\"]}}\n"
+        ),
+    );
+    assert_eq!(erad.apply_wait(&neighbour).code, 0, "{}", erad.log());
+    let volume = erad.data_dir().join("volumes/neighbour/data");
+    era_tests::eventually(Duration::from_secs(30), || volume.join("file").exists());
+    era_tests::eventually(Duration::from_secs(30), || erad.get("neighbour")["outputs"]["pid"].is_string());
+    let neighbour_pid = erad.get("neighbour")["outputs"]["pid"].clone();
+
+    attack_all(
+        &erad,
+        &image,
+        &outside,
+        &[
+            ("oci-bind-outside", &["refused by the host's policy", "mounts[", "outside the work dir"]),
+            ("oci-bind-root", &["mount source / is outside the work dir"]),
+            ("oci-bind-link", &["mounts[", "symlink"]),
+            ("oci-hook", &["hooks"]),
+            ("oci-root-host", &["root.path"]),
+            ("oci-root-link", &["root.path", "symlink"]),
+            ("oci-host-pid", &["linux.namespaces", "host's pid namespace"]),
+            ("oci-join-ns", &["joining an existing namespace"]),
+            ("oci-caps", &["process.capabilities", "CAP_SYS_ADMIN is not granted"]),
+            ("oci-new-privileges", &["noNewPrivileges"]),
+            ("oci-devices", &["linux.devices"]),
+            ("oci-sysfs-rw", &["read-only"]),
+            ("oci-unmask", &["maskedPaths"]),
+            ("oci-cgroups-path", &["cgroupsPath"]),
+            ("oci-config-link", &["config.json", "symlink"]),
+            ("oci-log-link", &["logs/output.log", "symlink"]),
+            ("oci-runtime-path", &["not granted", "/usr/sbin/runc"]),
+        ],
+        None,
+    );
+
+    // The neighbour's volume, from the hostile deployment: its marker is
+    // the neighbour's own file.
+    let mine = std::fs::read(volume.join("file")).unwrap();
+    let d = erad.apply_wait(&spec(&erad, &image, "oci-bind-victim", &volume.join("file"), Some(&volume)));
+    assert_ne!(d.code, 0);
+    let d = erad.get("oci-bind-victim");
+    assert_eq!(d["state"], "Failed", "{d}");
+    assert!(d["message"].as_str().unwrap().contains("outside the work dir and the deployment's volumes"), "{d}");
+    assert_eq!(std::fs::read(volume.join("file")).unwrap(), mine, "the neighbour's file is as it was");
+    let n = erad.get("neighbour");
+    assert_eq!((n["state"].as_str(), &n["outputs"]["pid"]), (Some("Running"), &neighbour_pid), "{n}");
+    assert!(!erad.log().contains("pwned"));
+}
+
+#[test]
+fn a_hostile_plugin_cannot_escape_through_lxc() {
+    let registry = Registry::start();
+    let image = busybox(&registry);
+    let erad = Erad::start_with(&config(), &[]);
+    let outside = Outside::new();
+    attack_all(
+        &erad,
+        &image,
+        &outside,
+        &[
+            ("lxc-hook", &["lxc.hook.pre-start", "not an LXC config key erad's policy allows"]),
+            ("lxc-hook-case", &["lxc.Hook.pre-start", "not an LXC config key"]),
+            ("lxc-include", &["lxc.include"]),
+            ("lxc-newline", &["lxc.uts.name", "one line"]),
+            ("lxc-mount-outside", &["lxc.mount.entry", "outside the work dir"]),
+            ("lxc-mount-root", &["lxc.mount.entry", "mount source / is outside"]),
+            ("lxc-mount-swap", &["lxc.mount.entry", "symlink"]),
+            ("lxc-rootfs", &["lxc.rootfs.path"]),
+            ("lxc-devices", &["lxc.cgroup2.devices.allow"]),
+            ("lxc-caps", &["lxc.cap.keep"]),
+            ("lxc-apparmor", &["lxc.apparmor.profile"]),
+            ("lxc-bridge", &["lxc.net.0.link", "docker0", "grants.lxc.bridges"]),
+            ("lxc-host-network", &["lxc.net.0.type", "host's network namespace"]),
+            ("lxc-template-path", &["not granted", "grants.lxc.templates"]),
+            ("lxc-template-args", &["not granted", "template arguments"]),
+            ("lxc-log-link", &["logs/output.log", "symlink"]),
+        ],
+        None,
+    );
+    assert!(!erad.log().contains("pwned"));
+}
+
+#[test]
+fn a_hostile_plugin_cannot_escape_through_host_programs_or_wasi() {
+    let registry = Registry::start();
+    let image = busybox(&registry);
+    let erad = Erad::start_with(&config(), &[]);
+    let outside = Outside::new();
+    attack_all(
+        &erad,
+        &image,
+        &outside,
+        &[
+            ("process-path", &["PATH"]),
+            ("process-ld-preload", &["LD_PRELOAD"]),
+            ("process-gconv", &["GCONV_PATH"]),
+            ("process-runc", &["runc"]),
+            ("process-shim", &["era-shim"]),
+            ("process-shell", &["/bin/sh"]),
+            ("process-out-escape", &["not a relative path inside the directory"]),
+            ("process-out-absolute", &["not a relative path inside the directory"]),
+            ("process-out-link", &["out.log", "symlink"]),
+            ("wasi", &["refused:", "read /etc/passwd", "list /", "write through a link"]),
+        ],
+        None,
+    );
+    assert!(!erad.log().contains("pwned"));
+}
