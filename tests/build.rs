@@ -14,6 +14,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("UNHEALTHY", "era_fixture_unhealthy"),
     ("EXEC", "era_fixture_exec"),
     ("HOSTILE", "era_fixture_hostile"),
+    ("HOSTILE_LXC", "era_fixture_hostile_lxc"),
     ("CONTAINER", "era_plugin_container"),
     ("LXC", "era_plugin_lxc"),
 ];

@@ -20,6 +20,7 @@ pub mod plugin {
     pub const UNHEALTHY: &str = env!("ERA_PLUGIN_UNHEALTHY");
     pub const EXEC: &str = env!("ERA_PLUGIN_EXEC");
     pub const HOSTILE: &str = env!("ERA_PLUGIN_HOSTILE");
+    pub const HOSTILE_LXC: &str = env!("ERA_PLUGIN_HOSTILE_LXC");
     pub const CONTAINER: &str = env!("ERA_PLUGIN_CONTAINER");
     pub const LXC: &str = env!("ERA_PLUGIN_LXC");
 }
@@ -311,7 +312,14 @@ impl Drop for Erad {
         for name in std::fs::read_dir(&lxcpath).into_iter().flatten().flatten() {
             let _ = Command::new("lxc-stop").arg("-P").arg(&lxcpath).arg("-n").arg(name.file_name()).arg("-k").output();
         }
+        unmount_work_dirs(&self.data_dir());
     }
+}
+
+/// Undoes the nodev mount erad makes of its work dirs (`DATA/deployments`),
+/// for tests whose erad was killed, so none is left in the host's mount table.
+pub fn unmount_work_dirs(data_dir: &Path) {
+    let _ = Command::new("umount").arg("--lazy").arg(data_dir.join("deployments")).output();
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -481,7 +489,7 @@ impl Registry {
                 .expect("copy busybox (apt install busybox-static)");
             for applet in [
                 "sh", "echo", "sleep", "cat", "date", "ls", "true", "false", "env", "id", "touch", "mkdir", "wc",
-                "hostname", "httpd", "mknod", "head", "test",
+                "hostname", "httpd", "mknod", "head", "test", "mkfifo", "rm",
             ] {
                 std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
             }

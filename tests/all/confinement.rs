@@ -195,5 +195,6 @@ fn erad_dev_keeps_its_files_private_too() {
     let modes = [mode(&dev), mode(&dev.join("erad.sock")), mode(&dev.join("data")), mode(&dev.join("data/era.db"))];
     let _ = child.kill();
     let _ = child.wait();
+    era_tests::unmount_work_dirs(&dev.join("data"));
     assert_eq!(modes, [0o750, 0o660, 0o700, 0o600], "dev dir, socket, data dir, era.db");
 }

@@ -1,5 +1,6 @@
-//! A hostile plugin (`plugins/fixtures/hostile`), granted what the shipped
-//! container and LXC plugins get and a `process` grant besides, tries each
+//! A hostile plugin (`plugins/fixtures/hostile`, built once for the `oci`
+//! grant and once for `lxc`), granted what the shipped container or LXC
+//! plugin gets, a `process` grant and the marker as a host file besides, tries each
 //! escape through the real runc, the real LXC tools, host programs and WASI.
 //! Every attack must be refused with the host's words, and a marker file
 //! outside the work dir (and a neighbour's files) must stay as they were. An
@@ -13,19 +14,26 @@ use std::time::Duration;
 
 const UNTOUCHED: &str = "untouched\n";
 
-fn config() -> String {
+/// The marker is a granted host file: bindable read-only, never read-write.
+fn config(outside: &Outside) -> String {
     format!(
         r#"
 [plugins.hostile]
 path = "{hostile}"
-grants = {{ log = true, process = {{ programs = ["echo"] }}, oci = {{ runtimes = ["runc"], host_namespaces = ["network"] }}, lxc = {{ templates = ["busybox"] }} }}
+grants = {{ log = true, process = {{ programs = ["echo"] }}, oci = {{ runtimes = ["runc"], host_namespaces = ["network"], host_files = ["{marker}"] }} }}
+
+[plugins.hostile-lxc]
+path = "{hostile_lxc}"
+grants = {{ log = true, process = {{ programs = ["echo"] }}, lxc = {{ templates = ["busybox"], host_files = ["{marker}"] }} }}
 
 [plugins.container]
 path = "{container}"
 grants = {{ log = true, oci = {{ runtimes = ["runc"], host_namespaces = ["network"] }} }}
 "#,
         hostile = era_tests::plugin::HOSTILE,
+        hostile_lxc = era_tests::plugin::HOSTILE_LXC,
         container = era_tests::plugin::CONTAINER,
+        marker = outside.marker().display(),
     )
 }
 
@@ -62,8 +70,9 @@ impl Outside {
 /// A deployment of the hostile plugin that tries `attack`.
 fn spec(erad: &Erad, image: &str, attack: &str, marker: &Path, victim: Option<&Path>) -> PathBuf {
     let victim = victim.map(|v| format!(", victim: \"{}\"", v.display())).unwrap_or_default();
+    let runtime = if attack.starts_with("lxc") { "hostile-lxc" } else { "hostile" };
     let yaml = format!(
-        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {attack}}}\nspec:\n  runtime: hostile\n  artifact: {{image: \"{image}\"}}\n  stopGracePeriod: 1s\n  config: {{attack: {attack}, marker: \"{}\"{victim}}}\n",
+        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {attack}}}\nspec:\n  runtime: {runtime}\n  artifact: {{image: \"{image}\"}}\n  stopGracePeriod: 1s\n  config: {{attack: {attack}, marker: \"{}\"{victim}}}\n",
         marker.display()
     );
     erad.spec(&format!("{attack}.yaml"), &yaml)
@@ -124,8 +133,8 @@ fn busybox(registry: &Registry) -> String {
 fn a_hostile_plugin_cannot_escape_through_the_oci_runtime_nor_touch_a_neighbour() {
     let registry = Registry::start();
     let image = busybox(&registry);
-    let erad = Erad::start_with(&config(), &[]);
     let outside = Outside::new();
+    let erad = Erad::start_with(&config(&outside), &[]);
 
     // A neighbour: a real container with a volume, whose files and process
     // must survive every attack.
@@ -163,6 +172,17 @@ fn a_hostile_plugin_cannot_escape_through_the_oci_runtime_nor_touch_a_neighbour(
             ("oci-config-link", &["config.json", "symlink"]),
             ("oci-log-link", &["logs/output.log", "symlink"]),
             ("oci-runtime-path", &["not granted", "/usr/sbin/runc"]),
+            // Found by review, each carried through for real before its fix.
+            ("oci-sysfs-ro-rw", &["mounts[5]", "sysfs must be mounted read-only"]),
+            ("oci-sysfs-elsewhere", &["mounts[7]", "sysfs only at /sys"]),
+            ("oci-host-file-rw", &["mounts[7]", "may only be bound read-only"]),
+            ("oci-host-file-ro-rw", &["mounts[7]", "may only be bound read-only"]),
+            ("oci-host-file-rrw", &["mounts[7].options", "\"rrw\" is not allowed"]),
+            ("oci-oom", &["process.oomScoreAdj"]),
+            ("oci-rtprio", &["process.rlimits[0]", "RLIMIT_RTPRIO"]),
+            ("oci-unified", &["linux.resources.unified.cgroup.max.depth"]),
+            ("oci-fifo", &["bundle/config.json", "not a regular file"]),
+            ("oci-device", &["opening the workload's device node", "Permission denied"]),
         ],
         None,
     );
@@ -185,8 +205,8 @@ fn a_hostile_plugin_cannot_escape_through_the_oci_runtime_nor_touch_a_neighbour(
 fn a_hostile_plugin_cannot_escape_through_lxc() {
     let registry = Registry::start();
     let image = busybox(&registry);
-    let erad = Erad::start_with(&config(), &[]);
     let outside = Outside::new();
+    let erad = Erad::start_with(&config(&outside), &[]);
     attack_all(
         &erad,
         &image,
@@ -208,6 +228,13 @@ fn a_hostile_plugin_cannot_escape_through_lxc() {
             ("lxc-template-path", &["not granted", "grants.lxc.templates"]),
             ("lxc-template-args", &["not granted", "template arguments"]),
             ("lxc-log-link", &["logs/output.log", "symlink"]),
+            // Found by review, each carried through for real before its fix.
+            ("lxc-mount-vt", &["lxc.mount.entry", "no whitespace but spaces and tabs"]),
+            ("lxc-host-file-rw", &["lxc.mount.entry", "may only be bound read-only"]),
+            ("lxc-host-file-ro-rw", &["lxc.mount.entry", "may only be bound read-only"]),
+            ("lxc-rtprio", &["lxc.prlimit.rtprio"]),
+            ("lxc-mount-prefix", &["lxc.mount.entry", "\"rbindx\" is not allowed"]),
+            ("lxc-mount-quoted", &["lxc.mount.entry", "quote"]),
         ],
         None,
     );
@@ -218,8 +245,8 @@ fn a_hostile_plugin_cannot_escape_through_lxc() {
 fn a_hostile_plugin_cannot_escape_through_host_programs_or_wasi() {
     let registry = Registry::start();
     let image = busybox(&registry);
-    let erad = Erad::start_with(&config(), &[]);
     let outside = Outside::new();
+    let erad = Erad::start_with(&config(&outside), &[]);
     attack_all(
         &erad,
         &image,
@@ -239,4 +266,14 @@ fn a_hostile_plugin_cannot_escape_through_host_programs_or_wasi() {
         None,
     );
     assert!(!erad.log().contains("pwned"));
+}
+
+#[test]
+fn a_plugin_granted_both_oci_and_lxc_is_refused_at_start() {
+    let both = format!(
+        "[plugins.both]\npath = \"{}\"\ngrants = {{ oci = {{ runtimes = [\"runc\"] }}, lxc = {{}} }}\n",
+        era_tests::plugin::HOSTILE
+    );
+    let err = Erad::try_start_with(&both, &[]).err().expect("erad refuses the config");
+    assert!(err.contains("plugins.both.grants.lxc") && err.contains("oci or lxc, not both"), "{err}");
 }

@@ -78,11 +78,13 @@ fn root_device() -> (u32, u32) {
 }
 
 /// The workload, root in its container with CAP_MKNOD, makes a node for the
-/// host's disk and tries to read it: the device rules refuse the open.
+/// host's disk in its `/dev` (a tmpfs of the runtime's, not the work dir,
+/// which erad mounts nodev) and tries to read it: the device rules refuse
+/// the open.
 fn the_host_disk_is_out_of_reach(runtime: &str) {
     let (major, minor) = root_device();
     let script = format!(
-        "mknod /disk b {major} {minor} && echo made > /data/made; head -c 512 /disk > /data/read 2> /data/err; echo $? > /data/rc; exec sleep 600"
+        "mknod /dev/hostdisk b {major} {minor} && echo made > /data/made; head -c 512 /dev/hostdisk > /data/read 2> /data/err; echo $? > /data/rc; exec sleep 600"
     );
     let registry = Registry::start();
     registry.push_busybox("demo/disk", "1", &["/bin/sh", "-c", &script], &[]);

@@ -164,6 +164,7 @@ fn a_socket_dir_erad_creates_is_0750_and_it_and_the_socket_belong_to_the_read_gr
     let sock = std::fs::metadata(&socket).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    era_tests::unmount_work_dirs(&dir.path().join("data"));
     assert_eq!((run.permissions().mode() & 0o7777, run.gid()), (0o750, READ_GID), "the socket's dir");
     assert_eq!((sock.permissions().mode() & 0o777, sock.gid()), (0o660, READ_GID), "the socket");
 }

@@ -48,6 +48,10 @@ fn explain(rel: &Path, e: rustix::io::Errno) -> io::Error {
             io::ErrorKind::PermissionDenied,
             format!("{} is or passes through a symlink; erad does not follow links in a work dir", rel.display()),
         ),
+        // A FIFO opened for writing, non-blocking, with no reader.
+        rustix::io::Errno::NXIO => {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", rel.display()))
+        }
         other => io::Error::from(other),
     }
 }
@@ -62,19 +66,30 @@ pub fn open(dir: &Path, rel: &Path, flags: OFlags, mode: u32) -> io::Result<File
     Ok(File::from(fd))
 }
 
-/// Opens a regular file beneath `dir` for reading; `None` when it does not exist.
+/// Opens a regular file beneath `dir` for reading; `None` when it does not
+/// exist. Opened non-blocking, so a FIFO put there cannot stall erad; it is
+/// refused as not a regular file.
 pub fn read_file(dir: &Path, rel: &Path) -> io::Result<Option<File>> {
-    match open(dir, rel, OFlags::RDONLY, 0) {
+    match open(dir, rel, OFlags::RDONLY | OFlags::NONBLOCK, 0) {
         Ok(f) => regular(f, rel).map(Some),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// Opens (creating it 0600 if missing) a regular file beneath `dir` for appending.
+/// Opens (creating it 0600 if missing) a regular file beneath `dir` for
+/// appending: non-blocking (a FIFO cannot stall erad), and only a file with
+/// one link (a hard link could be another name of a file elsewhere).
 pub fn append_file(dir: &Path, rel: &Path) -> io::Result<File> {
-    let f = open(dir, rel, OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE, 0o600)?;
-    regular(f, rel)
+    let f = open(dir, rel, OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NONBLOCK, 0o600)?;
+    let f = regular(f, rel)?;
+    if std::os::unix::fs::MetadataExt::nlink(&f.metadata()?) != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} has more than one link; erad does not write through hard links", rel.display()),
+        ));
+    }
+    Ok(f)
 }
 
 fn regular(f: File, rel: &Path) -> io::Result<File> {
@@ -255,6 +270,26 @@ mod tests {
         assert!(relative(Path::new("../x")).is_err() && relative(Path::new("/etc")).is_err());
         assert_eq!(std::fs::read(&marker).unwrap(), b"secret");
         assert!(!outside.path().join("new").exists() && !outside.path().join("sub").exists());
+    }
+
+    #[test]
+    fn fifos_and_hard_links_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Without O_NONBLOCK each of these would wait for a writer or reader forever.
+        assert!(read_file(dir.path(), Path::new("fifo")).unwrap_err().to_string().contains("not a regular file"));
+        assert!(append_file(dir.path(), Path::new("fifo")).unwrap_err().to_string().contains("not a regular file"));
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
+        assert!(append_file(dir.path(), Path::new("b")).unwrap_err().to_string().contains("more than one link"));
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"x");
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("data dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot make the work dirs {path} a nodev mount (so that no device node a workload makes there opens on the host; erad needs root): {source}"
+    )]
+    WorkDirs { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -86,6 +90,8 @@ pub struct DaemonBuilder {
 /// A started daemon. Dropping it does not stop it; call [`RunningDaemon::shutdown`].
 pub struct RunningDaemon {
     socket: PathBuf,
+    /// The work dirs' nodev mount, when this start made it.
+    nodev_mount: Option<PathBuf>,
     lifecycle: Lifecycle,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -99,6 +105,12 @@ impl DaemonBuilder {
         let access = Arc::new(api_access(&cfg)?);
         let layout = Layout::new(&cfg.data_dir);
         private_data_dir(layout.root())?;
+        let work_dirs = layout.deployments();
+        let mounted = crate::prepare::mount_nodev(&work_dirs)
+            .map_err(|source| DaemonError::WorkDirs { path: work_dirs.clone(), source })?;
+        if mounted {
+            tracing::info!(path = %work_dirs.display(), "work dirs mounted nodev");
+        }
         let _ = std::fs::remove_dir_all(layout.scratch());
         let db = layout.database();
         let db_err = |source| DaemonError::DataDir { path: db.clone(), source };
@@ -195,7 +207,7 @@ impl DaemonBuilder {
                 }),
         );
         tracing::info!(socket = %cfg.socket.display(), "erad is ready");
-        Ok(RunningDaemon { socket: cfg.socket, lifecycle, shutdown, server })
+        Ok(RunningDaemon { socket: cfg.socket, nodev_mount: mounted.then_some(work_dirs), lifecycle, shutdown, server })
     }
 }
 
@@ -218,6 +230,11 @@ impl RunningDaemon {
             Ok(Ok(())) => {}
         }
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(dir) = &self.nodev_mount
+            && let Err(e) = crate::prepare::unmount_nodev(dir)
+        {
+            tracing::warn!(path = %dir.display(), "unmounting the work dirs: {e}");
+        }
     }
 }
 

@@ -14,6 +14,48 @@ pub struct PrepareError {
     pub source: io::Error,
 }
 
+/// Makes `dir` (the work dirs) a bind mount of itself with `nodev`, keeping
+/// the flags it had. A workload is root in its container and its rootfs is
+/// in a work dir: it may `mknod` a node for the host's disk or `/dev/kmsg`
+/// there. Its own device rules stop it from opening that node, but nothing
+/// would stop the plugin (through WASI) or erad, which run on the host; on a
+/// `nodev` mount the kernel refuses to open any device node. Returns
+/// whether it mounted (`false` when `dir` is already `nodev`, e.g. after a
+/// restart of erad).
+pub fn mount_nodev(dir: &Path) -> io::Result<bool> {
+    use rustix::fs::StatVfsMountFlags as St;
+    use rustix::mount::MountFlags as Ms;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let had = rustix::fs::statvfs(dir)?.f_flag;
+    if had.contains(St::NODEV) {
+        return Ok(false);
+    }
+    rustix::mount::mount_bind(dir, dir)?;
+    let mut flags = Ms::BIND | Ms::NODEV;
+    for (st, ms) in [
+        (St::RDONLY, Ms::RDONLY),
+        (St::NOSUID, Ms::NOSUID),
+        (St::NOEXEC, Ms::NOEXEC),
+        (St::NOATIME, Ms::NOATIME),
+        (St::NODIRATIME, Ms::NODIRATIME),
+    ] {
+        if had.contains(st) {
+            flags |= ms;
+        }
+    }
+    if let Err(e) = rustix::mount::mount_remount(dir, flags, "") {
+        let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
+        return Err(e.into());
+    }
+    Ok(true)
+}
+
+/// Undoes [`mount_nodev`] (lazily: open files stay usable).
+pub fn unmount_nodev(dir: &Path) -> io::Result<()> {
+    Ok(rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH)?)
+}
+
 /// Where erad keeps things under its data dir.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -46,8 +88,13 @@ impl Layout {
         self.root.join("scratch")
     }
 
+    /// Every deployment's work dirs; a `nodev` mount of its own ([`mount_nodev`]).
+    pub fn deployments(&self) -> PathBuf {
+        self.root.join("deployments")
+    }
+
     pub fn deployment_dir(&self, name: &str) -> PathBuf {
-        self.root.join("deployments").join(name)
+        self.deployments().join(name)
     }
 
     pub fn work_dir(&self, name: &str, revision: u64) -> PathBuf {

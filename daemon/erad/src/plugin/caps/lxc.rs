@@ -112,6 +112,9 @@ const PLAIN_KEYS: &[&str] = &[
     "lxc.no_new_privs",
     "lxc.log.level",
 ];
+/// `lxc.prlimit.NAME` a plugin may set, by name (LXC also takes numbers).
+const PRLIMITS: &[&str] =
+    &["as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nofile", "nproc", "sigpending", "stack"];
 /// Resource limits in the container's own cgroup.
 const CGROUP_PREFIXES: &[&str] = &[
     "lxc.cgroup.memory.",
@@ -138,14 +141,29 @@ pub fn check_entry(
     p: &ContainerPolicy,
 ) -> Result<(), String> {
     let bad = |why: String| Err(format!("{key}: {why}"));
-    if value.contains(['\n', '\r', '\0']) {
-        return bad("a value must be one line".into());
+    // One line, and no whitespace but spaces and tabs: LXC splits on those
+    // alone, so a vertical tab would read as one field to LXC and two here.
+    if value.chars().any(|c| (c.is_control() || c.is_whitespace()) && c != ' ' && c != '\t') {
+        return bad("a value must be one line, with no control characters and no whitespace but spaces and tabs".into());
     }
     if !key.starts_with("lxc.")
         || key.contains("..")
         || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_')
     {
         return bad("not an LXC config key erad's policy allows".into());
+    }
+    if let Some(limit) = key.strip_prefix("lxc.prlimit.")
+        && !PRLIMITS.contains(&limit)
+    {
+        return bad(format!(
+            "not a limit a plugin may set (allowed: {}; rtprio and nice would raise the workload's priority over its neighbours)",
+            PRLIMITS.join(", ")
+        ));
+    }
+    // LXC strips matching quotes around a value: what it reads would not be
+    // what was checked.
+    if value.starts_with(['"', '\'']) || value.ends_with(['"', '\'']) {
+        return bad("a value may not start or end with a quote".into());
     }
     if PLAIN_KEYS.contains(&key) || CGROUP_PREFIXES.iter().any(|p| key.starts_with(p) && key.len() > p.len()) {
         return Ok(());
@@ -177,23 +195,26 @@ pub fn check_entry(
 }
 
 fn check_mount_entry(value: &str, scope: &CallScope, p: &ContainerPolicy) -> Result<(), String> {
-    let fields: Vec<&str> = value.split_whitespace().collect();
-    let [source, dest, kind, options, ..] = fields[..] else {
-        return Err("a mount entry is SOURCE TARGET TYPE OPTIONS [0 0]".into());
+    // Split as LXC does (getmntent): on spaces and tabs only.
+    let fields: Vec<&str> = value.split([' ', '\t']).filter(|f| !f.is_empty()).collect();
+    let shape = "a mount entry is SOURCE TARGET TYPE OPTIONS [DUMP PASS], without escapes";
+    let [source, dest, kind, options, ref rest @ ..] = fields[..] else {
+        return Err(shape.into());
     };
-    if fields.len() > 6 || source.contains('\\') || dest.contains('\\') {
-        return Err("a mount entry is SOURCE TARGET TYPE OPTIONS [0 0], without escapes".into());
+    if !(rest.is_empty() || rest.len() == 2 && rest.iter().all(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        || source.contains('\\')
+        || dest.contains('\\')
+    {
+        return Err(shape.into());
     }
     let dest_path = Path::new(dest);
     if dest_path.is_absolute() || dest_path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
         return Err(format!("target {dest:?} must be relative to the container's root, without '..'"));
     }
     let options: Vec<&str> = options.split(',').collect();
-    if options.iter().any(|o| matches!(*o, "shared" | "rshared")) {
-        return Err("shared propagation would carry mounts back to the host".into());
-    }
+    policy::check_mount_options(&options)?;
     if options.iter().any(|o| *o == "bind" || *o == "rbind") {
-        return p.mount_source(scope, source);
+        return p.mount_source(scope, source, &options);
     }
     match kind {
         "tmpfs" | "mqueue" | "devpts" => Ok(()),
@@ -570,6 +591,22 @@ mod tests {
             ("lxc.cgroup.memory.limit_in_bytes", "1\nlxc.hook.start = /bin/sh"),
             ("lxc.idmap", "u 0 0 1"),
             ("lxc.cgroup2.memory..", "x"),
+            // Found by review: LXC splits on spaces and tabs only.
+            ("lxc.mount.entry", "/ host\x0btmpfs\x0brw none rbind,create=dir"),
+            ("lxc.mount.entry", "/ host\u{a0}tmpfs none rbind 0 0"),
+            ("lxc.mount.entry", "tmpfs t tmpfs defaults x y"),
+            ("lxc.mount.entry", "/etc/hosts etc/hosts none bind,create=file 0 0"),
+            ("lxc.mount.entry", "/etc/hosts etc/hosts none bind,ro,rw,create=file 0 0"),
+            ("lxc.prlimit.rtprio", "99"),
+            ("lxc.prlimit.nice", "40"),
+            // Found by the second review: LXC matches options by prefix,
+            // strips quotes, and takes limits by number.
+            ("lxc.mount.entry", "/ host tmpfs rbindx,create=dir 0 0"),
+            ("lxc.mount.entry", "/ host tmpfs rbindoptional,create=dir 0 0"),
+            ("lxc.mount.entry", "tmpfs t tmpfs sharedx 0 0"),
+            ("lxc.mount.entry", "/etc/hosts etc/hosts none bind,ro,rwx,create=file 0 0"),
+            ("lxc.mount.entry", "\"/ host tmpfs rbind\""),
+            ("lxc.prlimit.14", "99"),
         ] {
             let err = check_entry(k, v, &scope, &grant, &p).expect_err(k);
             assert!(err.starts_with(k), "{k}: {err}");

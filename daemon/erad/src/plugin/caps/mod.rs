@@ -62,6 +62,14 @@ impl GrantError {
 impl Grants {
     /// Checks every grant's data; keys in errors are relative to `grants`.
     pub fn check(&self) -> Result<(), GrantError> {
+        if self.oci.is_some() && self.lxc.is_some() {
+            // erad checks what each runtime will open just before it runs;
+            // a running container of one could change it under the other.
+            return Err(GrantError::new(
+                "lxc",
+                "a plugin may hold oci or lxc, not both: a workload of one could swap what erad checked for the other",
+            ));
+        }
         if let Some(p) = &self.process {
             p.check()?;
         }
@@ -254,5 +262,8 @@ mod tests {
         assert_eq!(required_grant("wasi:filesystem/types@0.2.6", &none), Ok(None));
         assert!(matches!(required_grant("wasi:sockets/tcp@0.2.0", &all), Err(ImportRefusal::Refused(_))));
         assert_eq!(required_grant("acme:evil/backdoor", &all), Err(ImportRefusal::Unknown));
+        let err = all.check().unwrap_err().to_string();
+        assert!(err.contains("oci or lxc, not both"), "{err}");
+        assert!(Grants { lxc: None, ..all }.check().is_ok());
     }
 }

@@ -98,6 +98,58 @@ const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/s
 /// Mount types that take no host path (the kernel makes them fresh).
 const PSEUDO_MOUNTS: &[&str] = &["proc", "tmpfs", "devpts", "mqueue", "sysfs", "cgroup", "cgroup2"];
 
+/// cgroup v2 files a bundle may set in its own cgroup (`linux.resources.unified`):
+/// limits, never `cgroup.*` (which moves processes and enables controllers).
+const UNIFIED_PREFIXES: &[&str] = &["memory.", "cpu.", "pids.", "io.", "hugetlb.", "cpuset."];
+
+/// What runc applies as root before it drops privileges, and which would
+/// let a workload take CPU, I/O or memory from its neighbours: realtime
+/// scheduling (`scheduler`, `RLIMIT_RTPRIO`), raised priority (negative
+/// nice, `RLIMIT_NICE`, realtime I/O class) and shelter from the OOM killer
+/// (`oomScoreAdj` below 0).
+fn check_priorities(process: &Map<String, Value>) -> Result<(), String> {
+    if process.get("oomScoreAdj").and_then(Value::as_i64).is_some_and(|n| n < 0) {
+        return Err(
+            "process.oomScoreAdj: below 0 would spare the workload from the OOM killer at its neighbours' expense"
+                .into(),
+        );
+    }
+    if let Some(rlimits) = process.get("rlimits") {
+        let list = rlimits.as_array().ok_or("process.rlimits must be a list")?;
+        for (i, r) in list.iter().enumerate() {
+            let kind = r.get("type").and_then(Value::as_str).unwrap_or("");
+            let raised = ["hard", "soft"].iter().any(|k| r.get(*k).and_then(Value::as_u64) != Some(0));
+            if matches!(kind, "RLIMIT_RTPRIO" | "RLIMIT_NICE") && raised {
+                return Err(format!(
+                    "process.rlimits[{i}]: {kind} above 0 lets the workload raise its priority over its neighbours"
+                ));
+            }
+        }
+    }
+    if let Some(sched) = process.get("scheduler") {
+        let policy = sched.get("policy").and_then(Value::as_str).unwrap_or("");
+        if !matches!(policy, "SCHED_OTHER" | "SCHED_BATCH" | "SCHED_IDLE") {
+            return Err(format!(
+                "process.scheduler.policy: {policy:?} is not allowed (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE)"
+            ));
+        }
+        if sched.get("nice").and_then(Value::as_i64).is_some_and(|n| n < 0)
+            || sched.get("priority").and_then(Value::as_i64).is_some_and(|n| n != 0)
+        {
+            return Err("process.scheduler: no negative nice and no priority".into());
+        }
+    }
+    if let Some(io) = process.get("ioPriority") {
+        let class = io.get("class").and_then(Value::as_str).unwrap_or("");
+        if !matches!(class, "IOPRIO_CLASS_BE" | "IOPRIO_CLASS_IDLE") {
+            return Err(format!(
+                "process.ioPriority.class: {class:?} is not allowed (IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn obj<'a>(v: &'a mut Value, at: &str) -> Result<&'a mut Map<String, Value>, String> {
     v.as_object_mut().ok_or_else(|| format!("{at} must be an object"))
 }
@@ -184,6 +236,7 @@ pub fn check_bundle(text: &[u8], scope: &CallScope, policy: &ContainerPolicy) ->
     if process.get("noNewPrivileges").and_then(Value::as_bool) != Some(true) {
         return Err("process.noNewPrivileges: must be true (setuid programs must not gain privileges)".into());
     }
+    check_priorities(process)?;
     if let Some(caps) = process.get("capabilities") {
         let caps = caps.as_object().ok_or("process.capabilities must be an object")?;
         only_keys(caps, "process.capabilities.", &["bounding", "effective", "inheritable", "permitted", "ambient"])?;
@@ -214,16 +267,24 @@ pub fn check_bundle(text: &[u8], scope: &CallScope, policy: &ContainerPolicy) ->
             if options.iter().any(|o| matches!(o.as_str(), "shared" | "rshared")) {
                 return Err(format!("{at}.options: shared propagation would carry mounts back to the host"));
             }
-            let bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+            let options: Vec<&str> = options.iter().map(String::as_str).collect();
+            policy::check_mount_options(&options).map_err(|e| format!("{at}.options: {e}"))?;
+            let bind = kind == "bind" || options.iter().any(|o| *o == "bind" || *o == "rbind");
             if bind {
                 let source = m.get("source").and_then(Value::as_str).ok_or_else(|| format!("{at}.source: missing"))?;
-                policy.mount_source(scope, source).map_err(|e| format!("{at}: {e}"))?;
+                policy.mount_source(scope, source, &options).map_err(|e| format!("{at}: {e}"))?;
             } else if !PSEUDO_MOUNTS.contains(&kind) {
                 return Err(format!("{at}.type: {kind:?} mounts are not allowed (bind, {})", PSEUDO_MOUNTS.join(", ")));
-            } else if kind == "proc" && dest != "/proc" {
-                return Err(format!("{at}: proc only at /proc, where its sensitive files are masked"));
-            } else if matches!(kind, "sysfs" | "cgroup" | "cgroup2") && !options.iter().any(|o| o == "ro") {
-                return Err(format!("{at}: {kind} must be mounted read-only (\"ro\")"));
+            } else if let Some(only) = match kind {
+                "proc" => Some("/proc"),
+                "sysfs" => Some("/sys"),
+                "cgroup" | "cgroup2" => Some("/sys/fs/cgroup"),
+                _ => None,
+            } && dest.trim_end_matches('/') != only
+            {
+                return Err(format!("{at}: {kind} only at {only}, where its sensitive files are masked"));
+            } else if matches!(kind, "sysfs" | "cgroup" | "cgroup2") && !policy::read_only(&options) {
+                return Err(format!("{at}: {kind} must be mounted read-only (\"ro\", without \"rw\")"));
             }
         }
     }
@@ -271,6 +332,19 @@ pub fn check_bundle(text: &[u8], scope: &CallScope, policy: &ContainerPolicy) ->
             "linux.resources.",
             &["devices", "memory", "cpu", "blockIO", "hugepageLimits", "pids", "network", "rdma", "unified"],
         )?;
+        if let Some(unified) = r.get("unified") {
+            let unified = unified.as_object().ok_or("linux.resources.unified must be an object")?;
+            if let Some(k) = unified.keys().find(|k| {
+                !UNIFIED_PREFIXES.iter().any(|p| k.starts_with(p) && k.len() > p.len())
+                    || k.contains(['/', '\0'])
+                    || k.contains("..")
+            }) {
+                return Err(format!(
+                    "linux.resources.unified.{k}: only the container's own {} files",
+                    UNIFIED_PREFIXES.join(", ")
+                ));
+            }
+        }
         if let Some(devs) = r.get("devices") {
             let devs = devs.as_array().ok_or("linux.resources.devices must be a list")?;
             if let Some(i) = devs.iter().position(|d| d.get("allow").and_then(Value::as_bool) != Some(false)) {
@@ -694,6 +768,41 @@ mod tests {
             ("annotations", Box::new(|s| s["annotations"] = json!({"run.oci.handler": "krun"}))),
             ("process.terminal", Box::new(|s| s["process"]["terminal"] = json!(true))),
             ("vm", Box::new(|s| s["vm"] = json!({"hypervisor": {"path": "/bin/sh"}}))),
+            // Found by review: a later "rw" wins over "ro" in runc.
+            ("mounts[1]", Box::new(|s| s["mounts"][1]["options"] = json!(["nosuid", "ro", "rw"]))),
+            ("mounts[2]", Box::new(|s| s["mounts"][2]["options"] = json!(["rbind"]))),
+            ("mounts[2]", Box::new(|s| s["mounts"][2]["options"] = json!(["rbind", "ro", "rw"]))),
+            (
+                "mounts[3]",
+                Box::new(|s| {
+                    s["mounts"][3] =
+                        json!({"destination": "/s2", "type": "sysfs", "source": "sysfs", "options": ["ro"]})
+                }),
+            ),
+            ("process.oomScoreAdj", Box::new(|s| s["process"]["oomScoreAdj"] = json!(-1000))),
+            // Found by the second review: runc's recursive "rrw" after "ro".
+            ("mounts[2].options", Box::new(|s| s["mounts"][2]["options"] = json!(["rbind", "ro", "rrw"]))),
+            ("mounts[2].options", Box::new(|s| s["mounts"][2]["options"] = json!(["rbind", "ro", "idmap"]))),
+            (
+                "process.rlimits[0]",
+                Box::new(|s| s["process"]["rlimits"] = json!([{"type": "RLIMIT_RTPRIO", "hard": 99, "soft": 99}])),
+            ),
+            (
+                "process.scheduler.policy",
+                Box::new(|s| s["process"]["scheduler"] = json!({"policy": "SCHED_FIFO", "priority": 99})),
+            ),
+            (
+                "process.scheduler",
+                Box::new(|s| s["process"]["scheduler"] = json!({"policy": "SCHED_OTHER", "nice": -20})),
+            ),
+            (
+                "process.ioPriority.class",
+                Box::new(|s| s["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_RT", "priority": 0})),
+            ),
+            (
+                "linux.resources.unified.cgroup.procs",
+                Box::new(|s| s["linux"]["resources"]["unified"] = json!({"cgroup.procs": "1"})),
+            ),
         ];
         for (field, break_it) in cases {
             let mut spec = good(work.path());

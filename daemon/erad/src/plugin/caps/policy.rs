@@ -186,7 +186,10 @@ impl ContainerPolicy {
     /// A bind-mount source is one of: a path beneath the work dir reached
     /// through no link, one of the deployment's volumes, or a host file the
     /// policy lists. Anything else is refused.
-    pub fn mount_source(&self, scope: &CallScope, source: &str) -> Result<(), String> {
+    ///
+    /// A host file is bound read-only only: `options` must say `ro` and not
+    /// `rw` (runtimes apply options in order, so a later `rw` would win).
+    pub fn mount_source(&self, scope: &CallScope, source: &str, options: &[&str]) -> Result<(), String> {
         let path = Path::new(source);
         if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
             return Err(format!("mount source {source:?} must be an absolute path without '..'"));
@@ -199,7 +202,11 @@ impl ContainerPolicy {
             };
         }
         if self.host_files.iter().any(|f| normalize(f) == path) {
-            return Ok(());
+            return if read_only(options) {
+                Ok(())
+            } else {
+                Err(format!("host file {source} may only be bound read-only (options \"ro\", without \"rw\")"))
+            };
         }
         if let Ok(rel) = path.strip_prefix(&scope.work_dir)
             && !rel.as_os_str().is_empty()
@@ -212,6 +219,56 @@ impl ContainerPolicy {
             self.host_files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
         ))
     }
+}
+
+/// Mount options a plugin may give, exactly as written: runc and LXC read
+/// more than they should (`rrw` clears read-only recursively in runc; LXC
+/// takes `rwx` for `rw` and `rbindx` for `rbind`, matching by prefix), so
+/// anything not on this list is refused rather than interpreted.
+const MOUNT_FLAGS: &[&str] = &[
+    "bind",
+    "rbind",
+    "ro",
+    "rw",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "noatime",
+    "nodiratime",
+    "relatime",
+    "strictatime",
+    "private",
+    "rprivate",
+    "slave",
+    "rslave",
+    "defaults",
+    "newinstance",
+    "create=dir",
+    "create=file",
+];
+/// Options with a value (tmpfs, devpts, mqueue), the value plain digits or a size.
+const MOUNT_DATA: &[&str] = &["size=", "mode=", "uid=", "gid=", "ptmxmode=", "nr_inodes="];
+
+/// Checks mount options against [`MOUNT_FLAGS`] and [`MOUNT_DATA`].
+pub fn check_mount_options(options: &[&str]) -> Result<(), String> {
+    for o in options {
+        let data = MOUNT_DATA.iter().find_map(|p| o.strip_prefix(p));
+        let ok = MOUNT_FLAGS.contains(o)
+            || data.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !ok {
+            return Err(format!(
+                "option {o:?} is not allowed (allowed: {}, and {}N)",
+                MOUNT_FLAGS.join(", "),
+                MOUNT_DATA.join("N, ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether mount options make a mount read-only for good: `ro`, and no `rw`.
+pub fn read_only(options: &[&str]) -> bool {
+    options.contains(&"ro") && !options.contains(&"rw")
 }
 
 /// Drops `.` components and trailing slashes (`..` is refused before this).
@@ -401,9 +458,13 @@ mod tests {
         let p = ContainerPolicy::from_grant("grants.oci", None, &[], None).unwrap();
         let s = scope(work.path(), vol.path());
         let w = work.path().display().to_string();
-        p.mount_source(&s, &format!("{w}/rootfs")).unwrap();
-        p.mount_source(&s, &vol.path().display().to_string()).unwrap();
-        p.mount_source(&s, "/etc/resolv.conf").unwrap();
+        p.mount_source(&s, &format!("{w}/rootfs"), &[]).unwrap();
+        p.mount_source(&s, &vol.path().display().to_string(), &["rw"]).unwrap();
+        p.mount_source(&s, "/etc/resolv.conf", &["rbind", "ro"]).unwrap();
+        for rw in [&[][..], &["rbind"], &["ro", "rw"]] {
+            let err = p.mount_source(&s, "/etc/resolv.conf", rw).unwrap_err();
+            assert!(err.contains("read-only"), "{rw:?}: {err}");
+        }
         for bad in [
             "/",
             "/etc/shadow",
@@ -413,9 +474,9 @@ mod tests {
             "relative",
             &w,
         ] {
-            assert!(p.mount_source(&s, bad).is_err(), "{bad}");
+            assert!(p.mount_source(&s, bad, &["ro"]).is_err(), "{bad}");
         }
-        let err = p.mount_source(&s, "/etc").unwrap_err();
+        let err = p.mount_source(&s, "/etc", &["ro"]).unwrap_err();
         assert!(err.contains("grants.oci.host_files"), "{err}");
     }
 
