@@ -35,6 +35,19 @@ fn an_invalid_spec_exits_2_naming_the_field_and_changes_nothing() {
 }
 
 #[test]
+fn a_huge_duration_is_refused_naming_it_and_erad_carries_on() {
+    let erad = Erad::start();
+    let spec = erad.deployment("web", "noop", "v1", "  health: {tcp: {port: 9}, interval: 10000000000000000000s}\n");
+    for cmd in ["validate", "apply"] {
+        let a = erad.era(&[cmd, "-f", spec.to_str().unwrap()]);
+        assert_eq!(a.code, 2, "{cmd}: {a:?}");
+        assert!(a.stderr.contains("spec.health.interval") && a.stderr.contains("the most erad allows (1h)"), "{a:?}");
+    }
+    assert_eq!(erad.era(&["get", "web"]).code, 1, "nothing was created");
+    assert_eq!(erad.era(&["list"]).code, 0, "erad is still serving");
+}
+
+#[test]
 fn a_wrong_sha256_fails_fetching_with_both_digests_and_installs_nothing() {
     let erad = Erad::start();
     std::fs::write(erad.dir.path().join("app.bin"), b"tampered").unwrap();

@@ -95,3 +95,20 @@ fn the_embedding_example_runs_the_daemon_in_process() {
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("hello is Running (revision 1)"), "{stdout}");
 }
+
+#[test]
+fn sigterm_with_watch_and_logs_follow_attached_exits_within_5s() {
+    let mut erad = Erad::start();
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0, "{}", erad.log());
+    let mut watch = erad.era_background(&["watch"]);
+    let mut logs = erad.era_background(&["logs", "-f", "web"]);
+    // Both streams are open: erad sees two clients.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(watch.try_wait().unwrap().is_none() && logs.try_wait().unwrap().is_none(), "the streams are open");
+    let status = erad.terminate_within(Duration::from_secs(5));
+    let _ = watch.kill();
+    let _ = logs.kill();
+    let _ = (watch.wait(), logs.wait());
+    let status = status.unwrap_or_else(|| panic!("erad still ran 5 s after SIGTERM:\n{}", erad.log()));
+    assert!(status.success(), "{status}");
+}

@@ -222,6 +222,51 @@ fn a_crashed_workload_is_restarted_per_policy_then_given_up() {
     assert!(d["message"].as_str().unwrap().contains("gave up after 2 restarts"), "{d}");
 }
 
+/// Makes the noop workload of `name` revision 1 look exited with `code`.
+fn exit_noop(erad: &Erad, name: &str, code: i32) {
+    let state = erad.data_dir().join(format!("deployments/{name}/rev-1/noop.json"));
+    let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    s["running"] = false.into();
+    s["exit_code"] = code.into();
+    std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+}
+
+#[test]
+fn a_job_that_exits_0_ends_stopped_not_failed_and_starts_again() {
+    let erad = Erad::start();
+    for policy in ["on-failure", "never"] {
+        let name = format!("job-{policy}");
+        let spec = erad.deployment(&name, "noop", "v1", &format!("  restart: {{policy: {policy}}}\n"));
+        assert_eq!(erad.apply_wait(&spec).code, 0);
+        exit_noop(&erad, &name, 0);
+        let d = erad.wait_for_state(&name, "Stopped", T);
+        let message = d["message"].as_str().unwrap();
+        assert!(message.contains("exited with code 0: finished"), "{d}");
+        assert!(message.contains(&format!("restart policy {policy}")), "{d}");
+        assert_eq!(erad.era(&["start", &name, "--wait"]).code, 0);
+        assert_eq!(erad.get(&name)["state"], "Running");
+    }
+}
+
+#[test]
+fn a_workload_that_failed_while_running_keeps_its_work_dir_across_a_restart_of_erad() {
+    let mut erad = Erad::start();
+    let spec = erad.deployment("dead", "noop", "v1", "  restart: {policy: never}\n");
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    exit_noop(&erad, "dead", 3);
+    let d = erad.wait_for_state("dead", "Failed", T);
+    assert!(d["message"].as_str().unwrap().contains("exited with code 3; restart policy never"), "{d}");
+    let work = erad.data_dir().join("deployments/dead/rev-1");
+    erad.kill9();
+    erad.spawn(&[]).unwrap();
+    // The next start must not take it for a failed install and clean it up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(erad.get("dead")["state"], "Failed");
+    assert!(work.join("noop.json").exists(), "the workload's files are kept for inspection: {}", erad.log());
+    assert_eq!(erad.era(&["delete", "dead", "--wait"]).code, 0);
+    assert!(!work.exists());
+}
+
 #[test]
 fn transient_plugin_errors_are_retried_with_backoff_but_only_so_often() {
     let erad = Erad::start();

@@ -38,6 +38,8 @@ const SOCKET_DIR_MODE: u32 = 0o750;
 /// The data dir holds the state database, artifacts and every work dir:
 /// erad's alone, also under `--dev`.
 const DATA_DIR_MODE: u32 = 0o700;
+/// How long a shutdown waits for calls in flight (SIGTERM exits within 5 s).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// `era.db` and its `-wal` and `-shm` (SQLite gives those the mode of the
 /// database file).
 const DATABASE_MODE: u32 = 0o600;
@@ -222,12 +224,18 @@ impl RunningDaemon {
 
     /// Stops serving and stops the supervisors where they are. Workloads keep
     /// running; the next start resumes every deployment from the store.
-    pub async fn shutdown(self) {
+    /// Open streams end with the shutdown; a call still running after
+    /// [`SHUTDOWN_GRACE`] is cut off, so this returns within that bound.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        match self.server.await {
-            Ok(Err(e)) => tracing::warn!("gRPC server: {e}"),
-            Err(e) => tracing::warn!("gRPC server task: {e}"),
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(Ok(Err(e))) => tracing::warn!("gRPC server: {e}"),
+            Ok(Err(e)) => tracing::warn!("gRPC server task: {e}"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!("calls still running after {SHUTDOWN_GRACE:?}; cutting them off");
+                self.server.abort();
+            }
         }
         let _ = std::fs::remove_file(&self.socket);
         if let Some(dir) = &self.nodev_mount

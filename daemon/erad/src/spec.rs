@@ -221,6 +221,17 @@ pub enum RestartPolicy {
     Always,
 }
 
+impl RestartPolicy {
+    /// As the spec writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RestartSpec {
@@ -553,8 +564,59 @@ impl DeploymentSpec {
         if !s.config.is_object() {
             return e("spec.config", "must be a mapping".into());
         }
-        Ok(())
+        check_bounds(self)
     }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Upper bounds on every duration, count and size in a spec: erad adds
+/// durations to clocks and sizes to buffers, and a value past these is a
+/// mistake, never a setting (`10000000000000000000s` once overflowed a
+/// clock after the workload started).
+fn check_bounds(d: &DeploymentSpec) -> Result<(), (String, String)> {
+    let s = &d.spec;
+    let too_long = |path: &str, v: Duration, max: Duration| -> Result<(), (String, String)> {
+        if v > max {
+            return Err((
+                path.to_string(),
+                format!("{} is longer than the most erad allows ({})", HumanDuration(v), HumanDuration(max)),
+            ));
+        }
+        Ok(())
+    };
+    let too_many = |path: &str, v: usize, max: usize, what: &str| -> Result<(), (String, String)> {
+        if v > max {
+            return Err((path.to_string(), format!("{v} {what} is more than the most erad allows ({max})")));
+        }
+        Ok(())
+    };
+    too_long("spec.stopGracePeriod", s.stop_grace_period.0, HOUR)?;
+    too_long("spec.update.deadline", s.update.deadline.0, DAY)?;
+    if let Some(h) = &s.health {
+        too_long("spec.health.interval", h.interval.0, HOUR)?;
+        too_long("spec.health.timeout", h.timeout.0, HOUR)?;
+        too_long("spec.health.startPeriod", h.start_period.0, DAY)?;
+        too_many("spec.health.retries", h.retries as usize, 1000, "retries")?;
+        if let Some(x) = &h.exec {
+            too_many("spec.health.exec.command", x.command.len(), 256, "arguments")?;
+            let bytes: usize = x.command.iter().map(String::len).sum();
+            too_many("spec.health.exec.command", bytes, 64 << 10, "bytes")?;
+        }
+    }
+    too_many("spec.restart.maxRetries", s.restart.max_retries as usize, 10_000, "retries")?;
+    too_many("spec.env", s.env.len(), 4096, "variables")?;
+    let env_bytes: usize = s.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    too_many("spec.env", env_bytes, 1 << 20, "bytes")?;
+    too_many("spec.ports", s.ports.len(), 1024, "ports")?;
+    too_many("spec.volumes", s.volumes.len(), 256, "volumes")?;
+    too_many("metadata.labels", d.metadata.labels.len(), 256, "labels")?;
+    let label_bytes: usize = d.metadata.labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    too_many("metadata.labels", label_bytes, 64 << 10, "bytes")?;
+    let config = serde_json::to_vec(&s.config).map(|v| v.len()).unwrap_or(usize::MAX);
+    too_many("spec.config", config, 1 << 20, "bytes")?;
+    Ok(())
 }
 
 /// Names of deployments, ports and volumes: they become directory names and
@@ -632,6 +694,43 @@ spec:
         let e = error_of(&GOOD.replace("runtime: noop", "runtime: noop\n  replicas: 3"));
         assert_eq!(e.path, "spec.replicas");
         assert!(e.message.contains("unknown field `replicas`"), "{e}");
+    }
+
+    #[test]
+    fn huge_durations_counts_and_sizes_are_refused_naming_the_field() {
+        let huge = "10000000000000000000s";
+        let big_env: String = (0..5000).map(|i| format!("V{i}: x, ")).collect();
+        let cases = [
+            (GOOD.replace("interval: 2s", &format!("interval: {huge}")), "spec.health.interval"),
+            (GOOD.replace("timeout: 1s", "timeout: 2h"), "spec.health.timeout"),
+            (GOOD.replace("startPeriod: 10s", "startPeriod: 400d"), "spec.health.startPeriod"),
+            (GOOD.replace("retries: 3", "retries: 4000000000"), "spec.health.retries"),
+            (
+                GOOD.replace("runtime: noop", &format!("runtime: noop\n  stopGracePeriod: {huge}")),
+                "spec.stopGracePeriod",
+            ),
+            (GOOD.replace("runtime: noop", "runtime: noop\n  update: {deadline: 30d}"), "spec.update.deadline"),
+            (
+                GOOD.replace("runtime: noop", "runtime: noop\n  restart: {maxRetries: 4000000000}"),
+                "spec.restart.maxRetries",
+            ),
+            (GOOD.replace("env: {PORT: \"8080\"}", &format!("env: {{{big_env}}}")), "spec.env"),
+            (
+                GOOD.replace(
+                    "runtime: noop",
+                    &format!("runtime: noop\n  config: {{blob: \"{}\"}}", "x".repeat(1 << 20)),
+                ),
+                "spec.config",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = error_of(&text);
+            assert_eq!(e.path, path, "{e}");
+            assert!(e.message.contains("the most erad allows"), "{e}");
+        }
+        // At the bounds, fine.
+        let ok = GOOD.replace("timeout: 1s", "timeout: 1h").replace("startPeriod: 10s", "startPeriod: 1d");
+        DeploymentSpec::parse(&ok, "t").unwrap();
     }
 
     #[test]

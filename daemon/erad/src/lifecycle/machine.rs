@@ -125,10 +125,13 @@ pub enum Event {
     FailRollback,
     /// The running workload exited and the restart policy allows another go.
     Crashed,
+    /// The running workload ended by itself with exit code 0 and its restart
+    /// policy does not run it again: a finished job.
+    Completed,
 }
 
 impl Event {
-    pub const ALL: [Event; 20] = [
+    pub const ALL: [Event; 21] = [
         Event::Apply,
         Event::Validated,
         Event::Fetched,
@@ -149,6 +152,7 @@ impl Event {
         Event::FailUpdate,
         Event::FailRollback,
         Event::Crashed,
+        Event::Completed,
     ];
 }
 
@@ -207,6 +211,7 @@ pub const TRANSITIONS: &[(&[State], Event, State)] = &[
     (&[S::Updating, S::Installing, S::Activating, S::HealthChecking], E::FailUpdate, S::RollingBack),
     (&[S::RollingBack, S::HealthChecking], E::FailRollback, S::RollbackFailed),
     (&[S::Running], E::Crashed, S::Activating),
+    (&[S::Running], E::Completed, S::Stopped),
 ];
 
 /// The ERA transition function.
@@ -270,6 +275,7 @@ mod tests {
         add(S::RollingBack, E::FailRollback, S::RollbackFailed);
         add(S::HealthChecking, E::FailRollback, S::RollbackFailed);
         add(S::Running, E::Crashed, S::Activating);
+        add(S::Running, E::Completed, S::Stopped);
         m
     }
 
@@ -293,7 +299,7 @@ mod tests {
             }
         }
         assert_eq!(legal, expected.len());
-        assert_eq!(State::ALL.len() * Event::ALL.len(), 320);
+        assert_eq!(State::ALL.len() * Event::ALL.len(), 336);
     }
 
     #[test]

@@ -93,6 +93,11 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// Turns true when erad starts shutting down.
+    pub fn shutting_down(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.shutdown.clone()
+    }
+
     pub(crate) fn new(shared: Shared) -> Lifecycle {
         Lifecycle { shared: Arc::new(shared), supervisors: Arc::default() }
     }

@@ -1049,20 +1049,30 @@ impl Supervisor {
                 ..Default::default()
             };
             self.commit(Event::Crashed, rev.revision, cause, changes).await?;
+        } else if code == Some(0) && !wants_restart {
+            // A job that finished: Stopped, as `era stop` would leave it
+            // (`era start` runs it again), not Failed.
+            let cause = format!(
+                "revision {} {what}: finished (restart policy {} does not run it again)",
+                rev.revision,
+                restart.policy.as_str()
+            );
+            let changes =
+                Changes { operation: Some(Operation::Stop), health: Some("unknown".into()), ..Default::default() };
+            self.commit(Event::Completed, rev.revision, cause, changes).await?;
         } else {
             let why = if wants_restart {
                 format!("gave up after {} restarts", rec.restarts)
             } else {
-                format!("restart policy {:?} does not restart it", restart.policy)
+                format!("restart policy {} does not restart it", restart.policy.as_str())
             };
             let cause = format!("revision {} {what}; {why}", rev.revision);
-            self.commit(
-                Event::Fail,
-                rev.revision,
-                cause,
-                Changes { health: Some("unhealthy".into()), ..Default::default() },
-            )
-            .await?;
+            // Not the install's failure: the workload and its logs stay for
+            // inspection until the operator acts (the failed-install cleanup
+            // at the next start would remove them).
+            let changes =
+                Changes { health: Some("unhealthy".into()), operation: Some(Operation::Restart), ..Default::default() };
+            self.commit(Event::Fail, rev.revision, cause, changes).await?;
         }
         Ok(())
     }

@@ -108,6 +108,18 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullEvent, Status>> + Send>>;
 type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
+/// Ends `stream` when erad starts shutting down: a `watch` or `logs -f`
+/// never ends on its own, and a graceful shutdown waits for open streams.
+fn until_shutdown<T: Send + 'static>(
+    lifecycle: &Lifecycle,
+    stream: impl Stream<Item = T> + Send + 'static,
+) -> Pin<Box<dyn Stream<Item = T> + Send>> {
+    let mut stop = lifecycle.shutting_down();
+    Box::pin(futures::StreamExt::take_until(stream, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }))
+}
+
 fn pulled(a: crate::store::ArtifactRecord) -> pb::PulledImage {
     pb::PulledImage {
         reference: a.reference,
@@ -220,7 +232,7 @@ impl Deployments for DeploymentsService {
             };
             Some(Ok(pb::Event { name: deployment, kind: Some(kind) }))
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(until_shutdown(&self.lifecycle, stream)))
     }
 
     type PullStream = PullStream;
@@ -265,7 +277,7 @@ impl Deployments for DeploymentsService {
             };
             let _ = tx.send(event).await;
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(until_shutdown(&self.lifecycle, tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     type LogsStream = LogsStream;
@@ -319,7 +331,7 @@ impl Deployments for DeploymentsService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(until_shutdown(&self.lifecycle, tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn images(&self, _req: Request<pb::ImagesRequest>) -> Result<Response<pb::ImagesResponse>, Status> {
