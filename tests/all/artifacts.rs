@@ -27,6 +27,29 @@ fn a_url_artifact_is_downloaded_verified_and_deployed() {
 }
 
 #[test]
+fn file_and_url_artifacts_over_the_size_limit_fail_fetching_and_store_nothing() {
+    let erad =
+        Erad::start_with(&format!("{}\n[limits]\nmax_artifact_bytes = 1000\n", era_tests::fixture_plugins()), &[]);
+    let body = vec![7u8; 2000];
+    let base = serve_http(vec![("/big.bin", body.clone())]);
+    let url = url_spec(&erad, "big-url", &format!("{base}/big.bin"), &sha256(&body));
+    let file = erad.deployment("big-file", "noop", &"x".repeat(2000), "");
+    for (name, spec) in [("big-url", url), ("big-file", file)] {
+        assert_eq!(erad.apply_wait(&spec).code, 1, "{name}");
+        let d = erad.get(name);
+        assert_eq!(d["state"], "Failed", "{d}");
+        assert!(
+            d["message"].as_str().unwrap().contains("is larger than limits.max_artifact_bytes (1000 bytes)"),
+            "{d}"
+        );
+    }
+    assert!(era_tests::files_under(&erad.data_dir().join("content/blobs/sha256")).is_empty());
+    assert!(era_tests::files_under(&erad.data_dir().join("content/tmp")).is_empty());
+    // Under the limit, fine.
+    assert_eq!(erad.apply_wait(&erad.deployment("small", "noop", "ok", "")).code, 0);
+}
+
+#[test]
 fn a_url_artifact_with_the_wrong_digest_or_a_404_fails_fetching() {
     let erad = Erad::start();
     let base = serve_http(vec![("/app.bin", b"served".to_vec())]);

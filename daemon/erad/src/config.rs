@@ -165,6 +165,7 @@ struct RawDaemon {
 struct RawLimits {
     memory_limit_mib: Option<u64>,
     log_max_mib: Option<u64>,
+    max_artifact_bytes: Option<u64>,
     pooling_instances: Option<u32>,
     #[serde(default)]
     deadlines: RawDeadlines,
@@ -225,6 +226,8 @@ pub struct DaemonConfig {
     pub pooling_instances: u32,
     /// Size at which a workload's log is rotated.
     pub log_max_bytes: u64,
+    /// The largest `file:` or `url:` artifact erad stores.
+    pub max_artifact_bytes: u64,
     pub plugins: BTreeMap<String, PluginConfig>,
     /// Per-registry access, keyed by `host[:port]`.
     pub registries: BTreeMap<String, RegistryConfig>,
@@ -425,6 +428,7 @@ impl DaemonConfig {
             health_interval: d.health_interval.map(|h| h.0).unwrap_or(Duration::from_secs(5)),
             pooling_instances: raw.limits.pooling_instances.unwrap_or(0),
             log_max_bytes: raw.limits.log_max_mib.map(|m| m << 20).unwrap_or(crate::logs::DEFAULT_MAX_BYTES),
+            max_artifact_bytes: raw.limits.max_artifact_bytes.unwrap_or(crate::artifact::DEFAULT_MAX_ARTIFACT_BYTES),
             plugins,
             registries,
             trust,

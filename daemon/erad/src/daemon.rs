@@ -131,7 +131,8 @@ impl DaemonBuilder {
         }
         let content = ContentStore::open(&layout.content_store())?
             .with_registries(registry_access(&cfg)?, trust)
-            .with_file_roots(FileRoots::new(&cfg.file_roots));
+            .with_file_roots(FileRoots::new(&cfg.file_roots))
+            .with_max_artifact_bytes(cfg.max_artifact_bytes);
 
         let pooling = (cfg.pooling_instances > 0).then(|| Pooling {
             instances: cfg.pooling_instances,

@@ -32,6 +32,8 @@ pub enum FetchError {
         "artifact {reference}: blob {digest} is longer than the {size} bytes its descriptor says; cut off and rejected"
     )]
     TooLong { reference: String, digest: String, size: u64 },
+    #[error("artifact {reference} is larger than limits.max_artifact_bytes ({max} bytes); nothing was stored")]
+    TooLarge { reference: String, max: u64 },
     #[error("artifact {reference}: blob {digest} ended after {got} of the {size} bytes its descriptor says")]
     TooShort { reference: String, digest: String, size: u64, got: u64 },
     #[error("artifact {reference}: {message}")]
@@ -64,9 +66,14 @@ pub struct Fetched {
     pub size: u64,
 }
 
+/// The default of `[limits] max_artifact_bytes`: 4 GiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+
 #[derive(Debug, Clone)]
 pub struct ContentStore {
     root: PathBuf,
+    /// The largest `file:` or `url:` artifact stored.
+    max_bytes: u64,
     http: reqwest::Client,
     oci: oci::OciFetcher,
     file_roots: roots::FileRoots,
@@ -88,7 +95,13 @@ impl ContentStore {
             .build()
             .map_err(|e| FetchError::Store { path: root.to_path_buf(), source: std::io::Error::other(e) })?;
         let oci = oci::OciFetcher::new(Default::default(), Default::default());
-        Ok(ContentStore { root: root.to_path_buf(), http, oci, file_roots: roots::FileRoots::default() })
+        Ok(ContentStore {
+            root: root.to_path_buf(),
+            max_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            http,
+            oci,
+            file_roots: roots::FileRoots::default(),
+        })
     }
 
     /// How to reach registries that need credentials or plain HTTP, and the
@@ -100,6 +113,13 @@ impl ContentStore {
         trust: std::sync::Arc<crate::trust::TrustPolicy>,
     ) -> Self {
         self.oci = oci::OciFetcher::new(registries, trust);
+        self
+    }
+
+    /// The largest `file:` or `url:` artifact to store (a file that grows, or
+    /// a body without a length, is cut off there).
+    pub fn with_max_artifact_bytes(mut self, max: u64) -> Self {
+        self.max_bytes = max;
         self
     }
 
@@ -257,12 +277,19 @@ impl ContentStore {
         let opened = opened.map_err(|e| FetchError::FileRoot { reference: reference.to_string(), source: e })?;
         let mut input = tokio::fs::File::from_std(opened);
         let total = input.metadata().await.map_err(read_err)?.len();
+        let too_large = || FetchError::TooLarge { reference: reference.to_string(), max: self.max_bytes };
+        if total > self.max_bytes {
+            return Err(too_large());
+        }
         let mut out = HashedWriter::create(tmp).await?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = tokio::io::AsyncReadExt::read(&mut input, &mut buf).await.map_err(read_err)?;
             if n == 0 {
                 break;
+            }
+            if out.done + n as u64 > self.max_bytes {
+                return Err(too_large());
             }
             out.write(&buf[..n]).await?;
             progress(out.done, Some(total));
@@ -277,10 +304,17 @@ impl ContentStore {
             return Err(dl_err(format!("the server answered {}", resp.status())));
         }
         let total = resp.content_length();
+        let too_large = || FetchError::TooLarge { reference: url.to_string(), max: self.max_bytes };
+        if total.is_some_and(|t| t > self.max_bytes) {
+            return Err(too_large());
+        }
         let mut out = HashedWriter::create(tmp).await?;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| dl_err(e.without_url().to_string()))?;
+            if out.done + chunk.len() as u64 > self.max_bytes {
+                return Err(too_large());
+            }
             out.write(&chunk).await?;
             progress(out.done, total);
         }
