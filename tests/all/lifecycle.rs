@@ -249,6 +249,64 @@ fn a_job_that_exits_0_ends_stopped_not_failed_and_starts_again() {
 }
 
 #[test]
+fn the_restart_count_resets_after_a_healthy_run() {
+    let erad = Erad::start();
+    let spec =
+        erad.deployment("steady", "noop", "v1", "  restart: {policy: on-failure, maxRetries: 1, resetAfter: 1s}\n");
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    let restarts =
+        || erad.history("steady").iter().filter(|e| e["from"] == "Running" && e["to"] == "Activating").count();
+    exit_noop(&erad, "steady", 3);
+    eventually(T, || restarts() == 1 && erad.get("steady")["state"] == "Running");
+    eventually(T, || erad.log().contains("restart count reset (was 1)"));
+    // Without the reset, maxRetries 1 would give up here.
+    exit_noop(&erad, "steady", 3);
+    eventually(T, || restarts() == 2 && erad.get("steady")["state"] == "Running");
+    assert!(erad.history("steady").iter().all(|e| e["to"] != "Failed"));
+}
+
+#[test]
+fn stop_during_a_restart_backoff_returns_within_5s_and_no_restart_follows() {
+    let erad = Erad::start();
+    let spec = erad.deployment("loop", "noop", "v1", "  restart: {policy: always, maxRetries: 20}\n");
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    let restarts = || erad.history("loop").iter().filter(|e| e["from"] == "Running" && e["to"] == "Activating").count();
+    // Backoffs 0.25, 0.5, 1, 2 and 4 s: the sixth is 8 s.
+    for n in 1..=5 {
+        exit_noop(&erad, "loop", 1);
+        eventually(T, || restarts() == n && erad.get("loop")["state"] == "Running");
+    }
+    exit_noop(&erad, "loop", 1);
+    eventually(T, || erad.log().contains("restart 6 of 20: restarting after the backoff"));
+    let mut stop = std::process::Command::new(era_tests::bin("era"))
+        .arg("--socket")
+        .arg(erad.socket())
+        .args(["stop", "loop", "--wait"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = stop.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = stop.kill();
+            let _ = stop.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.is_some_and(|s| s.success()), "era stop did not return within 5 s: {status:?}");
+    assert_eq!(erad.get("loop")["state"], "Stopped");
+    // The restart the backoff was waiting for never comes.
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(restarts(), 5);
+    assert_eq!(erad.get("loop")["state"], "Stopped");
+}
+
+#[test]
 fn a_workload_that_failed_while_running_keeps_its_work_dir_across_a_restart_of_erad() {
     let mut erad = Erad::start();
     let spec = erad.deployment("dead", "noop", "v1", "  restart: {policy: never}\n");

@@ -239,11 +239,20 @@ pub struct RestartSpec {
     pub policy: RestartPolicy,
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// A workload that has run this long since its last restart has its
+    /// restart count reset, so `maxRetries` counts a crash loop, not a
+    /// lifetime (as Kubernetes' crash-loop backoff does).
+    #[serde(default = "default_reset_after")]
+    pub reset_after: HumanDuration,
 }
 
 impl Default for RestartSpec {
     fn default() -> Self {
-        RestartSpec { policy: default_restart_policy(), max_retries: default_max_retries() }
+        RestartSpec {
+            policy: default_restart_policy(),
+            max_retries: default_max_retries(),
+            reset_after: default_reset_after(),
+        }
     }
 }
 
@@ -308,6 +317,9 @@ fn default_deadline() -> HumanDuration {
 }
 fn default_restart_policy() -> RestartPolicy {
     RestartPolicy::OnFailure
+}
+fn default_reset_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
 }
 fn default_max_retries() -> u32 {
     3
@@ -606,6 +618,10 @@ fn check_bounds(d: &DeploymentSpec) -> Result<(), (String, String)> {
         }
     }
     too_many("spec.restart.maxRetries", s.restart.max_retries as usize, 10_000, "retries")?;
+    too_long("spec.restart.resetAfter", s.restart.reset_after.0, DAY)?;
+    if s.restart.reset_after.0.is_zero() {
+        return Err(("spec.restart.resetAfter".into(), "must be greater than zero".into()));
+    }
     too_many("spec.env", s.env.len(), 4096, "variables")?;
     let env_bytes: usize = s.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     too_many("spec.env", env_bytes, 1 << 20, "bytes")?;

@@ -43,7 +43,7 @@ const PROGRESS_STEP: u64 = 1 << 20;
 type Work<T> = Result<T, String>;
 
 pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::Receiver<Command>) {
-    let sup = Supervisor { shared: shared.clone(), name };
+    let sup = Supervisor { shared: shared.clone(), name, running_since: std::sync::Mutex::new(None) };
     let mut shutdown = shared.shutdown.clone();
     sup.on_start().await;
     let mut deferred = std::collections::VecDeque::new();
@@ -108,8 +108,26 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                 None => return,
             },
             _ = monitor => {
-                if let Err(e) = sup.monitor(&rec).await {
-                    tracing::error!(deployment = sup.name, "health monitor: {e}");
+                match sup.monitor(&rec).await {
+                    Err(e) => tracing::error!(deployment = sup.name, "health monitor: {e}"),
+                    Ok(None) => {}
+                    // The backoff gives way to commands and to shutdown.
+                    Ok(Some(restart)) => {
+                        tracing::info!(deployment = sup.name, backoff = ?restart.backoff, "{}: restarting after the backoff", restart.cause);
+                        tokio::select! {
+                            _ = tokio::time::sleep(restart.backoff) => {
+                                let Restart { revision, cause, changes, .. } = restart;
+                                if let Err(e) = sup.commit(Event::Crashed, revision, cause, changes).await {
+                                    tracing::error!(deployment = sup.name, "health monitor: {e}");
+                                }
+                            }
+                            cmd = commands.recv() => match cmd {
+                                Some(cmd) => sup.handle(cmd, &rec).await,
+                                None => return,
+                            },
+                            _ = shutdown.changed() => return,
+                        }
+                    }
                 }
             }
             _ = shutdown.changed() => return,
@@ -240,6 +258,18 @@ where
 struct Supervisor {
     shared: Arc<Shared>,
     name: String,
+    /// Since when the current workload has been seen running (for
+    /// `restart.resetAfter`); None while it is not.
+    running_since: std::sync::Mutex<Option<Instant>>,
+}
+
+/// A restart the monitor decided on: committed after its backoff, which a
+/// command or a shutdown cuts short (then there is no restart).
+struct Restart {
+    backoff: Duration,
+    revision: u64,
+    cause: String,
+    changes: Changes,
 }
 
 impl Supervisor {
@@ -995,8 +1025,8 @@ impl Supervisor {
 
     /// One look at a Running workload: record its health, and restart it per
     /// the restart policy if it is gone.
-    async fn monitor(&self, rec: &DeploymentRecord) -> Result<(), StoreError> {
-        let Ok(rev) = self.revision(rec.current_revision).await else { return Ok(()) };
+    async fn monitor(&self, rec: &DeploymentRecord) -> Result<Option<Restart>, StoreError> {
+        let Ok(rev) = self.revision(rec.current_revision).await else { return Ok(None) };
         let work = self.shared.layout.work_dir(&self.name, rev.revision);
         let log = crate::logs::WorkLog::new(&work, &self.name, rev.revision);
         if let Err(e) = log.rotate_if_over(self.shared.log_max_bytes) {
@@ -1026,8 +1056,25 @@ impl Supervisor {
             let (h, o) = (health.to_string(), outputs);
             self.db(move |s, n| s.set_observed(n, &h, &o)).await?;
         }
-        let Some((code, message)) = exited else { return Ok(()) };
         let restart = &rev.spec.spec.restart;
+        let Some((code, message)) = exited else {
+            if rec.restarts > 0 {
+                let since =
+                    *self.running_since.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Instant::now);
+                if since.elapsed() >= restart.reset_after.0 {
+                    self.db(|s, n| s.reset_restarts(n)).await?;
+                    tracing::info!(
+                        deployment = self.name,
+                        revision = rev.revision,
+                        "ran {} since its last restart: restart count reset (was {})",
+                        restart.reset_after,
+                        rec.restarts
+                    );
+                }
+            }
+            return Ok(None);
+        };
+        *self.running_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let wants_restart = match restart.policy {
             RestartPolicy::Never => false,
             RestartPolicy::OnFailure => code != Some(0),
@@ -1040,7 +1087,6 @@ impl Supervisor {
         if wants_restart && rec.restarts < restart.max_retries {
             let n = rec.restarts + 1;
             let backoff = (RESTART_BACKOFF * 2u32.saturating_pow(rec.restarts)).min(RESTART_BACKOFF_MAX);
-            tokio::time::sleep(backoff).await;
             let cause = format!("revision {} {what}; restart {n} of {}", rev.revision, restart.max_retries);
             let changes = Changes {
                 operation: Some(Operation::Restart),
@@ -1048,7 +1094,7 @@ impl Supervisor {
                 desired_revision: Some(rev.revision),
                 ..Default::default()
             };
-            self.commit(Event::Crashed, rev.revision, cause, changes).await?;
+            return Ok(Some(Restart { backoff, revision: rev.revision, cause, changes }));
         } else if code == Some(0) && !wants_restart {
             // A job that finished: Stopped, as `era stop` would leave it
             // (`era start` runs it again), not Failed.
@@ -1074,6 +1120,6 @@ impl Supervisor {
                 Changes { health: Some("unhealthy".into()), operation: Some(Operation::Restart), ..Default::default() };
             self.commit(Event::Fail, rev.revision, cause, changes).await?;
         }
-        Ok(())
+        Ok(None)
     }
 }

@@ -470,6 +470,14 @@ impl Store {
         })
     }
 
+    /// Resets the restart count of a workload that has run long enough.
+    pub fn reset_restarts(&self, name: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("UPDATE deployments SET restarts = 0 WHERE name = ?1", params![name])?;
+            Ok(())
+        })
+    }
+
     pub fn journal(&self, name: &str) -> Result<Vec<JournalEntry>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
