@@ -199,16 +199,7 @@ impl Erad {
         let mut child = self.child.take().expect("erad is running");
         let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().expect("wait erad") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        exit_within(&mut child, within)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -332,6 +323,21 @@ impl Drop for Erad {
         }
         unmount_work_dirs(&self.data_dir());
     }
+}
+
+/// Waits at most `within` for `child` to exit: `None` if it still runs then
+/// (it is killed, so the test ends).
+pub fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 /// Undoes the nodev mount erad makes of its work dirs (`DATA/deployments`),

@@ -124,17 +124,20 @@ fn attack_all(erad: &Erad, image: &str, outside: &Outside, attacks: &[(&str, &[&
     }
 }
 
-fn busybox(registry: &Registry) -> String {
+/// A registry with a busybox image, the marker outside, and erad with the
+/// hostile plugins (and the container plugin, for a neighbour).
+fn setup() -> (Registry, String, Outside, Erad) {
+    let registry = Registry::start();
     registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", "sleep 600"], &[]);
-    format!("{}/demo/box:1", registry.addr)
+    let image = format!("{}/demo/box:1", registry.addr);
+    let outside = Outside::new();
+    let erad = Erad::start_with(&config(&outside), &[]);
+    (registry, image, outside, erad)
 }
 
 #[test]
 fn a_hostile_plugin_cannot_escape_through_the_oci_runtime_nor_touch_a_neighbour() {
-    let registry = Registry::start();
-    let image = busybox(&registry);
-    let outside = Outside::new();
-    let erad = Erad::start_with(&config(&outside), &[]);
+    let (_registry, image, outside, erad) = setup();
 
     // A neighbour: a real container with a volume, whose files and process
     // must survive every attack.
@@ -203,10 +206,7 @@ fn a_hostile_plugin_cannot_escape_through_the_oci_runtime_nor_touch_a_neighbour(
 
 #[test]
 fn a_hostile_plugin_cannot_escape_through_lxc() {
-    let registry = Registry::start();
-    let image = busybox(&registry);
-    let outside = Outside::new();
-    let erad = Erad::start_with(&config(&outside), &[]);
+    let (_registry, image, outside, erad) = setup();
     attack_all(
         &erad,
         &image,
@@ -243,10 +243,7 @@ fn a_hostile_plugin_cannot_escape_through_lxc() {
 
 #[test]
 fn a_hostile_plugin_cannot_escape_through_host_programs_or_wasi() {
-    let registry = Registry::start();
-    let image = busybox(&registry);
-    let outside = Outside::new();
-    let erad = Erad::start_with(&config(&outside), &[]);
+    let (_registry, image, outside, erad) = setup();
     attack_all(
         &erad,
         &image,

@@ -203,13 +203,7 @@ fn a_crashed_workload_is_restarted_per_policy_then_given_up() {
     let spec = erad.deployment("flaky", "noop", "v1", "  restart: {policy: on-failure, maxRetries: 2}\n");
     assert_eq!(erad.apply_wait(&spec).code, 0);
     // The workload dies behind erad's back: its state says it exited with 3.
-    let state = erad.data_dir().join("deployments/flaky/rev-1/noop.json");
-    let kill = || {
-        let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-        s["running"] = false.into();
-        s["exit_code"] = 3.into();
-        std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
-    };
+    let kill = || exit_noop(&erad, "flaky", 3);
     let restarts =
         || erad.history("flaky").iter().filter(|e| e["from"] == "Running" && e["to"] == "Activating").count();
     for n in 1..=2 {
@@ -286,18 +280,7 @@ fn stop_during_a_restart_backoff_returns_within_5s_and_no_restart_follows() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = stop.try_wait().unwrap() {
-            break Some(s);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = stop.kill();
-            let _ = stop.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = era_tests::exit_within(&mut stop, Duration::from_secs(5));
     assert!(status.is_some_and(|s| s.success()), "era stop did not return within 5 s: {status:?}");
     assert_eq!(erad.get("loop")["state"], "Stopped");
     // The restart the backoff was waiting for never comes.

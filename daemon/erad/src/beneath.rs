@@ -8,13 +8,14 @@
 //! from the directory: a link in any component, or `..` out of it, fails
 //! with `ELOOP`/`EXDEV` instead of being followed (Linux 5.6 and later).
 //!
-//! [`open_at`] is the descriptor-based form, for callers that hold a
-//! directory open across several operations (log rotation renames within
-//! it) or that may follow links which stay beneath the directory (`file:`
-//! artifact roots, [`Links::StayBeneath`]). It reports the kernel's errno
-//! untouched, and where `openat2` is missing (a kernel before 5.6, or a
-//! seccomp filter that hides it) it opens each component with `O_NOFOLLOW`
-//! instead, which refuses every symlink.
+//! [`open_at`] does the opening for all of them. Use it directly when you
+//! hold a directory open across several operations (log rotation renames
+//! within it) or may follow links which stay beneath the directory (`file:`
+//! artifact roots, [`Links::StayBeneath`]): it reports the kernel's errno
+//! untouched, where the path-based functions put it into words. Where
+//! `openat2` is missing (a kernel before 5.6, or a seccomp filter that hides
+//! it) it opens each component with `O_NOFOLLOW` instead, which refuses
+//! every symlink.
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -22,8 +23,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
-
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
 /// Opens the directory `dir` itself (not following a link at its last component).
 pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
@@ -42,27 +41,31 @@ pub fn relative(rel: &Path) -> io::Result<&Path> {
 }
 
 /// Turns the kernel's answers to a link into words.
-fn explain(rel: &Path, e: rustix::io::Errno) -> io::Error {
+fn explain(rel: &Path, e: Errno) -> io::Error {
     match e {
-        rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => io::Error::new(
+        Errno::LOOP | Errno::XDEV => io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("{} is or passes through a symlink; erad does not follow links in a work dir", rel.display()),
         ),
         // A FIFO opened for writing, non-blocking, with no reader.
-        rustix::io::Errno::NXIO => {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", rel.display()))
-        }
+        Errno::NXIO => io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", rel.display())),
         other => io::Error::from(other),
     }
+}
+
+/// [`open_at`] refusing every link, its errors in words naming `shown`.
+fn refusing_links(at: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode, shown: &Path) -> io::Result<OwnedFd> {
+    open_at(at, rel, flags, mode, Links::Refuse).map_err(|e| match Errno::from_io_error(&e) {
+        Some(n) => explain(shown, n),
+        None => e,
+    })
 }
 
 /// Opens `rel` beneath `dir` with `flags` (`O_CLOEXEC` and `O_NOCTTY` added).
 pub fn open(dir: &Path, rel: &Path, flags: OFlags, mode: u32) -> io::Result<File> {
     let rel = relative(rel)?;
     let dirfd = open_dir(dir)?;
-    let fd =
-        rustix::fs::openat2(&dirfd, rel, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::from_raw_mode(mode), RESOLVE)
-            .map_err(|e| explain(rel, e))?;
+    let fd = refusing_links(dirfd.as_fd(), rel, flags | OFlags::NOCTTY, Mode::from_raw_mode(mode), rel)?;
     Ok(File::from(fd))
 }
 
@@ -108,17 +111,10 @@ pub fn create_dirs(dir: &Path, rel: &Path) -> io::Result<()> {
         let Component::Normal(name) = c else { continue };
         walked.push(name);
         match rustix::fs::mkdirat(&at, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(io::Error::from(e)),
         }
-        at = rustix::fs::openat2(
-            &at,
-            name,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            RESOLVE,
-        )
-        .map_err(|e| explain(&walked, e))?;
+        at = refusing_links(at.as_fd(), Path::new(name), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty(), &walked)?;
     }
     Ok(())
 }
@@ -127,8 +123,7 @@ pub fn create_dirs(dir: &Path, rel: &Path) -> io::Result<()> {
 pub fn check_dir(dir: &Path, rel: &Path) -> io::Result<()> {
     let rel = relative(rel)?;
     let dirfd = open_dir(dir)?;
-    rustix::fs::openat2(&dirfd, rel, OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-        .map_err(|e| explain(rel, e))?;
+    refusing_links(dirfd.as_fd(), rel, OFlags::DIRECTORY | OFlags::PATH, Mode::empty(), rel)?;
     Ok(())
 }
 
@@ -137,11 +132,9 @@ pub fn check_path(dir: &Path, rel: &Path) -> io::Result<()> {
     let rel = relative(rel)?;
     let dirfd = open_dir(dir)?;
     // With O_PATH|O_NOFOLLOW a final symlink opens as itself: look at what it is.
-    let fd =
-        rustix::fs::openat2(&dirfd, rel, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-            .map_err(|e| explain(rel, e))?;
+    let fd = refusing_links(dirfd.as_fd(), rel, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty(), rel)?;
     if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) == rustix::fs::FileType::Symlink {
-        return Err(explain(rel, rustix::io::Errno::LOOP));
+        return Err(explain(rel, Errno::LOOP));
     }
     Ok(())
 }

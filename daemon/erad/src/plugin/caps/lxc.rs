@@ -298,11 +298,14 @@ impl<'a> Lxc<'a> {
         self.lxcpath.join(&self.name)
     }
 
+    fn policy(&self) -> Result<ContainerPolicy, RuntimeError> {
+        self.grant.policy().map_err(|e| RuntimeError::Failed(e.to_string()))
+    }
+
     /// Checks the plugin's entries against the policy, as they stand now.
-    fn check_entries(&self, entries: &[(String, String)]) -> Result<(), RuntimeError> {
-        let policy = self.grant.policy().map_err(|e| RuntimeError::Failed(e.to_string()))?;
+    fn check_entries(&self, entries: &[(String, String)], policy: &ContainerPolicy) -> Result<(), RuntimeError> {
         for (k, v) in entries {
-            check_entry(k.trim(), v.trim(), self.scope, self.grant, &policy).map_err(RuntimeError::Policy)?;
+            check_entry(k.trim(), v.trim(), self.scope, self.grant, policy).map_err(RuntimeError::Policy)?;
         }
         Ok(())
     }
@@ -412,8 +415,8 @@ impl Host for HostState {
 
     async fn configure(&mut self, entries: Vec<(String, String)>) -> Result<(), RuntimeError> {
         let lxc = Lxc::new(self, "configuring a container")?;
-        let policy = lxc.grant.policy().map_err(|e| RuntimeError::Failed(e.to_string()))?;
-        lxc.check_entries(&entries)?;
+        let policy = lxc.policy()?;
+        lxc.check_entries(&entries, &policy)?;
         let rootfs = lxc.rootfs()?;
         create_private(&lxc.dir())?;
         // Kept to be checked again before every start: a mount source that
@@ -448,7 +451,7 @@ impl Host for HostState {
             .map_err(|e| RuntimeError::Failed(format!("{ENTRIES} of {}: {e}", lxc.name)))?;
         let entries: Vec<(String, String)> = serde_json::from_slice(&kept)
             .map_err(|e| RuntimeError::Failed(format!("{ENTRIES} of {}: {e}", lxc.name)))?;
-        lxc.check_entries(&entries)?;
+        lxc.check_entries(&entries, &lxc.policy()?)?;
         drop(policy::open_log(&lxc.scope.work_dir)?);
         let mut extra = vec!["-d"];
         if !init.is_empty() {

@@ -264,9 +264,6 @@ pub fn check_bundle(text: &[u8], scope: &CallScope, policy: &ContainerPolicy) ->
             };
             let kind = m.get("type").and_then(Value::as_str).unwrap_or("");
             let dest = m.get("destination").and_then(Value::as_str).unwrap_or("");
-            if options.iter().any(|o| matches!(o.as_str(), "shared" | "rshared")) {
-                return Err(format!("{at}.options: shared propagation would carry mounts back to the host"));
-            }
             let options: Vec<&str> = options.iter().map(String::as_str).collect();
             policy::check_mount_options(&options).map_err(|e| format!("{at}.options: {e}"))?;
             let bind = kind == "bind" || options.iter().any(|o| *o == "bind" || *o == "rbind");

@@ -252,6 +252,9 @@ const MOUNT_DATA: &[&str] = &["size=", "mode=", "uid=", "gid=", "ptmxmode=", "nr
 /// Checks mount options against [`MOUNT_FLAGS`] and [`MOUNT_DATA`].
 pub fn check_mount_options(options: &[&str]) -> Result<(), String> {
     for o in options {
+        if matches!(*o, "shared" | "rshared") {
+            return Err("shared propagation would carry mounts back to the host".into());
+        }
         let data = MOUNT_DATA.iter().find_map(|p| o.strip_prefix(p));
         let ok = MOUNT_FLAGS.contains(o)
             || data.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric()));
