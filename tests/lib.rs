@@ -94,6 +94,8 @@ pub fn era(args: &[&str]) -> Answer {
 pub struct Erad {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The erad binary this test runs.
+    pub program: PathBuf,
     child: Option<Child>,
 }
 
@@ -110,6 +112,11 @@ impl Erad {
 
     /// Like [`Erad::start_with`], but returns what erad printed if it would not start.
     pub fn try_start_with(plugins: &str, env: &[(&str, &str)]) -> Result<Erad, String> {
+        Erad::try_start_program(&bin("erad"), plugins, env)
+    }
+
+    /// Like [`Erad::try_start_with`], with another erad binary.
+    pub fn try_start_program(program: &Path, plugins: &str, env: &[(&str, &str)]) -> Result<Erad, String> {
         let dir = tempfile::Builder::new().prefix("era-test-").tempdir().expect("temp dir");
         let config = dir.path().join("erad.toml");
         let text = format!(
@@ -131,7 +138,7 @@ impl Erad {
             format!("{text}\n[[trust]]\nmatch = \"**\"\nallow_unsigned = true\n")
         };
         std::fs::write(&config, text).expect("write config");
-        let mut erad = Erad { dir, config, child: None };
+        let mut erad = Erad { dir, config, program: program.to_path_buf(), child: None };
         erad.spawn(env)?;
         Ok(erad)
     }
@@ -152,7 +159,7 @@ impl Erad {
             .append(true)
             .open(self.dir.path().join("erad.log"))
             .expect("log file");
-        let mut cmd = Command::new(bin("erad"));
+        let mut cmd = Command::new(&self.program);
         cmd.arg("--config").arg(&self.config).stdout(Stdio::null()).stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
@@ -251,6 +258,19 @@ impl Erad {
             .stderr(Stdio::null())
             .spawn()
             .expect("run era")
+    }
+
+    /// Sends an `era` command, waits until erad drops the test hook's marker
+    /// `DATA/<marker>` (it froze where the hook said), and kills it with a
+    /// real SIGKILL. The command's own answer may never come: that is the
+    /// point.
+    pub fn kill9_at(&mut self, args: &[&str], marker: &str) {
+        let mut client = self.era_background(args);
+        let marker = self.data_dir().join(marker);
+        eventually(Duration::from_secs(60), || marker.exists());
+        self.kill9();
+        let _ = client.wait();
+        std::fs::remove_file(marker).expect("remove the marker");
     }
 
     /// `era -o json get NAME`.

@@ -147,7 +147,8 @@ fn stop_and_start_keep_the_volume_and_identity() {
 
 #[test]
 fn delete_leaves_nothing_on_disk_but_the_history() {
-    let erad = Erad::start();
+    // Without a GC grace period, the blobs go with the delete.
+    let erad = Erad::start_with(&era_tests::fixture_plugins(), &[("ERAD_TEST_GC_GRACE", "0s")]);
     let spec = erad.deployment(
         "web",
         "noop",
@@ -178,7 +179,7 @@ fn delete_leaves_nothing_on_disk_but_the_history() {
 
 #[test]
 fn first_install_that_fails_health_is_cleaned_up_and_failed() {
-    let erad = Erad::start();
+    let erad = Erad::start_with(&era_tests::fixture_plugins(), &[("ERAD_TEST_GC_GRACE", "0s")]);
     let spec = erad.deployment(
         "sick",
         "unhealthy",
@@ -214,6 +215,10 @@ fn a_crashed_workload_is_restarted_per_policy_then_given_up() {
     kill();
     let d = erad.wait_for_state("flaky", "Failed", T);
     assert!(d["message"].as_str().unwrap().contains("gave up after 2 restarts"), "{d}");
+    // Exactly maxRetries restarts: three real starts in all, and no more.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(restarts(), 2);
+    assert_eq!(erad.get("flaky")["outputs"]["starts"], "3");
 }
 
 /// Makes the noop workload of `name` revision 1 look exited with `code`.
@@ -345,7 +350,7 @@ fn a_failing_probe_after_running_shows_degraded_then_healthy_again() {
 
 #[test]
 fn delete_keeps_an_artifact_another_deployment_still_uses() {
-    let erad = Erad::start();
+    let erad = Erad::start_with(&era_tests::fixture_plugins(), &[("ERAD_TEST_GC_GRACE", "0s")]);
     assert_eq!(erad.apply_wait(&erad.deployment("a", "noop", "shared", "")).code, 0);
     assert_eq!(erad.apply_wait(&erad.deployment("b", "noop", "shared", "")).code, 0);
     assert_eq!(erad.era(&["delete", "a", "--wait"]).code, 0);
@@ -353,6 +358,18 @@ fn delete_keeps_an_artifact_another_deployment_still_uses() {
     assert!(blob.is_file(), "b still needs it");
     assert_eq!(erad.era(&["delete", "b", "--wait"]).code, 0);
     assert!(!blob.exists());
+}
+
+#[test]
+fn a_blob_fetched_within_the_gc_grace_outlives_a_delete_until_the_timer_collects_it() {
+    // A fetch in flight elsewhere may be about to use a fresh blob: the
+    // delete leaves it, and the GC timer (five grace periods) takes it later.
+    let erad = Erad::start_with(&era_tests::fixture_plugins(), &[("ERAD_TEST_GC_GRACE", "6s")]);
+    assert_eq!(erad.apply_wait(&erad.deployment("a", "noop", "fresh", "")).code, 0);
+    assert_eq!(erad.era(&["delete", "a", "--wait"]).code, 0);
+    let blob = erad.data_dir().join("content/blobs/sha256").join(era_tests::sha256(b"fresh"));
+    assert!(blob.is_file(), "younger than the grace period");
+    eventually(T, || !blob.exists());
 }
 
 #[test]
@@ -364,4 +381,131 @@ fn volume_data_survives_an_update() {
     assert_eq!(erad.apply_wait(&erad.deployment("db", "noop", "v2", vol)).code, 0);
     assert_eq!(erad.get("db")["revision"], 2);
     assert_eq!(std::fs::read(erad.data_dir().join("volumes/db/data/rows")).unwrap(), b"42");
+}
+
+/// A TCP port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// Whether the noop workload of `name` revision `rev` runs.
+fn noop_running(erad: &Erad, name: &str, rev: u64) -> bool {
+    let state = erad.data_dir().join(format!("deployments/{name}/rev-{rev}/noop.json"));
+    std::fs::read(state)
+        .ok()
+        .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap()["running"] == true)
+        .unwrap_or(false)
+}
+
+#[test]
+fn apply_on_a_failed_deployment_whose_workload_still_runs_replaces_it() {
+    let erad = Erad::start();
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+    // Revision 2 starts but never passes its probe; without autoRollback it
+    // stays Failed with its workload running.
+    let sick = format!(
+        "  health: {{tcp: {{port: {}}}, interval: 100ms, timeout: 200ms, retries: 2}}\n  update: {{autoRollback: false}}\n",
+        closed_port()
+    );
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v2", &sick)).code, 1);
+    assert_eq!(erad.get("web")["state"], "Failed");
+    assert!(noop_running(&erad, "web", 2), "the failed revision's workload is live");
+    let a = erad.apply_wait(&erad.deployment("web", "noop", "v3", ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    let d = erad.get("web");
+    assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(3)), "{d}");
+    assert!(noop_running(&erad, "web", 3));
+    assert!(!noop_running(&erad, "web", 2), "revision 2 was stopped before revision 3 started");
+    eventually(T, || !erad.data_dir().join("deployments/web/rev-2").exists());
+    // And from Failed it was an update: revision 2 is where a rollback goes.
+    let h = states(&erad, "web");
+    assert!(h.ends_with(&["HealthChecking->Running".to_string()]), "{h:?}");
+}
+
+/// Runs `era ARGS` and asserts it answers, successfully, within 5 s.
+fn within_5s(erad: &Erad, args: &[&str]) {
+    let mut cmd = std::process::Command::new(era_tests::bin("era"))
+        .arg("--socket")
+        .arg(erad.socket())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = era_tests::exit_within(&mut cmd, Duration::from_secs(5));
+    let mut err = String::new();
+    if let Some(mut e) = cmd.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.is_some_and(|s| s.success()), "era {args:?} did not succeed within 5 s: {status:?} {err}");
+}
+
+#[test]
+fn stop_delete_and_rollback_cut_a_five_minute_health_check_short() {
+    let erad = Erad::start();
+    let slow = format!(
+        "  health: {{tcp: {{port: {}}}, interval: 1s, timeout: 200ms, retries: 300}}\n  update: {{deadline: 5m}}\n",
+        closed_port()
+    );
+    // Stop during the first install's health check.
+    let spec = erad.deployment("a", "noop", "v1", &slow);
+    let _ = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
+    erad.wait_for_state("a", "HealthChecking", T);
+    within_5s(&erad, &["stop", "a", "--wait"]);
+    assert_eq!(erad.get("a")["state"], "Stopped");
+    assert!(!noop_running(&erad, "a", 1));
+    // Delete during it.
+    let spec = erad.deployment("b", "noop", "v1", &slow);
+    let _ = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
+    erad.wait_for_state("b", "HealthChecking", T);
+    within_5s(&erad, &["delete", "b", "--wait"]);
+    assert_eq!(erad.get("b")["state"], "Deleted");
+    assert!(!erad.data_dir().join("deployments/b").exists());
+    // Rollback during an update's health check: revision 1 again.
+    assert_eq!(erad.apply_wait(&erad.deployment("c", "noop", "v1", "")).code, 0);
+    let spec = erad.deployment("c", "noop", "v2", &slow);
+    let _ = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
+    erad.wait_for_state("c", "HealthChecking", T);
+    within_5s(&erad, &["rollback", "c", "--wait", "--timeout", "5s"]);
+    let d = erad.get("c");
+    assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(1)), "{d}");
+    assert!(noop_running(&erad, "c", 1));
+    assert!(!noop_running(&erad, "c", 2));
+    // Apply during a step is refused, naming the state.
+    let spec = erad.deployment("d", "noop", "v1", &slow);
+    let _ = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
+    erad.wait_for_state("d", "HealthChecking", T);
+    let busy = erad.era(&["apply", "-f", erad.deployment("d", "noop", "v2", "").to_str().unwrap()]);
+    assert_ne!(busy.code, 0, "{busy:?}");
+    assert!(busy.stderr.contains("is HealthChecking; apply is possible once it settles"), "{busy:?}");
+}
+
+#[test]
+fn stop_and_delete_cut_a_hung_download_short() {
+    // A server that promises 100 MB and sends nothing.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(&mut conn, b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n");
+            held.push(conn);
+        }
+    });
+    let erad = Erad::start();
+    for (name, command, end) in [("s", "stop", "Stopped"), ("d", "delete", "Deleted")] {
+        let yaml = format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: noop\n  artifact: {{url: \"http://127.0.0.1:{port}/big.bin\", sha256: \"{}\"}}\n",
+            era_tests::sha256(b"never sent")
+        );
+        let spec = erad.spec(&format!("{name}.yaml"), &yaml);
+        let _ = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
+        erad.wait_for_state(name, "Fetching", T);
+        std::thread::sleep(Duration::from_millis(300));
+        within_5s(&erad, &[command, name, "--wait"]);
+        assert_eq!(erad.get(name)["state"], end);
+    }
+    assert!(files_under(&erad.data_dir().join("content/tmp")).is_empty(), "no partial download left");
 }

@@ -18,3 +18,4 @@ mod recovery;
 mod roles;
 mod scale;
 mod signatures;
+mod windows;

@@ -297,7 +297,8 @@ fn a_plugin_reference_that_does_not_match_its_pin_stops_erad_from_starting() {
 fn era_pull_preloads_the_store_for_an_air_gapped_deploy_and_images_lists_it() {
     let registry = Registry::start();
     let digest = registry.push_image("demo/app", "v1", &[("big.bin", &"y".repeat(1 << 20))]);
-    let erad = Erad::start();
+    // No GC grace: whatever a delete leaves unreferenced goes at once.
+    let erad = Erad::start_with(&era_tests::fixture_plugins(), &[("ERAD_TEST_GC_GRACE", "0s")]);
     let reference = format!("{}/demo/app:v1", registry.addr);
     let p = erad.era(&["pull", &reference]);
     assert_eq!(p.code, 0, "{p:?}");
@@ -328,6 +329,20 @@ fn era_pull_preloads_the_store_for_an_air_gapped_deploy_and_images_lists_it() {
         + m["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum::<u64>();
     assert_eq!(img["size"], total, "the size is manifest + config + layers");
     assert_eq!(img["used_by"], serde_json::json!(["offline"]));
+
+    // Deleting the deployment keeps what the operator pulled: another one
+    // deploys it offline afterwards.
+    assert_eq!(erad.era(&["delete", "offline", "--wait"]).code, 0);
+    assert!(blob(&erad, &digest).is_file(), "the pulled manifest stays");
+    let again = spec(
+        &erad,
+        "offline-again",
+        &format!("image: \"{reference}\", sha256: \"{}\"", digest.trim_start_matches("sha256:")),
+        "",
+    );
+    let a = erad.apply_wait(&again);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(erad.get("offline-again")["state"], "Running");
     let table = erad.era(&["images"]);
     assert!(table.stdout.starts_with("REFERENCE") && table.stdout.contains("offline"), "{table:?}");
 }

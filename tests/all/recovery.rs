@@ -12,15 +12,10 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(60);
 
 /// Sends the command, waits for erad to pause after committing `state`,
-/// and kills it. The command's own answer may never come: that is the point.
+/// and kills it.
 fn kill_when_paused(erad: &mut Erad, args: &[&str], state: &str) {
-    let mut client = erad.era_background(args);
     let name = args.last().filter(|a| !a.ends_with(".yaml")).map(|n| n.to_string()).unwrap_or_else(|| "web".into());
-    let marker = erad.data_dir().join(format!("paused-{name}-{state}"));
-    eventually(T, || marker.exists());
-    erad.kill9();
-    let _ = client.wait();
-    std::fs::remove_file(marker).unwrap();
+    erad.kill9_at(args, &format!("paused-{name}-{state}"));
 }
 
 fn transitions(erad: &Erad, name: &str, from: &str, to: &str) -> usize {
@@ -112,4 +107,28 @@ fn kill_9_while_stopping_and_uninstalling_finishes_the_job() {
             assert!(!erad.data_dir().join("deployments/web").exists());
         }
     }
+}
+
+#[test]
+fn a_build_without_the_test_hooks_feature_ignores_the_hook_variables() {
+    // scripts/test builds erad without the feature first and keeps a copy.
+    let program = era_tests::bin("erad-without-test-hooks");
+    let hooks = [("ERAD_TEST_PAUSE_AFTER", "Validating"), ("ERAD_TEST_PAUSE_DONE", "Installing")];
+    let erad = Erad::try_start_program(&program, &fixture_plugins(), &hooks).unwrap();
+    let a = erad.apply_wait(&erad.deployment("web", "noop", "v1", ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(erad.get("web")["state"], "Running");
+    let markers: Vec<String> = std::fs::read_dir(erad.data_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("paused-"))
+        .collect();
+    assert!(markers.is_empty(), "{markers:?}");
+    // The variables' names are not even in the binary; they are in the
+    // tests' build, which the other tests here pause with.
+    let contains =
+        |path: &std::path::Path, what: &[u8]| std::fs::read(path).unwrap().windows(what.len()).any(|w| w == what);
+    assert!(!contains(&program, b"ERAD_TEST_"));
+    assert!(contains(&era_tests::bin("erad"), b"ERAD_TEST_PAUSE_AFTER"));
 }

@@ -162,7 +162,7 @@ impl DaemonBuilder {
                     manifest = fetched.digest,
                     "plugin artifact pulled and verified"
                 );
-                store.record_artifact(reference, &fetched.digest, "wasm", fetched.size)?;
+                store.record_artifact(reference, &fetched.digest, "wasm", fetched.size, true)?;
                 pc.path = fetched.path;
             }
             let p = host.load(name, &pc).await?;
@@ -187,6 +187,20 @@ impl DaemonBuilder {
         });
         let resumed = lifecycle.recover()?;
         tracing::info!(deployments = resumed, "resumed deployments from the store");
+        // A delete leaves blobs fetched within the GC's grace period (a fetch
+        // in flight may be about to use them); the timer collects them later.
+        let gc = lifecycle.clone();
+        let mut gc_stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(gc.gc_every());
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => gc.collect_garbage().await,
+                    _ = gc_stop.changed() => return,
+                }
+            }
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<DeploymentsServer<DeploymentsService>>().await;

@@ -327,10 +327,14 @@ impl ContentStore {
     }
 
     /// A fresh temp file name in the store.
-    fn tmp_path(&self, digest: &str) -> PathBuf {
+    fn tmp_path(&self, digest: &str) -> TmpFile {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.root.join("tmp").join(format!("{}.{}.{n}", digest.trim_start_matches("sha256:"), std::process::id()))
+        TmpFile(self.root.join("tmp").join(format!(
+            "{}.{}.{n}",
+            digest.trim_start_matches("sha256:"),
+            std::process::id()
+        )))
     }
 
     /// Streams `body` into the store as the blob `digest` of exactly `size`
@@ -404,6 +408,30 @@ impl ContentStore {
             tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
         }
         Ok(path)
+    }
+}
+
+/// A temp file's name, removed when dropped: a fetch that fails, or that a
+/// command cancels mid-download (the future dropped), leaves nothing in
+/// `tmp/`. After the rename into `blobs/` the removal finds nothing.
+struct TmpFile(PathBuf);
+
+impl std::ops::Deref for TmpFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TmpFile {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

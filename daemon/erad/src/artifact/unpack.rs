@@ -14,6 +14,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What an unpack may do beyond plain files, directories and links.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub enum UnpackError {
     MediaType { layer: String, media_type: String },
     #[error("layer {layer}: {path}: {source}")]
     Io { layer: String, path: PathBuf, source: io::Error },
+    #[error("the unpack was cancelled")]
+    Cancelled,
 }
 
 /// One layer: its media type and its verified blob.
@@ -144,20 +147,40 @@ fn mode_bits(mode: u32, policy: &UnpackPolicy) -> u32 {
 
 /// Unpacks `layers`, lowest first, into `root` (created if missing).
 pub fn unpack_layers(layers: &[Layer], root: &Path, policy: &UnpackPolicy) -> Result<UnpackStats, UnpackError> {
+    unpack_layers_until(layers, root, policy, &AtomicBool::new(false))
+}
+
+/// [`unpack_layers`], which gives up with [`UnpackError::Cancelled`] at the
+/// next entry once `cancel` turns true.
+pub fn unpack_layers_until(
+    layers: &[Layer],
+    root: &Path,
+    policy: &UnpackPolicy,
+    cancel: &AtomicBool,
+) -> Result<UnpackStats, UnpackError> {
     fs::create_dir_all(root).map_err(|source| UnpackError::Io { layer: String::new(), path: root.into(), source })?;
     let mut stats = UnpackStats::default();
     for layer in layers {
-        unpack_one(layer, root, policy, &mut stats)?;
+        unpack_one(layer, root, policy, &mut stats, cancel)?;
     }
     Ok(stats)
 }
 
-fn unpack_one(layer: &Layer, root: &Path, policy: &UnpackPolicy, stats: &mut UnpackStats) -> Result<(), UnpackError> {
+fn unpack_one(
+    layer: &Layer,
+    root: &Path,
+    policy: &UnpackPolicy,
+    stats: &mut UnpackStats,
+    cancel: &AtomicBool,
+) -> Result<(), UnpackError> {
     let id = layer.digest.clone();
     let io_err = |path: &Path, source| UnpackError::Io { layer: id.clone(), path: path.into(), source };
     let mut archive = tar::Archive::new(decoder(layer)?);
     let entries = archive.entries().map_err(|e| io_err(&layer.path, e))?;
     for entry in entries {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(UnpackError::Cancelled);
+        }
         let mut entry = entry.map_err(|e| io_err(&layer.path, e))?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();

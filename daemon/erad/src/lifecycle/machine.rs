@@ -56,6 +56,16 @@ impl State {
         matches!(self, State::Running | State::Stopped | State::Deleted | State::Failed | State::RollbackFailed)
     }
 
+    /// A step whose work an operator's `stop`, `delete` or `rollback` cuts
+    /// short: it only reads, downloads into the content store, or waits
+    /// (validation, fetch, the health check, an update's staging). The other
+    /// work states call a plugin to change the workload; a command that
+    /// arrives during one of them takes effect at the next preemptible or
+    /// settled state, bounded by the plugin's call deadlines.
+    pub fn is_preemptible(self) -> bool {
+        matches!(self, State::Validating | State::Fetching | State::HealthChecking | State::Updating)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Requested => "Requested",
@@ -188,6 +198,10 @@ pub const TRANSITIONS: &[(&[State], Event, State)] = &[
     (&[S::Stopping], E::Halted, S::Stopped),
     (&[S::Stopped], E::Start, S::Activating),
     (&[S::Running, S::Stopped, S::Failed, S::RollbackFailed], E::Delete, S::Stopping),
+    // Steps that can be cut short (see [`State::is_preemptible`]).
+    (&[S::Validating, S::Fetching, S::HealthChecking, S::Updating], E::Stop, S::Stopping),
+    (&[S::Validating, S::Fetching, S::HealthChecking, S::Updating], E::Delete, S::Stopping),
+    (&[S::Validating, S::Fetching, S::HealthChecking, S::Updating], E::Rollback, S::RollingBack),
     (&[S::Stopping], E::HaltedForRemoval, S::Uninstalling),
     (&[S::Uninstalling], E::Removed, S::Deleted),
     (&[S::Running, S::Stopped, S::Failed, S::RollbackFailed], E::Rollback, S::RollingBack),
@@ -249,6 +263,11 @@ mod tests {
         add(S::Stopping, E::Halted, S::Stopped);
         add(S::Stopped, E::Start, S::Activating);
         for s in [S::Running, S::Stopped, S::Failed, S::RollbackFailed] {
+            add(s, E::Delete, S::Stopping);
+            add(s, E::Rollback, S::RollingBack);
+        }
+        for s in [S::Validating, S::Fetching, S::HealthChecking, S::Updating] {
+            add(s, E::Stop, S::Stopping);
             add(s, E::Delete, S::Stopping);
             add(s, E::Rollback, S::RollingBack);
         }
@@ -335,6 +354,18 @@ mod tests {
             if !s.is_settled() && s != S::Requested {
                 assert!(next(s).iter().any(|t| t.is_settled() || *t != s), "{s} is a dead end");
                 assert!(transition(s, E::Fail).is_ok() || transition(s, E::FailRollback).is_ok(), "{s} cannot fail");
+            }
+        }
+    }
+
+    #[test]
+    fn every_preemptible_state_can_be_stopped_deleted_and_rolled_back() {
+        for s in State::ALL {
+            let preempted = [E::Stop, E::Delete, E::Rollback].iter().all(|e| transition(s, *e).is_ok());
+            if s.is_preemptible() {
+                assert!(preempted, "{s}");
+            } else if !s.is_settled() {
+                assert!(!preempted, "{s} is a work state that is not preemptible");
             }
         }
     }

@@ -6,6 +6,7 @@
 //! first transition is committed (or refused). Progress after that is seen on
 //! the event stream ([`Lifecycle::subscribe`]) or in the store.
 
+mod hooks;
 pub mod machine;
 mod supervisor;
 
@@ -121,6 +122,17 @@ impl Lifecycle {
 
     pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// Removes content-store blobs nothing references and no fetch touched
+    /// within the grace period. Runs after every delete, and on a timer.
+    pub async fn collect_garbage(&self) {
+        supervisor::collect_garbage(&self.shared).await
+    }
+
+    /// How often the GC also runs on a timer: five grace periods (10 min).
+    pub fn gc_every(&self) -> Duration {
+        hooks::gc_grace(crate::artifact::gc::GRACE) * 5
     }
 
     /// Starts a supervisor for every deployment in the store. Each one resumes

@@ -8,6 +8,7 @@
 //! A supervisor started on a deployment in any state (after `kill -9`) simply
 //! does that state's work again.
 
+use super::hooks::{self, Point};
 use super::machine::{Event, State, transition};
 use super::{Applied, Command, CommandError, Shared, WatchEvent};
 use crate::health;
@@ -17,7 +18,7 @@ use crate::plugin::{
 use crate::prepare::{Layout, Scratch};
 use crate::spec::{ArtifactSource, DeploymentSpec, RestartPolicy};
 use crate::store::{
-    Changes, DeploymentRecord, JournalEntry, Operation, RevisionRecord, Store, StoreError, now_rfc3339,
+    Changes, DeploymentRecord, Installed, JournalEntry, Operation, RevisionRecord, Store, StoreError, now_rfc3339,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,10 +44,18 @@ const PROGRESS_STEP: u64 = 1 << 20;
 type Work<T> = Result<T, String>;
 
 pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::Receiver<Command>) {
-    let sup = Supervisor { shared: shared.clone(), name, running_since: std::sync::Mutex::new(None) };
+    let sup = Supervisor {
+        shared: shared.clone(),
+        name,
+        running_since: std::sync::Mutex::new(None),
+        unpacking: Arc::new(tokio::sync::Mutex::new(())),
+    };
     let mut shutdown = shared.shutdown.clone();
     sup.on_start().await;
-    let mut deferred = std::collections::VecDeque::new();
+    // Stop, delete and rollback commands that arrived during a step that is
+    // not cut short: each takes effect at the next preemptible or settled
+    // state, in the order they came.
+    let mut held = std::collections::VecDeque::new();
     loop {
         if *shutdown.borrow() {
             return;
@@ -59,10 +68,8 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                 continue;
             }
         };
-        if let Some(cmd) = deferred.pop_front() {
-            if needs_work(rec.state) {
-                refuse_busy(cmd, &rec);
-            } else {
+        if !held.is_empty() && (!needs_work(rec.state) || rec.state.is_preemptible()) {
+            if let Some(cmd) = held.pop_front() {
                 sup.handle(cmd, &rec).await;
             }
             continue;
@@ -80,11 +87,21 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                         break;
                     }
                     Some(cmd) = commands.recv() => {
-                        // The step may have committed a settled state and be
-                        // finishing its after-effects (retiring an old
-                        // revision): then the command waits for it.
                         match sup.db(|s, n| s.deployment(n)).await {
-                            Ok(now) if !needs_work(now.state) => deferred.push_back(cmd),
+                            // The step committed a settled state and is
+                            // finishing its after-effects (retiring an old
+                            // revision): the command waits for it.
+                            Ok(now) if !needs_work(now.state) => held.push_back(cmd),
+                            Ok(now) if cmd.preempts() => {
+                                if let Some(cmd) = sup.precheck(cmd, &now).await {
+                                    held.push_back(cmd);
+                                    // Dropping the step cancels it.
+                                    if now.state == rec.state && now.state.is_preemptible() {
+                                        tracing::info!(deployment = sup.name, state = %now.state, "step cut short by a command");
+                                        break;
+                                    }
+                                }
+                            }
                             Ok(now) => refuse_busy(cmd, &now),
                             Err(_) => refuse_busy(cmd, &rec),
                         }
@@ -92,6 +109,9 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                     _ = shutdown.changed() => return,
                 }
             }
+            // A cut-short unpack runs on a blocking thread: wait until it has
+            // stopped writing before anything removes its work dir.
+            drop(sup.unpacking.lock().await);
             continue;
         }
         let monitor = async {
@@ -135,22 +155,17 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
     }
 }
 
-/// GC's grace period; `ERAD_TEST_GC_GRACE` (a duration) shortens it in tests.
-fn gc_grace() -> Duration {
-    std::env::var("ERAD_TEST_GC_GRACE")
-        .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
-        .unwrap_or(crate::artifact::gc::GRACE)
-}
-
-/// See [`Supervisor::pause`].
-fn pause_after() -> Option<State> {
-    static PAUSE: std::sync::OnceLock<Option<State>> = std::sync::OnceLock::new();
-    *PAUSE.get_or_init(|| std::env::var("ERAD_TEST_PAUSE_AFTER").ok().and_then(|s| s.parse().ok()))
-}
-
 fn needs_work(state: State) -> bool {
     !state.is_settled() && state != State::Requested
+}
+
+impl Command {
+    /// Stop, delete and rollback cut a preemptible step short; apply and
+    /// start during a step are refused (Busy): they would race the step for
+    /// the same revision.
+    fn preempts(&self) -> bool {
+        matches!(self, Command::Stop { .. } | Command::Delete { .. } | Command::Rollback { .. })
+    }
 }
 
 fn refuse_busy(cmd: Command, rec: &DeploymentRecord) {
@@ -231,6 +246,32 @@ pub(crate) fn workload_of(
     }
 }
 
+/// Removes blobs nothing references any more and no fetch touched within
+/// the grace period. Best effort: a failure is logged.
+pub(crate) async fn collect_garbage(shared: &Shared) {
+    let store = shared.store.clone();
+    let roots = match tokio::task::spawn_blocking(move || store.gc_roots()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return tracing::warn!("content-store GC: {e}"),
+        Err(e) => return tracing::warn!("content-store GC task: {e}"),
+    };
+    let content = shared.content.clone();
+    let grace = hooks::gc_grace(crate::artifact::gc::GRACE);
+    let done = tokio::task::spawn_blocking(move || {
+        let keep = crate::artifact::gc::closure(&content, roots);
+        crate::artifact::gc::collect(&content, &keep, grace)
+    })
+    .await;
+    match done {
+        Ok(Ok(c)) if c.blobs > 0 => {
+            tracing::info!(blobs = c.blobs, bytes = c.bytes, "content-store GC removed unreferenced blobs")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("content-store GC: {e}"),
+        Err(e) => tracing::warn!("content-store GC task: {e}"),
+    }
+}
+
 fn ports_of(spec: &DeploymentSpec) -> Vec<(u16, String)> {
     spec.spec.ports.iter().map(|p| (p.port, p.protocol.clone())).collect()
 }
@@ -261,6 +302,8 @@ struct Supervisor {
     /// Since when the current workload has been seen running (for
     /// `restart.resetAfter`); None while it is not.
     running_since: std::sync::Mutex<Option<Instant>>,
+    /// Held by an image unpack's blocking thread while it writes.
+    unpacking: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A restart the monitor decided on: committed after its backoff, which a
@@ -308,24 +351,12 @@ impl Supervisor {
     ) -> Result<(DeploymentRecord, JournalEntry), StoreError> {
         let (rec, entry) = self.db(move |s, n| s.commit_transition(n, event, revision, &cause, &changes)).await?;
         tracing::info!(deployment = self.name, revision, from = %entry.from, to = %entry.to, "{}", entry.cause);
-        if pause_after() == Some(entry.to) {
-            self.pause(entry.to).await;
-        }
+        hooks::pause(self.shared.layout.root(), &self.name, entry.to, Point::Committed).await;
         Ok((rec, entry))
     }
 
     fn announce(&self, entry: JournalEntry) {
         let _ = self.shared.events.send(WatchEvent::Transition(entry));
-    }
-
-    /// The crash-test hook: freeze right after committing `state`, before its
-    /// side effect, and say so in a marker file, so a test can `kill -9` erad
-    /// at exactly that point. Only active when `ERAD_TEST_PAUSE_AFTER` is set.
-    async fn pause(&self, state: State) {
-        let marker = self.shared.layout.root().join(format!("paused-{}-{state}", self.name));
-        tracing::warn!(deployment = self.name, %state, "ERAD_TEST_PAUSE_AFTER: pausing after commit");
-        let _ = std::fs::write(&marker, b"");
-        std::future::pending::<()>().await;
     }
 
     async fn revision(&self, revision: u64) -> Work<RevisionRecord> {
@@ -398,7 +429,7 @@ impl Supervisor {
             Command::Stop { reply } => {
                 let r = match rec.state {
                     State::Stopped => Ok(State::Stopped),
-                    State::Running => {
+                    state if state == State::Running || state.is_preemptible() => {
                         self.command(
                             Event::Stop,
                             rec.current_revision,
@@ -414,15 +445,18 @@ impl Supervisor {
             Command::Start { reply } => {
                 let r = match rec.state {
                     State::Running => Ok(State::Running),
-                    State::Stopped => {
-                        let changes = Changes {
-                            operation: Some(Operation::Start),
-                            desired_revision: Some(rec.current_revision),
-                            restarts: Some(0),
-                            ..Default::default()
-                        };
-                        self.command(Event::Start, rec.current_revision, "start requested", changes).await
-                    }
+                    State::Stopped => match self.start_target(rec).await {
+                        Ok(target) => {
+                            let changes = Changes {
+                                operation: Some(Operation::Start),
+                                desired_revision: Some(target),
+                                restarts: Some(0),
+                                ..Default::default()
+                            };
+                            self.command(Event::Start, target, "start requested", changes).await
+                        }
+                        Err(e) => Err(e),
+                    },
                     state => Err(CommandError::NotPossible { name: self.name.clone(), state, action: "start" }),
                 };
                 let _ = reply.send(r);
@@ -430,7 +464,7 @@ impl Supervisor {
             Command::Delete { reply } => {
                 let r = match rec.state {
                     State::Deleted => Ok(State::Deleted),
-                    State::Running | State::Stopped | State::Failed | State::RollbackFailed => {
+                    state if transition(state, Event::Delete).is_ok() => {
                         self.command(
                             Event::Delete,
                             rec.current_revision,
@@ -446,6 +480,37 @@ impl Supervisor {
             Command::Rollback { to, reply } => {
                 let _ = reply.send(self.rollback(to, rec).await);
             }
+        }
+    }
+
+    /// What `era start` starts: the revision that last ran; if a stop cut the
+    /// first install short, the one it was installing, once it is installed.
+    async fn start_target(&self, rec: &DeploymentRecord) -> Result<u64, CommandError> {
+        let target = if rec.current_revision != 0 { rec.current_revision } else { rec.desired_revision };
+        match self.db(move |s, n| s.revision(n, target)).await? {
+            Some(r) if r.installed && r.handle.is_some() => Ok(target),
+            _ => Err(CommandError::Invalid {
+                name: self.name.clone(),
+                message: format!(
+                    "revision {target} was stopped before it was installed, so there is nothing to start: apply the spec again"
+                ),
+            }),
+        }
+    }
+
+    /// A stop, delete or rollback that arrived during a step: answers at once
+    /// if it cannot succeed (so the step is not cut short for nothing), else
+    /// gives the command back to be held.
+    async fn precheck(&self, cmd: Command, rec: &DeploymentRecord) -> Option<Command> {
+        match cmd {
+            Command::Rollback { to, reply } => match self.rollback_target(to, rec).await {
+                Ok(_) => Some(Command::Rollback { to, reply }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            },
+            other => Some(other),
         }
     }
 
@@ -470,7 +535,23 @@ impl Supervisor {
         if transition(rec.state, Event::Apply).is_err() {
             return Err(CommandError::NotPossible { name: self.name.clone(), state: rec.state, action: "apply" });
         }
-        let update = matches!(rec.state, State::Running | State::Stopped);
+        // From Failed or RollbackFailed a revision may still be installed,
+        // even running (a restart that failed its health check): then this
+        // is an update from it, which stops it before the new one starts,
+        // retires it once the new one is healthy, and rolls back to it if
+        // the new one fails (as the spec's update.autoRollback says).
+        let previous = if matches!(rec.state, State::Running | State::Stopped) {
+            rec.current_revision
+        } else {
+            let revisions = self.db(|s, n| s.revisions(n)).await?;
+            let installed: Vec<u64> = revisions.iter().filter(|r| r.installed).map(|r| r.revision).collect();
+            if installed.contains(&rec.current_revision) {
+                rec.current_revision
+            } else {
+                installed.into_iter().max().unwrap_or(0)
+            }
+        };
+        let update = previous != 0;
         let revision = self.db(|s, n| s.next_revision(n)).await?;
         let record = RevisionRecord {
             deployment: self.name.clone(),
@@ -490,7 +571,7 @@ impl Supervisor {
         self.db(move |s, _| s.insert_revision(&record)).await?;
         let changes = Changes {
             desired_revision: Some(revision),
-            previous_revision: Some(if update { rec.current_revision } else { 0 }),
+            previous_revision: Some(previous),
             operation: Some(if update { Operation::Update } else { Operation::Install }),
             restarts: Some(0),
             ..Default::default()
@@ -501,9 +582,20 @@ impl Supervisor {
     }
 
     async fn rollback(&self, to: Option<u64>, rec: &DeploymentRecord) -> Result<State, CommandError> {
-        let not_possible = |state| CommandError::NotPossible { name: self.name.clone(), state, action: "rollback" };
+        let target = self.rollback_target(to, rec).await?;
+        let changes = Changes {
+            desired_revision: Some(target),
+            previous_revision: Some(rec.current_revision),
+            operation: Some(Operation::Rollback),
+            ..Default::default()
+        };
+        self.command(Event::Rollback, target, &format!("rollback to revision {target} requested"), changes).await
+    }
+
+    /// Where `era rollback [--to N]` goes from `rec`, or why it cannot.
+    async fn rollback_target(&self, to: Option<u64>, rec: &DeploymentRecord) -> Result<u64, CommandError> {
         if transition(rec.state, Event::Rollback).is_err() {
-            return Err(not_possible(rec.state));
+            return Err(CommandError::NotPossible { name: self.name.clone(), state: rec.state, action: "rollback" });
         }
         let revisions = self.db(|s, n| s.revisions(n)).await?;
         let target = match to {
@@ -522,13 +614,7 @@ impl Supervisor {
         if target == rec.current_revision && rec.state == State::Running {
             return Err(invalid(format!("revision {target} is already the one running")));
         }
-        let changes = Changes {
-            desired_revision: Some(target),
-            previous_revision: Some(rec.current_revision),
-            operation: Some(Operation::Rollback),
-            ..Default::default()
-        };
-        self.command(Event::Rollback, target, &format!("rollback to revision {target} requested"), changes).await
+        Ok(target)
     }
 
     // ---- the work of each state ----------------------------------------------
@@ -547,21 +633,26 @@ impl Supervisor {
                 .prepare(desired)
                 .await
                 .map(|_| (Event::Prepared, "work dir, volumes and ports ready".into(), none())),
-            State::Installing => {
-                self.install(desired).await.map(|_| (Event::Installed, format!("revision {desired} installed"), none()))
-            }
-            State::Activating => {
-                self.activate(desired).await.map(|_| (Event::Activated, format!("revision {desired} started"), none()))
-            }
+            State::Installing => match self.stop_other_revisions(desired).await {
+                Ok(()) => self.install(desired).await.map(|handle| {
+                    let changes = Changes { installed: Some(Installed { revision: desired, handle }), ..none() };
+                    (Event::Installed, format!("revision {desired} installed"), changes)
+                }),
+                Err(e) => Err(e),
+            },
+            State::Activating => self.activate(desired).await.map(|handle| {
+                let changes = Changes { installed: Some(Installed { revision: desired, handle }), ..none() };
+                (Event::Activated, format!("revision {desired} started"), changes)
+            }),
             State::HealthChecking => self.health_check(desired).await.map(|_| {
                 let changes = Changes { current_revision: Some(desired), health: Some("healthy".into()), ..none() };
                 (Event::Healthy, format!("revision {desired} is healthy"), changes)
             }),
             State::Updating => self.stage_update(rec).await.map(|msg| (Event::Staged, msg, none())),
-            State::RollingBack => self
-                .roll_back(desired)
-                .await
-                .map(|_| (Event::RolledBack, format!("revision {desired} is active again"), none())),
+            State::RollingBack => self.roll_back(desired).await.map(|handle| {
+                let changes = Changes { installed: Some(Installed { revision: desired, handle }), ..none() };
+                (Event::RolledBack, format!("revision {desired} is active again"), changes)
+            }),
             State::Stopping => self.stop_all().await.map(|_| {
                 if rec.operation == Operation::Delete {
                     (Event::HaltedForRemoval, "stopped, removing".into(), none())
@@ -580,9 +671,14 @@ impl Supervisor {
         };
         match outcome {
             Ok((event, cause, changes)) => {
+                hooks::pause(self.shared.layout.root(), &self.name, rec.state, Point::Done).await;
                 let (after, entry) = self.record(event, desired, cause, changes).await?;
                 if after.state == State::Running && matches!(after.operation, Operation::Update | Operation::Rollback) {
                     self.retire_other_revisions(after.current_revision).await;
+                }
+                if after.state == State::Deleted {
+                    // Now that it no longer holds its artifacts.
+                    self.collect_garbage().await;
                 }
                 self.announce(entry);
                 Ok(())
@@ -656,14 +752,11 @@ impl Supervisor {
             if let Err(e) = self.shared.layout.remove_deployment(&self.name) {
                 tracing::warn!(deployment = self.name, "{e}");
             }
-            if let Ok(digests) = self.db(|s, n| s.artifacts_only_used_by(n)).await {
-                for d in digests {
-                    if let Err(e) = self.shared.content.remove(&d) {
-                        tracing::warn!(deployment = self.name, "{e}");
-                    }
-                }
+            if let Err(e) = self.db(|s, n| s.forget_artifacts_only_used_by(n)).await {
+                tracing::warn!(deployment = self.name, "{e}");
             }
             let _ = self.db(|s, n| s.release_ports(n, &[])).await;
+            self.collect_garbage().await;
         }
     }
 
@@ -741,7 +834,9 @@ impl Supervisor {
         if matches!(source, ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_)) {
             let (reference, digest, kind, size) =
                 (source.reference().to_string(), fetched.digest.clone(), source.kind(), fetched.size);
-            self.db(move |s, _| s.record_artifact(&reference, &digest, kind, size)).await.map_err(|e| e.to_string())?;
+            self.db(move |s, _| s.record_artifact(&reference, &digest, kind, size, false))
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(fetched.digest)
     }
@@ -765,12 +860,25 @@ impl Supervisor {
         }
         let content = self.shared.content.clone();
         let manifest = manifest.to_path_buf();
+        // If the step is cut short (this future dropped), the guard raises
+        // the flag and the thread stops at the next entry; the supervisor
+        // waits for the lock the thread holds before it goes on.
+        struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for CancelOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let guard = CancelOnDrop(Arc::default());
+        let cancel = guard.0.clone();
+        let writing = self.unpacking.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || -> Work<()> {
+            let _writing = writing;
             let _ = std::fs::remove_dir_all(&rootfs);
             let (layers, _) =
                 crate::artifact::oci::image_parts(&content.blobs_dir(), &manifest).map_err(|e| e.to_string())?;
             let policy = crate::artifact::unpack::UnpackPolicy::default();
-            crate::artifact::unpack::unpack_layers(&layers, &rootfs, &policy).map_err(|e| {
+            crate::artifact::unpack::unpack_layers_until(&layers, &rootfs, &policy, &cancel).map_err(|e| {
                 let _ = std::fs::remove_dir_all(&rootfs);
                 format!("unpacking the image: {e}")
             })?;
@@ -780,17 +888,30 @@ impl Supervisor {
         .map_err(|e| format!("unpack task: {e}"))?
     }
 
-    async fn install(&self, revision: u64) -> Work<()> {
+    /// Asks the plugin to install the revision and returns its handle, which
+    /// the caller commits with the next transition. Before the call, the
+    /// revision is marked installed (its handle unknown yet): a crash during
+    /// or after the call leaves a record that an object may exist, so every
+    /// cleanup path still deletes it.
+    async fn install(&self, revision: u64) -> Work<String> {
         let rev = self.revision(revision).await?;
         let plugin = plugin_for(&self.shared, &rev.runtime)?;
+        if !rev.installed {
+            let handle = rev.handle.clone();
+            self.db(move |s, n| s.set_installed(n, revision, handle.as_deref(), true))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let workload = self.workload(&rev);
         let ctx =
             CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
-        let handle = retry(|| plugin.install(&ctx, &workload)).await.map_err(|e| e.to_string())?;
-        self.db(move |s, n| s.set_installed(n, revision, Some(&handle), true)).await.map_err(|e| e.to_string())
+        retry(|| plugin.install(&ctx, &workload)).await.map_err(|e| e.to_string())
     }
 
-    async fn activate(&self, revision: u64) -> Work<()> {
+    /// Asks the plugin to start the installed revision and returns the
+    /// handle it answers with, which the caller commits with the next
+    /// transition.
+    async fn activate(&self, revision: u64) -> Work<String> {
         let rev = self.revision(revision).await?;
         let plugin = plugin_for(&self.shared, &rev.runtime)?;
         let handle =
@@ -799,8 +920,19 @@ impl Supervisor {
         let workload = self.workload(&rev);
         let ctx =
             CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
-        let handle = retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(|e| e.to_string())?;
-        self.db(move |s, n| s.set_installed(n, revision, Some(&handle), true)).await.map_err(|e| e.to_string())
+        retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(|e| e.to_string())
+    }
+
+    /// Before a revision is installed and started: every other revision's
+    /// workload is stopped, so two revisions never run at once (an update
+    /// stopped the old one already; an apply on a Failed deployment whose
+    /// old workload still runs has not).
+    async fn stop_other_revisions(&self, revision: u64) -> Work<()> {
+        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
+        for rev in revisions.iter().filter(|r| r.installed && r.revision != revision) {
+            self.stop_revision(rev).await?;
+        }
+        Ok(())
     }
 
     async fn status(&self, rev: &RevisionRecord) -> Result<crate::plugin::WorkloadStatus, String> {
@@ -895,7 +1027,7 @@ impl Supervisor {
 
     /// RollingBack: remove every other installed revision, then bring the
     /// target back: prepare, re-fetch if its artifact is gone, install, start.
-    async fn roll_back(&self, target: u64) -> Work<()> {
+    async fn roll_back(&self, target: u64) -> Work<String> {
         let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
         for rev in revisions.iter().filter(|r| r.revision != target) {
             if rev.installed {
@@ -912,13 +1044,21 @@ impl Supervisor {
             self.fetch(target).await?;
         }
         self.prepare(target).await?;
-        if !rev.installed {
-            self.install(target).await?;
+        if !rev.installed || rev.handle.is_none() {
+            // Two side effects in one step: the install's handle is recorded
+            // at once (the start's comes with RolledBack).
+            let handle = self.install(target).await?;
+            self.db(move |s, n| s.set_installed(n, target, Some(&handle), true)).await.map_err(|e| e.to_string())?;
         }
         self.activate(target).await
     }
 
     async fn stop_revision(&self, rev: &RevisionRecord) -> Work<()> {
+        if rev.handle.is_none() {
+            // Its install never answered: nothing was started (a start needs
+            // the handle), and delete takes care of what install made.
+            return Ok(());
+        }
         let (plugin, workload, handle) = self.call_parts(rev)?;
         let ctx =
             CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
@@ -968,39 +1108,18 @@ impl Supervisor {
             self.delete_revision(rev).await?;
         }
         self.shared.layout.remove_deployment(&self.name).map_err(|e| e.to_string())?;
-        // Its artifacts go too, unless another live deployment uses them.
-        for digest in self.db(|s, n| s.artifacts_only_used_by(n)).await.map_err(|e| e.to_string())? {
-            self.shared.content.remove(&digest).map_err(|e| e.to_string())?;
-            let d = digest.clone();
-            self.db(move |s, _| s.forget_artifact(&d)).await.map_err(|e| e.to_string())?;
-        }
+        // Its artifacts go too, unless another live deployment uses them or
+        // an operator pulled them: forgotten here, their blobs collected by
+        // the GC (which spares anything a fetch touched within its grace).
+        self.db(|s, n| s.forget_artifacts_only_used_by(n)).await.map_err(|e| e.to_string())?;
         self.db(|s, n| s.release_ports(n, &[])).await.map_err(|e| e.to_string())?;
-        self.collect_garbage().await;
         Ok(())
     }
 
     /// Removes blobs nothing references any more (an image's layers and
     /// config once its manifest is gone). Best effort: a failure is logged.
     async fn collect_garbage(&self) {
-        let roots = match self.db(|s, _| s.gc_roots()).await {
-            Ok(r) => r,
-            Err(e) => return tracing::warn!("content-store GC: {e}"),
-        };
-        let content = self.shared.content.clone();
-        let grace = gc_grace();
-        let done = tokio::task::spawn_blocking(move || {
-            let keep = crate::artifact::gc::closure(&content, roots);
-            crate::artifact::gc::collect(&content, &keep, grace)
-        })
-        .await;
-        match done {
-            Ok(Ok(c)) if c.blobs > 0 => {
-                tracing::info!(blobs = c.blobs, bytes = c.bytes, "content-store GC removed unreferenced blobs")
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("content-store GC: {e}"),
-            Err(e) => tracing::warn!("content-store GC task: {e}"),
-        }
+        collect_garbage(&self.shared).await
     }
 
     /// After an update or rollback succeeded: the other revisions' runtime

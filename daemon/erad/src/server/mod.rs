@@ -264,7 +264,7 @@ impl Deployments for DeploymentsService {
                 Ok(f) => {
                     let store = lifecycle.store();
                     let recorded = store
-                        .record_artifact(source.reference(), &f.digest, source.kind(), f.size)
+                        .record_artifact(source.reference(), &f.digest, source.kind(), f.size, true)
                         .and_then(|_| store.artifacts())
                         .map(|all| all.into_iter().find(|a| a.digest == f.digest && a.reference == source.reference()));
                     match recorded {

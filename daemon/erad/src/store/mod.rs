@@ -17,8 +17,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// The schema version this erad writes; older files are migrated forward.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this erad writes; older files are migrated forward
+/// ([`migrate`]).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS deployments (
@@ -67,6 +68,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
     kind      TEXT NOT NULL,
     size      INTEGER NOT NULL,
     pulled_at TEXT NOT NULL,
+    -- 1: an operator (`era pull`) or erad itself (a plugin) pulled it: kept
+    -- until removed on purpose. 0: a deployment's fetch recorded it: it goes
+    -- with the last deployment that uses it.
+    pinned    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (reference, digest)
 );
 CREATE TABLE IF NOT EXISTS meta (
@@ -213,6 +218,17 @@ pub struct Changes {
     pub operation: Option<Operation>,
     pub restarts: Option<u32>,
     pub health: Option<String>,
+    /// What a side effect left on a revision (the handle `install` or
+    /// `start` returned), committed with the transition that follows it, so a
+    /// crash can never keep the one and lose the other.
+    pub installed: Option<Installed>,
+}
+
+/// A revision's runtime object as the last side effect left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub revision: u64,
+    pub handle: String,
 }
 
 pub fn now_rfc3339() -> String {
@@ -239,6 +255,7 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew { found });
         }
+        migrate(&conn, found).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
         Ok(Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
@@ -444,6 +461,15 @@ impl Store {
                 params![name, now, before.state.as_str(), to.as_str(), revision as i64, cause],
             )?;
             let seq = tx.last_insert_rowid() as u64;
+            if let Some(i) = &changes.installed {
+                let n = tx.execute(
+                    "UPDATE revisions SET handle = ?3, installed = 1 WHERE deployment = ?1 AND revision = ?2",
+                    params![name, i.revision as i64, i.handle],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("{name} revision {}", i.revision)));
+                }
+            }
             let after = get_deployment(&tx, name)?;
             tx.commit()?;
             let entry = JournalEntry {
@@ -560,29 +586,51 @@ impl Store {
         })
     }
 
-    /// Artifact digests of `name`'s revisions that no revision of another
-    /// live (not Deleted) deployment uses: safe to drop from the content store.
-    pub fn artifacts_only_used_by(&self, name: &str) -> Result<Vec<String>, StoreError> {
+    /// Forgets the artifact records of `name`'s revisions that nothing else
+    /// holds: no revision of another live (not Deleted) deployment uses them
+    /// and no one pulled them on purpose. Their blobs are then garbage, which
+    /// the content-store GC collects once they are older than its grace period
+    /// (a fetch in flight touches what it reuses). Returns the digests.
+    pub fn forget_artifacts_only_used_by(&self, name: &str) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT DISTINCT r.artifact_digest FROM revisions r
-                 WHERE r.deployment = ?1 AND r.artifact_digest IS NOT NULL
-                   AND NOT EXISTS (
-                     SELECT 1 FROM revisions o JOIN deployments d ON d.name = o.deployment
-                     WHERE o.artifact_digest = r.artifact_digest AND o.deployment != ?1 AND d.state != 'Deleted')",
-            )?;
-            let rows = st.query_map([name], |r| r.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let tx = c.transaction()?;
+            let digests: Vec<String> = {
+                let mut st = tx.prepare(&format!(
+                    "SELECT DISTINCT r.artifact_digest FROM revisions r
+                     WHERE r.deployment = ?1 AND r.artifact_digest IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.digest = r.artifact_digest AND a.pinned = 1)
+                       AND NOT EXISTS (
+                         SELECT 1 FROM revisions o JOIN deployments d ON d.name = o.deployment
+                         WHERE o.artifact_digest = r.artifact_digest AND o.deployment != ?1 AND {HOLDS})",
+                ))?;
+                let rows = st.query_map([name], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for d in &digests {
+                tx.execute("DELETE FROM artifacts WHERE digest = ?1 AND pinned = 0", [d])?;
+            }
+            tx.commit()?;
+            Ok(digests)
         })
     }
 
-    /// Records an OCI artifact that was pulled into the content store.
-    pub fn record_artifact(&self, reference: &str, digest: &str, kind: &str, size: u64) -> Result<(), StoreError> {
+    /// Records an OCI artifact that was pulled into the content store:
+    /// `pinned` when an operator or erad itself pulled it (kept until removed
+    /// on purpose), not when a deployment's fetch did. A pin, once set, stays.
+    pub fn record_artifact(
+        &self,
+        reference: &str,
+        digest: &str,
+        kind: &str,
+        size: u64,
+        pinned: bool,
+    ) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO artifacts (reference, digest, kind, size, pulled_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (reference, digest) DO UPDATE SET pulled_at = excluded.pulled_at",
-                params![reference, digest, kind, size as i64, now_rfc3339()],
+                "INSERT INTO artifacts (reference, digest, kind, size, pulled_at, pinned) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (reference, digest) DO UPDATE SET pulled_at = excluded.pulled_at,
+                    pinned = MAX(pinned, excluded.pinned)",
+                params![reference, digest, kind, size as i64, now_rfc3339(), pinned],
             )?;
             Ok(())
         })
@@ -591,12 +639,12 @@ impl Store {
     /// Pulled artifacts with the deployments whose revisions use them.
     pub fn artifacts(&self) -> Result<Vec<ArtifactRecord>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare(&format!(
                 "SELECT a.reference, a.digest, a.kind, a.size, a.pulled_at,
                         (SELECT group_concat(DISTINCT r.deployment) FROM revisions r JOIN deployments d ON d.name = r.deployment
-                          WHERE r.artifact_digest = a.digest AND d.state != 'Deleted')
+                          WHERE r.artifact_digest = a.digest AND {HOLDS})
                  FROM artifacts a ORDER BY a.reference, a.pulled_at",
-            )?;
+            ))?;
             let rows = st.query_map([], |r| {
                 let used: Option<String> = r.get(5)?;
                 Ok(ArtifactRecord {
@@ -616,21 +664,13 @@ impl Store {
     /// deployment that is not Deleted, and every pulled artifact.
     pub fn gc_roots(&self) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare(&format!(
                 "SELECT r.artifact_digest FROM revisions r JOIN deployments d ON d.name = r.deployment
-                  WHERE d.state != 'Deleted' AND r.artifact_digest IS NOT NULL
+                  WHERE {HOLDS} AND r.artifact_digest IS NOT NULL
                  UNION SELECT digest FROM artifacts",
-            )?;
+            ))?;
             let rows = st.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
-    /// Forgets artifacts whose blobs are gone from the content store.
-    pub fn forget_artifact(&self, digest: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute("DELETE FROM artifacts WHERE digest = ?1", [digest])?;
-            Ok(())
         })
     }
 
@@ -654,6 +694,28 @@ impl Store {
         })
     }
 }
+
+/// Brings a store written by an older erad up to [`SCHEMA_VERSION`], in one
+/// transaction (a crash leaves the old version, and the next start redoes it).
+fn migrate(conn: &Connection, found: i64) -> rusqlite::Result<()> {
+    if found == 1 {
+        // Version 1 could not tell an operator's pull from a deployment's
+        // fetch; keep every artifact it recorded until removed on purpose.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE artifacts ADD COLUMN pinned INTEGER NOT NULL DEFAULT 1;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether deployment `d` still holds its revisions' artifacts: it is not
+/// Deleted, and not a first install that failed (its cleanup removed
+/// everything it made; a new apply fetches again).
+const HOLDS: &str =
+    "d.state != 'Deleted' AND NOT (d.state = 'Failed' AND d.operation = 'install' AND d.current_revision = 0)";
 
 const DEPLOYMENT_COLUMNS: &str = "name, state, health, current_revision, desired_revision, previous_revision, operation, restarts, message, outputs, created_at, updated_at";
 
@@ -773,6 +835,66 @@ mod tests {
         s.claim_ports("b", &[(8080, "udp".into())]).unwrap();
         s.release_ports("a", &[]).unwrap();
         s.claim_ports("b", &[(8080, "tcp".into())]).unwrap();
+    }
+
+    #[test]
+    fn a_pulled_artifact_outlives_the_deployments_that_used_it_and_a_fetched_one_does_not() {
+        let (_d, s) = store();
+        s.ensure_deployment("web").unwrap();
+        let spec = DeploymentSpec::parse(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  runtime: noop\n  artifact: {image: \"r/app:1\"}\n",
+            "test",
+        )
+        .unwrap();
+        for (rev, digest) in [(1, "sha256:aa"), (2, "sha256:bb")] {
+            s.insert_revision(&RevisionRecord {
+                deployment: "web".into(),
+                revision: rev,
+                spec: spec.clone(),
+                spec_hash: String::new(),
+                source_dir: "/".into(),
+                runtime: "noop".into(),
+                artifact_digest: Some(digest.into()),
+                artifact_path: None,
+                work_dir: "/w".into(),
+                handle: None,
+                installed: false,
+                activations: 0,
+                created_at: now_rfc3339(),
+            })
+            .unwrap();
+        }
+        s.record_artifact("r/app:1", "sha256:aa", "image", 1, true).unwrap();
+        s.record_artifact("r/app:1", "sha256:aa", "image", 1, false).unwrap();
+        s.record_artifact("r/app:2", "sha256:bb", "image", 1, false).unwrap();
+        assert_eq!(s.forget_artifacts_only_used_by("web").unwrap(), vec!["sha256:bb".to_string()]);
+        let left: Vec<String> = s.artifacts().unwrap().into_iter().map(|a| a.digest).collect();
+        assert_eq!(left, vec!["sha256:aa".to_string()], "a pin, once set, stays");
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_keeping_every_recorded_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("era.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE artifacts (reference TEXT NOT NULL, digest TEXT NOT NULL, kind TEXT NOT NULL,
+                    size INTEGER NOT NULL, pulled_at TEXT NOT NULL, PRIMARY KEY (reference, digest));
+                 INSERT INTO artifacts VALUES ('r/app:1', 'sha256:aa', 'image', 1, 'then');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let pinned: i64 = s
+            .with(|c| Ok(c.query_row("SELECT pinned FROM artifacts WHERE digest = 'sha256:aa'", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(pinned, 1, "version 1 could not tell a pull from a fetch: kept");
+        let version: i64 = s.with(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(s);
+        Store::open(&path).expect("opening a migrated store again changes nothing");
     }
 
     #[test]
