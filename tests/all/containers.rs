@@ -344,7 +344,7 @@ fn kill_9_after_a_crash_restart_started_the_container_counts_one_restart() {
     let registry = Registry::start();
     // Exits 3 after its first run; runs for good after that.
     let once =
-        "echo start >> /data/starts; if [ -f /data/ran ]; then exec sleep 600; fi; touch /data/ran; sleep 4; exit 3";
+        "echo start >> /data/starts; if [ -f /data/ran ]; then exec sleep 600; fi; touch /data/ran; sleep 10; exit 3";
     registry.push_busybox("demo/box", "once", &["/bin/sh", "-c", once], &[]);
     let runc = CountingRunc::new();
     let mut erad = Erad::start_with(&runc.config, &[]);

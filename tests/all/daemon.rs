@@ -41,6 +41,46 @@ async fn grpc_health_says_serving_and_reflection_lists_the_services() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"era.v1.Deployments".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+
+    // The same through v1alpha, which older clients speak.
+    use tonic_reflection::pb::v1alpha as alpha;
+    let mut reflection = alpha::server_reflection_client::ServerReflectionClient::new(channel(erad.socket()).await);
+    let req = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) = answer.message_response
+    else {
+        panic!("{answer:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"era.v1.Deployments".to_string()), "{names:?}");
+}
+
+#[test]
+fn erad_dev_finds_the_plugins_scripts_build_plugins_made_without_plugin_dir() {
+    // What the README says: build the plugins, then `erad --dev DIR`.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let built = std::process::Command::new(root.join("scripts/build-plugins")).current_dir(root).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let mut erad = std::process::Command::new(era_tests::bin("erad"))
+        .arg("--dev")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("erad.sock");
+    era_tests::eventually(Duration::from_secs(60), || socket.exists() || erad.try_wait().unwrap().is_some());
+    let plugins =
+        std::process::Command::new(era_tests::bin("era")).arg("--socket").arg(&socket).arg("plugins").output();
+    let _ = std::process::Command::new("kill").args(["-TERM", &erad.id().to_string()]).status();
+    let status = erad.wait().unwrap();
+    let plugins = String::from_utf8_lossy(&plugins.unwrap().stdout).into_owned();
+    assert!(plugins.contains("container") && plugins.contains("lxc"), "{plugins} (erad: {status})");
+    era_tests::unmount_work_dirs(&dir.path().join("data"));
 }
 
 #[test]

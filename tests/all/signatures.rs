@@ -286,6 +286,29 @@ fn era_verify_blob_checks_sigstore_bundles_offline_and_refuses_tampered_ones() {
     assert_eq!(ok.code, 0, "{ok:?}");
     assert!(ok.stdout.contains("checked:   transparency log"), "{ok:?}");
 
+    // By digest instead of the file, as sigstore's clients allow.
+    let by_digest = |digest: &str| {
+        era_tests::era(&[
+            "verify-blob",
+            digest,
+            "--bundle",
+            &v3,
+            "--certificate-identity",
+            who,
+            "--certificate-oidc-issuer",
+            issuer,
+            "--trusted-root",
+            &root,
+        ])
+    };
+    let ok = by_digest(&format!("sha256:{}", era_tests::sha256(&content)));
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("checked:   certificate chain, SCT, identity and issuer, transparency log"), "{ok:?}");
+    let other = by_digest(&format!("sha256:{}", era_tests::sha256(b"another artifact")));
+    assert_eq!(other.code, 1, "a digest the bundle does not sign: {other:?}");
+    let short = by_digest("sha256:abc");
+    assert!(short.code == 1 && short.stderr.contains("sha256: and 64 hex digits"), "{short:?}");
+
     // Each of these must fail, and say why.
     let wrong_id = keyless(&v3, "someone-else@era.test", &root);
     assert!(wrong_id.code == 1 && wrong_id.stderr.contains("identity"), "{wrong_id:?}");

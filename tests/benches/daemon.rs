@@ -209,7 +209,14 @@ async fn concurrent_deployments(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let plugin_dir = dir.path().join("plugins");
     std::fs::create_dir_all(&plugin_dir).unwrap();
-    std::fs::copy(era_tests::plugin::NOOP, plugin_dir.join("noop.wasm")).unwrap();
+    // The dev config names the shipped plugins.
+    for (from, to) in [
+        (era_tests::plugin::NOOP, "noop.wasm"),
+        (era_tests::plugin::CONTAINER, "container.wasm"),
+        (era_tests::plugin::LXC, "lxc.wasm"),
+    ] {
+        std::fs::copy(from, plugin_dir.join(to)).unwrap();
+    }
     let mut config = erad::config::DaemonConfig::dev(&dir.path().join("erad"), &plugin_dir).unwrap();
     config.file_roots = vec![dir.path().to_path_buf()];
     let daemon = erad::Daemon::builder(config).start().await.unwrap();
@@ -306,13 +313,14 @@ fn start_to_ready_and_rss() {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing we need.
+    // `--quick` (scripts/test runs it so, in the dev profile): a smoke
+    // that every part still completes, not a measurement.
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 50 } else { 2000 };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(plugin_call(n, None));
     rt.block_on(plugin_call(n, Some(erad::plugin::Pooling { instances: 64, max_memory_mib: 64 })));
     commit_latency(if quick { 50 } else { 500 });
-    rt.block_on(concurrent_deployments(200));
+    rt.block_on(concurrent_deployments(if quick { 20 } else { 200 }));
     start_to_ready_and_rss();
 }

@@ -53,7 +53,8 @@ fn report(what: &str, era: Duration, hand: Duration, baseline: &str) {
 }
 
 fn main() {
-    let rounds = 10;
+    // `--quick`: a smoke that it still completes (scripts/test), not a measurement.
+    let rounds = if std::env::args().any(|a| a == "--quick") { 2 } else { 10 };
     let registry = Registry::start();
     registry.push_busybox("bench/box", "1", &["/bin/sleep", "600"], &[]);
     let image = format!("{}/bench/box:1", registry.addr);
@@ -104,10 +105,19 @@ fn main() {
                 }
                 _ => {
                     let path = scratch.path().join("lxc");
-                    let cname = format!("era-{name}-1");
+                    let cname = format!("bench-{name}");
                     std::fs::create_dir_all(path.join(&cname)).unwrap();
                     copy_dir(&work.join("rootfs"), &path.join(&cname).join("rootfs"));
-                    let cfg = std::fs::read_to_string(work.join(format!("lxc/{cname}/config"))).unwrap();
+                    // erad's own lxcpath holds the config it wrote for the revision.
+                    let lxcpath = erad.data_dir().join("runtimes/lxc");
+                    let suffix = format!("-{name}-1");
+                    let theirs = std::fs::read_dir(&lxcpath)
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.path())
+                        .find(|p| p.to_string_lossy().ends_with(&suffix))
+                        .expect("erad's LXC container for the revision");
+                    let cfg = std::fs::read_to_string(theirs.join("config")).unwrap();
                     let cfg: String = cfg
                         .lines()
                         .map(|l| {

@@ -135,9 +135,11 @@ enum Command {
         #[arg(long)]
         insecure: bool,
     },
-    /// Check a file against a sigstore bundle (v0.1 to v0.3), offline, without erad.
+    /// Check a file, or a digest (`sha256:<hex>`), against a sigstore bundle
+    /// (v0.1 to v0.3), offline, without erad.
     #[command(name = "verify-blob")]
     VerifyBlob {
+        /// The artifact, or its digest as `sha256:<64 hex>`.
         file: PathBuf,
         /// The bundle (`.sigstore.json`).
         #[arg(long)]

@@ -204,11 +204,15 @@ impl DaemonBuilder {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<DeploymentsServer<DeploymentsService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(era_api::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| DaemonError::Server(e.to_string()))?;
+        // Reflection in both versions: v1alpha is what Python's grpcio
+        // reflection client and older grpcurl speak.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(era_api::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| DaemonError::Server(e.to_string()))?;
+        let reflection = reflection().build_v1().map_err(|e| DaemonError::Server(e.to_string()))?;
         // Every era.v1 call is checked against the caller's role; health
         // and reflection stay open.
         let service = Authorized::new(DeploymentsServer::new(DeploymentsService::new(lifecycle.clone())), access);
@@ -218,6 +222,7 @@ impl DaemonBuilder {
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;

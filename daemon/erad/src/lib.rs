@@ -9,6 +9,7 @@ pub mod config;
 pub mod health;
 pub mod lifecycle;
 pub mod logs;
+pub mod machine;
 pub mod plugin;
 pub mod prepare;
 pub mod server;

@@ -57,6 +57,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where `erad --dev` finds the plugins without `--plugin-dir`: `plugins/`
+/// next to the binary (an install), else `era-plugins/` in the target dir
+/// above it (what `scripts/build-plugins` makes).
+fn default_plugin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("erad's own path has no parent")?;
+    let candidates = [dir.join("plugins"), dir.join("../era-plugins")];
+    match candidates.iter().find(|c| c.join("container.wasm").is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => anyhow::bail!(
+            "--dev: no plugins in {} or {}: build them with scripts/build-plugins, or name their dir with --plugin-dir",
+            candidates[0].display(),
+            candidates[1].display()
+        ),
+    }
+}
+
 fn load_config(args: &Args) -> anyhow::Result<DaemonConfig> {
     let mut cfg = match &args.dev {
         Some(dir) => {
@@ -67,7 +84,7 @@ fn load_config(args: &Args) -> anyhow::Result<DaemonConfig> {
             let dir = std::fs::canonicalize(dir)?;
             let plugins = match &args.plugin_dir {
                 Some(p) => p.clone(),
-                None => std::env::current_exe()?.parent().map(|p| p.join("plugins")).unwrap_or_default(),
+                None => default_plugin_dir()?,
             };
             DaemonConfig::dev(&dir, &std::path::absolute(plugins)?)?
         }

@@ -478,7 +478,36 @@ pub fn verify_blob(
     signer: &BundleSigner,
     root: Option<&Path>,
 ) -> Result<BlobVerified, TrustError> {
-    let subject = artifact.display().to_string();
+    verify_subject(&BlobSubject::File(artifact), bundle, signer, root)
+}
+
+/// What a bundle is checked over: a file's bytes, or only their sha256 (an
+/// artifact too large to read again, or kept elsewhere), as sigstore's
+/// clients allow.
+#[derive(Debug, Clone)]
+pub enum BlobSubject<'a> {
+    File(&'a Path),
+    /// `sha256:<64 hex>`.
+    Digest(&'a str),
+}
+
+impl BlobSubject<'_> {
+    fn name(&self) -> String {
+        match self {
+            BlobSubject::File(p) => p.display().to_string(),
+            BlobSubject::Digest(d) => d.to_string(),
+        }
+    }
+}
+
+/// [`verify_blob`] over a file or a digest.
+pub fn verify_subject(
+    artifact: &BlobSubject<'_>,
+    bundle: &Path,
+    signer: &BundleSigner,
+    root: Option<&Path>,
+) -> Result<BlobVerified, TrustError> {
+    let subject = artifact.name();
     let fail = |message: String| TrustError::Bundle { subject: subject.clone(), message };
     let (root_text, root_name) = match root {
         Some(path) => (
@@ -493,23 +522,41 @@ pub fn verify_blob(
     let bundle_text = std::fs::read_to_string(bundle).map_err(|e| fail(format!("bundle {}: {e}", bundle.display())))?;
     let parsed = sigstore_verify::types::Bundle::from_json(&bundle_text)
         .map_err(|e| fail(format!("bundle {}: not a sigstore bundle: {e}", bundle.display())))?;
-    let file = std::fs::File::open(artifact).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let reader = std::io::BufReader::new(file);
     let verifier =
         sigstore_verify::Verifier::new(&trusted).map_err(|e| fail(format!("trusted root {}: {e}", root.display())))?;
     let rejected = |e: sigstore_verify::Error| fail(format!("bundle {} rejected: {e}", bundle.display()));
+    // Either the file's bytes, streamed, or the digest given.
+    enum Input {
+        Reader(std::io::BufReader<std::fs::File>),
+        Digest(sigstore_verify::types::Sha256Hash),
+    }
+    let input = match artifact {
+        BlobSubject::File(path) => Input::Reader(std::io::BufReader::new(
+            std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?,
+        )),
+        BlobSubject::Digest(d) => {
+            let hex = d
+                .strip_prefix("sha256:")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| fail("a digest is sha256: and 64 hex digits".into()))?;
+            Input::Digest(sigstore_verify::types::Sha256Hash::from_hex(hex).map_err(|e| fail(format!("digest: {e}")))?)
+        }
+    };
+    let check = |policy: &dyn sigstore_verify::Policy| match input {
+        Input::Reader(r) => verifier.verify_reader(r, &parsed, policy),
+        Input::Digest(d) => verifier.verify(d, &parsed, policy),
+    };
     let (who, result) = match signer {
         BundleSigner::Key(path) => {
             let pem = std::fs::read_to_string(path).map_err(|e| fail(format!("key {}: {e}", path.display())))?;
             let key = sigstore_verify::types::DerPublicKey::from_pem(&pem)
                 .map_err(|e| fail(format!("key {}: not a PEM public key: {e}", path.display())))?;
             let policy = sigstore_verify::PublicKeyVerificationPolicy::new(key);
-            (format!("key {}", path.display()), verifier.verify_reader(reader, &parsed, &policy).map_err(rejected)?)
+            (format!("key {}", path.display()), check(&policy).map_err(rejected)?)
         }
         BundleSigner::Keyless(k) => {
             let policy = sigstore_verify::VerificationPolicy::new(k.identity.as_str(), k.issuer.as_str());
-            let result = verifier.verify_reader(reader, &parsed, &policy).map_err(rejected)?;
-            (format!("{} (issuer {})", k.identity, k.issuer), result)
+            (format!("{} (issuer {})", k.identity, k.issuer), check(&policy).map_err(rejected)?)
         }
     };
     // What was checked, from the verifier's own account; anything a keyless

@@ -81,7 +81,13 @@ pub fn blob(file: &Path, bundle: &Path, signers: &SignerArgs) -> Result<(), CliE
         ([], None) => return Err(CliError::Usage(NO_SIGNER.into())),
         _ => return Err(CliError::Usage("verify-blob takes one --key, or one keyless identity".into())),
     };
-    let v = erad::trust::verify_blob(file, bundle, &signer, signers.trusted_root.as_deref())
+    // `sha256:<hex>` instead of a file checks the bundle against that digest.
+    let text = file.to_string_lossy();
+    let subject = match text.strip_prefix("sha256:") {
+        Some(_) if !file.exists() => erad::trust::BlobSubject::Digest(&text),
+        _ => erad::trust::BlobSubject::File(file),
+    };
+    let v = erad::trust::verify_subject(&subject, bundle, &signer, signers.trusted_root.as_deref())
         .map_err(|e| CliError::Failed(e.to_string()))?;
     println!("Verified {}", file.display());
     println!("  bundle:    {}", bundle.display());

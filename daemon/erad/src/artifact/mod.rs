@@ -77,7 +77,16 @@ pub struct ContentStore {
     http: reqwest::Client,
     oci: oci::OciFetcher,
     file_roots: roots::FileRoots,
+    /// Shared by every fetch until what it fetched is recorded (as a
+    /// revision's artifact or a pull); the GC runs only when it can hold it
+    /// alone, so it never takes a blob a fetch found present and reuses.
+    in_flight: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
+
+/// Held while a fetch and the record of what it fetched are under way.
+pub type FetchGuard = tokio::sync::OwnedRwLockReadGuard<()>;
+/// Held while the GC runs.
+pub type GcGuard = tokio::sync::OwnedRwLockWriteGuard<()>;
 
 impl ContentStore {
     pub fn open(root: &Path) -> Result<ContentStore, FetchError> {
@@ -101,7 +110,19 @@ impl ContentStore {
             http,
             oci,
             file_roots: roots::FileRoots::default(),
+            in_flight: Default::default(),
         })
+    }
+
+    /// Taken before a fetch and dropped once its result is recorded.
+    pub async fn fetch_guard(&self) -> FetchGuard {
+        self.in_flight.clone().read_owned().await
+    }
+
+    /// The GC's turn: None while any fetch is in flight (the GC skips this
+    /// run; the next delete or the timer runs it again).
+    pub fn try_gc_guard(&self) -> Option<GcGuard> {
+        self.in_flight.clone().try_write_owned().ok()
     }
 
     /// How to reach registries that need credentials or plain HTTP, and the
@@ -480,6 +501,20 @@ mod tests {
     /// A store under `dir/cas` that reads `file:` artifacts from `dir`.
     fn store_with_root(dir: &Path) -> ContentStore {
         ContentStore::open(&dir.join("cas")).unwrap().with_file_roots(roots::FileRoots::new(&[dir.to_path_buf()]))
+    }
+
+    #[tokio::test]
+    async fn the_gc_waits_its_turn_while_a_fetch_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let (a, b) = (store.fetch_guard().await, store.clone().fetch_guard().await);
+        assert!(store.try_gc_guard().is_none(), "two fetches in flight");
+        drop(a);
+        assert!(store.try_gc_guard().is_none(), "one fetch in flight");
+        drop(b);
+        let gc = store.try_gc_guard().expect("no fetch in flight");
+        drop(gc);
+        assert!(store.try_gc_guard().is_some());
     }
 
     #[tokio::test]

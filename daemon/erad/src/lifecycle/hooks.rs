@@ -12,7 +12,7 @@
 //! A test waits for the marker and sends a real SIGKILL: the crash lands
 //! exactly in the window it names.
 
-use super::machine::State;
+use crate::machine::State;
 use std::path::Path;
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
-//! The ERA lifecycle: the pure state machine ([`machine`]) and the
-//! supervisors that drive it ([`supervisor`]), one task per deployment.
+//! The ERA lifecycle: the supervisors that drive the pure state machine
+//! ([`crate::machine`], which the store checks every commit against), one
+//! task per deployment.
 //!
 //! [`Lifecycle`] is the front door the API uses: it routes an operator's
 //! command to the deployment's supervisor and answers once the command's
@@ -7,7 +8,6 @@
 //! the event stream ([`Lifecycle::subscribe`]) or in the store.
 
 mod hooks;
-pub mod machine;
 mod supervisor;
 
 use crate::artifact::ContentStore;
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use machine::{Event, State, TransitionError};
+pub use crate::machine::{Event, State, TransitionError};
 
 /// What the watch stream carries.
 #[derive(Debug, Clone, PartialEq)]

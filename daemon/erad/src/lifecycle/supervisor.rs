@@ -9,9 +9,9 @@
 //! does that state's work again.
 
 use super::hooks::{self, Point};
-use super::machine::{Event, State, transition};
 use super::{Applied, Command, CommandError, Shared, WatchEvent};
 use crate::health;
+use crate::machine::{Event, State, transition};
 use crate::plugin::{
     Artifact, ArtifactKind, CallContext, CallError, Failure, Health, LoadedPlugin, Port, Volume, Workload,
 };
@@ -49,6 +49,7 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
         name,
         running_since: std::sync::Mutex::new(None),
         unpacking: Arc::new(tokio::sync::Mutex::new(())),
+        cuttable: std::sync::atomic::AtomicBool::new(false),
     };
     let mut shutdown = shared.shutdown.clone();
     sup.on_start().await;
@@ -75,6 +76,7 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
             continue;
         }
         if needs_work(rec.state) {
+            sup.cuttable.store(rec.state.is_preemptible(), Ordering::SeqCst);
             let step = sup.step(&rec);
             tokio::pin!(step);
             loop {
@@ -93,10 +95,14 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                             // revision): the command waits for it.
                             Ok(now) if !needs_work(now.state) => held.push_back(cmd),
                             Ok(now) if cmd.preempts() => {
-                                if let Some(cmd) = sup.precheck(cmd, &now).await {
+                                // The step is not polled while this runs: it
+                                // is frozen where the command found it.
+                                let cut = now.state == rec.state && sup.cuttable.load(Ordering::SeqCst);
+                                let cmd = if cut { sup.precheck(cmd, &now).await } else { Some(cmd) };
+                                if let Some(cmd) = cmd {
                                     held.push_back(cmd);
-                                    // Dropping the step cancels it.
-                                    if now.state == rec.state && now.state.is_preemptible() {
+                                    if cut {
+                                        // Dropping the step cancels it.
                                         tracing::info!(deployment = sup.name, state = %now.state, "step cut short by a command");
                                         break;
                                     }
@@ -249,15 +255,21 @@ pub(crate) fn workload_of(
 /// Removes blobs nothing references any more and no fetch touched within
 /// the grace period. Best effort: a failure is logged.
 pub(crate) async fn collect_garbage(shared: &Shared) {
+    let content = shared.content.clone();
+    let grace = hooks::gc_grace(crate::artifact::gc::GRACE);
+    // The roots are read with no fetch in flight: every blob a fetch used is
+    // recorded by then.
+    let Some(alone) = content.try_gc_guard() else {
+        return tracing::info!("content-store GC skipped: a fetch is in flight (the timer runs it again)");
+    };
     let store = shared.store.clone();
     let roots = match tokio::task::spawn_blocking(move || store.gc_roots()).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return tracing::warn!("content-store GC: {e}"),
         Err(e) => return tracing::warn!("content-store GC task: {e}"),
     };
-    let content = shared.content.clone();
-    let grace = hooks::gc_grace(crate::artifact::gc::GRACE);
     let done = tokio::task::spawn_blocking(move || {
+        let _alone = alone;
         let keep = crate::artifact::gc::closure(&content, roots);
         crate::artifact::gc::collect(&content, &keep, grace)
     })
@@ -304,6 +316,11 @@ struct Supervisor {
     running_since: std::sync::Mutex<Option<Instant>>,
     /// Held by an image unpack's blocking thread while it writes.
     unpacking: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the running step may be cut short now: set when a
+    /// preemptible step starts, cleared before it calls a plugin to change
+    /// the workload or commits its outcome (a commit runs to its end on a
+    /// blocking thread, and the after-effects that follow it must run too).
+    cuttable: std::sync::atomic::AtomicBool,
 }
 
 /// A restart the monitor decided on: committed after its backoff, which a
@@ -391,11 +408,9 @@ impl Supervisor {
             State::Failed if rec.operation == Operation::Install => self.clean_up_failed_install(&rec).await,
             State::Running => {
                 self.adopt(&rec).await;
-                // A crash right after an update or rollback committed Running
-                // skipped retiring the other revisions; do it now.
-                if matches!(rec.operation, Operation::Update | Operation::Rollback) {
-                    self.retire_other_revisions(rec.current_revision).await;
-                }
+                // A crash right after Running was committed skipped retiring
+                // the other revisions; do it now.
+                self.retire_other_revisions(rec.current_revision).await;
             }
             _ => {}
         }
@@ -503,8 +518,10 @@ impl Supervisor {
     /// gives the command back to be held.
     async fn precheck(&self, cmd: Command, rec: &DeploymentRecord) -> Option<Command> {
         match cmd {
+            // The target is resolved now: the held command goes where the
+            // operator asked when it was sent, whatever the cut step did.
             Command::Rollback { to, reply } => match self.rollback_target(to, rec).await {
-                Ok(_) => Some(Command::Rollback { to, reply }),
+                Ok(target) => Some(Command::Rollback { to: Some(target), reply }),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                     None
@@ -540,9 +557,10 @@ impl Supervisor {
         // is an update from it, which stops it before the new one starts,
         // retires it once the new one is healthy, and rolls back to it if
         // the new one fails (as the spec's update.autoRollback says).
-        let previous = if matches!(rec.state, State::Running | State::Stopped) {
+        let previous = if matches!(rec.state, State::Running | State::Stopped) && rec.current_revision != 0 {
             rec.current_revision
         } else {
+            // (Stopped with none current: a stop cut the first install short.)
             let revisions = self.db(|s, n| s.revisions(n)).await?;
             let installed: Vec<u64> = revisions.iter().filter(|r| r.installed).map(|r| r.revision).collect();
             if installed.contains(&rec.current_revision) {
@@ -669,11 +687,15 @@ impl Supervisor {
             }),
             settled => return Err(StoreError::Corrupt(format!("no work for settled state {settled}"))),
         };
+        self.cuttable.store(false, Ordering::SeqCst);
         match outcome {
             Ok((event, cause, changes)) => {
                 hooks::pause(self.shared.layout.root(), &self.name, rec.state, Point::Done).await;
                 let (after, entry) = self.record(event, desired, cause, changes).await?;
-                if after.state == State::Running && matches!(after.operation, Operation::Update | Operation::Rollback) {
+                if after.state == State::Running {
+                    // Whatever brought it here (an update, a rollback, a
+                    // start after a stop that cut an update short), the
+                    // other revisions' objects and work dirs go.
                     self.retire_other_revisions(after.current_revision).await;
                 }
                 if after.state == State::Deleted {
@@ -805,6 +827,8 @@ impl Supervisor {
             Some(v) if bundle.is_none() => Some(crate::trust::spec_rule(v, base).map_err(|e| e.to_string())?),
             _ => None,
         };
+        // Until the digest is recorded below, the GC waits.
+        let _fetching = self.shared.content.fetch_guard().await;
         let fetched = self
             .shared
             .content
@@ -1019,6 +1043,8 @@ impl Supervisor {
         if old != 0 {
             let rev = self.revision(old).await?;
             if rev.installed {
+                // Stopping the old workload is not cut short midway.
+                self.cuttable.store(false, Ordering::SeqCst);
                 self.stop_revision(&rev).await?;
             }
         }

@@ -259,6 +259,8 @@ impl Deployments for DeploymentsService {
                 let p = pb::Progress { revision: 0, what: String::new(), done, total: total.unwrap_or(0) };
                 let _ = progress_tx.try_send(Ok(pb::PullEvent { kind: Some(pb::pull_event::Kind::Progress(p)) }));
             };
+            // Until the pull is recorded, the GC waits.
+            let _fetching = lifecycle.content().fetch_guard().await;
             let result = lifecycle.content().fetch(&source, pinned.as_deref(), Path::new("/"), &progress).await;
             let event = match result {
                 Ok(f) => {

@@ -7,7 +7,7 @@
 //! checked against the pure transition function inside that transaction, so an
 //! illegal transition can never be persisted.
 
-use crate::lifecycle::machine::{self, Event, State, TransitionError};
+use crate::machine::{self, Event, State, TransitionError};
 use crate::spec::DeploymentSpec;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
