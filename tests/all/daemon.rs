@@ -84,6 +84,18 @@ fn erad_dev_finds_the_plugins_scripts_build_plugins_made_without_plugin_dir() {
 }
 
 #[test]
+fn a_grpc_core_client_with_its_defaults_gets_health_and_reflection() {
+    // Python's grpcio sends the socket path, percent-encoded, as :authority.
+    let erad = Erad::start();
+    let probe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/grpcio_probe.py");
+    let out = std::process::Command::new("python3").arg(probe).arg(erad.socket()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("health SERVING"), "{text}");
+    assert!(text.contains("era.v1.Deployments"), "{text}");
+}
+
+#[test]
 fn erad_tells_systemd_it_is_ready_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify.sock");

@@ -217,7 +217,10 @@ impl DaemonBuilder {
         // and reflection stay open.
         let service = Authorized::new(DeploymentsServer::new(DeploymentsService::new(lifecycle.clone())), access);
         let mut stop = shutdown_rx;
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        // grpc-core clients' `:authority` made acceptable (server/authority.rs).
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |c| {
+            c.map(crate::server::authority::AuthorityFix::new)
+        });
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health_service)

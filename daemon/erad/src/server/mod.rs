@@ -3,6 +3,7 @@
 //! is checked against the caller's role first ([`auth`]).
 
 pub mod auth;
+pub mod authority;
 
 use crate::lifecycle::{CommandError, Lifecycle, WatchEvent};
 use crate::spec::DeploymentSpec;
