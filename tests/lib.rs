@@ -533,7 +533,7 @@ impl Registry {
                 .expect("copy busybox (apt install busybox-static)");
             for applet in [
                 "sh", "echo", "sleep", "cat", "date", "ls", "true", "false", "env", "id", "touch", "mkdir", "wc",
-                "hostname", "httpd", "mknod", "head", "test", "mkfifo", "rm",
+                "hostname", "httpd", "mknod", "head", "test", "mkfifo", "rm", "grep", "pwd",
             ] {
                 std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
             }

@@ -103,6 +103,11 @@ fn an_update_replaces_the_container_and_a_failing_one_rolls_back() {
     assert_eq!(runc_state(&erad, "ct2", 2).unwrap()["status"], "running");
     assert!(runc_state(&erad, "ct2", 1).is_none(), "the old revision's container is gone");
     eventually(T, || output(&erad, "ct2", 2).contains("hello from two"));
+    // --revision picks a revision's log; a retired one has none left.
+    let two = erad.era(&["logs", "ct2", "--revision", "2"]);
+    assert!(two.code == 0 && two.stdout.contains("hello from two"), "{two:?}");
+    let one = erad.era(&["logs", "ct2", "--revision", "1"]);
+    assert!(one.code != 0 && !one.stdout.contains("hello from one"), "{one:?}");
 
     let bad = erad.apply_wait(&spec(&erad, "ct2", &img("broken"), vol));
     assert_eq!(bad.code, 1, "{bad:?}");
@@ -222,19 +227,30 @@ fn config_options_reach_the_container() {
     let registry = Registry::start();
     let report = "echo uid=$(id -u) host=$(hostname); touch /probe 2>/dev/null && echo rw || echo ro; \
                   cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
+                  echo cwd=$(pwd); \
+                  echo cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max); \
+                  grep -E '^(CapBnd|NoNewPrivs):' /proc/self/status; \
                   exec sleep 600";
     registry.push_busybox("demo/report", "1", &["/bin/sh", "-c", report], &[]);
     let erad = Erad::start_with(&config(), &[]);
     let image = format!("{}/demo/report:1", registry.addr);
-    let opts = "  config: {user: nobody, hostname: edge-7, readOnlyRootfs: true, memoryMiB: 48}\n";
+    let opts = "  config: {user: nobody, hostname: edge-7, readOnlyRootfs: true, memoryMiB: 48, cpus: 0.5, workingDir: /tmp}\n";
     let a = erad.apply_wait(&spec(&erad, "opts", &image, opts));
     assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
-    eventually(T, || erad.era(&["logs", "opts"]).stdout.lines().count() >= 3);
+    eventually(T, || erad.era(&["logs", "opts"]).stdout.lines().count() >= 7);
     let logs = erad.era(&["logs", "opts"]).stdout;
     let lines: Vec<&str> = logs.lines().collect();
     assert_eq!(lines[0], "uid=65534 host=edge-7", "{logs}");
     assert_eq!(lines[1], "ro", "{logs}");
     assert_eq!(lines[2], (48u64 << 20).to_string(), "{logs}");
+    assert_eq!(lines[3], "cwd=/tmp", "{logs}");
+    // Half a CPU: a 50 ms quota per 100 ms period (cgroup v1 or v2).
+    assert!(lines[4] == "cpu=50000" || lines[4] == "cpu=50000 100000", "{logs}");
+    // Docker's 14 default capabilities bound the container, and it cannot
+    // gain privileges (setuid binaries do not elevate).
+    let caps = lines[5].split_whitespace().collect::<Vec<_>>();
+    assert_eq!(caps, ["CapBnd:", "00000000a80425fb"], "{logs}");
+    assert_eq!(lines[6].split_whitespace().collect::<Vec<_>>(), ["NoNewPrivs:", "1"], "{logs}");
     erad.era(&["delete", "opts", "--wait"]);
 }
 
@@ -370,4 +386,22 @@ fn kill_9_after_a_crash_restart_started_the_container_counts_one_restart() {
     assert_eq!(restarts, 1);
     let starts = erad.data_dir().join("volumes/web/data/starts");
     assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 2);
+}
+
+#[test]
+fn a_chatty_workloads_log_is_rotated_at_the_configured_size() {
+    let registry = Registry::start();
+    // About 3 MiB of output, then quiet.
+    let chatty = "l=x; for k in 1 2 3 4 5 6 7 8 9 10; do l=$l$l; done; i=0; \
+                  while [ $i -lt 3072 ]; do echo $l; i=$((i+1)); done; echo done; exec sleep 600";
+    registry.push_busybox("demo/chatty", "1", &["/bin/sh", "-c", chatty], &[]);
+    let erad = Erad::start_with(&format!("{}\n[limits]\nlog_max_mib = 1\n", config()), &[]);
+    assert_eq!(erad.apply_wait(&spec(&erad, "chat", &format!("{}/demo/chatty:1", registry.addr), "")).code, 0);
+    let logs = erad.data_dir().join("deployments/chat/rev-1/logs");
+    eventually(T, || logs.join("output.log.1").is_file());
+    let kept = std::fs::metadata(logs.join("output.log.1")).unwrap().len();
+    assert!(kept >= 1 << 20, "the rotated generation holds at least the limit: {kept}");
+    eventually(T, || std::fs::metadata(logs.join("output.log")).map(|m| m.len() < 3 << 20).unwrap_or(false));
+    // era logs still tails the live file.
+    eventually(T, || erad.era(&["logs", "chat", "--tail", "1"]).stdout.trim() == "done");
 }

@@ -514,3 +514,22 @@ fn stop_and_delete_cut_a_hung_download_short() {
     }
     assert!(files_under(&erad.data_dir().join("content/tmp")).is_empty(), "no partial download left");
 }
+
+#[test]
+fn a_rollback_whose_target_fails_its_health_check_ends_rollback_failed() {
+    let erad = Erad::start();
+    // Revision 1 is healthy while its probe's port listens.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probed = format!("  health: {{tcp: {{port: {port}}}, interval: 100ms, timeout: 200ms, retries: 2}}\n");
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", &probed)).code, 0);
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v2", "")).code, 0);
+    drop(listener);
+    let r = erad.era(&["rollback", "web", "--wait", "--timeout", "60s"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let d = erad.wait_for_state("web", "RollbackFailed", T);
+    assert!(d["message"].as_str().unwrap().contains("rollback to revision 1 failed"), "{d}");
+    // The operator decides: an apply brings a working revision.
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v3", "")).code, 0);
+    assert_eq!(erad.get("web")["revision"], 3);
+}
