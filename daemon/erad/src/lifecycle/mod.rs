@@ -8,6 +8,7 @@
 //! the event stream ([`Lifecycle::subscribe`]) or in the store.
 
 mod hooks;
+mod restart;
 mod supervisor;
 
 use crate::artifact::ContentStore;
@@ -153,7 +154,10 @@ impl Lifecycle {
             return tx.clone();
         }
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(supervisor::run(self.shared.clone(), name.to_string(), rx));
+        // One span per supervisor: every event it logs names the deployment
+        // and the revision it is driving.
+        let span = tracing::info_span!("supervisor", deployment = %name, revision = tracing::field::Empty);
+        tokio::spawn(tracing::Instrument::instrument(supervisor::run(self.shared.clone(), name.to_string(), rx), span));
         map.insert(name.to_string(), tx.clone());
         tx
     }

@@ -9,6 +9,7 @@
 //! does that state's work again.
 
 use super::hooks::{self, Point};
+use super::restart::AfterExit;
 use super::{Applied, Command, CommandError, Shared, WatchEvent};
 use crate::health;
 use crate::machine::{Event, State, transition};
@@ -16,7 +17,7 @@ use crate::plugin::{
     Artifact, ArtifactKind, CallContext, CallError, Failure, Health, LoadedPlugin, Port, Volume, Workload,
 };
 use crate::prepare::{Layout, Scratch};
-use crate::spec::{ArtifactSource, DeploymentSpec, RestartPolicy};
+use crate::spec::{ArtifactSource, DeploymentSpec};
 use crate::store::{
     Changes, DeploymentRecord, Installed, JournalEntry, Operation, RevisionRecord, Store, StoreError, now_rfc3339,
 };
@@ -34,14 +35,36 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a supervisor waits before retrying a step whose commit failed
 /// (the disk is full, the database is locked...).
 const STORE_RETRY: Duration = Duration::from_secs(1);
-/// Restart backoff after a crash: doubles per restart, capped.
-const RESTART_BACKOFF: Duration = Duration::from_millis(250);
-const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Progress events are sent at most this often per fetch.
 const PROGRESS_STEP: u64 = 1 << 20;
 
-/// A step's work failed; the message becomes the journal's cause.
-type Work<T> = Result<T, String>;
+/// Why a step's work failed, typed as far as the supervisor goes; its
+/// Display is the journal's cause.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Fetch(#[from] crate::artifact::FetchError),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    #[error(transparent)]
+    Prepare(#[from] crate::prepare::PrepareError),
+    #[error("a blocking task of the step: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for StepError {
+    fn from(s: String) -> StepError {
+        StepError::Other(s)
+    }
+}
+
+type Work<T> = Result<T, StepError>;
 
 pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::Receiver<Command>) {
     let sup = Supervisor {
@@ -69,6 +92,7 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                 continue;
             }
         };
+        tracing::Span::current().record("revision", rec.desired_revision);
         if !held.is_empty() && (!needs_work(rec.state) || rec.state.is_preemptible()) {
             if let Some(cmd) = held.pop_front() {
                 sup.handle(cmd, &rec).await;
@@ -379,8 +403,8 @@ impl Supervisor {
     async fn revision(&self, revision: u64) -> Work<RevisionRecord> {
         self.db(move |s, n| s.revision(n, revision))
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("revision {revision} is not in the store"))
+            .map_err(StepError::from)?
+            .ok_or_else(|| StepError::Other(format!("revision {revision} is not in the store")))
     }
 
     /// What a call on an installed revision needs: its plugin, its workload
@@ -705,13 +729,14 @@ impl Supervisor {
                 self.announce(entry);
                 Ok(())
             }
-            Err(message) => self.fail(rec, message).await,
+            Err(e) => self.fail(rec, e).await,
         }
     }
 
     /// Picks the failure event the operation calls for and commits it.
-    async fn fail(&self, rec: &DeploymentRecord, message: String) -> Result<(), StoreError> {
-        tracing::warn!(deployment = self.name, revision = rec.desired_revision, state = %rec.state, "{message}");
+    async fn fail(&self, rec: &DeploymentRecord, error: StepError) -> Result<(), StoreError> {
+        tracing::warn!(state = %rec.state, error = %error, "step failed");
+        let message = error.to_string();
         let auto_rollback = match self.revision(rec.desired_revision).await {
             Ok(r) => r.spec.spec.update.auto_rollback,
             Err(_) => true,
@@ -788,14 +813,14 @@ impl Supervisor {
         self.shared
             .content
             .check_source(&rev.spec.artifact_source(), Path::new(&rev.source_dir))
-            .map_err(|e| e.to_string())?;
+            .map_err(StepError::from)?;
         let ports = ports_of(&rev.spec);
-        self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(|e| e.to_string())?;
+        self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(StepError::from)?;
         let scratch = Scratch::new(&self.shared.layout.scratch()).map_err(|e| format!("scratch dir: {e}"))?;
         let workload =
             workload_of(&self.shared.layout, &rev.spec, revision, None, &scratch.path, Path::new(&rev.source_dir));
         let ctx = CallContext { deployment: &self.name, work_dir: &scratch.path, revision: None };
-        retry(|| plugin.validate(&ctx, &workload)).await.map_err(|e| e.to_string())
+        retry(|| plugin.validate(&ctx, &workload)).await.map_err(StepError::from)
     }
 
     async fn fetch(&self, revision: u64) -> Work<String> {
@@ -824,7 +849,7 @@ impl Supervisor {
         // policy's rule before any blob; for a file, its bundle after.
         let bundle = verify.and_then(|v| crate::trust::spec_bundle(v, base));
         let also = match verify {
-            Some(v) if bundle.is_none() => Some(crate::trust::spec_rule(v, base).map_err(|e| e.to_string())?),
+            Some(v) if bundle.is_none() => Some(crate::trust::spec_rule(v, base).map_err(StepError::from)?),
             _ => None,
         };
         // Until the digest is recorded below, the GC waits.
@@ -842,25 +867,25 @@ impl Supervisor {
                 &progress,
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StepError::from)?;
         if let Some((bundle, signer, root)) = bundle {
             let artifact = fetched.path.clone();
             let checked = tokio::task::spawn_blocking(move || {
                 crate::trust::verify_blob(&artifact, &bundle, &signer, root.as_deref())
             })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(StepError::from)?
             .map_err(|e| format!("spec.artifact.verify: {e}"))?;
             tracing::info!(artifact = %source.reference(), signer = %checked.signer, checks = %checked.checks, "bundle verified");
         }
         let (digest, path) = (fetched.digest.clone(), fetched.path.display().to_string());
-        self.db(move |s, n| s.set_artifact(n, revision, &digest, &path)).await.map_err(|e| e.to_string())?;
+        self.db(move |s, n| s.set_artifact(n, revision, &digest, &path)).await.map_err(StepError::from)?;
         if matches!(source, ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_)) {
             let (reference, digest, kind, size) =
                 (source.reference().to_string(), fetched.digest.clone(), source.kind(), fetched.size);
             self.db(move |s, _| s.record_artifact(&reference, &digest, kind, size, false))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(StepError::from)?;
         }
         Ok(fetched.digest)
     }
@@ -868,7 +893,7 @@ impl Supervisor {
     async fn prepare(&self, revision: u64) -> Work<()> {
         let rev = self.revision(revision).await?;
         let volumes: Vec<String> = rev.spec.spec.volumes.iter().map(|v| v.name.clone()).collect();
-        let work = self.shared.layout.prepare(&self.name, revision, &volumes).map_err(|e| e.to_string())?;
+        let work = self.shared.layout.prepare(&self.name, revision, &volumes).map_err(StepError::from)?;
         if let (ArtifactSource::Image(_), Some(manifest)) = (rev.spec.artifact_source(), rev.artifact_path.clone()) {
             self.unpack_rootfs(&work, Path::new(&manifest)).await?;
         }
@@ -900,13 +925,13 @@ impl Supervisor {
             let _writing = writing;
             let _ = std::fs::remove_dir_all(&rootfs);
             let (layers, _) =
-                crate::artifact::oci::image_parts(&content.blobs_dir(), &manifest).map_err(|e| e.to_string())?;
+                crate::artifact::oci::image_parts(&content.blobs_dir(), &manifest).map_err(StepError::from)?;
             let policy = crate::artifact::unpack::UnpackPolicy::default();
             crate::artifact::unpack::unpack_layers_until(&layers, &rootfs, &policy, &cancel).map_err(|e| {
                 let _ = std::fs::remove_dir_all(&rootfs);
                 format!("unpacking the image: {e}")
             })?;
-            std::fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))
+            std::fs::write(&done, b"").map_err(|e| StepError::Other(format!("{}: {e}", done.display())))
         })
         .await
         .map_err(|e| format!("unpack task: {e}"))?
@@ -924,12 +949,12 @@ impl Supervisor {
             let handle = rev.handle.clone();
             self.db(move |s, n| s.set_installed(n, revision, handle.as_deref(), true))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(StepError::from)?;
         }
         let workload = self.workload(&rev);
         let ctx =
             CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
-        retry(|| plugin.install(&ctx, &workload)).await.map_err(|e| e.to_string())
+        retry(|| plugin.install(&ctx, &workload)).await.map_err(StepError::from)
     }
 
     /// Asks the plugin to start the installed revision and returns the
@@ -940,11 +965,11 @@ impl Supervisor {
         let plugin = plugin_for(&self.shared, &rev.runtime)?;
         let handle =
             rev.handle.clone().ok_or_else(|| format!("revision {revision} has no handle: it was never installed"))?;
-        self.db(move |s, n| s.count_activation(n, revision)).await.map_err(|e| e.to_string())?;
+        self.db(move |s, n| s.count_activation(n, revision)).await.map_err(StepError::from)?;
         let workload = self.workload(&rev);
         let ctx =
             CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
-        retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(|e| e.to_string())
+        retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(StepError::from)
     }
 
     /// Before a revision is installed and started: every other revision's
@@ -952,31 +977,31 @@ impl Supervisor {
     /// stopped the old one already; an apply on a Failed deployment whose
     /// old workload still runs has not).
     async fn stop_other_revisions(&self, revision: u64) -> Work<()> {
-        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
+        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(StepError::from)?;
         for rev in revisions.iter().filter(|r| r.installed && r.revision != revision) {
             self.stop_revision(rev).await?;
         }
         Ok(())
     }
 
-    async fn status(&self, rev: &RevisionRecord) -> Result<crate::plugin::WorkloadStatus, String> {
+    async fn status(&self, rev: &RevisionRecord) -> Work<crate::plugin::WorkloadStatus> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
         let ctx =
             CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
-        plugin.status(&ctx, &workload, &handle).await.map_err(|e| e.to_string())
+        plugin.status(&ctx, &workload, &handle).await.map_err(StepError::from)
     }
 
     /// The spec's probe, once: http and tcp from the host, exec inside the
     /// workload through the plugin.
-    async fn probe(&self, rev: &RevisionRecord, h: &crate::spec::HealthSpec) -> Result<Option<()>, String> {
+    async fn probe(&self, rev: &RevisionRecord, h: &crate::spec::HealthSpec) -> Work<Option<()>> {
         let Some(exec) = h.exec.as_ref().filter(|x| !x.command.is_empty()) else {
-            return health::probe(h, &self.shared.http).await;
+            return Ok(health::probe(h, &self.shared.http).await?);
         };
         let (plugin, workload, handle) = self.call_parts(rev)?;
         let ctx =
             CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
-        let out = plugin.exec(&ctx, &workload, &handle, &exec.command, h.timeout.0).await.map_err(|e| e.to_string())?;
-        health::exec_verdict(&exec.command, out).map(Some)
+        let out = plugin.exec(&ctx, &workload, &handle, &exec.command, h.timeout.0).await.map_err(StepError::from)?;
+        Ok(health::exec_verdict(&exec.command, out).map(Some)?)
     }
 
     /// Waits until the revision is healthy, by the plugin's `status` and the
@@ -992,13 +1017,13 @@ impl Supervisor {
         let started = Instant::now();
         let mut failures = 0;
         loop {
-            let verdict: Result<bool, String> = match self.status(&rev).await {
+            let verdict: Work<bool> = match self.status(&rev).await {
                 Err(e) => Err(e),
                 Ok(st) if !st.running => {
-                    return Err(format!("revision {revision} is not running: {}", st.message));
+                    return Err(format!("revision {revision} is not running: {}", st.message).into());
                 }
                 Ok(st) if st.health == Health::Unhealthy => {
-                    Err(format!("the plugin reports revision {revision} unhealthy: {}", st.message))
+                    Err(format!("the plugin reports revision {revision} unhealthy: {}", st.message).into())
                 }
                 Ok(st) => match spec.health.as_ref() {
                     Some(h) => match self.probe(&rev, h).await {
@@ -1017,16 +1042,17 @@ impl Supervisor {
                         failures += 1;
                     }
                     if failures >= retries {
-                        return Err(format!("revision {revision} failed {failures} health checks: {e}"));
+                        return Err(format!("revision {revision} failed {failures} health checks: {e}").into());
                     }
-                    e
+                    e.to_string()
                 }
             };
             if Instant::now() + interval > deadline {
                 return Err(format!(
                     "revision {revision} was not healthy within {}: {last}",
                     humantime::format_duration(spec.update.deadline.0)
-                ));
+                )
+                .into());
             }
             tokio::time::sleep(interval).await;
         }
@@ -1054,17 +1080,17 @@ impl Supervisor {
     /// RollingBack: remove every other installed revision, then bring the
     /// target back: prepare, re-fetch if its artifact is gone, install, start.
     async fn roll_back(&self, target: u64) -> Work<String> {
-        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
+        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(StepError::from)?;
         for rev in revisions.iter().filter(|r| r.revision != target) {
             if rev.installed {
                 self.stop_revision(rev).await?;
                 self.delete_revision(rev).await?;
             }
-            self.shared.layout.remove_revision(&self.name, rev.revision).map_err(|e| e.to_string())?;
+            self.shared.layout.remove_revision(&self.name, rev.revision).map_err(StepError::from)?;
         }
         let rev = self.revision(target).await?;
         let ports = ports_of(&rev.spec);
-        self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(|e| e.to_string())?;
+        self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(StepError::from)?;
         let present = rev.artifact_digest.as_deref().is_some_and(|d| self.shared.content.contains(d));
         if !present {
             self.fetch(target).await?;
@@ -1074,7 +1100,7 @@ impl Supervisor {
             // Two side effects in one step: the install's handle is recorded
             // at once (the start's comes with RolledBack).
             let handle = self.install(target).await?;
-            self.db(move |s, n| s.set_installed(n, target, Some(&handle), true)).await.map_err(|e| e.to_string())?;
+            self.db(move |s, n| s.set_installed(n, target, Some(&handle), true)).await.map_err(StepError::from)?;
         }
         self.activate(target).await
     }
@@ -1091,7 +1117,7 @@ impl Supervisor {
         match retry(|| plugin.stop(&ctx, &workload, &handle)).await {
             Ok(()) => Ok(()),
             Err(CallError { failure: Failure::NotFound(_), .. }) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -1104,10 +1130,10 @@ impl Supervisor {
         let _ = std::fs::create_dir_all(&rev.work_dir);
         match retry(|| plugin.delete(&ctx, &workload, &handle)).await {
             Ok(()) | Err(CallError { failure: Failure::NotFound(_), .. }) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         let revision = rev.revision;
-        self.db(move |s, n| s.set_installed(n, revision, None, false)).await.map_err(|e| e.to_string())
+        self.db(move |s, n| s.set_installed(n, revision, None, false)).await.map_err(StepError::from)
     }
 
     /// Best effort, for cleanup paths: stop and delete, logging what fails.
@@ -1121,7 +1147,7 @@ impl Supervisor {
     }
 
     async fn stop_all(&self) -> Work<()> {
-        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
+        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(StepError::from)?;
         for rev in revisions.iter().filter(|r| r.installed) {
             self.stop_revision(rev).await?;
         }
@@ -1129,16 +1155,16 @@ impl Supervisor {
     }
 
     async fn uninstall(&self) -> Work<()> {
-        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(|e| e.to_string())?;
+        let revisions = self.db(|s, n| s.revisions(n)).await.map_err(StepError::from)?;
         for rev in revisions.iter().filter(|r| r.installed) {
             self.delete_revision(rev).await?;
         }
-        self.shared.layout.remove_deployment(&self.name).map_err(|e| e.to_string())?;
+        self.shared.layout.remove_deployment(&self.name).map_err(StepError::from)?;
         // Its artifacts go too, unless another live deployment uses them or
         // an operator pulled them: forgotten here, their blobs collected by
         // the GC (which spares anything a fetch touched within its grace).
-        self.db(|s, n| s.forget_artifacts_only_used_by(n)).await.map_err(|e| e.to_string())?;
-        self.db(|s, n| s.release_ports(n, &[])).await.map_err(|e| e.to_string())?;
+        self.db(|s, n| s.forget_artifacts_only_used_by(n)).await.map_err(StepError::from)?;
+        self.db(|s, n| s.release_ports(n, &[])).await.map_err(StepError::from)?;
         Ok(())
     }
 
@@ -1220,50 +1246,45 @@ impl Supervisor {
             return Ok(None);
         };
         *self.running_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let wants_restart = match restart.policy {
-            RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => code != Some(0),
-            RestartPolicy::Always => true,
-        };
         let what = match code {
             Some(c) => format!("exited with code {c}"),
             None => format!("is gone ({message})"),
         };
-        if wants_restart && rec.restarts < restart.max_retries {
-            let n = rec.restarts + 1;
-            let backoff = (RESTART_BACKOFF * 2u32.saturating_pow(rec.restarts)).min(RESTART_BACKOFF_MAX);
-            let cause = format!("revision {} {what}; restart {n} of {}", rev.revision, restart.max_retries);
-            let changes = Changes {
-                operation: Some(Operation::Restart),
-                restarts: Some(n),
-                desired_revision: Some(rev.revision),
-                ..Default::default()
-            };
-            return Ok(Some(Restart { backoff, revision: rev.revision, cause, changes }));
-        } else if code == Some(0) && !wants_restart {
-            // A job that finished: Stopped, as `era stop` would leave it
-            // (`era start` runs it again), not Failed.
-            let cause = format!(
-                "revision {} {what}: finished (restart policy {} does not run it again)",
-                rev.revision,
-                restart.policy.as_str()
-            );
-            let changes =
-                Changes { operation: Some(Operation::Stop), health: Some("unknown".into()), ..Default::default() };
-            self.commit(Event::Completed, rev.revision, cause, changes).await?;
-        } else {
-            let why = if wants_restart {
-                format!("gave up after {} restarts", rec.restarts)
-            } else {
-                format!("restart policy {} does not restart it", restart.policy.as_str())
-            };
-            let cause = format!("revision {} {what}; {why}", rev.revision);
-            // Not the install's failure: the workload and its logs stay for
-            // inspection until the operator acts (the failed-install cleanup
-            // at the next start would remove them).
-            let changes =
-                Changes { health: Some("unhealthy".into()), operation: Some(Operation::Restart), ..Default::default() };
-            self.commit(Event::Fail, rev.revision, cause, changes).await?;
+        match super::restart::after_exit(restart.policy, code, rec.restarts, restart.max_retries) {
+            AfterExit::Restart { n, backoff } => {
+                let cause = format!("revision {} {what}; restart {n} of {}", rev.revision, restart.max_retries);
+                let changes = Changes {
+                    operation: Some(Operation::Restart),
+                    restarts: Some(n),
+                    desired_revision: Some(rev.revision),
+                    ..Default::default()
+                };
+                return Ok(Some(Restart { backoff, revision: rev.revision, cause, changes }));
+            }
+            AfterExit::Finished => {
+                // Stopped, as `era stop` would leave it (`era start` runs it
+                // again), not Failed.
+                let cause = format!(
+                    "revision {} {what}: finished (restart policy {} does not run it again)",
+                    rev.revision,
+                    restart.policy.as_str()
+                );
+                let changes =
+                    Changes { operation: Some(Operation::Stop), health: Some("unknown".into()), ..Default::default() };
+                self.commit(Event::Completed, rev.revision, cause, changes).await?;
+            }
+            AfterExit::GiveUp { why } => {
+                let cause = format!("revision {} {what}; {why}", rev.revision);
+                // Not the install's failure: the workload and its logs stay
+                // for inspection until the operator acts (the failed-install
+                // cleanup at the next start would remove them).
+                let changes = Changes {
+                    health: Some("unhealthy".into()),
+                    operation: Some(Operation::Restart),
+                    ..Default::default()
+                };
+                self.commit(Event::Fail, rev.revision, cause, changes).await?;
+            }
         }
         Ok(None)
     }
