@@ -6,6 +6,8 @@
 //!    committed) vs `runc run -d` of the same bundle and rootfs by hand;
 //! 2. the same with the LXC plugin vs `lxc-start -d` of the same container.
 //!
+//! For each, the journal's commit times split era's figure into phases.
+//!
 //! Run: `cargo bench -p era-tests --bench runtimes` (after `cargo build
 //! --release --workspace --bins`).
 
@@ -42,6 +44,34 @@ fn copy_dir(from: &Path, to: &Path) {
     ok(Command::new("cp").arg("-a").arg(from).arg(to));
 }
 
+/// Milliseconds since midnight UTC, now or of a journal time
+/// (`2026-11-23T04:27:27.562Z`).
+fn now_ms() -> i64 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 86_400_000) as i64
+}
+
+fn journal_ms(time: &str) -> i64 {
+    let clock = time.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let (h, m): (i64, i64) = (parts.next().unwrap().parse().unwrap(), parts.next().unwrap().parse().unwrap());
+    let secs: f64 = parts.next().unwrap().parse().unwrap();
+    (h * 3600 + m * 60) * 1000 + (secs * 1000.0).round() as i64
+}
+
+/// Where the time from `era apply` to its exit went, by the journal: each
+/// phase ends with its transition committed.
+const PHASES: [&str; 8] =
+    ["accept", "validate", "fetch (store)", "unpack", "install", "create+start", "first health verdict", "CLI sees it"];
+
+fn phases(erad: &Erad, name: &str, started: i64, ended: i64) -> Vec<Duration> {
+    let times: Vec<i64> = erad.history(name).iter().map(|e| journal_ms(e["time"].as_str().unwrap())).collect();
+    assert_eq!(times.len(), 7, "one pass through the install states");
+    let mut edges = vec![started];
+    edges.extend(times);
+    edges.push(ended);
+    edges.windows(2).map(|w| Duration::from_millis((w[1] - w[0]).rem_euclid(86_400_000) as u64)).collect()
+}
+
 fn report(what: &str, era: Duration, hand: Duration, baseline: &str) {
     println!(
         "{what}: era apply --wait to Running {:.0} ms, {baseline} {:.0} ms; ratio {:.1}x, difference {:.0} ms (median)",
@@ -69,7 +99,7 @@ fn main() {
     assert_eq!(erad.era(&["pull", &image]).code, 0, "the image is cached before timing");
 
     for runtime in ["container", "lxc"] {
-        let (mut era, mut hand) = (Vec::new(), Vec::new());
+        let (mut era, mut hand, mut by_phase) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..rounds {
             let name = format!("{runtime}-{i}");
             let spec = erad.spec(
@@ -78,10 +108,12 @@ fn main() {
                     "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: {runtime}\n  artifact: {{image: \"{image}\"}}\n  stopGracePeriod: 1s\n"
                 ),
             );
-            let t = Instant::now();
+            let (t, started) = (Instant::now(), now_ms());
             let a = erad.apply_wait(&spec);
             era.push(t.elapsed());
+            let ended = now_ms();
             assert_eq!(a.code, 0, "{a:?}");
+            by_phase.push(phases(&erad, &name, started, ended));
 
             // The same container by hand, from a copy of what erad made.
             let work = erad.data_dir().join(format!("deployments/{name}/rev-1"));
@@ -149,5 +181,11 @@ fn main() {
         }
         let baseline = if runtime == "container" { "runc run -d by hand" } else { "lxc-start -d by hand" };
         report(&format!("{runtime} ({rounds} rounds)"), median(era), median(hand), baseline);
+        let each: Vec<String> = PHASES
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{p} {:.0}", ms(median(by_phase.iter().map(|v: &Vec<Duration>| v[i]).collect()))))
+            .collect();
+        println!("  where era's time goes (median ms, each phase ends with its commit): {}", each.join(", "));
     }
 }
