@@ -533,3 +533,22 @@ fn a_rollback_whose_target_fails_its_health_check_ends_rollback_failed() {
     assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v3", "")).code, 0);
     assert_eq!(erad.get("web")["revision"], 3);
 }
+
+#[test]
+fn a_rollback_during_an_updates_stop_of_the_old_workload_lets_that_stop_finish() {
+    let erad = Erad::start();
+    let slow = "  config: {stopDelayMs: 2000}\n";
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", slow)).code, 0);
+    let v2 = erad.deployment("web", "noop", "v2", "");
+    let _ = erad.era(&["apply", "-f", v2.to_str().unwrap()]);
+    // Updating is stopping revision 1 (the fixture takes 2 s).
+    eventually(T, || erad.log().contains("stopping noop/web/1"));
+    let r = erad.era(&["rollback", "web", "--to", "1", "--wait", "--timeout", "60s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = erad.get("web");
+    assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(1)), "{d}");
+    // The stop was not cut off midway: it finished, and revision 1 was
+    // really started again.
+    assert!(erad.log().contains("stopped noop/web/1 (stop #1)"), "{}", erad.log());
+    assert!(noop_running(&erad, "web", 1));
+}
