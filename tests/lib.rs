@@ -273,6 +273,18 @@ impl Erad {
         std::fs::remove_file(marker).expect("remove the marker");
     }
 
+    /// The noop fixture's state file of a revision (`installed`, `running`,
+    /// `starts`, `stops`...), if its work dir has one.
+    pub fn noop_state(&self, name: &str, rev: u64) -> Option<Value> {
+        let path = self.data_dir().join(format!("deployments/{name}/rev-{rev}/noop.json"));
+        std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).expect("noop.json is JSON"))
+    }
+
+    /// Whether the noop workload of a revision runs.
+    pub fn noop_running(&self, name: &str, rev: u64) -> bool {
+        self.noop_state(name, rev).is_some_and(|s| s["running"] == true)
+    }
+
     /// `era -o json get NAME`.
     pub fn get(&self, name: &str) -> Value {
         let a = self.era(&["-o", "json", "get", name]);

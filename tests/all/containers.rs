@@ -9,9 +9,17 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(60);
 
 fn config() -> String {
+    config_granting(&["runc", "crun"])
+}
+
+/// The container plugin granted these runtimes (names or absolute paths)
+/// and the host network.
+fn config_granting(runtimes: &[&str]) -> String {
+    let runtimes: Vec<String> = runtimes.iter().map(|r| format!("{r:?}")).collect();
     format!(
-        "[plugins.container]\npath = \"{}\"\ngrants = {{ log = true, oci = {{ runtimes = [\"runc\", \"crun\"], host_namespaces = [\"network\"] }} }}\n",
-        era_tests::plugin::CONTAINER
+        "[plugins.container]\npath = \"{}\"\ngrants = {{ log = true, oci = {{ runtimes = [{}], host_namespaces = [\"network\"] }} }}\n",
+        era_tests::plugin::CONTAINER,
+        runtimes.join(", ")
     )
 }
 
@@ -317,11 +325,7 @@ impl CountingRunc {
         std::fs::write(&wrapper, format!("#!/bin/sh\necho \"$*\" >> {}\nexec {real} \"$@\"\n", calls.display()))
             .unwrap();
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let config = format!(
-            "[plugins.container]\npath = \"{}\"\ngrants = {{ log = true, oci = {{ runtimes = [\"{}\"], host_namespaces = [\"network\"] }} }}\n",
-            era_tests::plugin::CONTAINER,
-            wrapper.display()
-        );
+        let config = config_granting(&[wrapper.to_str().unwrap()]);
         CountingRunc { _dir: dir, config, calls }
     }
 

@@ -224,7 +224,7 @@ fn a_crashed_workload_is_restarted_per_policy_then_given_up() {
 /// Makes the noop workload of `name` revision 1 look exited with `code`.
 fn exit_noop(erad: &Erad, name: &str, code: i32) {
     let state = erad.data_dir().join(format!("deployments/{name}/rev-1/noop.json"));
-    let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let mut s = erad.noop_state(name, 1).unwrap();
     s["running"] = false.into();
     s["exit_code"] = code.into();
     std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
@@ -277,16 +277,7 @@ fn stop_during_a_restart_backoff_returns_within_5s_and_no_restart_follows() {
     }
     exit_noop(&erad, "loop", 1);
     eventually(T, || erad.log().contains("restart 6 of 20: restarting after the backoff"));
-    let mut stop = std::process::Command::new(era_tests::bin("era"))
-        .arg("--socket")
-        .arg(erad.socket())
-        .args(["stop", "loop", "--wait"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = era_tests::exit_within(&mut stop, Duration::from_secs(5));
-    assert!(status.is_some_and(|s| s.success()), "era stop did not return within 5 s: {status:?}");
+    within_5s(&erad, &["stop", "loop", "--wait"]);
     assert_eq!(erad.get("loop")["state"], "Stopped");
     // The restart the backoff was waiting for never comes.
     std::thread::sleep(Duration::from_secs(9));
@@ -388,15 +379,6 @@ fn closed_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
 }
 
-/// Whether the noop workload of `name` revision `rev` runs.
-fn noop_running(erad: &Erad, name: &str, rev: u64) -> bool {
-    let state = erad.data_dir().join(format!("deployments/{name}/rev-{rev}/noop.json"));
-    std::fs::read(state)
-        .ok()
-        .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap()["running"] == true)
-        .unwrap_or(false)
-}
-
 #[test]
 fn apply_on_a_failed_deployment_whose_workload_still_runs_replaces_it() {
     let erad = Erad::start();
@@ -409,12 +391,12 @@ fn apply_on_a_failed_deployment_whose_workload_still_runs_replaces_it() {
     );
     assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v2", &sick)).code, 1);
     assert_eq!(erad.get("web")["state"], "Failed");
-    assert!(noop_running(&erad, "web", 2), "the failed revision's workload is live");
+    assert!(erad.noop_running("web", 2), "the failed revision's workload is live");
     let a = erad.apply_wait(&erad.deployment("web", "noop", "v3", ""));
     assert_eq!(a.code, 0, "{a:?}");
     let d = erad.get("web");
     assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(3)), "{d}");
-    assert!(noop_running(&erad, "web", 3));
+    assert!(erad.noop_running("web", 3));
     // The noop fixture logs each real stop and start: revision 2 stopped
     // before revision 3 started, and was retired after (an update from it).
     let log = erad.log();
@@ -455,7 +437,7 @@ fn stop_delete_and_rollback_cut_a_five_minute_health_check_short() {
     erad.wait_for_state("a", "HealthChecking", T);
     within_5s(&erad, &["stop", "a", "--wait"]);
     assert_eq!(erad.get("a")["state"], "Stopped");
-    assert!(!noop_running(&erad, "a", 1));
+    assert!(!erad.noop_running("a", 1));
     // Delete during it.
     let spec = erad.deployment("b", "noop", "v1", &slow);
     let _ = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
@@ -471,7 +453,7 @@ fn stop_delete_and_rollback_cut_a_five_minute_health_check_short() {
     within_5s(&erad, &["rollback", "c", "--wait", "--timeout", "5s"]);
     let d = erad.get("c");
     assert_eq!((d["state"].as_str(), d["revision"].as_u64()), (Some("Running"), Some(1)), "{d}");
-    assert!(noop_running(&erad, "c", 1));
+    assert!(erad.noop_running("c", 1));
     assert!(erad.log().contains("stopped noop/c/2"), "revision 2's workload was stopped");
     // Apply during a step is refused, naming the state.
     let spec = erad.deployment("d", "noop", "v1", &slow);
@@ -550,5 +532,5 @@ fn a_rollback_during_an_updates_stop_of_the_old_workload_lets_that_stop_finish()
     // The stop was not cut off midway: it finished, and revision 1 was
     // really started again.
     assert!(erad.log().contains("stopped noop/web/1 (stop #1)"), "{}", erad.log());
-    assert!(noop_running(&erad, "web", 1));
+    assert!(erad.noop_running("web", 1));
 }

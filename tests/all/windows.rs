@@ -9,24 +9,17 @@
 //! commit, before the side effect.)
 
 use era_tests::{Erad, fixture_plugins};
-use serde_json::Value;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 
-/// The noop fixture's state of a revision, if its work dir has one.
-fn noop(erad: &Erad, name: &str, rev: u64) -> Option<Value> {
-    let path = erad.data_dir().join(format!("deployments/{name}/rev-{rev}/noop.json"));
-    std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
-}
-
 /// The revisions whose workload runs.
 fn running(erad: &Erad, name: &str) -> Vec<u64> {
-    (1..=5).filter(|r| noop(erad, name, *r).is_some_and(|s| s["running"] == true)).collect()
+    (1..=5).filter(|r| erad.noop_running(name, *r)).collect()
 }
 
 fn starts(erad: &Erad, name: &str, rev: u64) -> u64 {
-    noop(erad, name, rev).map(|s| s["starts"].as_u64().unwrap()).unwrap_or(0)
+    erad.noop_state(name, rev).map(|s| s["starts"].as_u64().unwrap()).unwrap_or(0)
 }
 
 fn done(state: &str) -> String {
@@ -39,7 +32,7 @@ fn kill_9_after_each_install_side_effect_repeats_nothing() {
         let mut erad = Erad::start_with(&fixture_plugins(), &[("ERAD_TEST_PAUSE_DONE", state)]);
         let spec = erad.deployment("web", "noop", "v1", "");
         erad.kill9_at(&["apply", "-f", spec.to_str().unwrap()], &done(state));
-        let installed = noop(&erad, "web", 1).expect("the side effect happened before the kill");
+        let installed = erad.noop_state("web", 1).expect("the side effect happened before the kill");
         assert_eq!(installed["installed"], true, "{state}");
         erad.spawn(&[]).unwrap();
         let d = erad.wait_for_state("web", "Running", T);
@@ -79,7 +72,7 @@ fn kill_9_after_stop_delete_and_a_rollbacks_restart_finishes_the_job() {
     assert_eq!(running(&erad, "web"), Vec::<u64>::new(), "stopped before the kill");
     erad.spawn(&[]).unwrap();
     erad.wait_for_state("web", "Stopped", T);
-    assert_eq!(noop(&erad, "web", 1).unwrap()["stops"], 1);
+    assert_eq!(erad.noop_state("web", 1).unwrap()["stops"], 1);
     // And it starts again, once.
     assert_eq!(erad.era(&["start", "web", "--wait"]).code, 0);
     assert_eq!(starts(&erad, "web", 1), 2);

@@ -266,15 +266,9 @@ impl ContentStore {
             }
             _ => self.download(&reference, &tmp, progress).await,
         };
-        let (actual, size) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
+        // On any error the temp file goes with `tmp`.
+        let (actual, size) = result?;
         if actual != expected {
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Err(FetchError::DigestMismatch { reference, expected: expected.to_string(), actual });
         }
         tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
@@ -410,10 +404,7 @@ impl ContentStore {
             Ok(())
         }
         .await;
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
+        result?;
         tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
         Ok(Fetched { digest: digest.to_string(), path, size })
     }

@@ -413,6 +413,12 @@ impl Supervisor {
         Ok((plugin_for(&self.shared, &rev.runtime)?, self.workload(rev), rev.handle.clone().unwrap_or_default()))
     }
 
+    /// A call's context on an installed revision: its work dir is the
+    /// plugin's view of the host.
+    fn ctx<'a>(&'a self, rev: &'a RevisionRecord) -> CallContext<'a> {
+        CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) }
+    }
+
     fn workload(&self, rev: &RevisionRecord) -> Workload {
         workload_of(
             &self.shared.layout,
@@ -484,8 +490,9 @@ impl Supervisor {
             Command::Start { reply } => {
                 let r = match rec.state {
                     State::Running => Ok(State::Running),
-                    State::Stopped => match self.start_target(rec).await {
-                        Ok(target) => {
+                    State::Stopped => {
+                        async {
+                            let target = self.start_target(rec).await?;
                             let changes = Changes {
                                 operation: Some(Operation::Start),
                                 desired_revision: Some(target),
@@ -494,8 +501,8 @@ impl Supervisor {
                             };
                             self.command(Event::Start, target, "start requested", changes).await
                         }
-                        Err(e) => Err(e),
-                    },
+                        .await
+                    }
                     state => Err(CommandError::NotPossible { name: self.name.clone(), state, action: "start" }),
                 };
                 let _ = reply.send(r);
@@ -664,6 +671,8 @@ impl Supervisor {
     async fn step(&self, rec: &DeploymentRecord) -> Result<(), StoreError> {
         let desired = rec.desired_revision;
         let none = Changes::default;
+        // What install or start answered, committed with the transition.
+        let with_handle = |handle| Changes { installed: Some(Installed { revision: desired, handle }), ..none() };
         let outcome: Work<(Event, String, Changes)> = match rec.state {
             State::Validating => {
                 self.validate(desired).await.map(|_| (Event::Validated, format!("revision {desired} is valid"), none()))
@@ -675,26 +684,26 @@ impl Supervisor {
                 .prepare(desired)
                 .await
                 .map(|_| (Event::Prepared, "work dir, volumes and ports ready".into(), none())),
-            State::Installing => match self.stop_other_revisions(desired).await {
-                Ok(()) => self.install(desired).await.map(|handle| {
-                    let changes = Changes { installed: Some(Installed { revision: desired, handle }), ..none() };
-                    (Event::Installed, format!("revision {desired} installed"), changes)
-                }),
-                Err(e) => Err(e),
-            },
-            State::Activating => self.activate(desired).await.map(|handle| {
-                let changes = Changes { installed: Some(Installed { revision: desired, handle }), ..none() };
-                (Event::Activated, format!("revision {desired} started"), changes)
-            }),
+            // Two revisions never run at once: the others stop first.
+            State::Installing => async {
+                self.stop_other_revisions(desired).await?;
+                self.install(desired).await
+            }
+            .await
+            .map(|handle| (Event::Installed, format!("revision {desired} installed"), with_handle(handle))),
+            State::Activating => self
+                .activate(desired)
+                .await
+                .map(|handle| (Event::Activated, format!("revision {desired} started"), with_handle(handle))),
             State::HealthChecking => self.health_check(desired).await.map(|_| {
                 let changes = Changes { current_revision: Some(desired), health: Some("healthy".into()), ..none() };
                 (Event::Healthy, format!("revision {desired} is healthy"), changes)
             }),
             State::Updating => self.stage_update(rec).await.map(|msg| (Event::Staged, msg, none())),
-            State::RollingBack => self.roll_back(desired).await.map(|handle| {
-                let changes = Changes { installed: Some(Installed { revision: desired, handle }), ..none() };
-                (Event::RolledBack, format!("revision {desired} is active again"), changes)
-            }),
+            State::RollingBack => self
+                .roll_back(desired)
+                .await
+                .map(|handle| (Event::RolledBack, format!("revision {desired} is active again"), with_handle(handle))),
             State::Stopping => self.stop_all().await.map(|_| {
                 if rec.operation == Operation::Delete {
                     (Event::HaltedForRemoval, "stopped, removing".into(), none())
@@ -724,7 +733,7 @@ impl Supervisor {
                 }
                 if after.state == State::Deleted {
                     // Now that it no longer holds its artifacts.
-                    self.collect_garbage().await;
+                    collect_garbage(&self.shared).await;
                 }
                 self.announce(entry);
                 Ok(())
@@ -803,7 +812,7 @@ impl Supervisor {
                 tracing::warn!(deployment = self.name, "{e}");
             }
             let _ = self.db(|s, n| s.release_ports(n, &[])).await;
-            self.collect_garbage().await;
+            collect_garbage(&self.shared).await;
         }
     }
 
@@ -952,8 +961,7 @@ impl Supervisor {
                 .map_err(StepError::from)?;
         }
         let workload = self.workload(&rev);
-        let ctx =
-            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx = self.ctx(&rev);
         retry(|| plugin.install(&ctx, &workload)).await.map_err(StepError::from)
     }
 
@@ -967,8 +975,7 @@ impl Supervisor {
             rev.handle.clone().ok_or_else(|| format!("revision {revision} has no handle: it was never installed"))?;
         self.db(move |s, n| s.count_activation(n, revision)).await.map_err(StepError::from)?;
         let workload = self.workload(&rev);
-        let ctx =
-            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx = self.ctx(&rev);
         retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(StepError::from)
     }
 
@@ -986,8 +993,7 @@ impl Supervisor {
 
     async fn status(&self, rev: &RevisionRecord) -> Work<crate::plugin::WorkloadStatus> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx =
-            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx = self.ctx(rev);
         plugin.status(&ctx, &workload, &handle).await.map_err(StepError::from)
     }
 
@@ -998,8 +1004,7 @@ impl Supervisor {
             return Ok(health::probe(h, &self.shared.http).await?);
         };
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx =
-            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx = self.ctx(rev);
         let out = plugin.exec(&ctx, &workload, &handle, &exec.command, h.timeout.0).await.map_err(StepError::from)?;
         Ok(health::exec_verdict(&exec.command, out).map(Some)?)
     }
@@ -1112,8 +1117,7 @@ impl Supervisor {
             return Ok(());
         }
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx =
-            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx = self.ctx(rev);
         match retry(|| plugin.stop(&ctx, &workload, &handle)).await {
             Ok(()) => Ok(()),
             Err(CallError { failure: Failure::NotFound(_), .. }) => Ok(()),
@@ -1123,8 +1127,7 @@ impl Supervisor {
 
     async fn delete_revision(&self, rev: &RevisionRecord) -> Work<()> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
-        let ctx =
-            CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) };
+        let ctx = self.ctx(rev);
         // The work dir is the plugin's only view of the host; recreate it if a
         // crash took it, so delete can run.
         let _ = std::fs::create_dir_all(&rev.work_dir);
@@ -1168,14 +1171,8 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Removes blobs nothing references any more (an image's layers and
-    /// config once its manifest is gone). Best effort: a failure is logged.
-    async fn collect_garbage(&self) {
-        collect_garbage(&self.shared).await
-    }
-
-    /// After an update or rollback succeeded: the other revisions' runtime
-    /// objects and work dirs go; their records and artifacts stay for rollback.
+    /// Once a revision is Running: the other revisions' runtime objects and
+    /// work dirs go; their records and artifacts stay for rollback.
     async fn retire_other_revisions(&self, current: u64) {
         let Ok(revisions) = self.db(|s, n| s.revisions(n)).await else { return };
         for rev in revisions.iter().filter(|r| r.revision != current) {
