@@ -174,10 +174,12 @@ impl DaemonBuilder {
         let listener = bind_socket(&cfg.socket, socket_group).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
+        let plugins = Arc::new(plugins);
         let lifecycle = Lifecycle::new(Shared {
             store,
             content,
-            plugins: Arc::new(plugins),
+            runtimes: plugins.clone(),
+            plugins,
             layout,
             events,
             health_interval: cfg.health_interval,

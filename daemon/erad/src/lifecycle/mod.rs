@@ -7,8 +7,10 @@
 //! first transition is committed (or refused). Progress after that is seen on
 //! the event stream ([`Lifecycle::subscribe`]) or in the store.
 
+mod failure;
 mod hooks;
 mod restart;
+mod runtime;
 mod supervisor;
 
 use crate::artifact::ContentStore;
@@ -77,7 +79,10 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     pub store: Store,
     pub content: ContentStore,
+    /// The loaded plugins, for the API's listing.
     pub plugins: Arc<PluginRegistry>,
+    /// The same plugins, as the supervisors call them.
+    pub runtimes: Arc<dyn runtime::Runtimes>,
     pub layout: Layout,
     pub events: broadcast::Sender<WatchEvent>,
     pub health_interval: Duration,
