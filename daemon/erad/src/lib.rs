@@ -10,6 +10,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod logs;
 pub mod machine;
+pub mod memory;
 pub mod plugin;
 pub mod prepare;
 pub mod server;

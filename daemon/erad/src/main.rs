@@ -162,6 +162,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let daemon = erad::Daemon::builder(cfg).start().await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        match erad::memory::release_startup_memory() {
+            Ok(bytes) => tracing::debug!(code_bytes = bytes, "start-up memory given back"),
+            Err(e) => tracing::warn!("cannot give back start-up code pages: {e}"),
+        }
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining the API; workloads keep running"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining the API; workloads keep running"),

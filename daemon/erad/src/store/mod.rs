@@ -434,7 +434,9 @@ impl Store {
             let to = machine::transition(before.state, event)
                 .map_err(|source| StoreError::Transition { name: name.to_string(), source })?;
             let now = now_rfc3339();
-            tx.execute(
+            // Cached statements: a commit is mostly its fsync, and preparing
+            // three statements each time was a tenth of it.
+            tx.prepare_cached(
                 "UPDATE deployments SET state = ?2, message = ?3, updated_at = ?4,
                     current_revision = COALESCE(?5, current_revision),
                     desired_revision = COALESCE(?6, desired_revision),
@@ -443,34 +445,47 @@ impl Store {
                     restarts = COALESCE(?9, restarts),
                     health = COALESCE(?10, health)
                  WHERE name = ?1",
-                params![
-                    name,
-                    to.as_str(),
-                    cause,
-                    now,
-                    changes.current_revision.map(|v| v as i64),
-                    changes.desired_revision.map(|v| v as i64),
-                    changes.previous_revision.map(|v| v as i64),
-                    changes.operation.map(Operation::as_str),
-                    changes.restarts,
-                    changes.health
-                ],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![
+                name,
+                to.as_str(),
+                cause,
+                now,
+                changes.current_revision.map(|v| v as i64),
+                changes.desired_revision.map(|v| v as i64),
+                changes.previous_revision.map(|v| v as i64),
+                changes.operation.map(Operation::as_str),
+                changes.restarts,
+                changes.health
+            ])?;
+            tx.prepare_cached(
                 "INSERT INTO journal (deployment, time, from_state, to_state, revision, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![name, now, before.state.as_str(), to.as_str(), revision as i64, cause],
-            )?;
+            )?
+            .execute(params![name, now, before.state.as_str(), to.as_str(), revision as i64, cause])?;
             let seq = tx.last_insert_rowid() as u64;
             if let Some(i) = &changes.installed {
-                let n = tx.execute(
-                    "UPDATE revisions SET handle = ?3, installed = 1 WHERE deployment = ?1 AND revision = ?2",
-                    params![name, i.revision as i64, i.handle],
-                )?;
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE revisions SET handle = ?3, installed = 1 WHERE deployment = ?1 AND revision = ?2",
+                    )?
+                    .execute(params![name, i.revision as i64, i.handle])?;
                 if n == 0 {
                     return Err(StoreError::NotFound(format!("{name} revision {}", i.revision)));
                 }
             }
-            let after = get_deployment(&tx, name)?;
+            // What the UPDATE above wrote, without reading it back.
+            let after = DeploymentRecord {
+                state: to,
+                message: cause.to_string(),
+                updated_at: now.clone(),
+                current_revision: changes.current_revision.unwrap_or(before.current_revision),
+                desired_revision: changes.desired_revision.unwrap_or(before.desired_revision),
+                previous_revision: changes.previous_revision.unwrap_or(before.previous_revision),
+                operation: changes.operation.unwrap_or(before.operation),
+                restarts: changes.restarts.unwrap_or(before.restarts),
+                health: changes.health.clone().unwrap_or_else(|| before.health.clone()),
+                ..before.clone()
+            };
             tx.commit()?;
             let entry = JournalEntry {
                 seq,
@@ -720,7 +735,8 @@ const HOLDS: &str =
 const DEPLOYMENT_COLUMNS: &str = "name, state, health, current_revision, desired_revision, previous_revision, operation, restarts, message, outputs, created_at, updated_at";
 
 fn get_deployment(c: &Connection, name: &str) -> Result<DeploymentRecord, StoreError> {
-    c.query_row(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = ?1"), [name], deployment_from_row)
+    c.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = ?1"))?
+        .query_row([name], deployment_from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(name.to_string()))?
 }
@@ -799,6 +815,27 @@ mod tests {
         assert_eq!(rec.desired_revision, 1);
         assert_eq!((entry.from, entry.to), (State::Requested, State::Validating));
         assert_eq!(s.journal("web").unwrap(), vec![entry]);
+    }
+
+    #[test]
+    fn the_record_a_commit_returns_is_what_the_store_holds() {
+        let (_d, s) = store();
+        s.ensure_deployment("web").unwrap();
+        let every = Changes {
+            current_revision: Some(3),
+            desired_revision: Some(4),
+            previous_revision: Some(2),
+            operation: Some(Operation::Update),
+            restarts: Some(5),
+            health: Some("healthy".into()),
+            installed: None,
+        };
+        for (event, changes) in
+            [(Event::Apply, Changes::default()), (Event::Validated, every), (Event::Fetched, Changes::default())]
+        {
+            let (rec, _) = s.commit_transition("web", event, 4, "cause", &changes).unwrap();
+            assert_eq!(rec, s.deployment("web").unwrap(), "after {event:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,60 @@
+//! Giving back the memory erad's start used.
+//!
+//! Compiling plugins (a cold compile cache) leaves many MiB of freed heap in
+//! glibc's arenas; `malloc_trim` returns it to the kernel.
+//!
+//! erad's code is one large file mapping (wasmtime, sigstore, tonic,
+//! SQLite). Starting runs a scattered few pages of hundreds of functions
+//! that never run again (config and trust-root parsing, component
+//! deserialization, schema migration), and the kernel maps each fault's
+//! neighbours too: after start ~14 MiB of code is resident that the idle
+//! daemon does not run. Once ready, erad asks the kernel to page those out
+//! (`MADV_PAGEOUT` on its own read-only mappings of its binary): they are
+//! clean file pages, so nothing is written, and whatever the steady state
+//! runs faults back in from the page cache.
+
+/// Once erad is ready: trims the heap and pages out its start-up code;
+/// returns the bytes of code advised. Best effort: an error is for the
+/// caller to log.
+pub fn release_startup_memory() -> std::io::Result<usize> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim only returns free memory of glibc's own heap
+        // to the kernel; it is safe to call at any time from any thread.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+    release_startup_code()
+}
+
+fn release_startup_code() -> std::io::Result<usize> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut advised = 0;
+    for line in maps.lines() {
+        // `start-end perms offset dev inode path`
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        let path = f.nth(3).unwrap_or("");
+        // Read-only (code and constants), never the writable data.
+        if !perms.starts_with("r-") || std::path::Path::new(path) != exe {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+            continue;
+        };
+        // SAFETY: an advice on a read-only file mapping of this process that
+        // the kernel listed; MADV_PAGEOUT changes no contents (the pages are
+        // read in again on the next access).
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        advised += end - start;
+    }
+    Ok(advised)
+}
