@@ -58,3 +58,32 @@ fn release_startup_code() -> std::io::Result<usize> {
     }
     Ok(advised)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Resident KiB of this process's read-only mappings of its own binary.
+    fn resident_code_kib() -> u64 {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let (mut ours, mut total) = (false, 0);
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.first().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+                ours = fields.get(1).is_some_and(|p| p.starts_with("r-"))
+                    && fields.get(5).is_some_and(|p| std::path::Path::new(p) == exe);
+            } else if ours && fields.first() == Some(&"Rss:") {
+                total += fields[1].parse::<u64>().unwrap();
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn start_up_code_pages_are_given_back() {
+        let before = resident_code_kib();
+        let advised = super::release_startup_memory().unwrap();
+        let after = resident_code_kib();
+        assert!(advised > 0, "no read-only mapping of the binary was found");
+        assert!(after < before / 2, "resident code {before} KiB before, {after} KiB after");
+    }
+}
