@@ -133,8 +133,8 @@ pub enum Event {
     FailUpdate,
     /// A step of a rollback failed; the operator has to decide.
     FailRollback,
-    /// The running workload exited, or a restarted one failed its health
-    /// check, and the restart policy allows another go.
+    /// The running workload exited, or a restarted one failed to start or
+    /// its health check, and the restart policy allows another go.
     Crashed,
     /// The running workload ended by itself with exit code 0 and its restart
     /// policy does not run it again: a finished job.
@@ -225,8 +225,8 @@ pub const TRANSITIONS: &[(&[State], Event, State)] = &[
     ),
     (&[S::Updating, S::Installing, S::Activating, S::HealthChecking], E::FailUpdate, S::RollingBack),
     (&[S::RollingBack, S::HealthChecking], E::FailRollback, S::RollbackFailed),
-    (&[S::Running, S::HealthChecking], E::Crashed, S::Activating),
-    (&[S::Running], E::Completed, S::Stopped),
+    (&[S::Running, S::Activating, S::HealthChecking], E::Crashed, S::Activating),
+    (&[S::Running, S::HealthChecking], E::Completed, S::Stopped),
 ];
 
 /// The ERA transition function.
@@ -296,6 +296,8 @@ mod tests {
         add(S::HealthChecking, E::FailRollback, S::RollbackFailed);
         add(S::Running, E::Crashed, S::Activating);
         add(S::HealthChecking, E::Crashed, S::Activating);
+        add(S::Activating, E::Crashed, S::Activating);
+        add(S::HealthChecking, E::Completed, S::Stopped);
         add(S::Running, E::Completed, S::Stopped);
         m
     }

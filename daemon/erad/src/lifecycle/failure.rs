@@ -19,17 +19,26 @@ pub(crate) struct FailedStep<'a> {
     pub auto_rollback: bool,
     /// Restarts so far and the spec's restart rule.
     pub restarts: u32,
+    /// The workload's exit code, when the step saw it end.
+    pub exit_code: Option<i32>,
     pub restart: &'a RestartSpec,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AfterFailure {
     /// An update failed: roll back to this revision (FailUpdate).
     RollBack { to: u64 },
-    /// A restarted workload failed its health check (it crashed again, or
-    /// never came up) and the policy allows another go: restart number `n`
-    /// after `backoff` (Crashed), counted as the monitor counts restarts.
+    /// A restarted workload failed to start or failed its health check (it
+    /// crashed again, or never became healthy) and the policy allows another
+    /// go: restart number `n` after `backoff` (Crashed), counted as the
+    /// monitor counts restarts. The workload is stopped first.
     Restart { n: u32, backoff: Duration },
+    /// A restarted job exited 0 and the policy does not run it again:
+    /// Stopped (Completed), as the monitor ends a finished job.
+    Finished,
+    /// A restart failed and the policy gives up: Failed, for this reason;
+    /// the workload and its logs stay for inspection.
+    GiveUp { why: String },
     /// A rollback failed: RollbackFailed, which only an operator leaves.
     RollbackFailed,
     /// Failed. `clean_up`: a first install failed, so what it made goes
@@ -38,7 +47,7 @@ pub(crate) enum AfterFailure {
 }
 
 pub(crate) fn after_failure(f: FailedStep<'_>) -> AfterFailure {
-    let FailedStep { operation, state, previous, auto_rollback, restarts, restart } = f;
+    let FailedStep { operation, state, previous, auto_rollback, restarts, exit_code, restart } = f;
     if operation == Operation::Update && auto_rollback && previous != 0 && transition(state, Event::FailUpdate).is_ok()
     {
         return AfterFailure::RollBack { to: previous };
@@ -47,11 +56,14 @@ pub(crate) fn after_failure(f: FailedStep<'_>) -> AfterFailure {
         return AfterFailure::RollbackFailed;
     }
     if operation == Operation::Restart && transition(state, Event::Crashed).is_ok() {
-        // No exit code is known here: it counts as a failure, as the
-        // monitor counts a workload that is gone without one.
-        if let AfterExit::Restart { n, backoff } = after_exit(restart.policy, None, restarts, restart.max_retries) {
-            return AfterFailure::Restart { n, backoff };
-        }
+        // Decided as the monitor decides a workload that ended: without an
+        // exit code it counts as a failure.
+        return match after_exit(restart.policy, exit_code, restarts, restart.max_retries) {
+            AfterExit::Restart { n, backoff } => AfterFailure::Restart { n, backoff },
+            AfterExit::Finished if transition(state, Event::Completed).is_ok() => AfterFailure::Finished,
+            AfterExit::Finished => AfterFailure::Fail { clean_up: false },
+            AfterExit::GiveUp { why } => AfterFailure::GiveUp { why },
+        };
     }
     AfterFailure::Fail { clean_up: operation == Operation::Install }
 }
@@ -65,7 +77,15 @@ mod tests {
 
     fn after(operation: Operation, state: State, previous: u64, auto_rollback: bool) -> AfterFailure {
         let restart = RestartSpec::default();
-        after_failure(FailedStep { operation, state, previous, auto_rollback, restarts: 0, restart: &restart })
+        after_failure(FailedStep {
+            operation,
+            state,
+            previous,
+            auto_rollback,
+            restarts: 0,
+            exit_code: None,
+            restart: &restart,
+        })
     }
 
     #[test]
@@ -102,10 +122,10 @@ mod tests {
     }
 
     #[test]
-    fn stop_delete_and_restart_failures_fail_without_cleanup() {
+    fn stop_and_delete_failures_fail_without_cleanup_and_a_failed_restart_start_is_another_restart() {
         assert_eq!(after(Stop, State::Stopping, 1, true), Fail { clean_up: false });
         assert_eq!(after(Delete, State::Uninstalling, 1, true), Fail { clean_up: false });
-        assert_eq!(after(Restart, State::Activating, 1, true), Fail { clean_up: false });
+        assert!(matches!(after(Restart, State::Activating, 1, true), AfterFailure::Restart { n: 1, .. }));
     }
 
     #[test]
@@ -118,12 +138,13 @@ mod tests {
                 previous: 0,
                 auto_rollback: true,
                 restarts,
+                exit_code: None,
                 restart: &restart,
             })
         };
         assert!(matches!(at(1), AfterFailure::Restart { n: 2, .. }), "{:?}", at(1));
         assert!(matches!(at(2), AfterFailure::Restart { n: 3, .. }), "{:?}", at(2));
-        assert_eq!(at(3), Fail { clean_up: false });
+        assert_eq!(at(3), GiveUp { why: "gave up after 3 restarts".into() });
         let never = RestartSpec { policy: RestartPolicy::Never, ..restart.clone() };
         let once = FailedStep {
             operation: Restart,
@@ -131,8 +152,11 @@ mod tests {
             previous: 0,
             auto_rollback: true,
             restarts: 0,
+            exit_code: Some(0),
             restart: &never,
         };
-        assert_eq!(after_failure(once), Fail { clean_up: false });
+        assert_eq!(after_failure(once), Finished);
+        let failed = FailedStep { exit_code: Some(2), ..once };
+        assert!(matches!(after_failure(failed), GiveUp { .. }), "{:?}", after_failure(failed));
     }
 }

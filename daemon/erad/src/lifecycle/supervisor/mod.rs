@@ -56,6 +56,9 @@ pub(crate) enum StepError {
     Trust(#[from] crate::trust::TrustError),
     #[error(transparent)]
     Prepare(#[from] crate::prepare::PrepareError),
+    /// The workload ended during the step (seen by the health check).
+    #[error("revision {revision} is not running: {message}")]
+    Exited { revision: u64, code: Option<i32>, message: String },
     #[error("a blocking task of the step: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("{0}")]

@@ -103,22 +103,50 @@ impl Supervisor {
             previous: rec.previous_revision,
             auto_rollback: spec.as_ref().is_none_or(|s| s.update.auto_rollback),
             restarts: rec.restarts,
+            exit_code: match &error {
+                StepError::Exited { code, .. } => *code,
+                _ => None,
+            },
             restart: &restart,
         };
         match after_failure(failed) {
             AfterFailure::Restart { n, backoff } => {
-                // The backoff can be cut short like the rest of the health
-                // check (a command during it is not kept waiting).
+                // A restart is a restart: a workload that still runs (it
+                // failed its probe, or never became healthy) is stopped
+                // first, or the start that follows would find it running and
+                // do nothing.
+                if let Ok(rev) = self.revision(rec.desired_revision).await
+                    && let Err(e) = self.stop_revision(&rev).await
+                {
+                    let cause = format!("revision {} could not be stopped to restart it: {e}", rec.desired_revision);
+                    let changes = Changes { health: Some("unhealthy".into()), ..Default::default() };
+                    self.commit(Event::Fail, rec.desired_revision, cause, changes).await?;
+                    return Ok(());
+                }
+                // The backoff can be cut short like the rest of the step (a
+                // command during it is not kept waiting).
                 self.cuttable.store(true, Ordering::SeqCst);
                 tracing::info!(backoff = ?backoff, "{message}: restarting after the backoff");
                 tokio::time::sleep(backoff).await;
                 self.cuttable.store(false, Ordering::SeqCst);
                 let cause = format!(
-                    "revision {} failed its health check after a restart ({message}); restart {n} of {}",
+                    "revision {} failed after a restart ({message}); restart {n} of {}",
                     rec.desired_revision, restart.max_retries
                 );
                 let changes = Changes { restarts: Some(n), ..Default::default() };
                 self.commit(Event::Crashed, rec.desired_revision, cause, changes).await?;
+            }
+            AfterFailure::Finished => {
+                let cause =
+                    format!("{message}: finished (restart policy {} does not run it again)", restart.policy.as_str());
+                let changes =
+                    Changes { operation: Some(Operation::Stop), health: Some("unknown".into()), ..Default::default() };
+                self.commit(Event::Completed, rec.desired_revision, cause, changes).await?;
+            }
+            AfterFailure::GiveUp { why } => {
+                // Kept for inspection, as the monitor keeps a crash loop's.
+                let changes = Changes { health: Some("unhealthy".into()), ..Default::default() };
+                self.commit(Event::Fail, rec.desired_revision, format!("{message}; {why}"), changes).await?;
             }
             AfterFailure::RollBack { to } => {
                 let cause = format!(
@@ -235,7 +263,7 @@ impl Supervisor {
             let verdict: Work<bool> = match self.status(&rev).await {
                 Err(e) => Err(e),
                 Ok(st) if !st.running => {
-                    return Err(format!("revision {revision} is not running: {}", st.message).into());
+                    return Err(StepError::Exited { revision, code: st.exit_code, message: st.message });
                 }
                 Ok(st) if st.health == Health::Unhealthy => {
                     Err(format!("the plugin reports revision {revision} unhealthy: {}", st.message).into())

@@ -32,8 +32,10 @@ struct World {
     running: BTreeSet<u64>,
     /// Starts that found nothing running (a real runtime's starts).
     real_starts: BTreeMap<u64, u32>,
-    /// Revisions whose workload exits with this code right after it starts.
+    /// The exit code a revision's ended workload reports.
     exits: HashMap<u64, i32>,
+    /// How many of a revision's next starts end at once (a crash loop).
+    crashing_starts: HashMap<u64, u32>,
     /// Revisions that report this health while running (default Healthy).
     health: HashMap<u64, Health>,
     /// Times two revisions were running at once.
@@ -108,7 +110,8 @@ impl Runtime for Scripted {
                 world.overlaps.push(now);
             }
             // A workload that exits at once is gone by the next status.
-            if world.exits.contains_key(&w.revision) {
+            if let Some(n) = world.crashing_starts.get_mut(&w.revision).filter(|n| **n > 0) {
+                *n -= 1;
                 world.running.remove(&w.revision);
             }
         }
@@ -374,6 +377,7 @@ async fn a_crash_loop_restarts_exactly_max_retries_times_then_fails_keeping_the_
     b.reach(State::Running).await;
     // From now on, each start exits at once with code 3.
     b.runtime.world().exits.insert(1, 3);
+    b.runtime.world().crashing_starts.insert(1, 100);
     b.runtime.world().running.clear();
     let rec = b.reach(State::Failed).await;
     assert_eq!(b.runtime.world().real_starts.get(&1), Some(&3), "the first start and exactly two restarts");
@@ -410,4 +414,52 @@ async fn stop_and_delete_cut_a_long_health_check_short() {
     b.reach(State::Deleted).await;
     assert!(b.runtime.world().objects.is_empty());
     assert!(!Path::new(&b.work_dir(1)).exists());
+}
+
+#[tokio::test]
+async fn a_restarted_workload_that_runs_but_fails_its_health_check_is_really_restarted() {
+    let b = Bench::new();
+    b.apply("  restart: {policy: on-failure, maxRetries: 2}\n  update: {deadline: 2s}\n").await;
+    b.reach(State::Running).await;
+    // It crashes once; every run after that comes up but is unhealthy.
+    {
+        let mut world = b.runtime.world();
+        world.health.insert(1, Health::Unhealthy);
+        world.exits.insert(1, 1);
+        world.running.clear();
+    }
+    let rec = b.reach(State::Failed).await;
+    // The first start and two restarts, each a real start: the second
+    // restart stopped the unhealthy run before starting it again.
+    assert_eq!(b.runtime.world().real_starts.get(&1), Some(&3), "{:?}", b.runtime.world().calls);
+    assert_eq!(rec.restarts, 2);
+    assert!(causes(&b).iter().any(|c| c.contains("gave up after 2 restarts")), "{:?}", causes(&b));
+    b.assert_never_two_running();
+}
+
+#[tokio::test]
+async fn a_restarted_job_that_exits_0_before_its_health_check_ends_stopped() {
+    let b = Bench::new();
+    b.apply("  restart: {policy: on-failure, maxRetries: 3}\n").await;
+    b.reach(State::Running).await;
+    {
+        // It fails once (code 1); the restarted run finishes at once with 0.
+        let mut world = b.runtime.world();
+        world.exits.insert(1, 1);
+        world.running.clear();
+    }
+    // The monitor saw it end and records it unhealthy before the restart's
+    // 250 ms backoff: the restarted run is set up then.
+    let until = Instant::now() + Duration::from_secs(20);
+    while b.record().health != "unhealthy" {
+        assert!(Instant::now() < until, "the monitor never saw it end");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    {
+        let mut world = b.runtime.world();
+        world.exits.insert(1, 0);
+        world.crashing_starts.insert(1, 1);
+    }
+    b.reach(State::Stopped).await;
+    assert_eq!(b.runtime.world().real_starts.get(&1), Some(&2), "not run a third time");
 }

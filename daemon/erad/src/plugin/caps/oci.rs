@@ -461,7 +461,13 @@ impl<'a> Oci<'a> {
         if self.runtime == "runc"
             && let Some((status, pid)) = runc_status(&self.root().join(&id))
         {
-            return Ok(Some(ContainerState { id, status: status.into(), pid, exit_code: exit_code() }));
+            let code = exit_code();
+            // era-shim writes the exit code just after it reaps the init:
+            // a stopped container without one yet is asked of runc, which
+            // takes long enough for the shim to finish (as before).
+            if status != "stopped" || code.is_some() {
+                return Ok(Some(ContainerState { id, status: status.into(), pid, exit_code: code }));
+            }
         }
         let ran = self.run(&["state", &id], COMMAND_TIMEOUT).await?;
         if !ran.ok() {
