@@ -289,6 +289,12 @@ async fn a_permanent_install_failure_is_not_retried_and_the_failed_first_install
     b.runtime.fail("install", 1, [Failure::InvalidConfig("no such image".into())]);
     b.apply("").await;
     b.reach(State::Failed).await;
+    // Failed is committed, then the cleanup runs.
+    let until = Instant::now() + Duration::from_secs(20);
+    while b.runtime.count("delete 1") == 0 || b.work_dir(1).exists() {
+        assert!(Instant::now() < until, "no cleanup: {:?}", b.runtime.world().calls);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(b.runtime.count("install 1"), 1);
     // Marked installed before the call, so the cleanup deletes whatever the
     // call may have left.
