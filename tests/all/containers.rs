@@ -306,7 +306,7 @@ fn the_shim_records_the_exit_code_and_reaps_the_container() {
 
 /// A `runc` that appends each call's arguments to `calls` and runs the real
 /// one, granted to the container plugin by its absolute path: the tests
-/// count the real `runc create` calls.
+/// count the real `runc create` and `runc run` calls.
 struct CountingRunc {
     _dir: tempfile::TempDir,
     config: String,
@@ -329,11 +329,12 @@ impl CountingRunc {
         CountingRunc { _dir: dir, config, calls }
     }
 
+    /// Containers made: `runc create` and `runc run` calls.
     fn creates(&self) -> usize {
         std::fs::read_to_string(&self.calls)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == "create"))
+            .filter(|l| l.split_whitespace().any(|w| w == "create" || w == "run"))
             .count()
     }
 }

@@ -1,8 +1,10 @@
 //! `era-shim`: what stays with a detached container after `runc create`
-//! returns, as containerd's shim and conmon do. The container plugin runs
+//! (or `runc run --detach`) returns, as containerd's shim and conmon do.
+//! erad runs
 //!
 //! ```text
 //! era-shim --exit-file EXIT --pid-file PID -- runc create --bundle B --pid-file PID ID
+//! era-shim --exit-file EXIT --pid-file PID -- runc run --detach --bundle B --pid-file PID ID
 //! ```
 //!
 //! The shim starts a copy of itself in a new session and returns the create
@@ -41,7 +43,9 @@ fn parse() -> Result<Args, String> {
     let command: Vec<String> = it.collect();
     match (exit_file, pid_file, command.is_empty()) {
         (Some(exit_file), Some(pid_file), false) => Ok(Args { exit_file, pid_file, serve, command }),
-        _ => Err("usage: era-shim --exit-file F --pid-file P -- RUNTIME create ... --pid-file P ID".into()),
+        _ => {
+            Err("usage: era-shim --exit-file F --pid-file P -- RUNTIME create|run --detach ... --pid-file P ID".into())
+        }
     }
 }
 

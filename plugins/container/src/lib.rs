@@ -236,17 +236,12 @@ impl Runtime for Container {
 
     fn start(_w: Workload, handle: String) -> Result<String, Error> {
         let h = Handle::parse(&handle);
-        match state(&h)?.map(|s| s.status) {
-            Some(s) if s == "running" => return Ok(handle),
-            Some(s) if s == "created" => {}
-            Some(_) => {
-                // Stopped (or half-made): make it afresh.
-                oci::delete(&h.runtime)?;
-                oci::create(&h.runtime)?;
-            }
-            None => oci::create(&h.runtime)?,
+        if state(&h)?.is_some_and(|s| s.status == "running") {
+            return Ok(handle);
         }
-        oci::start(&h.runtime)?;
+        // Create and start in one runtime process; the host starts one it
+        // finds created and makes a stopped (or half-made) one afresh.
+        oci::run(&h.runtime)?;
         log::info("started");
         Ok(h.text())
     }

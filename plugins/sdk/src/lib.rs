@@ -99,8 +99,8 @@ pub mod process {
 }
 
 /// OCI containers run by the host (needs the `oci` grant): write
-/// `bundle/config.json` in the work dir, then `create`, `start`, `state`,
-/// `kill`, `delete`, `exec` this revision's container.
+/// `bundle/config.json` in the work dir, then `run` (or `create` and
+/// `start`), `state`, `kill`, `delete`, `exec` this revision's container.
 pub mod oci {
     pub use crate::bindings::era::plugin::oci_runtime::*;
     use serde_json::{Value, json};
