@@ -15,6 +15,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("EXEC", "era_fixture_exec"),
     ("HOSTILE", "era_fixture_hostile"),
     ("HOSTILE_LXC", "era_fixture_hostile_lxc"),
+    ("HTTP", "era_fixture_http"),
     ("CONTAINER", "era_plugin_container"),
     ("LXC", "era_plugin_lxc"),
 ];

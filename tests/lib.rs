@@ -5,6 +5,9 @@
 #[path = "pki.rs"]
 pub mod pki;
 
+#[path = "httpd.rs"]
+pub mod httpd;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -21,6 +24,7 @@ pub mod plugin {
     pub const EXEC: &str = env!("ERA_PLUGIN_EXEC");
     pub const HOSTILE: &str = env!("ERA_PLUGIN_HOSTILE");
     pub const HOSTILE_LXC: &str = env!("ERA_PLUGIN_HOSTILE_LXC");
+    pub const HTTP: &str = env!("ERA_PLUGIN_HTTP");
     pub const CONTAINER: &str = env!("ERA_PLUGIN_CONTAINER");
     pub const LXC: &str = env!("ERA_PLUGIN_LXC");
 }

@@ -9,6 +9,7 @@ mod confinement;
 mod containers;
 mod daemon;
 mod hostile;
+mod http;
 mod inside;
 mod lifecycle;
 mod lxc;

@@ -324,7 +324,13 @@ impl DaemonConfig {
                     pinned: p
                         .sha256
                         .map(|d| format!("sha256:{}", d.trim_start_matches("sha256:").to_ascii_lowercase())),
-                    grants: p.grants,
+                    grants: {
+                        let mut g = p.grants;
+                        if let Some(h) = &mut g.http {
+                            h.absolutize(abs);
+                        }
+                        g
+                    },
                     memory_limit_mib: mib,
                     deadlines: p.deadlines.over(deadlines),
                 },
@@ -461,6 +467,18 @@ mod tests {
         assert!(c.trust[0].allow_unsigned && c.trust[0].patterns == ["**"]);
         assert_eq!(c.file_roots, [PathBuf::from("/tmp/x")], "file: artifacts from the dev dir");
         assert_eq!(c.api, ApiConfig::default(), "root and erad's own user only");
+    }
+
+    #[test]
+    fn http_grant_files_are_taken_from_the_configs_directory() {
+        let text = "version = 2\n[plugins.k]\npath = \"k.wasm\"\n[plugins.k.grants.http.endpoints.c]\nurl = \"https://k:6443\"\nca_file = \"ca.pem\"\ntoken_file = \"/abs/token\"\n";
+        let c = DaemonConfig::parse(text, "t", Path::new("/etc/era")).unwrap();
+        let e = &c.plugins["k"].grants.http.as_ref().unwrap().endpoints["c"];
+        assert_eq!(e.ca_file.as_deref(), Some(Path::new("/etc/era/ca.pem")));
+        assert_eq!(e.token_file.as_deref(), Some(Path::new("/abs/token")));
+        let bad = text.replace("https://k:6443", "http://k:6443");
+        let err = DaemonConfig::parse(&bad, "t", Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("plugins.k.grants.http.endpoints.c.url"), "{err}");
     }
 
     #[test]

@@ -347,3 +347,258 @@ pub fn wait_until<E>(within: std::time::Duration, mut done: impl FnMut() -> Resu
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// HTTP to the endpoints the operator granted (needs the `http` grant and
+/// this crate's `http` feature), over `wasi:http`. erad adds the endpoint's
+/// credential to every request and refuses anything not beneath a granted
+/// URL; the plugin never sees a token.
+#[cfg(feature = "http")]
+pub mod http {
+    use crate::Error;
+    pub use crate::bindings::era::plugin::http_endpoints::Endpoint;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{
+        ErrorCode, Fields, HeaderError, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+    };
+
+    /// Every endpoint granted to this plugin.
+    pub fn endpoints() -> Vec<Endpoint> {
+        crate::bindings::era::plugin::http_endpoints::granted()
+    }
+
+    /// The endpoint a spec names (`config.endpoint`), or the only one.
+    pub fn endpoint(name: Option<&str>) -> Result<Endpoint, Error> {
+        let all = endpoints();
+        let names = || all.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ");
+        match name {
+            Some(n) => all.iter().find(|e| e.name == n).cloned().ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "config.endpoint: {n:?} is not granted to this plugin (granted: {})",
+                    names()
+                ))
+            }),
+            None if all.len() == 1 => Ok(all[0].clone()),
+            None if all.is_empty() => Err(Error::InvalidConfig("no http endpoint is granted to this plugin".into())),
+            None => {
+                Err(Error::InvalidConfig(format!("config.endpoint: name one of the granted endpoints ({})", names())))
+            }
+        }
+    }
+
+    /// One request. `url` is absolute (an endpoint's `url` + a path).
+    #[derive(Debug, Clone, Default)]
+    pub struct Request {
+        pub method: String,
+        pub url: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        /// Asked of the host; it never waits longer than its own limits.
+        pub timeout: Option<Duration>,
+    }
+
+    impl Request {
+        pub fn new(method: &str, url: impl Into<String>) -> Request {
+            Request { method: method.into(), url: url.into(), ..Default::default() }
+        }
+
+        pub fn header(mut self, name: &str, value: impl Into<String>) -> Request {
+            self.headers.push((name.into(), value.into()));
+            self
+        }
+
+        pub fn json(mut self, body: &serde_json::Value) -> Request {
+            self.headers.push(("content-type".into(), "application/json".into()));
+            self.body = serde_json::to_vec(body).unwrap_or_default();
+            self
+        }
+
+        pub fn body(mut self, content_type: &str, body: impl Into<Vec<u8>>) -> Request {
+            self.headers.push(("content-type".into(), content_type.into()));
+            self.body = body.into();
+            self
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct Response {
+        pub status: u16,
+        pub headers: Vec<(String, Vec<u8>)>,
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        pub fn header(&self, name: &str) -> Option<String> {
+            let name = name.to_ascii_lowercase();
+            self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        }
+
+        pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+            serde_json::from_slice(&self.body).map_err(|e| {
+                Error::Failed(format!("the response (status {}) is not the JSON expected: {e}", self.status))
+            })
+        }
+
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    /// Why a request did not get a response.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum HttpError {
+        /// The host refused it: not beneath a granted endpoint.
+        Denied,
+        /// A header the plugin may not set (credentials are the host's).
+        Forbidden(String),
+        /// The URL or method is malformed.
+        Invalid(String),
+        /// No answer within the time allowed.
+        Timeout,
+        /// A body larger than the host allows.
+        TooLarge(String),
+        /// The endpoint could not be reached (refused, DNS, TLS).
+        Unreachable(String),
+        Other(String),
+    }
+
+    impl std::fmt::Display for HttpError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                HttpError::Denied => f.write_str("the host denied the request: it is not beneath a granted endpoint"),
+                HttpError::Forbidden(h) => write!(f, "the {h} header is the host's to set"),
+                HttpError::Invalid(m) => write!(f, "invalid request: {m}"),
+                HttpError::Timeout => f.write_str("no response in time"),
+                HttpError::TooLarge(m) => write!(f, "body too large: {m}"),
+                HttpError::Unreachable(m) => write!(f, "endpoint unreachable: {m}"),
+                HttpError::Other(m) => f.write_str(m),
+            }
+        }
+    }
+
+    /// How a failed request reads as a plugin error: a denial or a forbidden
+    /// header is the configuration's fault; a timeout or an unreachable
+    /// endpoint is worth retrying.
+    impl From<HttpError> for Error {
+        fn from(e: HttpError) -> Error {
+            match &e {
+                HttpError::Denied | HttpError::Forbidden(_) | HttpError::Invalid(_) => {
+                    Error::InvalidConfig(e.to_string())
+                }
+                HttpError::Timeout | HttpError::Unreachable(_) => Error::Unavailable(e.to_string()),
+                HttpError::TooLarge(_) | HttpError::Other(_) => Error::Failed(e.to_string()),
+            }
+        }
+    }
+
+    fn from_code(code: ErrorCode) -> HttpError {
+        match code {
+            ErrorCode::HttpRequestDenied => HttpError::Denied,
+            ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
+                HttpError::Timeout
+            }
+            ErrorCode::HttpRequestBodySize(n) => HttpError::TooLarge(format!("request body {n:?} bytes")),
+            ErrorCode::HttpResponseBodySize(n) => HttpError::TooLarge(format!("response body {n:?} bytes")),
+            c @ (ErrorCode::ConnectionRefused
+            | ErrorCode::DnsError(_)
+            | ErrorCode::DnsTimeout
+            | ErrorCode::DestinationNotFound
+            | ErrorCode::DestinationUnavailable
+            | ErrorCode::TlsCertificateError
+            | ErrorCode::TlsProtocolError
+            | ErrorCode::TlsAlertReceived(_)
+            | ErrorCode::ConnectionTerminated) => HttpError::Unreachable(format!("{c:?}")),
+            other => HttpError::Other(format!("{other:?}")),
+        }
+    }
+
+    fn method(m: &str) -> Method {
+        match m.to_ascii_uppercase().as_str() {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            "OPTIONS" => Method::Options,
+            other => Method::Other(other.to_string()),
+        }
+    }
+
+    /// Sends `req` and reads the whole response.
+    pub fn send(req: &Request) -> Result<Response, HttpError> {
+        let (scheme, rest) = req
+            .url
+            .split_once("://")
+            .ok_or_else(|| HttpError::Invalid(format!("{:?} is not an absolute URL", req.url)))?;
+        let scheme = match scheme {
+            "https" => Scheme::Https,
+            "http" => Scheme::Http,
+            other => return Err(HttpError::Invalid(format!("scheme {other:?}"))),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let mut fields = Vec::new();
+        for (k, v) in &req.headers {
+            fields.push((k.to_ascii_lowercase(), v.as_bytes().to_vec()));
+        }
+        if !req.body.is_empty() && !fields.iter().any(|(k, _)| k == "content-length") {
+            fields.push(("content-length".into(), req.body.len().to_string().into_bytes()));
+        }
+        let headers = Fields::from_list(&fields).map_err(|e| match e {
+            HeaderError::Forbidden => {
+                let guarded = ["authorization", "proxy-authorization", "cookie", "host"];
+                let which = fields.iter().map(|(k, _)| k.as_str()).find(|k| guarded.contains(k)).unwrap_or("a");
+                HttpError::Forbidden(which.to_string())
+            }
+            other => HttpError::Invalid(format!("headers: {other:?}")),
+        })?;
+        let request = OutgoingRequest::new(headers);
+        let invalid = |what: &str| HttpError::Invalid(format!("{what} of {:?}", req.url));
+        request.set_method(&method(&req.method)).map_err(|()| invalid("the method"))?;
+        request.set_scheme(Some(&scheme)).map_err(|()| invalid("the scheme"))?;
+        request.set_authority(Some(authority)).map_err(|()| invalid("the host"))?;
+        request.set_path_with_query(Some(path)).map_err(|()| invalid("the path"))?;
+        let options = req.timeout.map(|t| {
+            let o = RequestOptions::new();
+            let ns = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+            let _ = o.set_connect_timeout(Some(ns));
+            let _ = o.set_first_byte_timeout(Some(ns));
+            let _ = o.set_between_bytes_timeout(Some(ns));
+            o
+        });
+        let out = request.body().map_err(|()| HttpError::Other("the request body was taken".into()))?;
+        let pending = outgoing_handler::handle(request, options).map_err(from_code)?;
+        // A body the host refuses (too large) ends the write early: the
+        // response future then says why.
+        let wrote = match out.write() {
+            Ok(mut stream) if !req.body.is_empty() => stream.write_all(&req.body).map_err(|e| e.to_string()),
+            Ok(_) => Ok(()),
+            Err(()) => Err("the request body stream was taken".into()),
+        };
+        let finished = OutgoingBody::finish(out, None);
+        pending.subscribe().block();
+        let response = match pending.get() {
+            Some(Ok(Ok(r))) => r,
+            Some(Ok(Err(code))) => return Err(from_code(code)),
+            _ => return Err(HttpError::Other("no response".into())),
+        };
+        if let Err(e) = wrote {
+            return Err(HttpError::Other(format!("writing the request body: {e}")));
+        }
+        finished.map_err(from_code)?;
+        let status = response.status();
+        let headers = response.headers().entries();
+        let body = response.consume().map_err(|()| HttpError::Other("the response body was taken".into()))?;
+        let mut buf = Vec::new();
+        {
+            let mut stream = body.stream().map_err(|()| HttpError::Other("the response body stream".into()))?;
+            stream.read_to_end(&mut buf).map_err(|e| HttpError::Other(format!("reading the response: {e}")))?;
+        }
+        drop(IncomingBody::finish(body));
+        Ok(Response { status, headers, body: buf })
+    }
+}

@@ -32,6 +32,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -135,6 +136,8 @@ pub enum LoadError {
     UnknownImport { name: String, import: String },
     #[error("plugin {name}: imports {import}, which erad refuses: {reason}")]
     RefusedImport { name: String, import: String, reason: String },
+    #[error("plugin {name}: grants.{message}")]
+    Grant { name: String, message: String },
     #[error("plugin {name}: does not fit the era:plugin world: {message}")]
     Link { name: String, message: String },
     #[error("plugin {name}: info: {source}")]
@@ -169,11 +172,21 @@ pub struct HostState {
     pub(crate) scope: CallScope,
     pub(crate) grants: Arc<Grants>,
     pub(crate) runtimes: Arc<RuntimeHome>,
+    /// The granted endpoints, resolved at load (`None`: no `http` grant).
+    pub(crate) http: Option<Arc<caps::http::HttpEndpoints>>,
+    http_ctx: WasiHttpCtx,
+    http_hooks: caps::http::HttpHooks,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http_hooks }
     }
 }
 
@@ -233,6 +246,7 @@ pub struct LoadedPlugin {
     pub source: String,
     pub grants: Arc<Grants>,
     pre: PluginPre<HostState>,
+    http: Option<Arc<caps::http::HttpEndpoints>>,
     /// With pooling: one permit per instance slot.
     slots: Option<Arc<tokio::sync::Semaphore>>,
     runtimes: Arc<RuntimeHome>,
@@ -272,6 +286,8 @@ const CORE_PER_COMPONENT: u32 = 16;
 pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    /// `linker` plus `wasi:http`, for plugins granted `http` only.
+    linker_http: Arc<Linker<HostState>>,
     cache_dir: PathBuf,
     slots: Option<Arc<tokio::sync::Semaphore>>,
     runtimes: Arc<RuntimeHome>,
@@ -313,6 +329,9 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker_http = linker.clone();
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker_http)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
         std::fs::create_dir_all(cache_dir)
             .map_err(|e| LoadError::Engine(format!("compile cache {}: {e}", cache_dir.display())))?;
 
@@ -336,6 +355,7 @@ impl PluginHost {
         Ok(PluginHost {
             engine,
             linker: Arc::new(linker),
+            linker_http: Arc::new(linker_http),
             cache_dir: cache_dir.to_path_buf(),
             slots,
             runtimes: Arc::new(runtimes),
@@ -398,8 +418,16 @@ impl PluginHost {
             .await
             .map_err(|e| LoadError::Engine(e.to_string()))??;
         check_imports(name, &self.engine, &component, &cfg.grants)?;
-        let instance_pre = self
-            .linker
+        // Secrets and certificates are read now, once, and kept by the host.
+        let http = match &cfg.grants.http {
+            Some(g) => Some(Arc::new(
+                caps::http::HttpEndpoints::resolve(g)
+                    .map_err(|e| LoadError::Grant { name: name.into(), message: e.to_string() })?,
+            )),
+            None => None,
+        };
+        let linker = if http.is_some() { &self.linker_http } else { &self.linker };
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { name: name.into(), message: format!("{e:#}") })?;
         let pre = PluginPre::new(instance_pre)
@@ -411,6 +439,7 @@ impl PluginHost {
             source: cfg.reference.clone().unwrap_or_else(|| cfg.path.display().to_string()),
             grants: Arc::new(cfg.grants.clone()),
             pre,
+            http,
             slots: self.slots.clone(),
             runtimes: self.runtimes.clone(),
             memory_limit_mib: cfg.memory_limit_mib,
@@ -526,6 +555,14 @@ impl LoadedPlugin {
             },
             grants: self.grants.clone(),
             runtimes: self.runtimes.clone(),
+            http: self.http.clone(),
+            http_ctx: WasiHttpCtx::new(),
+            http_hooks: caps::http::HttpHooks::new(
+                self.http.clone(),
+                deadline,
+                self.name.as_str().into(),
+                ctx.deployment,
+            ),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);

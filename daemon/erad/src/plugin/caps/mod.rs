@@ -17,10 +17,13 @@
 //! | `process` | `era:plugin/process` | allowlisted programs, no `PATH`/loader env, output files beneath the work dir |
 //! | `oci` | `era:plugin/oci-runtime` | runc/crun under erad's own root, bundle checked against the policy |
 //! | `lxc` | `era:plugin/lxc` | lxc-* on erad's own lxcpath, config entries checked against the policy |
+//! | `http` | `wasi:http/outgoing-handler`, `wasi:http/types`, `era:plugin/http-endpoints` | requests only beneath the granted endpoints, credentials added by erad, bodies capped, deadlines |
 //!
 //! WASI filesystem access is every plugin's, limited to the call's work dir.
-//! There is no network grant: WASI sockets are refused at load.
+//! There are no sockets: WASI sockets are refused at load; remote APIs are
+//! reached through `http`.
 
+pub mod http;
 pub mod log;
 pub mod lxc;
 pub mod oci;
@@ -43,6 +46,8 @@ pub struct Grants {
     pub oci: Option<oci::OciGrant>,
     /// `lxc = { templates = [...], bridges = [...], ... }`: LXC containers.
     pub lxc: Option<lxc::LxcGrant>,
+    /// `http = { endpoints = { NAME = { url = ..., ... } } }`: requests to these.
+    pub http: Option<http::HttpGrant>,
 }
 
 /// A grant's data is wrong: names the key and says why.
@@ -79,6 +84,9 @@ impl Grants {
         if let Some(l) = &self.lxc {
             l.check()?;
         }
+        if let Some(h) = &self.http {
+            h.check()?;
+        }
         Ok(())
     }
 
@@ -97,6 +105,9 @@ impl Grants {
         if self.lxc.is_some() {
             v.push("lxc");
         }
+        if self.http.is_some() {
+            v.push("http");
+        }
         v
     }
 
@@ -106,6 +117,7 @@ impl Grants {
             Capability::Process => self.process.is_some(),
             Capability::Oci => self.oci.is_some(),
             Capability::Lxc => self.lxc.is_some(),
+            Capability::Http => self.http.is_some(),
         }
     }
 }
@@ -116,6 +128,7 @@ pub enum Capability {
     Process,
     Oci,
     Lxc,
+    Http,
 }
 
 impl Capability {
@@ -125,6 +138,7 @@ impl Capability {
             Capability::Process => "process",
             Capability::Oci => "oci",
             Capability::Lxc => "lxc",
+            Capability::Http => "http",
         }
     }
 }
@@ -150,6 +164,7 @@ pub fn required_grant(import: &str, grants: &Grants) -> Result<Option<Capability
         "era:plugin/process" => Capability::Process,
         "era:plugin/oci-runtime" => Capability::Oci,
         "era:plugin/lxc" => Capability::Lxc,
+        "era:plugin/http-endpoints" | "wasi:http/outgoing-handler" | "wasi:http/types" => Capability::Http,
         _ if ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"]
             .iter()
             .any(|p| iface.starts_with(p)) =>
@@ -158,7 +173,7 @@ pub fn required_grant(import: &str, grants: &Grants) -> Result<Option<Capability
         }
         _ if iface.starts_with("wasi:sockets/") => {
             return Err(ImportRefusal::Refused(
-                "erad grants plugins no sockets; runtimes reach containers through the oci and lxc capabilities",
+                "erad grants plugins no sockets; runtimes reach containers through the oci and lxc capabilities, and remote APIs through http",
             ));
         }
         _ => return Err(ImportRefusal::Unknown),
@@ -253,12 +268,21 @@ mod tests {
             process: Some(process::ProcessGrant { programs: vec!["sh".into()] }),
             oci: Some(toml::from_str("runtimes = [\"runc\"]").unwrap()),
             lxc: Some(toml::from_str("").unwrap()),
+            http: Some(toml::from_str("[endpoints.a]\nurl = \"http://127.0.0.1:1\"").unwrap()),
         };
         assert_eq!(required_grant("era:plugin/log@0.2.0", &all), Ok(Some(Capability::Log)));
         assert_eq!(required_grant("era:plugin/process@0.2.0", &all), Ok(Some(Capability::Process)));
         assert_eq!(required_grant("era:plugin/oci-runtime@0.2.0", &all), Ok(Some(Capability::Oci)));
         assert_eq!(required_grant("era:plugin/lxc@0.2.0", &all), Ok(Some(Capability::Lxc)));
         assert_eq!(required_grant("era:plugin/lxc@0.2.0", &none), Err(ImportRefusal::NotGranted(Capability::Lxc)));
+        assert_eq!(required_grant("wasi:http/outgoing-handler@0.2.12", &all), Ok(Some(Capability::Http)));
+        assert_eq!(required_grant("wasi:http/types@0.2.0", &all), Ok(Some(Capability::Http)));
+        assert_eq!(required_grant("era:plugin/http-endpoints@0.2.0", &all), Ok(Some(Capability::Http)));
+        assert_eq!(
+            required_grant("wasi:http/outgoing-handler@0.2.12", &none),
+            Err(ImportRefusal::NotGranted(Capability::Http))
+        );
+        assert_eq!(required_grant("wasi:http/incoming-handler@0.2.12", &all), Err(ImportRefusal::Unknown));
         assert_eq!(required_grant("wasi:filesystem/types@0.2.6", &none), Ok(None));
         assert!(matches!(required_grant("wasi:sockets/tcp@0.2.0", &all), Err(ImportRefusal::Refused(_))));
         assert_eq!(required_grant("acme:evil/backdoor", &all), Err(ImportRefusal::Unknown));
