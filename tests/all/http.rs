@@ -17,6 +17,7 @@ fn handler(req: &era_tests::httpd::Request) -> Response {
         // Names only: a server that echoed the credential back would hand it
         // to the plugin, which the host cannot prevent.
         "echo" => Response::json(200, &json!(req.headers.iter().map(|(k, _)| k).collect::<Vec<_>>())),
+        "redirect" => Response::text(302, "elsewhere").header("location", "http://127.0.0.1:1/stolen"),
         "big" => Response::new(200, "application/octet-stream", vec![b'b'; 2 << 20]),
         "slow" => {
             let mut r = Response::text(200, "late");
@@ -113,6 +114,7 @@ fn only_granted_urls_go_out_and_they_carry_the_hosts_credential() {
         {"method": "POST", "url": "{endpoint:api}/ok", "bodyBytes": 4096},
         {"url": "{endpoint:api}/slow"},
         {"url": "{endpoint:kube}/ok"},
+        {"url": "{endpoint:api}/redirect"},
     ]);
     let out = run(&erad, "probe", requests);
     assert_eq!(
@@ -142,15 +144,17 @@ fn only_granted_urls_go_out_and_they_carry_the_hosts_credential() {
     assert!(error_of(&r[12]).starts_with("TooLarge"), "a 4 KiB request body over the 1 KiB cap: {}", r[12]);
     assert_eq!(error_of(&r[13]), "Timeout", "{}", r[13]);
     assert_eq!(r[14]["status"], 200, "{}", r[14]);
+    assert_eq!(r[15]["status"], 302, "a redirect is the plugin's to see, not followed: {}", r[15]);
 
     // What reached the servers: the granted requests only, each with the
     // host's credential and never the plugin's.
     let seen = server.requests();
     let paths: Vec<&str> = seen.iter().map(|q| q.target.as_str()).collect();
-    assert_eq!(paths, ["/api/ok", "/api/echo", "/api/big", "/api/slow", "/kube/ok"], "{seen:?}");
-    for q in &seen[..4] {
+    assert_eq!(paths, ["/api/ok", "/api/echo", "/api/big", "/api/slow", "/kube/ok", "/api/redirect"], "{seen:?}");
+    for q in seen.iter().filter(|q| q.target.starts_with("/api/")) {
         assert_eq!(q.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()), "{q:?}");
         assert_eq!(q.header("cookie"), None);
+        assert_eq!(q.header("host"), Some(format!("127.0.0.1:{}", server.addr.port()).as_str()));
     }
     assert_eq!(seen[4].header("authorization"), Some(format!("Bearer kube-{TOKEN}").as_str()), "from the kubeconfig");
     assert!(decoy.requests().is_empty(), "nothing reached a server that was not granted");
