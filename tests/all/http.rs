@@ -17,6 +17,7 @@ fn handler(req: &era_tests::httpd::Request) -> Response {
         // Names only: a server that echoed the credential back would hand it
         // to the plugin, which the host cannot prevent.
         "echo" => Response::json(200, &json!(req.headers.iter().map(|(k, _)| k).collect::<Vec<_>>())),
+        "cookie" => Response::text(200, "here").header("set-cookie", format!("session=s-{TOKEN}").as_str()),
         "redirect" => Response::text(302, "elsewhere").header("location", "http://127.0.0.1:1/stolen"),
         "big" => Response::new(200, "application/octet-stream", vec![b'b'; 2 << 20]),
         "slow" => {
@@ -115,6 +116,10 @@ fn only_granted_urls_go_out_and_they_carry_the_hosts_credential() {
         {"url": "{endpoint:api}/slow"},
         {"url": "{endpoint:kube}/ok"},
         {"url": "{endpoint:api}/redirect"},
+        {"method": "TRACE", "url": "{endpoint:api}/ok"},
+        {"url": "{endpoint:api}/cookie"},
+        {"url": "{endpoint:api}/ok", "headers": [["impersonate-user", "system:admin"]]},
+        {"url": "{endpoint:api}/..;/admin/ok"},
     ]);
     let out = run(&erad, "probe", requests);
     assert_eq!(
@@ -145,12 +150,25 @@ fn only_granted_urls_go_out_and_they_carry_the_hosts_credential() {
     assert_eq!(error_of(&r[13]), "Timeout", "{}", r[13]);
     assert_eq!(r[14]["status"], 200, "{}", r[14]);
     assert_eq!(r[15]["status"], 302, "a redirect is the plugin's to see, not followed: {}", r[15]);
+    assert_eq!(error_of(&r[16]), "Denied", "TRACE would echo the credential back: {}", r[16]);
+    assert_eq!(r[17]["status"], 200);
+    assert!(
+        !r[17]["headers"].as_array().unwrap().iter().any(|h| h == "set-cookie"),
+        "a session cookie is a credential: {}",
+        r[17]
+    );
+    assert!(error_of(&r[18]).starts_with("Forbidden"), "impersonation is the host's to refuse: {}", r[18]);
+    assert_eq!(error_of(&r[19]), "Denied", "..; is .. to some servers: {}", r[19]);
 
     // What reached the servers: the granted requests only, each with the
     // host's credential and never the plugin's.
     let seen = server.requests();
     let paths: Vec<&str> = seen.iter().map(|q| q.target.as_str()).collect();
-    assert_eq!(paths, ["/api/ok", "/api/echo", "/api/big", "/api/slow", "/kube/ok", "/api/redirect"], "{seen:?}");
+    assert_eq!(
+        paths,
+        ["/api/ok", "/api/echo", "/api/big", "/api/slow", "/kube/ok", "/api/redirect", "/api/cookie"],
+        "{seen:?}"
+    );
     for q in seen.iter().filter(|q| q.target.starts_with("/api/")) {
         assert_eq!(q.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()), "{q:?}");
         assert_eq!(q.header("cookie"), None);

@@ -40,6 +40,12 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How much of a plugin's stderr (panic messages) is kept for error reports.
 const STDERR_CAPTURE: usize = 64 * 1024;
 
+/// Resources (open files, streams, HTTP requests...) one call may hold.
+const MAX_RESOURCES: usize = 10_000;
+
+/// The headers of one HTTP request or response a plugin builds, in memory.
+const HTTP_FIELDS_LIMIT: usize = 32 * 1024;
+
 /// The lifecycle operations of the `runtime` interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -541,7 +547,12 @@ impl LoadedPlugin {
             .build();
         let state = HostState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table: {
+                // Handles (files, streams, requests) one call may hold.
+                let mut t = ResourceTable::new();
+                t.set_max_capacity(MAX_RESOURCES);
+                t
+            },
             limits,
             plugin: self.name.as_str().into(),
             scope: CallScope {
@@ -556,7 +567,11 @@ impl LoadedPlugin {
             grants: self.grants.clone(),
             runtimes: self.runtimes.clone(),
             http: self.http.clone(),
-            http_ctx: WasiHttpCtx::new(),
+            http_ctx: {
+                let mut c = WasiHttpCtx::new();
+                c.set_field_size_limit(HTTP_FIELDS_LIMIT);
+                c
+            },
             http_hooks: caps::http::HttpHooks::new(
                 self.http.clone(),
                 deadline,

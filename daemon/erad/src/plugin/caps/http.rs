@@ -49,11 +49,46 @@ const MAX_BODY: u64 = 1 << 30;
 const MAX_FILE: u64 = 1 << 20;
 /// Response headers, in all.
 const MAX_RESPONSE_HEADERS: usize = 64 * 1024;
+/// Requests one plugin call may have open at once; more get
+/// `connection-limit-reached` at once (each holds a socket and up to its
+/// endpoint's body caps in erad's memory).
+pub const MAX_IN_FLIGHT_PER_CALL: usize = 16;
+/// Requests all plugins together may have open at once.
+const MAX_IN_FLIGHT: usize = 256;
+/// Refusals of one call logged at warn; the rest are counted at the end.
+const LOGGED_DENIALS: u32 = 5;
+/// The methods a request may use: what REST APIs need. TRACE would echo the
+/// request, credential and all, back to the plugin.
+const METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::PATCH,
+    http::Method::DELETE,
+    http::Method::OPTIONS,
+];
+
+fn daemon_slots() -> Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT))).clone()
+}
 
 /// Headers only erad sets: the plugin may not, and a response's are not
-/// shown to it.
+/// shown to it (a session cookie the server hands out is a credential
+/// too). Also refused: headers that make a server act as someone else or
+/// run another method (Kubernetes' impersonation, front-proxy identity,
+/// method overrides).
 fn is_credential(name: &HeaderName) -> bool {
-    *name == AUTHORIZATION || *name == PROXY_AUTHORIZATION || *name == COOKIE
+    let n = name.as_str();
+    *name == AUTHORIZATION
+        || *name == PROXY_AUTHORIZATION
+        || *name == COOKIE
+        || *name == http::header::SET_COOKIE
+        || n.starts_with("impersonate-")
+        || n.starts_with("x-remote-")
+        || n.starts_with("x-http-method")
+        || n == "x-method-override"
 }
 
 /// `http = { endpoints = { NAME = { ... } } }`.
@@ -233,6 +268,9 @@ impl Base {
         if uri.query().is_some() || url.contains('#') {
             return Err(format!("{url:?}: a base URL has no query or fragment"));
         }
+        if explicit_port(authority).is_err() {
+            return Err(format!("{url:?}: the port is not a number from 1 to 65535"));
+        }
         let host = authority.host().to_ascii_lowercase();
         if !https && !is_loopback(&host) {
             return Err(format!("{url:?}: plain http only to a loopback address; use https"));
@@ -259,7 +297,8 @@ impl Base {
         if authority.as_str().contains('@') || https != self.https {
             return false;
         }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let Ok(port) = explicit_port(authority) else { return false };
+        let port = port.unwrap_or(if https { 443 } else { 80 });
         if !authority.host().eq_ignore_ascii_case(&self.host) || port != self.port {
             return false;
         }
@@ -268,6 +307,20 @@ impl Base {
             return false;
         }
         self.prefix.is_empty() || path == self.prefix || path.starts_with(&format!("{}/", self.prefix))
+    }
+}
+
+/// The port an authority names, if any; an error for one that is not
+/// 1 to 65535 (which `http` would otherwise read as no port at all).
+fn explicit_port(authority: &http::uri::Authority) -> Result<Option<u16>, ()> {
+    let rest = authority.as_str().get(authority.host().len()..).unwrap_or("");
+    match rest.strip_prefix(':') {
+        None if rest.is_empty() => Ok(None),
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(()),
+            Ok(n) => Ok(Some(n)),
+        },
+        _ => Err(()),
     }
 }
 
@@ -284,8 +337,12 @@ fn check_path(path: &str) -> Result<(), String> {
         return Err("a backslash in the path".into());
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
-        return Err("a percent-encoded dot, slash, backslash or NUL in the path".into());
+    if ["%2e", "%2f", "%5c", "%00", "%25"].iter().any(|e| lower.contains(e)) {
+        return Err("a percent-encoded dot, slash, backslash, NUL or percent sign in the path".into());
+    }
+    if path.contains(';') {
+        // `..;/` is `../` to Tomcat and Spring.
+        return Err("a ';' in the path".into());
     }
     if path.split('/').any(|s| s == "." || s == "..") {
         return Err("a '.' or '..' segment in the path".into());
@@ -390,8 +447,10 @@ impl HttpEndpoints {
         Ok(HttpEndpoints { endpoints })
     }
 
+    /// The endpoint a request is for: of those covering it, the one with
+    /// the longest prefix.
     fn covering(&self, uri: &http::Uri) -> Option<&Endpoint> {
-        self.endpoints.iter().find(|e| e.base.covers(uri))
+        self.endpoints.iter().filter(|e| e.base.covers(uri)).max_by_key(|e| e.base.prefix.len())
     }
 }
 
@@ -625,7 +684,13 @@ mod kubeconfig {
     pub(super) fn resolve(path: &Path, context: Option<&str>) -> Result<(Base, Roots, Option<Secret>, Client), String> {
         let at = |m: String| format!("kubeconfig {}: {m}", path.display());
         let text = read_small(path).map_err(&at)?;
-        let config: Config = serde_yaml_ng::from_slice(&text).map_err(|e| at(format!("not a kubeconfig: {e}")))?;
+        // serde's message may quote a value from the file (a token): only where.
+        let config: Config = serde_yaml_ng::from_slice(&text).map_err(|e| {
+            at(match e.location() {
+                Some(l) => format!("not a kubeconfig (at line {}, column {})", l.line(), l.column()),
+                None => "not a kubeconfig".into(),
+            })
+        })?;
         let dir = path.parent().unwrap_or(Path::new("/"));
         let file = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
         let data = |what: &str, b64: &str| {
@@ -715,11 +780,35 @@ pub struct HttpHooks {
     deadline: Instant,
     plugin: Arc<str>,
     deployment: String,
+    /// This call's share of requests in flight.
+    slots: Arc<tokio::sync::Semaphore>,
+    denied: u32,
 }
 
 impl HttpHooks {
     pub fn new(endpoints: Option<Arc<HttpEndpoints>>, deadline: Duration, plugin: Arc<str>, deployment: &str) -> Self {
-        HttpHooks { endpoints, deadline: Instant::now() + deadline, plugin, deployment: deployment.to_string() }
+        HttpHooks {
+            endpoints,
+            deadline: Instant::now() + deadline,
+            plugin,
+            deployment: deployment.to_string(),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_CALL)),
+            denied: 0,
+        }
+    }
+}
+
+impl Drop for HttpHooks {
+    fn drop(&mut self) {
+        if self.denied > LOGGED_DENIALS {
+            tracing::warn!(
+                plugin = &*self.plugin,
+                deployment = self.deployment,
+                denied = self.denied,
+                "http requests denied in this call ({} logged one by one)",
+                LOGGED_DENIALS
+            );
+        }
     }
 }
 
@@ -747,8 +836,16 @@ impl WasiHttpHooks for HttpHooks {
     ) -> SendFuture {
         let (endpoints, deadline) = (self.endpoints.clone(), self.deadline);
         let (plugin, deployment) = (self.plugin.clone(), self.deployment.clone());
+        let uri = request.uri().clone();
+        let covered = endpoints.as_deref().is_some_and(|e| e.covering(&uri).is_some());
+        let allowed = covered && METHODS.contains(request.method());
+        if !allowed {
+            self.denied += 1;
+        }
+        let log_denial = self.denied <= LOGGED_DENIALS;
+        // Both taken now, held until the exchange ends.
+        let slots = (self.slots.clone().try_acquire_owned(), daemon_slots().try_acquire_owned());
         Box::new(async move {
-            let uri = request.uri().clone();
             // Logged without the query, which may carry what the plugin was given.
             let shown = format!(
                 "{} {}://{}{}",
@@ -757,14 +854,28 @@ impl WasiHttpHooks for HttpHooks {
                 uri.authority().map(|a| a.as_str()).unwrap_or(""),
                 uri.path()
             );
-            let Some(endpoint) = endpoints.as_deref().and_then(|e| e.covering(&uri)) else {
+            let endpoint = match endpoints.as_deref().and_then(|e| e.covering(&uri)) {
+                Some(e) if allowed => e,
+                found => {
+                    if log_denial {
+                        let why = if found.is_some() {
+                            "the method is not allowed"
+                        } else {
+                            "not beneath a granted endpoint"
+                        };
+                        tracing::warn!(plugin = &*plugin, deployment, request = shown, "http request denied: {why}");
+                    }
+                    return Err(HttpError::HttpRequestDenied);
+                }
+            };
+            let (Ok(_call_slot), Ok(_daemon_slot)) = slots else {
                 tracing::warn!(
                     plugin = &*plugin,
                     deployment,
                     request = shown,
-                    "http request denied: not beneath a granted endpoint"
+                    "http request refused: too many in flight"
                 );
-                return Err(HttpError::HttpRequestDenied);
+                return Err(HttpError::ConnectionLimitReached);
             };
             let left = deadline.saturating_duration_since(Instant::now());
             let budget = endpoint.timeout.min(left);
@@ -882,8 +993,10 @@ async fn send(
     let _conn = wasmtime_wasi::runtime::spawn(async move {
         let _ = conn.await;
     });
+    let head = request.method() == http::Method::HEAD;
     let response = sender.send_request(request).await.map_err(hyper_error)?;
-    if let Some(n) = content_length(response.headers()).filter(|n| *n > endpoint.max_response) {
+    let bodiless = head || matches!(response.status().as_u16(), 204 | 304);
+    if let Some(n) = content_length(response.headers()).filter(|n| *n > endpoint.max_response && !bodiless) {
         return Err(HttpError::HttpResponseBodySize(Some(n)));
     }
     let (parts, body) = response.into_parts();
@@ -998,11 +1111,104 @@ mod tests {
         ] {
             assert!(!covers(no), "{no} must not be covered");
         }
+        for odd in ["https://h:80066", "https://h:0", "https://h:abc"] {
+            assert!(Base::parse(odd).is_err(), "{odd}");
+        }
+        for no in ["https://api.example:8443/api2/json/..;/admin", "https://api.example:8443/api2/json/%252e%252e/x"] {
+            assert!(!covers(no), "{no} must not be covered");
+        }
         let root = Base::parse("https://h").unwrap();
         assert!(root.covers(&"https://h/anything".parse().unwrap()));
         assert!(root.covers(&"https://h:443/".parse().unwrap()));
         let v6 = Base::parse("http://[::1]:9000").unwrap();
         assert!(v6.covers(&"http://[::1]:9000/x".parse().unwrap()));
+    }
+
+    fn endpoint_at(name: &str, url: &str) -> Endpoint {
+        resolve_one(name, &EndpointGrant { url: Some(url.into()), ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn the_most_specific_endpoint_takes_a_request() {
+        let e = HttpEndpoints {
+            endpoints: vec![endpoint_at("a", "http://127.0.0.1:9"), endpoint_at("b", "http://127.0.0.1:9/api/v1")],
+        };
+        let pick = |u: &str| e.covering(&u.parse().unwrap()).map(|e| e.name.clone());
+        assert_eq!(pick("http://127.0.0.1:9/api/v1/x").as_deref(), Some("b"));
+        assert_eq!(pick("http://127.0.0.1:9/api/v2").as_deref(), Some("a"));
+    }
+
+    fn request(method: &str, url: &str) -> http::Request<WasiBody> {
+        let body: WasiBody = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync();
+        http::Request::builder().method(method).uri(url).body(body).unwrap()
+    }
+
+    fn hooks_for(url: &str) -> HttpHooks {
+        let e = HttpEndpoints { endpoints: vec![endpoint_at("a", url)] };
+        HttpHooks::new(Some(Arc::new(e)), Duration::from_secs(5), "t".into(), "d")
+    }
+
+    #[tokio::test]
+    async fn one_call_has_at_most_so_many_requests_in_flight() {
+        // A server that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let mut hooks = hooks_for(&url);
+        let mut pending = Vec::new();
+        for _ in 0..MAX_IN_FLIGHT_PER_CALL {
+            let f = Box::into_pin(hooks.send_request(
+                request("GET", &format!("{url}/slow")),
+                None,
+                Box::new(async { Ok(()) }),
+            ));
+            pending.push(tokio::spawn(f));
+        }
+        let one_more =
+            Box::into_pin(hooks.send_request(request("GET", &format!("{url}/x")), None, Box::new(async { Ok(()) })));
+        let r = tokio::time::timeout(Duration::from_secs(2), one_more).await.expect("refused at once, not queued");
+        assert!(matches!(r, Err(HttpError::ConnectionLimitReached)), "{:?}", r.err());
+        for p in pending {
+            p.abort();
+        }
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn only_rest_methods_go_out() {
+        let mut hooks = hooks_for("http://127.0.0.1:9");
+        for m in ["TRACE", "CONNECT", "TRACK", "PROPFIND"] {
+            let f =
+                Box::into_pin(hooks.send_request(request(m, "http://127.0.0.1:9/x"), None, Box::new(async { Ok(()) })));
+            assert!(matches!(f.await, Err(HttpError::HttpRequestDenied)), "{m}");
+        }
+        for h in [
+            "authorization",
+            "cookie",
+            "set-cookie",
+            "proxy-authorization",
+            "impersonate-user",
+            "x-remote-user",
+            "x-http-method-override",
+        ] {
+            assert!(hooks.is_forbidden_header(&HeaderName::from_static(h)), "{h}");
+        }
+        assert!(!hooks.is_forbidden_header(&HeaderName::from_static("content-type")));
+    }
+
+    #[test]
+    fn a_malformed_kubeconfig_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("config");
+        std::fs::write(&kc, "current-context: [\"tok-3f9a-secret\"\nclusters: 7\n").unwrap();
+        let g: HttpGrant = toml::from_str(&format!("[endpoints.k]\nkubeconfig = \"{}\"", kc.display())).unwrap();
+        let err = HttpEndpoints::resolve(&g).unwrap_err().to_string();
+        assert!(err.contains("not a kubeconfig") && !err.contains("tok-3f9a"), "{err}");
     }
 
     #[test]
