@@ -18,12 +18,21 @@ const PLUGINS: &[(&str, &str)] = &[
     ("HTTP", "era_fixture_http"),
     ("CONTAINER", "era_plugin_container"),
     ("LXC", "era_plugin_lxc"),
+    ("KUBERNETES", "era_plugin_kubernetes"),
 ];
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
     let plugins = root.join("plugins");
-    for dir in ["plugins/sdk", "plugins/fixtures", "plugins/container", "plugins/lxc", "plugins/Cargo.toml", "wit"] {
+    for dir in [
+        "plugins/sdk",
+        "plugins/fixtures",
+        "plugins/container",
+        "plugins/lxc",
+        "plugins/kubernetes",
+        "plugins/Cargo.toml",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     // Keep the plugins' build next to the main one (a persistent target dir

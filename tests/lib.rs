@@ -8,6 +8,9 @@ pub mod pki;
 #[path = "httpd.rs"]
 pub mod httpd;
 
+#[path = "k8s.rs"]
+pub mod k8s;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -27,6 +30,7 @@ pub mod plugin {
     pub const HTTP: &str = env!("ERA_PLUGIN_HTTP");
     pub const CONTAINER: &str = env!("ERA_PLUGIN_CONTAINER");
     pub const LXC: &str = env!("ERA_PLUGIN_LXC");
+    pub const KUBERNETES: &str = env!("ERA_PLUGIN_KUBERNETES");
 }
 
 /// The workspace's binaries, next to the test executable's `deps/` dir.

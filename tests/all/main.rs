@@ -11,6 +11,7 @@ mod daemon;
 mod hostile;
 mod http;
 mod inside;
+mod kubernetes;
 mod lifecycle;
 mod lxc;
 mod oci;

@@ -37,9 +37,15 @@ impl Supervisor {
     }
 
     /// A call's context on an installed revision: its work dir is the
-    /// plugin's view of the host.
+    /// plugin's view of the host, made again (empty, private) if a crash or
+    /// a cleanup took it, so stop and delete can still run.
     pub(super) fn ctx<'a>(&'a self, rev: &'a RevisionRecord) -> CallContext<'a> {
-        CallContext { deployment: &self.name, work_dir: Path::new(&rev.work_dir), revision: Some(rev.revision) }
+        let dir = Path::new(&rev.work_dir);
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+        }
+        CallContext { deployment: &self.name, work_dir: dir, revision: Some(rev.revision) }
     }
 
     pub(super) async fn status(&self, rev: &RevisionRecord) -> Work<crate::plugin::WorkloadStatus> {
@@ -78,9 +84,6 @@ impl Supervisor {
     pub(super) async fn delete_revision(&self, rev: &RevisionRecord) -> Work<()> {
         let (plugin, workload, handle) = self.call_parts(rev)?;
         let ctx = self.ctx(rev);
-        // The work dir is the plugin's only view of the host; recreate it if a
-        // crash took it, so delete can run.
-        let _ = std::fs::create_dir_all(&rev.work_dir);
         match retry(|| plugin.delete(&ctx, &workload, &handle)).await {
             Ok(()) | Err(CallError { failure: Failure::NotFound(_), .. }) => {}
             Err(e) => return Err(e.into()),
@@ -90,12 +93,17 @@ impl Supervisor {
     }
 
     /// Best effort, for cleanup paths: stop and delete, logging what fails.
-    pub(super) async fn remove_runtime_object(&self, rev: &RevisionRecord) {
+    /// Whether the object is gone (the revision no longer installed).
+    pub(super) async fn remove_runtime_object(&self, rev: &RevisionRecord) -> bool {
         if let Err(e) = self.stop_revision(rev).await {
             tracing::warn!(deployment = self.name, revision = rev.revision, "cleanup: {e}");
         }
-        if let Err(e) = self.delete_revision(rev).await {
-            tracing::warn!(deployment = self.name, revision = rev.revision, "cleanup: {e}");
+        match self.delete_revision(rev).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(deployment = self.name, revision = rev.revision, "cleanup: {e}");
+                false
+            }
         }
     }
 }

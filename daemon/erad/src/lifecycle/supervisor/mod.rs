@@ -87,6 +87,9 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
     // not cut short: each takes effect at the next preemptible or settled
     // state, in the order they came.
     let mut held = std::collections::VecDeque::new();
+    // The span's revision field, recorded when it changes (the fmt layer
+    // appends every record to the span's fields).
+    let mut shown_revision = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -99,7 +102,10 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
                 continue;
             }
         };
-        tracing::Span::current().record("revision", rec.desired_revision);
+        if shown_revision != Some(rec.desired_revision) {
+            tracing::Span::current().record("revision", rec.desired_revision);
+            shown_revision = Some(rec.desired_revision);
+        }
         if !held.is_empty() && (!needs_work(rec.state) || rec.state.is_preemptible()) {
             if let Some(cmd) = held.pop_front() {
                 sup.handle(cmd, &rec).await;

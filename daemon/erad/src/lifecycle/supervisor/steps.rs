@@ -183,7 +183,7 @@ impl Supervisor {
     pub(super) async fn clean_up_failed_install(&self, rec: &DeploymentRecord) {
         let Ok(revisions) = self.db(|s, n| s.revisions(n)).await else { return };
         for rev in revisions.iter().filter(|r| r.installed) {
-            self.remove_runtime_object(rev).await;
+            let _ = self.remove_runtime_object(rev).await;
         }
         for rev in &revisions {
             if let Err(e) = self.shared.layout.remove_revision(&self.name, rev.revision) {
@@ -375,8 +375,11 @@ impl Supervisor {
     pub(super) async fn retire_other_revisions(&self, current: u64) {
         let Ok(revisions) = self.db(|s, n| s.revisions(n)).await else { return };
         for rev in revisions.iter().filter(|r| r.revision != current) {
-            if rev.installed {
-                self.remove_runtime_object(rev).await;
+            // A revision whose object could not be removed keeps its work
+            // dir and stays installed: the next update, rollback or delete
+            // stops and removes it.
+            if rev.installed && !self.remove_runtime_object(rev).await {
+                continue;
             }
             if let Err(e) = self.shared.layout.remove_revision(&self.name, rev.revision) {
                 tracing::warn!(deployment = self.name, "{e}");

@@ -1,0 +1,409 @@
+//! `kubernetes`: each revision as a Kubernetes Deployment, through the API
+//! server of an endpoint the operator granted (`grants.http`). erad holds
+//! the credential and adds it to every request; this plugin never sees it.
+//!
+//! - `install`: server-side apply (`application/apply-patch+yaml`,
+//!   `fieldManager=era`, `fieldValidation=Strict`, `force` only with
+//!   `config.force`) of `NAME-REV` with 0 replicas, image by the digest erad
+//!   verified, never the tag; the namespace first with
+//!   `config.createNamespace`.
+//! - `start`: the same apply with `config.replicas` (default 1). `stop`: with
+//!   0 (the Deployment, its namespace and everything else stay).
+//! - `status`: the Deployment's rollout as kstatus computes it: the
+//!   controller caught up with the generation, the updated and available
+//!   replicas at the desired count; `Progressing` with
+//!   `ProgressDeadlineExceeded` is unhealthy, with its message.
+//! - `delete`: `propagationPolicy=Foreground`, and waits until it is gone; a
+//!   404 is success.
+//!
+//! Errors as Kubernetes clients read them: 401/403 and a 409 apply conflict
+//! (naming the other field manager) are configuration problems; 404 is
+//! not-found; 429 and 5xx are `unavailable`, which erad retries with backoff.
+//!
+//! Config keys (anything else is refused by `validate`): `endpoint` (a
+//! granted endpoint's name; default the only one), `namespace` (default
+//! `default`), `createNamespace`, `replicas`, `resources` (a container's
+//! `resources`, as Kubernetes takes it), `force`.
+
+use era_plugin_sdk::http::{self, Request, Response};
+use era_plugin_sdk::{ArtifactKind, Error, ExecOutput, Health, PluginInfo, Runtime, Status, Workload, log};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Config {
+    endpoint: Option<String>,
+    namespace: Option<String>,
+    #[serde(default)]
+    create_namespace: bool,
+    replicas: Option<i32>,
+    resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// A DNS-1123 label, as Kubernetes names namespaces and Deployments.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl Config {
+    fn parse(w: &Workload) -> Result<Config, Error> {
+        let text = if w.config.trim().is_empty() { "{}" } else { &w.config };
+        let c: Config =
+            serde_json::from_str(text).map_err(|e| Error::InvalidConfig(format!("kubernetes config: {e}")))?;
+        if !dns_label(c.namespace()) {
+            return Err(Error::InvalidConfig(format!("config.namespace: {:?} is not a DNS label", c.namespace())));
+        }
+        if c.replicas.is_some_and(|r| !(0..=10_000).contains(&r)) {
+            return Err(Error::InvalidConfig("config.replicas: between 0 and 10000".into()));
+        }
+        Ok(c)
+    }
+
+    fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// What `install` made: enough to find it again after a restart of erad.
+#[derive(Serialize, Deserialize)]
+struct Handle {
+    endpoint: String,
+    namespace: String,
+    name: String,
+}
+
+impl Handle {
+    fn parse(text: &str) -> Result<Handle, Error> {
+        serde_json::from_str(text).map_err(|e| Error::Failed(format!("kubernetes handle {text:?}: {e}")))
+    }
+}
+
+/// The Deployment of a revision: `NAME-REV`.
+fn object_name(w: &Workload) -> Result<String, Error> {
+    let name = format!("{}-{}", w.deployment, w.revision);
+    if !dns_label(&name) {
+        return Err(Error::InvalidConfig(format!(
+            "the Deployment name {name:?} (deployment-revision) is not a DNS label of at most 63 characters"
+        )));
+    }
+    Ok(name)
+}
+
+/// The image by the digest erad verified: `repository@sha256:...`.
+fn image(w: &Workload) -> Result<String, Error> {
+    if w.artifact.kind != ArtifactKind::Image {
+        return Err(Error::InvalidConfig("the kubernetes runtime runs images: use an image artifact".into()));
+    }
+    let reference = w.artifact.reference.split('@').next().unwrap_or_default();
+    let repository = match reference.rfind(':') {
+        Some(i) if i > reference.rfind('/').unwrap_or(0) => &reference[..i],
+        _ => reference,
+    };
+    if !w.artifact.digest.starts_with("sha256:") {
+        return Err(Error::Failed(format!("the artifact's digest {:?} is not sha256:...", w.artifact.digest)));
+    }
+    Ok(format!("{repository}@{}", w.artifact.digest))
+}
+
+fn labels(w: &Workload, with_revision: bool) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/managed-by".to_string(), "era".to_string()),
+        ("era.dev/deployment".to_string(), w.deployment.clone()),
+    ]);
+    if with_revision {
+        l.insert("era.dev/revision".into(), w.revision.to_string());
+    }
+    l
+}
+
+/// The Deployment era applies for a revision, with `replicas`.
+fn render(w: &Workload, c: &Config, replicas: i32) -> Result<Deployment, Error> {
+    let name = object_name(w)?;
+    let mut selector = labels(w, true);
+    selector.remove("app.kubernetes.io/managed-by");
+    let container = Container {
+        name: "workload".into(),
+        image: Some(image(w)?),
+        env: Some(
+            w.env
+                .iter()
+                .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() })
+                .collect(),
+        ),
+        ports: Some(
+            w.ports
+                .iter()
+                .map(|p| ContainerPort {
+                    name: Some(p.name.clone()),
+                    container_port: i32::from(p.port),
+                    protocol: Some(p.protocol.to_ascii_uppercase()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        resources: c.resources.clone(),
+        ..Default::default()
+    };
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(c.namespace().to_string()),
+            labels: Some(labels(w, true)),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(w, true)), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    termination_grace_period_seconds: Some(i64::from(w.stop_grace_seconds)),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+struct Api {
+    endpoint: http::Endpoint,
+}
+
+impl Api {
+    fn new(c: &Config) -> Result<Api, Error> {
+        Ok(Api { endpoint: http::endpoint(c.endpoint.as_deref())? })
+    }
+
+    fn of(h: &Handle) -> Result<Api, Error> {
+        Ok(Api { endpoint: http::endpoint(Some(&h.endpoint))? })
+    }
+
+    fn deployment_path(namespace: &str, name: &str) -> String {
+        format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    }
+
+    fn send(&self, req: Request, verb: &str, what: &str) -> Result<Response, Error> {
+        let r = http::send(&req.header("accept", "application/json").header("user-agent", "era-kubernetes"))?;
+        if (200..300).contains(&r.status) {
+            return Ok(r);
+        }
+        Err(api_error(&self.endpoint.name, verb, what, &r))
+    }
+
+    /// Server-side apply of `object` at `path`.
+    fn apply(&self, path: &str, object: &serde_json::Value, force: bool, what: &str) -> Result<Response, Error> {
+        let url = format!(
+            "{}{path}?fieldManager=era&fieldValidation=Strict{}",
+            self.endpoint.url,
+            if force { "&force=true" } else { "" }
+        );
+        let body = serde_json::to_vec(object).map_err(|e| Error::Failed(e.to_string()))?;
+        self.send(Request::new("PATCH", url).body("application/apply-patch+yaml", body), "apply", what)
+    }
+
+    fn get_deployment(&self, h: &Handle) -> Result<Option<Deployment>, Error> {
+        let url = format!("{}{}", self.endpoint.url, Api::deployment_path(&h.namespace, &h.name));
+        match self.send(Request::new("GET", url), "get", &format!("deployment {}/{}", h.namespace, h.name)) {
+            Ok(r) => r.json().map(Some),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn apply_deployment(&self, w: &Workload, c: &Config, replicas: i32) -> Result<Handle, Error> {
+        let d = render(w, c, replicas)?;
+        let name = object_name(w)?;
+        let object = serde_json::to_value(&d).map_err(|e| Error::Failed(e.to_string()))?;
+        let path = Api::deployment_path(c.namespace(), &name);
+        self.apply(&path, &object, c.force, &format!("deployment {}/{name}", c.namespace()))?;
+        Ok(Handle { endpoint: self.endpoint.name.clone(), namespace: c.namespace().to_string(), name })
+    }
+}
+
+/// A Kubernetes `Status` error as a plugin error, naming the endpoint, the
+/// verb and the object.
+fn api_error(endpoint: &str, verb: &str, what: &str, r: &Response) -> Error {
+    let status: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let message = status["message"].as_str().map(str::to_string).unwrap_or_else(|| {
+        let t = r.text();
+        t.chars().take(300).collect()
+    });
+    let reason = status["reason"].as_str().unwrap_or("");
+    let said = format!("endpoint {endpoint}: {verb} {what}: {} {reason}: {message}", r.status);
+    match r.status {
+        401 | 403 => Error::InvalidConfig(said),
+        404 => Error::NotFound(said),
+        409 => Error::InvalidConfig(format!(
+            "{said} (another field manager owns these fields; set config.force to take them)"
+        )),
+        400 | 415 | 422 => Error::InvalidConfig(said),
+        429 | 500..=599 => Error::Unavailable(match r.header("retry-after") {
+            Some(s) => format!("{said} (retry after {s}s)"),
+            None => said,
+        }),
+        _ => Error::Failed(said),
+    }
+}
+
+/// kstatus for a Deployment: (running, health, message).
+fn rollout(d: &Deployment) -> (bool, Health, String) {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let generation = d.metadata.generation.unwrap_or(0);
+    let Some(st) = &d.status else { return (want > 0, Health::Starting, "no status yet".into()) };
+    if st.observed_generation.unwrap_or(0) < generation {
+        return (want > 0, Health::Starting, "the controller has not seen the latest generation yet".into());
+    }
+    let stuck = st.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let Some(c) = stuck {
+        return (
+            true,
+            Health::Unhealthy,
+            format!("ProgressDeadlineExceeded: {}", c.message.clone().unwrap_or_default()),
+        );
+    }
+    if want == 0 {
+        let left = st.replicas.unwrap_or(0);
+        return (left > 0, Health::Unknown, format!("scaled to 0 ({left} replicas left)"));
+    }
+    let (updated, available, ready) =
+        (st.updated_replicas.unwrap_or(0), st.available_replicas.unwrap_or(0), st.ready_replicas.unwrap_or(0));
+    if updated >= want && available >= want && st.replicas.unwrap_or(0) <= want {
+        (true, Health::Healthy, format!("{ready}/{want} ready"))
+    } else {
+        (true, Health::Starting, format!("rolling out: {updated} updated, {available} available of {want}"))
+    }
+}
+
+struct Kubernetes;
+
+impl Runtime for Kubernetes {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "kubernetes".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "a Kubernetes Deployment per revision, applied server-side through a granted API endpoint"
+                .into(),
+        }
+    }
+
+    fn validate(w: Workload) -> Result<(), Error> {
+        let c = Config::parse(&w)?;
+        Api::new(&c)?;
+        if w.artifact.kind != ArtifactKind::Image {
+            return Err(Error::InvalidConfig("the kubernetes runtime runs images: use an image artifact".into()));
+        }
+        if !w.volumes.is_empty() {
+            return Err(Error::InvalidConfig(
+                "spec.volumes are host directories; a Kubernetes workload cannot mount them".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn install(w: Workload) -> Result<String, Error> {
+        let c = Config::parse(&w)?;
+        let api = Api::new(&c)?;
+        if c.create_namespace {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": c.namespace(),
+                "labels": {"app.kubernetes.io/managed-by": "era"}}});
+            api.apply(
+                &format!("/api/v1/namespaces/{}", c.namespace()),
+                &ns,
+                c.force,
+                &format!("namespace {}", c.namespace()),
+            )?;
+        }
+        let h = api.apply_deployment(&w, &c, 0)?;
+        log::info(&format!("deployment {}/{} applied with 0 replicas", h.namespace, h.name));
+        serde_json::to_string(&h).map_err(|e| Error::Failed(e.to_string()))
+    }
+
+    fn start(w: Workload, handle: String) -> Result<String, Error> {
+        let c = Config::parse(&w)?;
+        let h = Handle::parse(&handle)?;
+        let api = Api::of(&h)?;
+        let replicas = c.replicas.unwrap_or(1);
+        api.apply_deployment(&w, &c, replicas)?;
+        log::info(&format!("deployment {}/{} scaled to {replicas}", h.namespace, h.name));
+        Ok(handle)
+    }
+
+    fn status(_w: Workload, handle: String) -> Result<Status, Error> {
+        let h = Handle::parse(&handle)?;
+        let Some(d) = Api::of(&h)?.get_deployment(&h)? else {
+            return Ok(Status::missing(format!("deployment {}/{} does not exist", h.namespace, h.name)));
+        };
+        let (running, health, message) = rollout(&d);
+        let mut st = Status { running, health, exit_code: None, message, outputs: Vec::new() };
+        st.outputs = vec![
+            ("namespace".into(), h.namespace.clone()),
+            ("deployment".into(), h.name.clone()),
+            ("readyReplicas".into(), d.status.and_then(|s| s.ready_replicas).unwrap_or(0).to_string()),
+        ];
+        Ok(st)
+    }
+
+    fn stop(w: Workload, handle: String) -> Result<(), Error> {
+        let c = Config::parse(&w)?;
+        let h = Handle::parse(&handle)?;
+        let api = Api::of(&h)?;
+        if api.get_deployment(&h)?.is_none() {
+            return Ok(());
+        }
+        api.apply_deployment(&w, &c, 0)?;
+        let within = Duration::from_secs(u64::from(w.stop_grace_seconds) + 30);
+        let gone = era_plugin_sdk::wait_until(within, || {
+            Ok::<_, Error>(api.get_deployment(&h)?.is_none_or(|d| d.status.and_then(|s| s.replicas).unwrap_or(0) == 0))
+        })?;
+        if !gone {
+            return Err(Error::Unavailable(format!(
+                "deployment {}/{} still has replicas after {within:?}",
+                h.namespace, h.name
+            )));
+        }
+        log::info(&format!("deployment {}/{} scaled to 0", h.namespace, h.name));
+        Ok(())
+    }
+
+    fn delete(_w: Workload, handle: String) -> Result<(), Error> {
+        let h = Handle::parse(&handle)?;
+        let api = Api::of(&h)?;
+        let path = Api::deployment_path(&h.namespace, &h.name);
+        let url = format!("{}{path}?propagationPolicy=Foreground", api.endpoint.url);
+        match api.send(Request::new("DELETE", url), "delete", &format!("deployment {}/{}", h.namespace, h.name)) {
+            Ok(_) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        // Foreground deletion: the object stays until its pods are gone.
+        let gone =
+            era_plugin_sdk::wait_until(Duration::from_secs(60), || Ok::<_, Error>(api.get_deployment(&h)?.is_none()))?;
+        if !gone {
+            return Err(Error::Unavailable(format!("deployment {}/{} is still being deleted", h.namespace, h.name)));
+        }
+        log::info(&format!("deployment {}/{} deleted", h.namespace, h.name));
+        Ok(())
+    }
+
+    fn exec(_w: Workload, _handle: String, _command: Vec<String>, _timeout_ms: u32) -> Result<ExecOutput, Error> {
+        era_plugin_sdk::exec_unsupported("kubernetes")
+    }
+}
+
+era_plugin_sdk::export_plugin!(Kubernetes);

@@ -1,0 +1,160 @@
+//! The `kubernetes` plugin against the Kubernetes API test server
+//! (`tests/k8s.rs`): no cluster can run here, so the server implements the
+//! slice of the API the plugin uses as the API documents it.
+
+use era_tests::k8s::Cluster;
+use era_tests::{Erad, Registry, plugin};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const TOKEN: &str = "k8s-test-token-51ac";
+const T: Duration = Duration::from_secs(60);
+
+fn erad_for(cluster: &Cluster) -> (Erad, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = format!(
+        "[plugins.kubernetes]\npath = \"{}\"\n[plugins.kubernetes.grants]\nlog = true\n\
+         [plugins.kubernetes.grants.http.endpoints.cluster]\nurl = \"{}\"\ntoken_file = \"{}\"\n",
+        plugin::KUBERNETES,
+        cluster.url(),
+        token.display()
+    );
+    (Erad::start_with(&config, &[]), dir)
+}
+
+fn spec(erad: &Erad, name: &str, image: &str, config: Value) -> std::path::PathBuf {
+    erad.spec(
+        &format!("{name}-{}.yaml", image.replace(['/', ':', '.'], "-")),
+        &format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: kubernetes\n  artifact: {{image: \"{image}\"}}\n  \
+             env: {{GREETING: hi}}\n  ports: [{{name: http, port: 8080}}]\n  update: {{deadline: 20s}}\n  config: {config}\n"
+        ),
+    )
+}
+
+#[test]
+fn a_deployment_runs_updates_rolls_back_stops_and_goes_away_in_the_cluster() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/web", "1", &["/bin/sleep", "600"], &[]);
+    registry.push_busybox("demo/web", "2", &["/bin/sleep", "601"], &[]);
+    registry.push_busybox("demo/stuck", "3", &["/bin/sleep", "602"], &[]);
+    let cluster = Cluster::start(TOKEN);
+    let (erad, _dir) = erad_for(&cluster);
+    let config = json!({"namespace": "edge", "createNamespace": true, "replicas": 2});
+
+    // Install: the namespace, then web-1 by the digest erad verified.
+    let a = erad.apply_wait(&spec(&erad, "web", &format!("{}/demo/web:1", registry.addr), config.clone()));
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    let got = erad.get("web");
+    let d = cluster.deployment("edge", "web-1").expect("web-1 in the cluster");
+    let image = d["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap().to_string();
+    assert_eq!(
+        image,
+        format!("{}/demo/web@{}", registry.addr, got["artifact_digest"].as_str().unwrap()),
+        "by digest, never the tag"
+    );
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/managed-by"], "era");
+    assert_eq!(d["metadata"]["labels"]["era.dev/deployment"], "web");
+    assert_eq!(d["metadata"]["labels"]["era.dev/revision"], "1");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["env"], json!([{"name": "GREETING", "value": "hi"}]));
+    assert_eq!(d["metadata"]["managedFields"][0]["manager"], "era");
+    assert_eq!(d["status"]["availableReplicas"], 2);
+
+    // Update while the API server refuses deletes: web-2 runs; web-1, which
+    // could not be retired, is kept (scaled to 0, its work dir too) for the
+    // next cleanup.
+    cluster.fail_deletes.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(erad.apply_wait(&spec(&erad, "web", &format!("{}/demo/web:2", registry.addr), config.clone())).code, 0);
+    assert_eq!(cluster.deployment_names("edge"), ["web-1", "web-2"]);
+    assert_eq!(cluster.deployment("edge", "web-1").unwrap()["spec"]["replicas"], 0);
+    assert_eq!(cluster.deployment("edge", "web-2").unwrap()["spec"]["replicas"], 2);
+    assert!(erad.data_dir().join("deployments/web/rev-1").is_dir(), "kept with the object it still has");
+    let refused =
+        cluster.server.requests().iter().filter(|r| r.method == "DELETE" && r.path().ends_with("/web-1")).count();
+    assert!(refused > 1, "a 503 is unavailable, which erad retries: {refused} DELETE(s)");
+    cluster.fail_deletes.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // A failing update (its rollout never becomes available): rolled back to web-2.
+    let a = erad.apply_wait(&spec(&erad, "web", &format!("{}/demo/stuck:3", registry.addr), config.clone()));
+    assert_ne!(a.code, 0);
+    let got = erad.wait_for_state("web", "Running", T);
+    assert_eq!(got["revision"], 2, "{got}");
+    let history = erad.history("web");
+    assert!(
+        history.iter().any(|e| e["cause"].as_str().unwrap_or("").contains("ProgressDeadlineExceeded")),
+        "{history:?}"
+    );
+    // The rollback removed every other revision: the stuck one and web-1.
+    assert_eq!(cluster.deployment_names("edge"), ["web-2"]);
+    assert_eq!(cluster.deployment("edge", "web-2").unwrap()["spec"]["replicas"], 2);
+
+    // Stop scales to 0 and keeps the Deployment; start scales back.
+    assert_eq!(erad.era(&["stop", "web", "--wait"]).code, 0);
+    assert_eq!(cluster.deployment("edge", "web-2").unwrap()["spec"]["replicas"], 0);
+    assert_eq!(erad.era(&["start", "web", "--wait"]).code, 0);
+    assert_eq!(cluster.deployment("edge", "web-2").unwrap()["spec"]["replicas"], 2);
+
+    // Delete: foreground, waited for; nothing of it is left.
+    assert_eq!(erad.era(&["delete", "web", "--wait"]).code, 0, "{}", erad.log());
+    assert!(cluster.deployment_names("edge").is_empty());
+    let deletes: Vec<_> = cluster.server.requests().into_iter().filter(|r| r.method == "DELETE").collect();
+    assert!(deletes.iter().all(|r| r.query("propagationPolicy").as_deref() == Some("Foreground")), "{deletes:?}");
+
+    // Every request carried the token erad holds; none of it reached its files.
+    assert!(cluster.server.requests().iter().all(|r| r.header("authorization") == Some(&format!("Bearer {TOKEN}"))));
+    let applies: Vec<_> = cluster.server.requests().into_iter().filter(|r| r.method == "PATCH").collect();
+    assert!(applies.iter().all(|r| r.query("fieldManager").as_deref() == Some("era")
+        && r.query("fieldValidation").as_deref() == Some("Strict")
+        && r.header("content-type") == Some("application/apply-patch+yaml")));
+    assert!(!erad.log().contains(TOKEN));
+}
+
+#[test]
+fn an_apply_conflict_names_the_other_field_manager_and_force_takes_the_field() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/web", "1", &["/bin/sleep", "600"], &[]);
+    let cluster = Cluster::start(TOKEN);
+    let (erad, _dir) = erad_for(&cluster);
+    let image = format!("{}/demo/web:1", registry.addr);
+    assert_eq!(
+        erad.apply_wait(&spec(&erad, "web", &image, json!({"namespace": "edge", "createNamespace": true}))).code,
+        0
+    );
+    // Someone scales it by hand (kubectl's own field manager).
+    let d = cluster.deployment("edge", "web-1").unwrap();
+    let r = cluster.apply_as("kubectl", "edge", "web-1", json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web-1"}, "spec": {"replicas": 5, "selector": d["spec"]["selector"], "template": d["spec"]["template"]}}));
+    assert_eq!(r.status, 409, "kubectl conflicts with era's replicas without force");
+    let mut forced = cluster.state.lock().unwrap();
+    let o = forced.deployments.get_mut(&("edge".to_string(), "web-1".to_string())).unwrap();
+    o.owners.insert("\u{1}spec\u{1}replicas".into(), "kubectl".into());
+    o.body["spec"]["replicas"] = json!(5);
+    drop(forced);
+    // era's next apply of replicas (a stop) is refused, naming kubectl.
+    assert_ne!(erad.era(&["stop", "web", "--wait"]).code, 0);
+    let got = erad.wait_for_state("web", "Failed", T);
+    assert!(got["message"].as_str().unwrap().contains("conflict with \"kubectl\""), "{got}");
+    assert!(got["message"].as_str().unwrap().contains(".spec.replicas"), "{got}");
+}
+
+#[test]
+fn without_the_token_the_server_says_401_and_era_names_the_endpoint() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/web", "1", &["/bin/sleep", "600"], &[]);
+    let cluster = Cluster::start("another-token");
+    let (erad, _dir) = erad_for(&cluster);
+    let a = erad.apply_wait(&spec(
+        &erad,
+        "web",
+        &format!("{}/demo/web:1", registry.addr),
+        json!({"namespace": "edge", "createNamespace": true}),
+    ));
+    assert_ne!(a.code, 0);
+    let got = erad.wait_for_state("web", "Failed", T);
+    let msg = got["message"].as_str().unwrap();
+    assert!(msg.contains("endpoint cluster: apply namespace edge: 401 Unauthorized"), "{msg}");
+    assert!(cluster.deployment_names("edge").is_empty());
+}

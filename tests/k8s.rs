@@ -1,0 +1,448 @@
+//! A Kubernetes API test server: the slice of the API the `kubernetes`
+//! plugin uses, behaving as the API documentation says, since no cluster can
+//! run here.
+//!
+//! - Bearer-token authentication: anything else is `401` with a `Status`.
+//! - Namespaces (`/api/v1/namespaces/NAME`) and apps/v1 Deployments
+//!   (`/apis/apps/v1/namespaces/NS/deployments/NAME`): `GET`, server-side
+//!   apply (`PATCH` with `application/apply-patch+yaml` and a
+//!   `fieldManager`; any other content type is `415`), `DELETE`.
+//! - Server-side apply tracks which field manager owns each field (as
+//!   `metadata.managedFields`); applying a different value to a field
+//!   another manager owns is `409 Conflict` naming that manager, unless
+//!   `force=true`, which takes the field over.
+//! - `fieldValidation=Strict`: a field the server does not know is `400`
+//!   (`strict decoding error: unknown field "..."`). The known fields are the
+//!   apps/v1 Deployment fields the plugin and kubectl commonly send (a slice
+//!   of the v1.33 OpenAPI schema, not all of it).
+//! - `metadata.generation` goes up when the spec changes, `resourceVersion`
+//!   on every write. A controller brings `status` along over time: observed
+//!   generation, then replicas updated and available; an image whose
+//!   repository contains `stuck` never becomes available and gets
+//!   `Progressing=False, reason ProgressDeadlineExceeded`.
+//! - `DELETE` with `propagationPolicy=Foreground` marks the object
+//!   (`deletionTimestamp`, the `foregroundDeletion` finalizer) and removes it
+//!   once its pods would be gone; `GET` of a missing object is `404`.
+//! - Errors are `Status` objects (`kind: Status`, `reason`, `code`, `message`).
+
+use crate::httpd::{Request, Response, Server};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the controller takes to notice a new generation, and to bring
+/// the replicas up (or, for a foreground delete, to remove the pods).
+const OBSERVE: Duration = Duration::from_millis(150);
+const ROLL_OUT: Duration = Duration::from_millis(400);
+
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub body: Value,
+    /// Field path (`.spec.replicas`) → the manager that owns it.
+    pub owners: BTreeMap<String, String>,
+    pub generation: i64,
+    changed: Instant,
+    deleting: Option<(Instant, String)>,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub namespaces: BTreeMap<String, Object>,
+    /// (namespace, name) → Deployment.
+    pub deployments: BTreeMap<(String, String), Object>,
+    version: u64,
+}
+
+pub struct Cluster {
+    pub server: Server,
+    pub state: Arc<Mutex<State>>,
+    pub token: String,
+    /// While set, every DELETE is answered `503` (an API server in trouble).
+    pub fail_deletes: Arc<AtomicBool>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    Response::json(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code}),
+    )
+}
+
+/// Separates the keys of a field path (label keys hold dots and slashes).
+const SEP: char = '\u{1}';
+
+/// A field path as Kubernetes prints it: `.spec.replicas`.
+fn display(path: &str) -> String {
+    path.replace(SEP, ".")
+}
+
+/// Every leaf of `v` as a field path, the way managedFields lists them.
+fn leaves(v: &Value, at: &str, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                leaves(v, &format!("{at}{SEP}{k}"), out);
+            }
+        }
+        _ => {
+            out.insert(at.to_string(), v.clone());
+        }
+    }
+}
+
+fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.trim_start_matches(SEP).split(SEP).try_fold(v, |v, k| v.get(k))
+}
+
+/// The fields of an apps/v1 Deployment (v1.33) this server knows, as paths
+/// with `*` for map keys; lists are checked by their element's fields.
+const DEPLOYMENT_FIELDS: &[&str] = &[
+    ".apiVersion",
+    ".kind",
+    ".metadata.name",
+    ".metadata.namespace",
+    ".metadata.labels.*",
+    ".metadata.annotations.*",
+    ".spec.replicas",
+    ".spec.selector.matchLabels.*",
+    ".spec.strategy",
+    ".spec.minReadySeconds",
+    ".spec.progressDeadlineSeconds",
+    ".spec.revisionHistoryLimit",
+    ".spec.paused",
+    ".spec.template.metadata.labels.*",
+    ".spec.template.metadata.annotations.*",
+    ".spec.template.spec.terminationGracePeriodSeconds",
+    ".spec.template.spec.containers",
+    ".spec.template.spec.nodeSelector.*",
+    ".spec.template.spec.serviceAccountName",
+];
+
+const CONTAINER_FIELDS: &[&str] = &[
+    "name",
+    "image",
+    "env",
+    "ports",
+    "resources",
+    "command",
+    "args",
+    "readinessProbe",
+    "livenessProbe",
+    "imagePullPolicy",
+];
+
+fn unknown_field(obj: &Value) -> Option<String> {
+    let mut all = BTreeMap::new();
+    leaves(obj, "", &mut all);
+    for path in all.keys() {
+        let known = DEPLOYMENT_FIELDS.iter().any(|f| {
+            let f = f.replace('.', &SEP.to_string());
+            if let Some(prefix) = f.strip_suffix(&format!("{SEP}*")) {
+                path.starts_with(&format!("{prefix}{SEP}")) && !path[prefix.len() + 1..].contains(SEP)
+            } else {
+                *path == f || path.starts_with(&format!("{f}{SEP}"))
+            }
+        });
+        if !known {
+            return Some(display(path).trim_start_matches('.').to_string());
+        }
+    }
+    for (i, c) in get_path(obj, &format!("{SEP}spec{SEP}template{SEP}spec{SEP}containers"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        for k in c.as_object().into_iter().flat_map(Map::keys) {
+            if !CONTAINER_FIELDS.contains(&k.as_str()) {
+                return Some(format!("spec.template.spec.containers[{i}].{k}"));
+            }
+        }
+    }
+    None
+}
+
+impl Cluster {
+    pub fn start(token: &str) -> Cluster {
+        let state = Arc::new(Mutex::new(State::default()));
+        let fail_deletes = Arc::new(AtomicBool::new(false));
+        let (s, t, f) = (state.clone(), token.to_string(), fail_deletes.clone());
+        let server = Server::start(move |req| {
+            if req.method == "DELETE" && f.load(Ordering::SeqCst) {
+                return status(503, "ServiceUnavailable", "the server is currently unable to handle the request");
+            }
+            handle(&s, &t, req)
+        });
+        Cluster { server, state, token: token.to_string(), fail_deletes }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The Deployment as a GET would show it now.
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<Value> {
+        let mut st = self.state.lock().unwrap();
+        settle(&mut st);
+        st.deployments.get(&(namespace.to_string(), name.to_string())).map(shown)
+    }
+
+    pub fn deployment_names(&self, namespace: &str) -> Vec<String> {
+        let mut st = self.state.lock().unwrap();
+        settle(&mut st);
+        st.deployments.keys().filter(|(ns, _)| ns == namespace).map(|(_, n)| n.clone()).collect()
+    }
+
+    /// Applies `object` as another field manager would (`kubectl`, an HPA...).
+    pub fn apply_as(&self, manager: &str, namespace: &str, name: &str, object: Value) -> Response {
+        let mut st = self.state.lock().unwrap();
+        apply_deployment(&mut st, manager, namespace, name, object, false)
+    }
+}
+
+/// Removes what a foreground delete has finished with.
+fn settle(st: &mut State) {
+    st.deployments.retain(|_, o| o.deleting.as_ref().is_none_or(|(t, _)| t.elapsed() < ROLL_OUT));
+}
+
+/// The object with its status as the controller has brought it so far.
+fn shown(o: &Object) -> Value {
+    let mut v = o.body.clone();
+    let want = v["spec"]["replicas"].as_i64().unwrap_or(1);
+    let image = v["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|c| c.first())
+        .and_then(|c| c["image"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let since = o.changed.elapsed();
+    let managed: Vec<Value> = {
+        let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (path, m) in &o.owners {
+            by.entry(m.as_str()).or_default().push(display(path));
+        }
+        by.into_iter()
+            .map(|(m, fields)| json!({"manager": m, "operation": "Apply", "fieldsType": "FieldsV1", "fields": fields}))
+            .collect()
+    };
+    v["metadata"]["generation"] = json!(o.generation);
+    v["metadata"]["managedFields"] = json!(managed);
+    if let Some((_, at)) = &o.deleting {
+        v["metadata"]["deletionTimestamp"] = json!(at);
+        v["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+    }
+    if v["kind"] == "Deployment" {
+        let observed = if since >= OBSERVE { o.generation } else { o.generation - 1 };
+        let stuck = image.split('@').next().unwrap_or("").contains("stuck");
+        let up = since >= ROLL_OUT && !stuck;
+        let mut status = json!({
+            "observedGeneration": observed,
+            "replicas": if up || want == 0 { want } else { want.min(1) },
+            "updatedReplicas": if since >= OBSERVE { want } else { 0 },
+            "readyReplicas": if up { want } else { 0 },
+            "availableReplicas": if up { want } else { 0 },
+        });
+        if stuck && since >= ROLL_OUT {
+            status["conditions"] = json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                "message": format!("ReplicaSet has timed out progressing: image {image} cannot be pulled")}]);
+        }
+        v["status"] = status;
+    }
+    v
+}
+
+fn apply_deployment(st: &mut State, manager: &str, ns: &str, name: &str, object: Value, force: bool) -> Response {
+    if !st.namespaces.contains_key(ns) {
+        return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+    }
+    if object["apiVersion"] != "apps/v1" || object["kind"] != "Deployment" {
+        return status(400, "BadRequest", "the object is not an apps/v1 Deployment");
+    }
+    if object["metadata"]["name"] != name {
+        return status(400, "BadRequest", "the name of the object does not match the name on the URL");
+    }
+    if let Some(field) = unknown_field(&object) {
+        return status(400, "BadRequest", &format!(".{field}: strict decoding error: unknown field \"{field}\""));
+    }
+    let key = (ns.to_string(), name.to_string());
+    let mut applied = BTreeMap::new();
+    leaves(&object, "", &mut applied);
+    applied.remove(&format!("{SEP}apiVersion"));
+    applied.remove(&format!("{SEP}kind"));
+    st.version += 1;
+    let version = st.version;
+    match st.deployments.get_mut(&key) {
+        Some(o) if o.deleting.is_some() => {
+            status(409, "Conflict", &format!("deployments.apps \"{name}\" is being deleted"))
+        }
+        Some(o) => {
+            let conflicts: Vec<String> = applied
+                .iter()
+                .filter(|(path, value)| {
+                    o.owners.get(*path).is_some_and(|m| m != manager) && get_path(&o.body, path) != Some(*value)
+                })
+                .map(|(path, _)| format!("conflict with \"{}\" using apps/v1: {}", o.owners[path], display(path)))
+                .collect();
+            if !conflicts.is_empty() && !force {
+                return status(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Apply failed with {} conflict{}: {}",
+                        conflicts.len(),
+                        if conflicts.len() == 1 { "" } else { "s" },
+                        conflicts.join("; ")
+                    ),
+                );
+            }
+            let spec_before = o.body["spec"].clone();
+            // Fields this manager owned and no longer applies are removed.
+            let dropped: Vec<String> = o
+                .owners
+                .iter()
+                .filter(|(p, m)| m.as_str() == manager && !applied.contains_key(*p))
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in dropped {
+                o.owners.remove(&p);
+            }
+            for path in applied.keys() {
+                o.owners.insert(path.clone(), manager.to_string());
+            }
+            merge(&mut o.body, &object);
+            o.body["metadata"]["resourceVersion"] = json!(version.to_string());
+            if o.body["spec"] != spec_before {
+                o.generation += 1;
+                o.changed = Instant::now();
+            }
+            Response::json(200, &shown(o))
+        }
+        None => {
+            let mut body = object.clone();
+            body["metadata"]["resourceVersion"] = json!(version.to_string());
+            body["metadata"]["uid"] = json!(format!("uid-{version}"));
+            let o = Object {
+                body,
+                owners: applied.keys().map(|p| (p.clone(), manager.to_string())).collect(),
+                generation: 1,
+                changed: Instant::now(),
+                deleting: None,
+            };
+            let r = Response::json(201, &shown(&o));
+            st.deployments.insert(key, o);
+            r
+        }
+    }
+}
+
+/// JSON merge of `from` into `into` (lists replaced whole).
+fn merge(into: &mut Value, from: &Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
+    if req.header("authorization") != Some(format!("Bearer {token}").as_str()) {
+        return status(401, "Unauthorized", "Unauthorized");
+    }
+    let parts: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
+    let mut st = state.lock().unwrap();
+    settle(&mut st);
+    let manager = req.query("fieldManager");
+    let apply_checks = || -> Option<Response> {
+        if req.header("content-type") != Some("application/apply-patch+yaml") {
+            return Some(status(
+                415,
+                "UnsupportedMediaType",
+                &format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {:?}",
+                    req.header("content-type").unwrap_or("")
+                ),
+            ));
+        }
+        if manager.as_deref().is_none_or(str::is_empty) {
+            return Some(status(
+                422,
+                "Invalid",
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+            ));
+        }
+        None
+    };
+    let body = || serde_json::from_slice::<Value>(&req.body);
+    match (req.method.as_str(), parts.as_slice()) {
+        ("GET", ["api", "v1", "namespaces", ns]) => match st.namespaces.get(*ns) {
+            Some(o) => Response::json(200, &shown(o)),
+            None => status(404, "NotFound", &format!("namespaces \"{ns}\" not found")),
+        },
+        ("PATCH", ["api", "v1", "namespaces", ns]) => {
+            if let Some(r) = apply_checks() {
+                return r;
+            }
+            let Ok(obj) = body() else { return status(400, "BadRequest", "the body is not JSON or YAML") };
+            st.version += 1;
+            let version = st.version;
+            let o = st.namespaces.entry(ns.to_string()).or_insert_with(|| Object {
+                body: json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                owners: BTreeMap::new(),
+                generation: 1,
+                changed: Instant::now(),
+                deleting: None,
+            });
+            merge(&mut o.body, &obj);
+            o.body["metadata"]["resourceVersion"] = json!(version.to_string());
+            Response::json(200, &o.body)
+        }
+        ("GET", ["apis", "apps", "v1", "namespaces", ns, "deployments", name]) => {
+            match st.deployments.get(&(ns.to_string(), name.to_string())) {
+                Some(o) => Response::json(200, &shown(o)),
+                None => status(404, "NotFound", &format!("deployments.apps \"{name}\" not found")),
+            }
+        }
+        ("PATCH", ["apis", "apps", "v1", "namespaces", ns, "deployments", name]) => {
+            if let Some(r) = apply_checks() {
+                return r;
+            }
+            let Ok(obj) = body() else { return status(400, "BadRequest", "the body is not JSON or YAML") };
+            let force = req.query("force").as_deref() == Some("true");
+            apply_deployment(&mut st, &manager.unwrap_or_default(), ns, name, obj, force)
+        }
+        ("DELETE", ["apis", "apps", "v1", "namespaces", ns, "deployments", name]) => {
+            let key = (ns.to_string(), name.to_string());
+            let foreground = req.query("propagationPolicy").as_deref() == Some("Foreground");
+            match st.deployments.get_mut(&key) {
+                None => status(404, "NotFound", &format!("deployments.apps \"{name}\" not found")),
+                Some(o) if foreground => {
+                    o.deleting.get_or_insert_with(|| {
+                        let n = time::OffsetDateTime::now_utc();
+                        let at = format!(
+                            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                            n.year(),
+                            u8::from(n.month()),
+                            n.day(),
+                            n.hour(),
+                            n.minute(),
+                            n.second()
+                        );
+                        (Instant::now(), at)
+                    });
+                    Response::json(200, &shown(o))
+                }
+                Some(_) => {
+                    st.deployments.remove(&key);
+                    Response::json(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+                }
+            }
+        }
+        _ => status(404, "NotFound", "the server could not find the requested resource"),
+    }
+}
