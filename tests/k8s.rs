@@ -23,6 +23,8 @@
 //! - `DELETE` with `propagationPolicy=Foreground` marks the object
 //!   (`deletionTimestamp`, the `foregroundDeletion` finalizer) and removes it
 //!   once its pods would be gone; `GET` of a missing object is `404`.
+//! - core/v1 Services (server-side apply, a cluster IP assigned once, GET,
+//!   DELETE) and label-selected Deployment lists.
 //! - Errors are `Status` objects (`kind: Status`, `reason`, `code`, `message`).
 
 use crate::httpd::{Request, Response, Server};
@@ -52,6 +54,8 @@ pub struct State {
     pub namespaces: BTreeMap<String, Object>,
     /// (namespace, name) → Deployment.
     pub deployments: BTreeMap<(String, String), Object>,
+    /// (namespace, name) → Service.
+    pub services: BTreeMap<(String, String), Value>,
     version: u64,
 }
 
@@ -188,6 +192,10 @@ impl Cluster {
         let mut st = self.state.lock().unwrap();
         settle(&mut st);
         st.deployments.get(&(namespace.to_string(), name.to_string())).map(shown)
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().services.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
     pub fn deployment_names(&self, namespace: &str) -> Vec<String> {
@@ -401,6 +409,70 @@ fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
             merge(&mut o.body, &obj);
             o.body["metadata"]["resourceVersion"] = json!(version.to_string());
             Response::json(200, &o.body)
+        }
+        ("GET", ["apis", "apps", "v1", "namespaces", ns, "deployments"]) => {
+            let selector = req.query("labelSelector").unwrap_or_default();
+            let (k, v) = selector.split_once('=').unwrap_or(("", ""));
+            let items: Vec<Value> = st
+                .deployments
+                .iter()
+                .filter(|((n, _), o)| n == ns && (k.is_empty() || o.body["metadata"]["labels"][k] == v))
+                .map(|(_, o)| shown(o))
+                .collect();
+            Response::json(
+                200,
+                &json!({"apiVersion": "apps/v1", "kind": "DeploymentList",
+                "metadata": {"resourceVersion": st.version.to_string()}, "items": items}),
+            )
+        }
+        ("GET", ["api", "v1", "namespaces", ns, "services", name]) => {
+            match st.services.get(&(ns.to_string(), name.to_string())) {
+                Some(v) => Response::json(200, v),
+                None => status(404, "NotFound", &format!("services \"{name}\" not found")),
+            }
+        }
+        ("PATCH", ["api", "v1", "namespaces", ns, "services", name]) => {
+            if let Some(r) = apply_checks() {
+                return r;
+            }
+            let Ok(obj) = body() else { return status(400, "BadRequest", "the body is not JSON or YAML") };
+            if !st.namespaces.contains_key(*ns) {
+                return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+            }
+            if obj["apiVersion"] != "v1" || obj["kind"] != "Service" || obj["metadata"]["name"] != *name {
+                return status(400, "BadRequest", "the object is not the v1 Service on the URL");
+            }
+            let known = ["apiVersion", "kind", "metadata", "spec"];
+            let spec_known = ["selector", "ports", "type", "clusterIP"];
+            if let Some(k) = obj.as_object().into_iter().flat_map(Map::keys).find(|k| !known.contains(&k.as_str())) {
+                return status(400, "BadRequest", &format!(".{k}: strict decoding error: unknown field \"{k}\""));
+            }
+            if let Some(k) =
+                obj["spec"].as_object().into_iter().flat_map(Map::keys).find(|k| !spec_known.contains(&k.as_str()))
+            {
+                return status(
+                    400,
+                    "BadRequest",
+                    &format!(".spec.{k}: strict decoding error: unknown field \"spec.{k}\""),
+                );
+            }
+            st.version += 1;
+            let (version, count) = (st.version, st.services.len());
+            let entry = st
+                .services
+                .entry((ns.to_string(), name.to_string()))
+                .or_insert_with(|| json!({"spec": {"clusterIP": format!("10.96.0.{}", 10 + count)}}));
+            let ip = entry["spec"]["clusterIP"].clone();
+            merge(entry, &obj);
+            entry["spec"]["clusterIP"] = ip;
+            entry["metadata"]["resourceVersion"] = json!(version.to_string());
+            Response::json(200, entry)
+        }
+        ("DELETE", ["api", "v1", "namespaces", ns, "services", name]) => {
+            match st.services.remove(&(ns.to_string(), name.to_string())) {
+                Some(_) => Response::json(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+                None => status(404, "NotFound", &format!("services \"{name}\" not found")),
+            }
         }
         ("GET", ["apis", "apps", "v1", "namespaces", ns, "deployments", name]) => {
             match st.deployments.get(&(ns.to_string(), name.to_string())) {

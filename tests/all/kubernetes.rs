@@ -11,6 +11,10 @@ const TOKEN: &str = "k8s-test-token-51ac";
 const T: Duration = Duration::from_secs(60);
 
 fn erad_for(cluster: &Cluster) -> (Erad, tempfile::TempDir) {
+    erad_with_env(cluster, &[])
+}
+
+fn erad_with_env(cluster: &Cluster, env: &[(&str, &str)]) -> (Erad, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
@@ -21,7 +25,7 @@ fn erad_for(cluster: &Cluster) -> (Erad, tempfile::TempDir) {
         cluster.url(),
         token.display()
     );
-    (Erad::start_with(&config, &[]), dir)
+    (Erad::start_with(&config, env), dir)
 }
 
 fn spec(erad: &Erad, name: &str, image: &str, config: Value) -> std::path::PathBuf {
@@ -62,6 +66,12 @@ fn a_deployment_runs_updates_rolls_back_stops_and_goes_away_in_the_cluster() {
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["env"], json!([{"name": "GREETING", "value": "hi"}]));
     assert_eq!(d["metadata"]["managedFields"][0]["manager"], "era");
     assert_eq!(d["status"]["availableReplicas"], 2);
+    let svc = cluster.service("edge", "web").expect("a Service for the spec's ports");
+    assert_eq!(svc["spec"]["selector"], json!({"era.dev/deployment": "web"}));
+    assert_eq!(svc["spec"]["ports"], json!([{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]));
+    // Outputs come with the monitor's status checks.
+    era_tests::eventually(T, || erad.get("web")["outputs"]["clusterIP"] == svc["spec"]["clusterIP"]);
+    assert_eq!(erad.get("web")["outputs"]["ports"], "8080/TCP");
 
     // Update while the API server refuses deletes: web-2 runs; web-1, which
     // could not be retired, is kept (scaled to 0, its work dir too) for the
@@ -87,8 +97,10 @@ fn a_deployment_runs_updates_rolls_back_stops_and_goes_away_in_the_cluster() {
         history.iter().any(|e| e["cause"].as_str().unwrap_or("").contains("ProgressDeadlineExceeded")),
         "{history:?}"
     );
-    // The rollback removed every other revision: the stuck one and web-1.
+    // The rollback removed every other revision: the stuck one and web-1;
+    // the Service stays for the one that runs.
     assert_eq!(cluster.deployment_names("edge"), ["web-2"]);
+    assert!(cluster.service("edge", "web").is_some());
     assert_eq!(cluster.deployment("edge", "web-2").unwrap()["spec"]["replicas"], 2);
 
     // Stop scales to 0 and keeps the Deployment; start scales back.
@@ -100,7 +112,13 @@ fn a_deployment_runs_updates_rolls_back_stops_and_goes_away_in_the_cluster() {
     // Delete: foreground, waited for; nothing of it is left.
     assert_eq!(erad.era(&["delete", "web", "--wait"]).code, 0, "{}", erad.log());
     assert!(cluster.deployment_names("edge").is_empty());
-    let deletes: Vec<_> = cluster.server.requests().into_iter().filter(|r| r.method == "DELETE").collect();
+    assert!(cluster.service("edge", "web").is_none(), "the Service went with the last revision");
+    let deletes: Vec<_> = cluster
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE" && r.path().contains("/deployments/"))
+        .collect();
     assert!(deletes.iter().all(|r| r.query("propagationPolicy").as_deref() == Some("Foreground")), "{deletes:?}");
 
     // Every request carried the token erad holds; none of it reached its files.
@@ -157,4 +175,31 @@ fn without_the_token_the_server_says_401_and_era_names_the_endpoint() {
     let msg = got["message"].as_str().unwrap();
     assert!(msg.contains("endpoint cluster: apply namespace edge: 401 Unauthorized"), "{msg}");
     assert!(cluster.deployment_names("edge").is_empty());
+}
+
+#[test]
+fn kill_9_after_the_apply_and_before_its_commit_makes_no_second_deployment() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/web", "1", &["/bin/sleep", "600"], &[]);
+    let cluster = Cluster::start(TOKEN);
+    let (mut erad, _dir) = erad_with_env(&cluster, &[("ERAD_TEST_PAUSE_DONE", "Installing")]);
+    let s = spec(
+        &erad,
+        "web",
+        &format!("{}/demo/web:1", registry.addr),
+        json!({"namespace": "edge", "createNamespace": true}),
+    );
+    erad.kill9_at(&["apply", "-f", s.to_str().unwrap()], "paused-web-Installing-done");
+    assert_eq!(cluster.deployment_names("edge"), ["web-1"], "the apply reached the cluster before the kill");
+    erad.spawn(&[]).unwrap();
+    erad.wait_for_state("web", "Running", T);
+    assert_eq!(cluster.deployment_names("edge"), ["web-1"], "one Deployment, not two");
+    assert_eq!(cluster.deployment("edge", "web-1").unwrap()["spec"]["replicas"], 1);
+    let applies = cluster
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path() == "/apis/apps/v1/namespaces/edge/deployments/web-1")
+        .count();
+    assert_eq!(applies, 3, "install, install again after the crash, start");
 }

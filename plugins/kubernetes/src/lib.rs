@@ -13,6 +13,10 @@
 //!   controller caught up with the generation, the updated and available
 //!   replicas at the desired count; `Progressing` with
 //!   `ProgressDeadlineExceeded` is unhealthy, with its message.
+//! - A `Service` named after the deployment when the spec has ports,
+//!   selecting `era.dev/deployment` (only one revision runs at a time, so it
+//!   follows updates and rollbacks); its cluster IP and ports are `status`
+//!   outputs. It goes with the last revision's Deployment.
 //! - `delete`: `propagationPolicy=Foreground`, and waits until it is gone; a
 //!   404 is success.
 //!
@@ -28,8 +32,11 @@
 use era_plugin_sdk::http::{self, Request, Response};
 use era_plugin_sdk::{ArtifactKind, Error, ExecOutput, Health, PluginInfo, Runtime, Status, Workload, log};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, Service, ServicePort, ServiceSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -180,6 +187,36 @@ fn render(w: &Workload, c: &Config, replicas: i32) -> Result<Deployment, Error> 
     })
 }
 
+/// The deployment's Service: its ports, selecting whichever revision runs.
+fn render_service(w: &Workload, c: &Config) -> Service {
+    let selector = BTreeMap::from([("era.dev/deployment".to_string(), w.deployment.clone())]);
+    Service {
+        metadata: ObjectMeta {
+            name: Some(w.deployment.clone()),
+            namespace: Some(c.namespace().to_string()),
+            labels: Some(labels(w, false)),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(
+                w.ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(p.name.clone()),
+                        port: i32::from(p.port),
+                        target_port: Some(IntOrString::Int(i32::from(p.port))),
+                        protocol: Some(p.protocol.to_ascii_uppercase()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
 struct Api {
     endpoint: http::Endpoint,
 }
@@ -214,6 +251,30 @@ impl Api {
         );
         let body = serde_json::to_vec(object).map_err(|e| Error::Failed(e.to_string()))?;
         self.send(Request::new("PATCH", url).body("application/apply-patch+yaml", body), "apply", what)
+    }
+
+    fn service_path(namespace: &str, name: &str) -> String {
+        format!("/api/v1/namespaces/{namespace}/services/{name}")
+    }
+
+    fn get_service(&self, namespace: &str, name: &str) -> Result<Option<Service>, Error> {
+        let url = format!("{}{}", self.endpoint.url, Api::service_path(namespace, name));
+        match self.send(Request::new("GET", url), "get", &format!("service {namespace}/{name}")) {
+            Ok(r) => r.json().map(Some),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The names of the deployment's Deployments (every revision's) in the namespace.
+    fn revisions(&self, namespace: &str, deployment: &str) -> Result<Vec<String>, Error> {
+        let url = format!(
+            "{}/apis/apps/v1/namespaces/{namespace}/deployments?labelSelector=era.dev%2Fdeployment%3D{deployment}",
+            self.endpoint.url
+        );
+        let r = self.send(Request::new("GET", url), "list", &format!("deployments of {deployment} in {namespace}"))?;
+        let list: k8s_openapi::List<Deployment> = r.json()?;
+        Ok(list.items.into_iter().filter_map(|d| d.metadata.name).collect())
     }
 
     fn get_deployment(&self, h: &Handle) -> Result<Option<Deployment>, Error> {
@@ -332,6 +393,11 @@ impl Runtime for Kubernetes {
         }
         let h = api.apply_deployment(&w, &c, 0)?;
         log::info(&format!("deployment {}/{} applied with 0 replicas", h.namespace, h.name));
+        if !w.ports.is_empty() {
+            let svc = serde_json::to_value(render_service(&w, &c)).map_err(|e| Error::Failed(e.to_string()))?;
+            let path = Api::service_path(c.namespace(), &w.deployment);
+            api.apply(&path, &svc, c.force, &format!("service {}/{}", c.namespace(), w.deployment))?;
+        }
         serde_json::to_string(&h).map_err(|e| Error::Failed(e.to_string()))
     }
 
@@ -345,7 +411,7 @@ impl Runtime for Kubernetes {
         Ok(handle)
     }
 
-    fn status(_w: Workload, handle: String) -> Result<Status, Error> {
+    fn status(w: Workload, handle: String) -> Result<Status, Error> {
         let h = Handle::parse(&handle)?;
         let Some(d) = Api::of(&h)?.get_deployment(&h)? else {
             return Ok(Status::missing(format!("deployment {}/{} does not exist", h.namespace, h.name)));
@@ -357,6 +423,20 @@ impl Runtime for Kubernetes {
             ("deployment".into(), h.name.clone()),
             ("readyReplicas".into(), d.status.and_then(|s| s.ready_replicas).unwrap_or(0).to_string()),
         ];
+        if !w.ports.is_empty()
+            && let Some(svc) = Api::of(&h)?.get_service(&h.namespace, &w.deployment)?
+        {
+            let spec = svc.spec.unwrap_or_default();
+            st.outputs.push(("service".into(), w.deployment.clone()));
+            st.outputs.push(("clusterIP".into(), spec.cluster_ip.unwrap_or_default()));
+            let ports: Vec<String> = spec
+                .ports
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{}/{}", p.port, p.protocol.unwrap_or_default()))
+                .collect();
+            st.outputs.push(("ports".into(), ports.join(",")));
+        }
         Ok(st)
     }
 
@@ -382,7 +462,7 @@ impl Runtime for Kubernetes {
         Ok(())
     }
 
-    fn delete(_w: Workload, handle: String) -> Result<(), Error> {
+    fn delete(w: Workload, handle: String) -> Result<(), Error> {
         let h = Handle::parse(&handle)?;
         let api = Api::of(&h)?;
         let path = Api::deployment_path(&h.namespace, &h.name);
@@ -398,6 +478,15 @@ impl Runtime for Kubernetes {
             return Err(Error::Unavailable(format!("deployment {}/{} is still being deleted", h.namespace, h.name)));
         }
         log::info(&format!("deployment {}/{} deleted", h.namespace, h.name));
+        // The Service goes with the last revision.
+        if api.revisions(&h.namespace, &w.deployment)?.is_empty() {
+            let url = format!("{}{}", api.endpoint.url, Api::service_path(&h.namespace, &w.deployment));
+            match api.send(Request::new("DELETE", url), "delete", &format!("service {}/{}", h.namespace, w.deployment))
+            {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
