@@ -171,6 +171,11 @@ fn unknown_field(obj: &Value) -> Option<String> {
 
 impl Cluster {
     pub fn start(token: &str) -> Cluster {
+        Cluster::start_with_latency(token, Duration::ZERO)
+    }
+
+    /// A cluster that answers each request `latency` late (a remote API).
+    pub fn start_with_latency(token: &str, latency: Duration) -> Cluster {
         let state = Arc::new(Mutex::new(State::default()));
         let fail_deletes = Arc::new(AtomicBool::new(false));
         let (s, t, f) = (state.clone(), token.to_string(), fail_deletes.clone());
@@ -178,7 +183,9 @@ impl Cluster {
             if req.method == "DELETE" && f.load(Ordering::SeqCst) {
                 return status(503, "ServiceUnavailable", "the server is currently unable to handle the request");
             }
-            handle(&s, &t, req)
+            let mut r = handle(&s, &t, req);
+            r.delay += latency;
+            r
         });
         Cluster { server, state, token: token.to_string(), fail_deletes }
     }
