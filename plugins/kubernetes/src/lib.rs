@@ -352,6 +352,31 @@ fn rollout(d: &Deployment) -> (bool, Health, String) {
     }
 }
 
+/// The Service's cluster IP and ports, which do not change once assigned:
+/// asked of the API once per revision and kept in the work dir, so a status
+/// check (erad makes one every few seconds) costs one request, not two.
+#[derive(Serialize, Deserialize)]
+struct ServiceOutputs {
+    cluster_ip: String,
+    ports: String,
+}
+
+const SERVICE_STATE: &str = "service.json";
+
+fn service_outputs(h: &Handle, name: &str) -> Result<Option<ServiceOutputs>, Error> {
+    if let Some(known) = era_plugin_sdk::state::read::<ServiceOutputs>(SERVICE_STATE).map_err(Error::Failed)? {
+        return Ok(Some(known));
+    }
+    let Some(svc) = Api::of(h)?.get_service(&h.namespace, name)? else { return Ok(None) };
+    let spec = svc.spec.unwrap_or_default();
+    let Some(cluster_ip) = spec.cluster_ip.filter(|ip| !ip.is_empty()) else { return Ok(None) };
+    let ports: Vec<String> =
+        spec.ports.into_iter().flatten().map(|p| format!("{}/{}", p.port, p.protocol.unwrap_or_default())).collect();
+    let out = ServiceOutputs { cluster_ip, ports: ports.join(",") };
+    era_plugin_sdk::state::write(SERVICE_STATE, &out).map_err(Error::Failed)?;
+    Ok(Some(out))
+}
+
 struct Kubernetes;
 
 impl Runtime for Kubernetes {
@@ -424,18 +449,11 @@ impl Runtime for Kubernetes {
             ("readyReplicas".into(), d.status.and_then(|s| s.ready_replicas).unwrap_or(0).to_string()),
         ];
         if !w.ports.is_empty()
-            && let Some(svc) = Api::of(&h)?.get_service(&h.namespace, &w.deployment)?
+            && let Some(svc) = service_outputs(&h, &w.deployment)?
         {
-            let spec = svc.spec.unwrap_or_default();
             st.outputs.push(("service".into(), w.deployment.clone()));
-            st.outputs.push(("clusterIP".into(), spec.cluster_ip.unwrap_or_default()));
-            let ports: Vec<String> = spec
-                .ports
-                .into_iter()
-                .flatten()
-                .map(|p| format!("{}/{}", p.port, p.protocol.unwrap_or_default()))
-                .collect();
-            st.outputs.push(("ports".into(), ports.join(",")));
+            st.outputs.push(("clusterIP".into(), svc.cluster_ip));
+            st.outputs.push(("ports".into(), svc.ports));
         }
         Ok(st)
     }
