@@ -205,3 +205,21 @@ fn a_crashing_lxc_workload_is_restarted_by_its_policy() {
     // A delete that lands mid-restart is refused until the restart settles.
     eventually(T, || erad.era(&["delete", "crashy", "--wait"]).code == 0);
 }
+
+#[test]
+fn kill_9_after_lxc_start_and_before_its_commit_starts_it_once() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", SERVE], &["GREETING=x"]);
+    let mut erad = Erad::start_with(&config(), &[("ERAD_TEST_PAUSE_DONE", "Activating")]);
+    let s = spec(&erad, "once", &format!("{}/demo/box:1", registry.addr), "");
+    erad.kill9_at(&["apply", "-f", s.to_str().unwrap()], "paused-once-Activating-done");
+    let pid = info(&erad, "once", 1).expect("lxc-start ran").1;
+    // Started again by the re-run Activating: lxc-start refuses a running
+    // container and erad takes that as done.
+    erad.spawn(&[]).unwrap();
+    erad.wait_for_state("once", "Running", T);
+    assert_eq!(info(&erad, "once", 1).unwrap().1, pid, "the same init");
+    let starts = erad.data_dir().join("volumes/once/data/starts");
+    assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 1, "started once");
+    assert_eq!(erad.era(&["delete", "once", "--wait"]).code, 0);
+}

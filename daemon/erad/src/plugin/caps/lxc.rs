@@ -440,10 +440,11 @@ impl Host for HostState {
 
     async fn start(&mut self, init: Vec<String>) -> Result<(), RuntimeError> {
         let lxc = Lxc::new(self, "starting a container")?;
-        match lxc.state().await? {
-            Some(s) if s.status == "RUNNING" => return Ok(()),
-            None => return Err(RuntimeError::NotFound(format!("container {} is not configured", lxc.name))),
-            _ => {}
+        // Not configured: nothing to start. Running already: lxc-start
+        // refuses, and the state says so below (one lxc-info less per
+        // start than asking first).
+        if !lxc.dir().join("config").is_file() {
+            return Err(RuntimeError::NotFound(format!("container {} is not configured", lxc.name)));
         }
         // What LXC will open as root: checked now, while the plugin waits.
         lxc.rootfs()?;
@@ -459,6 +460,9 @@ impl Host for HostState {
             extra.extend(init.iter().map(String::as_str));
         }
         let ran = lxc.tool("lxc-start", &extra, COMMAND_TIMEOUT).await?;
+        if !ran.ok() && lxc.state().await?.is_some_and(|s| s.status == "RUNNING") {
+            return Ok(());
+        }
         if !ran.ok() {
             let log = std::fs::read_to_string(lxc.dir().join("lxc.log")).unwrap_or_default();
             let last = log.lines().last().unwrap_or_default().to_string();
