@@ -24,7 +24,9 @@
 //!   (`deletionTimestamp`, the `foregroundDeletion` finalizer) and removes it
 //!   once its pods would be gone; `GET` of a missing object is `404`.
 //! - core/v1 Services (server-side apply, a cluster IP assigned once, GET,
-//!   DELETE) and label-selected Deployment lists.
+//!   DELETE), label-selected Deployment and Pod lists (a scaled-down pod
+//!   stays Terminating for a while and is still listed), and paused
+//!   Deployments (no rollout, no pods, until unpaused).
 //! - Errors are `Status` objects (`kind: Status`, `reason`, `code`, `message`).
 
 use crate::httpd::{Request, Response, Server};
@@ -38,6 +40,8 @@ use std::time::{Duration, Instant};
 /// the replicas up (or, for a foreground delete, to remove the pods).
 const OBSERVE: Duration = Duration::from_millis(150);
 const ROLL_OUT: Duration = Duration::from_millis(400);
+/// How long a scaled-down pod stays Terminating.
+const TERMINATE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct Object {
@@ -47,6 +51,9 @@ pub struct Object {
     pub generation: i64,
     changed: Instant,
     deleting: Option<(Instant, String)>,
+    /// Whether pods ran before the last change, and how many.
+    had_pods: bool,
+    had_replicas: i64,
 }
 
 #[derive(Default)]
@@ -205,6 +212,13 @@ impl Cluster {
         self.state.lock().unwrap().services.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
+    /// The pods a label selector selects in `namespace`, Terminating ones included.
+    pub fn pods(&self, namespace: &str, selector: &str) -> usize {
+        let mut st = self.state.lock().unwrap();
+        settle(&mut st);
+        pods(&st, namespace, selector).len()
+    }
+
     pub fn deployment_names(&self, namespace: &str) -> Vec<String> {
         let mut st = self.state.lock().unwrap();
         settle(&mut st);
@@ -249,7 +263,11 @@ fn shown(o: &Object) -> Value {
         v["metadata"]["deletionTimestamp"] = json!(at);
         v["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
     }
-    if v["kind"] == "Deployment" {
+    if v["kind"] == "Deployment" && v["spec"]["paused"] == true {
+        // No rollout while paused: no new ReplicaSet, no pods.
+        v["status"] = json!({"observedGeneration": if since >= OBSERVE { o.generation } else { o.generation - 1 },
+            "replicas": 0, "conditions": [{"type": "Progressing", "status": "Unknown", "reason": "DeploymentPaused"}]});
+    } else if v["kind"] == "Deployment" {
         let observed = if since >= OBSERVE { o.generation } else { o.generation - 1 };
         let stuck = image.split('@').next().unwrap_or("").contains("stuck");
         let up = since >= ROLL_OUT && !stuck;
@@ -330,6 +348,9 @@ fn apply_deployment(st: &mut State, manager: &str, ns: &str, name: &str, object:
             merge(&mut o.body, &object);
             o.body["metadata"]["resourceVersion"] = json!(version.to_string());
             if o.body["spec"] != spec_before {
+                o.had_replicas =
+                    if spec_before["paused"] == true { 0 } else { spec_before["replicas"].as_i64().unwrap_or(1) };
+                o.had_pods = o.had_replicas > 0;
                 o.generation += 1;
                 o.changed = Instant::now();
             }
@@ -345,12 +366,53 @@ fn apply_deployment(st: &mut State, manager: &str, ns: &str, name: &str, object:
                 generation: 1,
                 changed: Instant::now(),
                 deleting: None,
+                had_pods: false,
+                had_replicas: 0,
             };
             let r = Response::json(201, &shown(&o));
             st.deployments.insert(key, o);
             r
         }
     }
+}
+
+/// The pods the Deployments in `ns` have now (Terminating ones included).
+fn pods(st: &State, ns: &str, selector: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    for ((n, name), o) in &st.deployments {
+        if n != ns || !selects(selector, &o.body["spec"]["template"]["metadata"]["labels"]) {
+            continue;
+        }
+        let want = o.body["spec"]["replicas"].as_i64().unwrap_or(1);
+        let running = o.body["spec"]["paused"] != true && want > 0 && o.deleting.is_none();
+        // Scaled down (or being deleted) within TERMINATE: its pods are Terminating.
+        let ended = o.deleting.as_ref().map_or(o.changed, |(t, _)| *t);
+        let terminating = !running && ended.elapsed() < TERMINATE && o.had_pods;
+        let count = if running {
+            want
+        } else if terminating {
+            o.had_replicas
+        } else {
+            0
+        };
+        for i in 0..count {
+            let mut pod = json!({"metadata": {"name": format!("{name}-{i}"), "namespace": ns,
+                "labels": o.body["spec"]["template"]["metadata"]["labels"]}});
+            if terminating {
+                pod["metadata"]["deletionTimestamp"] = json!("1970-01-01T00:00:00Z");
+            }
+            items.push(pod);
+        }
+    }
+    items
+}
+
+/// Whether a label selector (`k=v,k2=v2`) selects `labels`.
+fn selects(selector: &str, labels: &Value) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|t| {
+        let (k, v) = t.split_once('=').unwrap_or((t, ""));
+        labels[k] == v
+    })
 }
 
 /// JSON merge of `from` into `into` (lists replaced whole).
@@ -412,6 +474,8 @@ fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
                 generation: 1,
                 changed: Instant::now(),
                 deleting: None,
+                had_pods: false,
+                had_replicas: 0,
             });
             merge(&mut o.body, &obj);
             o.body["metadata"]["resourceVersion"] = json!(version.to_string());
@@ -419,11 +483,10 @@ fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
         }
         ("GET", ["apis", "apps", "v1", "namespaces", ns, "deployments"]) => {
             let selector = req.query("labelSelector").unwrap_or_default();
-            let (k, v) = selector.split_once('=').unwrap_or(("", ""));
             let items: Vec<Value> = st
                 .deployments
                 .iter()
-                .filter(|((n, _), o)| n == ns && (k.is_empty() || o.body["metadata"]["labels"][k] == v))
+                .filter(|((n, _), o)| n == ns && selects(&selector, &o.body["metadata"]["labels"]))
                 .map(|(_, o)| shown(o))
                 .collect();
             Response::json(
@@ -431,6 +494,10 @@ fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
                 &json!({"apiVersion": "apps/v1", "kind": "DeploymentList",
                 "metadata": {"resourceVersion": st.version.to_string()}, "items": items}),
             )
+        }
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
+            let items = pods(&st, ns, &req.query("labelSelector").unwrap_or_default());
+            Response::json(200, &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}))
         }
         ("GET", ["api", "v1", "namespaces", ns, "services", name]) => {
             match st.services.get(&(ns.to_string(), name.to_string())) {

@@ -106,6 +106,7 @@ fn a_deployment_runs_updates_rolls_back_stops_and_goes_away_in_the_cluster() {
     // Stop scales to 0 and keeps the Deployment; start scales back.
     assert_eq!(erad.era(&["stop", "web", "--wait"]).code, 0);
     assert_eq!(cluster.deployment("edge", "web-2").unwrap()["spec"]["replicas"], 0);
+    assert_eq!(cluster.pods("edge", "era.dev/deployment=web"), 0, "stopped means no pod left, Terminating ones too");
     assert_eq!(erad.era(&["start", "web", "--wait"]).code, 0);
     assert_eq!(cluster.deployment("edge", "web-2").unwrap()["spec"]["replicas"], 2);
 
@@ -202,4 +203,46 @@ fn kill_9_after_the_apply_and_before_its_commit_makes_no_second_deployment() {
         .filter(|r| r.method == "PATCH" && r.path() == "/apis/apps/v1/namespaces/edge/deployments/web-1")
         .count();
     assert_eq!(applies, 3, "install, install again after the crash, start");
+}
+
+#[test]
+fn a_failed_first_install_can_still_be_deleted() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/web", "1", &["/bin/sleep", "600"], &[]);
+    let cluster = Cluster::start(TOKEN);
+    let (erad, _dir) = erad_for(&cluster);
+    // No such namespace, and the spec does not ask to create it.
+    let a =
+        erad.apply_wait(&spec(&erad, "web", &format!("{}/demo/web:1", registry.addr), json!({"namespace": "nowhere"})));
+    assert_ne!(a.code, 0);
+    let got = erad.wait_for_state("web", "Failed", T);
+    assert!(got["message"].as_str().unwrap().contains("namespaces \"nowhere\" not found"), "{got}");
+    // Its install returned no handle; delete still knows what to look for.
+    let d = erad.era(&["delete", "web", "--wait"]);
+    assert_eq!(d.code, 0, "{d:?}\n{}", erad.log());
+    assert!(cluster.deployment_names("nowhere").is_empty());
+}
+
+#[test]
+fn names_kubernetes_would_refuse_are_refused_at_validation() {
+    let cluster = Cluster::start(TOKEN);
+    let (erad, _dir) = erad_for(&cluster);
+    let long = "a".repeat(53);
+    for (name, ports, why) in [
+        (long.as_str(), "[]", "too long for Kubernetes"),
+        ("9lives", "[{name: http, port: 80}]", "starts with a letter"),
+        ("web", "[{name: a-very-long-port-name, port: 80}]", "not a Kubernetes port name"),
+    ] {
+        let s = erad.spec(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: kubernetes\n  \
+                 artifact: {{image: \"127.0.0.1:1/x/y:1\"}}\n  ports: {ports}\n"
+            ),
+        );
+        let a = erad.era(&["validate", "-f", s.to_str().unwrap()]);
+        assert_ne!(a.code, 0, "{name}");
+        assert!(a.stderr.contains(why), "{name}: {a:?}");
+    }
+    assert!(cluster.server.requests().is_empty(), "validation asks the cluster nothing");
 }

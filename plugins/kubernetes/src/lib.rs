@@ -92,9 +92,28 @@ struct Handle {
 }
 
 impl Handle {
-    fn parse(text: &str) -> Result<Handle, Error> {
+    /// The handle `install` returned; without one (erad marks a revision
+    /// installed before it calls `install`, so a failed install leaves
+    /// none), what install would have made, from the workload.
+    fn of(text: &str, w: &Workload) -> Result<Handle, Error> {
+        if text.trim().is_empty() {
+            let c = Config::parse(w)?;
+            let endpoint = http::endpoint(c.endpoint.as_deref())?.name;
+            return Ok(Handle { endpoint, namespace: c.namespace().to_string(), name: object_name(w)? });
+        }
         serde_json::from_str(text).map_err(|e| Error::Failed(format!("kubernetes handle {text:?}: {e}")))
     }
+}
+
+/// An IANA service name, as Kubernetes requires of port names.
+fn port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
 }
 
 /// The Deployment of a revision: `NAME-REV`.
@@ -135,8 +154,10 @@ fn labels(w: &Workload, with_revision: bool) -> BTreeMap<String, String> {
     l
 }
 
-/// The Deployment era applies for a revision, with `replicas`.
-fn render(w: &Workload, c: &Config, replicas: i32) -> Result<Deployment, Error> {
+/// The Deployment era applies for a revision, with `replicas`. Installed
+/// paused, so its rollout (and the controller's progress deadline) starts
+/// with `start`, not with a scale-up of a rollout already complete.
+fn render(w: &Workload, c: &Config, replicas: i32, paused: bool) -> Result<Deployment, Error> {
     let name = object_name(w)?;
     let mut selector = labels(w, true);
     selector.remove("app.kubernetes.io/managed-by");
@@ -172,6 +193,7 @@ fn render(w: &Workload, c: &Config, replicas: i32) -> Result<Deployment, Error> 
         },
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
+            paused: Some(paused),
             selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(labels(w, true)), ..Default::default() }),
@@ -277,6 +299,17 @@ impl Api {
         Ok(list.items.into_iter().filter_map(|d| d.metadata.name).collect())
     }
 
+    /// The revision's pods, Terminating ones included.
+    fn pods(&self, namespace: &str, w: &Workload) -> Result<Vec<String>, Error> {
+        let url = format!(
+            "{}/api/v1/namespaces/{namespace}/pods?labelSelector=era.dev%2Fdeployment%3D{}%2Cera.dev%2Frevision%3D{}",
+            self.endpoint.url, w.deployment, w.revision
+        );
+        let r = self.send(Request::new("GET", url), "list", &format!("pods of {}-{}", w.deployment, w.revision))?;
+        let list: k8s_openapi::List<k8s_openapi::api::core::v1::Pod> = r.json()?;
+        Ok(list.items.into_iter().filter_map(|p| p.metadata.name).collect())
+    }
+
     fn get_deployment(&self, h: &Handle) -> Result<Option<Deployment>, Error> {
         let url = format!("{}{}", self.endpoint.url, Api::deployment_path(&h.namespace, &h.name));
         match self.send(Request::new("GET", url), "get", &format!("deployment {}/{}", h.namespace, h.name)) {
@@ -286,8 +319,8 @@ impl Api {
         }
     }
 
-    fn apply_deployment(&self, w: &Workload, c: &Config, replicas: i32) -> Result<Handle, Error> {
-        let d = render(w, c, replicas)?;
+    fn apply_deployment(&self, w: &Workload, c: &Config, replicas: i32, paused: bool) -> Result<Handle, Error> {
+        let d = render(w, c, replicas, paused)?;
         let name = object_name(w)?;
         let object = serde_json::to_value(&d).map_err(|e| Error::Failed(e.to_string()))?;
         let path = Api::deployment_path(c.namespace(), &name);
@@ -300,10 +333,12 @@ impl Api {
 /// verb and the object.
 fn api_error(endpoint: &str, verb: &str, what: &str, r: &Response) -> Error {
     let status: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    let message = status["message"].as_str().map(str::to_string).unwrap_or_else(|| {
-        let t = r.text();
-        t.chars().take(300).collect()
-    });
+    // Only a Status object's message: any other body could echo what the
+    // request carried, the credential erad added included.
+    let message = match (status["kind"].as_str(), status["message"].as_str()) {
+        (Some("Status"), Some(m)) => m.chars().take(1000).collect(),
+        _ => format!("(a response of {} bytes that is not a Kubernetes Status)", r.body.len()),
+    };
     let reason = status["reason"].as_str().unwrap_or("");
     let said = format!("endpoint {endpoint}: {verb} {what}: {} {reason}: {message}", r.status);
     match r.status {
@@ -326,6 +361,9 @@ fn rollout(d: &Deployment) -> (bool, Health, String) {
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let generation = d.metadata.generation.unwrap_or(0);
     let Some(st) = &d.status else { return (want > 0, Health::Starting, "no status yet".into()) };
+    if d.spec.as_ref().and_then(|s| s.paused) == Some(true) {
+        return (st.replicas.unwrap_or(0) > 0, Health::Unknown, "paused: its rollout has not started".into());
+    }
     if st.observed_generation.unwrap_or(0) < generation {
         return (want > 0, Health::Starting, "the controller has not seen the latest generation yet".into());
     }
@@ -395,6 +433,26 @@ impl Runtime for Kubernetes {
         if w.artifact.kind != ArtifactKind::Image {
             return Err(Error::InvalidConfig("the kubernetes runtime runs images: use an image artifact".into()));
         }
+        object_name(&w)?;
+        // Room for the revision numbers to come: NAME-REV stays a DNS label.
+        if w.deployment.len() > 52 {
+            return Err(Error::InvalidConfig(format!(
+                "the deployment name {:?} is too long for Kubernetes: at most 52 characters leave room for -REV",
+                w.deployment
+            )));
+        }
+        if !w.ports.is_empty() && !w.deployment.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(Error::InvalidConfig(format!(
+                "the Service for the ports is named {:?}, and a Service name starts with a letter",
+                w.deployment
+            )));
+        }
+        if let Some(p) = w.ports.iter().find(|p| !port_name(&p.name)) {
+            return Err(Error::InvalidConfig(format!(
+                "spec.ports: {:?} is not a Kubernetes port name (at most 15 lowercase letters, digits and '-', with a letter)",
+                p.name
+            )));
+        }
         if !w.volumes.is_empty() {
             return Err(Error::InvalidConfig(
                 "spec.volumes are host directories; a Kubernetes workload cannot mount them".into(),
@@ -416,28 +474,31 @@ impl Runtime for Kubernetes {
                 &format!("namespace {}", c.namespace()),
             )?;
         }
-        let h = api.apply_deployment(&w, &c, 0)?;
-        log::info(&format!("deployment {}/{} applied with 0 replicas", h.namespace, h.name));
-        if !w.ports.is_empty() {
-            let svc = serde_json::to_value(render_service(&w, &c)).map_err(|e| Error::Failed(e.to_string()))?;
-            let path = Api::service_path(c.namespace(), &w.deployment);
-            api.apply(&path, &svc, c.force, &format!("service {}/{}", c.namespace(), w.deployment))?;
-        }
+        let h = api.apply_deployment(&w, &c, c.replicas.unwrap_or(1), true)?;
+        log::info(&format!("deployment {}/{} applied, paused", h.namespace, h.name));
         serde_json::to_string(&h).map_err(|e| Error::Failed(e.to_string()))
     }
 
     fn start(w: Workload, handle: String) -> Result<String, Error> {
         let c = Config::parse(&w)?;
-        let h = Handle::parse(&handle)?;
+        let h = Handle::of(&handle, &w)?;
         let api = Api::of(&h)?;
         let replicas = c.replicas.unwrap_or(1);
-        api.apply_deployment(&w, &c, replicas)?;
+        api.apply_deployment(&w, &c, replicas, false)?;
+        // The Service with this revision's ports (an update or a rollback
+        // may change them); its outputs are asked again.
+        if !w.ports.is_empty() {
+            let svc = serde_json::to_value(render_service(&w, &c)).map_err(|e| Error::Failed(e.to_string()))?;
+            let path = Api::service_path(c.namespace(), &w.deployment);
+            api.apply(&path, &svc, c.force, &format!("service {}/{}", c.namespace(), w.deployment))?;
+            era_plugin_sdk::state::remove(SERVICE_STATE).map_err(Error::Failed)?;
+        }
         log::info(&format!("deployment {}/{} scaled to {replicas}", h.namespace, h.name));
         Ok(handle)
     }
 
     fn status(w: Workload, handle: String) -> Result<Status, Error> {
-        let h = Handle::parse(&handle)?;
+        let h = Handle::of(&handle, &w)?;
         let Some(d) = Api::of(&h)?.get_deployment(&h)? else {
             return Ok(Status::missing(format!("deployment {}/{} does not exist", h.namespace, h.name)));
         };
@@ -460,15 +521,23 @@ impl Runtime for Kubernetes {
 
     fn stop(w: Workload, handle: String) -> Result<(), Error> {
         let c = Config::parse(&w)?;
-        let h = Handle::parse(&handle)?;
+        let h = Handle::of(&handle, &w)?;
         let api = Api::of(&h)?;
         if api.get_deployment(&h)?.is_none() {
             return Ok(());
         }
-        api.apply_deployment(&w, &c, 0)?;
+        api.apply_deployment(&w, &c, 0, false)?;
+        // Stopped once the controller has seen the scale-down and no pod of
+        // the revision is left, Terminating ones included (`status.replicas`
+        // leaves those out): the next revision must not overlap it.
         let within = Duration::from_secs(u64::from(w.stop_grace_seconds) + 30);
         let gone = era_plugin_sdk::wait_until(within, || {
-            Ok::<_, Error>(api.get_deployment(&h)?.is_none_or(|d| d.status.and_then(|s| s.replicas).unwrap_or(0) == 0))
+            let caught_up = api.get_deployment(&h)?.is_none_or(|d| {
+                let st = d.status.clone().unwrap_or_default();
+                st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+                    && st.replicas.unwrap_or(0) == 0
+            });
+            Ok::<_, Error>(caught_up && api.pods(&h.namespace, &w)?.is_empty())
         })?;
         if !gone {
             return Err(Error::Unavailable(format!(
@@ -481,7 +550,7 @@ impl Runtime for Kubernetes {
     }
 
     fn delete(w: Workload, handle: String) -> Result<(), Error> {
-        let h = Handle::parse(&handle)?;
+        let h = Handle::of(&handle, &w)?;
         let api = Api::of(&h)?;
         let path = Api::deployment_path(&h.namespace, &h.name);
         let url = format!("{}{path}?propagationPolicy=Foreground", api.endpoint.url);
