@@ -34,14 +34,19 @@ fn main() {
     let erad = Erad::start_with(&config, &[]);
     assert_eq!(erad.era(&["pull", &image]).code, 0);
 
-    // The fewest requests each operation needs: apply the namespace, the
-    // Deployment (0 replicas) and the Service; apply the replicas; one GET
-    // that sees it available (the rollout itself takes the server ~0.4 s).
+    // The fewest requests each operation needs. Apply: the namespace and
+    // the Deployment (paused), then at start the Deployment (unpaused) and
+    // the Service, and one GET that sees it available. Stop: the apply of 0
+    // replicas, one GET that sees it caught up and one pod list that is
+    // empty. Start: two applies and a GET. Delete: a stop, the DELETE, the
+    // GET that finds it gone, the list that finds no revision left, the
+    // Service's DELETE. (The server takes 0.4 s to roll out or finish a
+    // foreground delete and 0.3 s to end a pod, and erad polls meanwhile.)
     let operations: [(&str, &[&str], usize); 4] = [
         ("apply to Running", &[], 5),
-        ("stop", &["stop"], 2),
-        ("start to Running", &["start"], 2),
-        ("delete", &["delete"], 4),
+        ("stop", &["stop"], 3),
+        ("start to Running", &["start"], 3),
+        ("delete", &["delete"], 7),
     ];
     let mut rows: Vec<(String, Vec<usize>, Vec<Duration>, usize)> =
         operations.iter().map(|(n, _, m)| (n.to_string(), Vec::new(), Vec::new(), *m)).collect();
