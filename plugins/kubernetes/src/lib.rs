@@ -127,11 +127,16 @@ fn object_name(w: &Workload) -> Result<String, Error> {
     Ok(name)
 }
 
-/// The image by the digest erad verified: `repository@sha256:...`.
-fn image(w: &Workload) -> Result<String, Error> {
+fn require_image(w: &Workload) -> Result<(), Error> {
     if w.artifact.kind != ArtifactKind::Image {
         return Err(Error::InvalidConfig("the kubernetes runtime runs images: use an image artifact".into()));
     }
+    Ok(())
+}
+
+/// The image by the digest erad verified: `repository@sha256:...`.
+fn image(w: &Workload) -> Result<String, Error> {
+    require_image(w)?;
     let reference = w.artifact.reference.split('@').next().unwrap_or_default();
     let repository = match reference.rfind(':') {
         Some(i) if i > reference.rfind('/').unwrap_or(0) => &reference[..i],
@@ -279,13 +284,25 @@ impl Api {
         format!("/api/v1/namespaces/{namespace}/services/{name}")
     }
 
-    fn get_service(&self, namespace: &str, name: &str) -> Result<Option<Service>, Error> {
-        let url = format!("{}{}", self.endpoint.url, Api::service_path(namespace, name));
-        match self.send(Request::new("GET", url), "get", &format!("service {namespace}/{name}")) {
+    /// GET of one object; `None` when the API says 404.
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str, what: &str) -> Result<Option<T>, Error> {
+        match self.send(Request::new("GET", format!("{}{path}", self.endpoint.url)), "get", what) {
             Ok(r) => r.json().map(Some),
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// DELETE of one object (`query` after the path); a 404 is done.
+    fn remove(&self, path: &str, query: &str, what: &str) -> Result<(), Error> {
+        match self.send(Request::new("DELETE", format!("{}{path}{query}", self.endpoint.url)), "delete", what) {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn get_service(&self, namespace: &str, name: &str) -> Result<Option<Service>, Error> {
+        self.get(&Api::service_path(namespace, name), &format!("service {namespace}/{name}"))
     }
 
     /// The names of the deployment's Deployments (every revision's) in the namespace.
@@ -311,12 +328,7 @@ impl Api {
     }
 
     fn get_deployment(&self, h: &Handle) -> Result<Option<Deployment>, Error> {
-        let url = format!("{}{}", self.endpoint.url, Api::deployment_path(&h.namespace, &h.name));
-        match self.send(Request::new("GET", url), "get", &format!("deployment {}/{}", h.namespace, h.name)) {
-            Ok(r) => r.json().map(Some),
-            Err(Error::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get(&Api::deployment_path(&h.namespace, &h.name), &format!("deployment {}/{}", h.namespace, h.name))
     }
 
     fn apply_deployment(&self, w: &Workload, c: &Config, replicas: i32, paused: bool) -> Result<Handle, Error> {
@@ -430,9 +442,7 @@ impl Runtime for Kubernetes {
     fn validate(w: Workload) -> Result<(), Error> {
         let c = Config::parse(&w)?;
         Api::new(&c)?;
-        if w.artifact.kind != ArtifactKind::Image {
-            return Err(Error::InvalidConfig("the kubernetes runtime runs images: use an image artifact".into()));
-        }
+        require_image(&w)?;
         object_name(&w)?;
         // Room for the revision numbers to come: NAME-REV stays a DNS label.
         if w.deployment.len() > 52 {
@@ -552,12 +562,8 @@ impl Runtime for Kubernetes {
     fn delete(w: Workload, handle: String) -> Result<(), Error> {
         let h = Handle::of(&handle, &w)?;
         let api = Api::of(&h)?;
-        let path = Api::deployment_path(&h.namespace, &h.name);
-        let url = format!("{}{path}?propagationPolicy=Foreground", api.endpoint.url);
-        match api.send(Request::new("DELETE", url), "delete", &format!("deployment {}/{}", h.namespace, h.name)) {
-            Ok(_) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
+        let what = format!("deployment {}/{}", h.namespace, h.name);
+        api.remove(&Api::deployment_path(&h.namespace, &h.name), "?propagationPolicy=Foreground", &what)?;
         // Foreground deletion: the object stays until its pods are gone.
         let gone =
             era_plugin_sdk::wait_until(Duration::from_secs(60), || Ok::<_, Error>(api.get_deployment(&h)?.is_none()))?;
@@ -567,12 +573,8 @@ impl Runtime for Kubernetes {
         log::info(&format!("deployment {}/{} deleted", h.namespace, h.name));
         // The Service goes with the last revision.
         if api.revisions(&h.namespace, &w.deployment)?.is_empty() {
-            let url = format!("{}{}", api.endpoint.url, Api::service_path(&h.namespace, &w.deployment));
-            match api.send(Request::new("DELETE", url), "delete", &format!("service {}/{}", h.namespace, w.deployment))
-            {
-                Ok(_) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+            let what = format!("service {}/{}", h.namespace, w.deployment);
+            api.remove(&Api::service_path(&h.namespace, &w.deployment), "", &what)?;
         }
         Ok(())
     }

@@ -432,7 +432,7 @@ enum Roots {
 /// A plugin's granted endpoints, resolved.
 #[derive(Debug, Default)]
 pub struct HttpEndpoints {
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Arc<Endpoint>>,
 }
 
 impl HttpEndpoints {
@@ -442,14 +442,14 @@ impl HttpEndpoints {
         let mut endpoints = Vec::new();
         for (name, g) in &grant.endpoints {
             let key = format!("http.endpoints.{name}");
-            endpoints.push(resolve_one(name, g).map_err(|m| GrantError::new(key, m))?);
+            endpoints.push(Arc::new(resolve_one(name, g).map_err(|m| GrantError::new(key, m))?));
         }
         Ok(HttpEndpoints { endpoints })
     }
 
     /// The endpoint a request is for: of those covering it, the one with
     /// the longest prefix.
-    fn covering(&self, uri: &http::Uri) -> Option<&Endpoint> {
+    fn covering(&self, uri: &http::Uri) -> Option<&Arc<Endpoint>> {
         self.endpoints.iter().filter(|e| e.base.covers(uri)).max_by_key(|e| e.base.prefix.len())
     }
 }
@@ -834,11 +834,11 @@ impl WasiHttpHooks for HttpHooks {
         options: Option<RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
-        let (endpoints, deadline) = (self.endpoints.clone(), self.deadline);
+        let (endpoints, deadline) = (&self.endpoints, self.deadline);
         let (plugin, deployment) = (self.plugin.clone(), self.deployment.clone());
         let uri = request.uri().clone();
-        let covered = endpoints.as_deref().is_some_and(|e| e.covering(&uri).is_some());
-        let allowed = covered && METHODS.contains(request.method());
+        let found = endpoints.as_deref().and_then(|e| e.covering(&uri)).cloned();
+        let allowed = found.is_some() && METHODS.contains(request.method());
         if !allowed {
             self.denied += 1;
         }
@@ -854,7 +854,7 @@ impl WasiHttpHooks for HttpHooks {
                 uri.authority().map(|a| a.as_str()).unwrap_or(""),
                 uri.path()
             );
-            let endpoint = match endpoints.as_deref().and_then(|e| e.covering(&uri)) {
+            let endpoint = match found {
                 Some(e) if allowed => e,
                 found => {
                     if log_denial {
@@ -881,7 +881,7 @@ impl WasiHttpHooks for HttpHooks {
             let budget = endpoint.timeout.min(left);
             let connect = options.and_then(|o| o.connect_timeout).map_or(budget, |c| c.min(budget));
             let started = Instant::now();
-            let r = tokio::time::timeout(budget, send(endpoint, request, connect)).await;
+            let r = tokio::time::timeout(budget, send(&endpoint, request, connect)).await;
             let r = r.unwrap_or(Err(HttpError::HttpResponseTimeout));
             match &r {
                 Ok((resp, _)) => tracing::debug!(
@@ -1124,8 +1124,8 @@ mod tests {
         assert!(v6.covers(&"http://[::1]:9000/x".parse().unwrap()));
     }
 
-    fn endpoint_at(name: &str, url: &str) -> Endpoint {
-        resolve_one(name, &EndpointGrant { url: Some(url.into()), ..Default::default() }).unwrap()
+    fn endpoint_at(name: &str, url: &str) -> Arc<Endpoint> {
+        Arc::new(resolve_one(name, &EndpointGrant { url: Some(url.into()), ..Default::default() }).unwrap())
     }
 
     #[test]
@@ -1141,6 +1141,10 @@ mod tests {
     fn request(method: &str, url: &str) -> http::Request<WasiBody> {
         let body: WasiBody = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync();
         http::Request::builder().method(method).uri(url).body(body).unwrap()
+    }
+
+    fn send(hooks: &mut HttpHooks, method: &str, url: &str) -> std::pin::Pin<SendFuture> {
+        Box::into_pin(hooks.send_request(request(method, url), None, Box::new(async { Ok(()) })))
     }
 
     fn hooks_for(url: &str) -> HttpHooks {
@@ -1162,15 +1166,9 @@ mod tests {
         let mut hooks = hooks_for(&url);
         let mut pending = Vec::new();
         for _ in 0..MAX_IN_FLIGHT_PER_CALL {
-            let f = Box::into_pin(hooks.send_request(
-                request("GET", &format!("{url}/slow")),
-                None,
-                Box::new(async { Ok(()) }),
-            ));
-            pending.push(tokio::spawn(f));
+            pending.push(tokio::spawn(send(&mut hooks, "GET", &format!("{url}/slow"))));
         }
-        let one_more =
-            Box::into_pin(hooks.send_request(request("GET", &format!("{url}/x")), None, Box::new(async { Ok(()) })));
+        let one_more = send(&mut hooks, "GET", &format!("{url}/x"));
         let r = tokio::time::timeout(Duration::from_secs(2), one_more).await.expect("refused at once, not queued");
         assert!(matches!(r, Err(HttpError::ConnectionLimitReached)), "{:?}", r.err());
         for p in pending {
@@ -1183,9 +1181,10 @@ mod tests {
     async fn only_rest_methods_go_out() {
         let mut hooks = hooks_for("http://127.0.0.1:9");
         for m in ["TRACE", "CONNECT", "TRACK", "PROPFIND"] {
-            let f =
-                Box::into_pin(hooks.send_request(request(m, "http://127.0.0.1:9/x"), None, Box::new(async { Ok(()) })));
-            assert!(matches!(f.await, Err(HttpError::HttpRequestDenied)), "{m}");
+            assert!(
+                matches!(send(&mut hooks, m, "http://127.0.0.1:9/x").await, Err(HttpError::HttpRequestDenied)),
+                "{m}"
+            );
         }
         for h in [
             "authorization",
