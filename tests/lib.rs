@@ -380,6 +380,17 @@ pub fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::
     None
 }
 
+/// The filesystem type mounted on `path`, by `/proc/self/mountinfo` (the
+/// mount on top when there are several); None when nothing is mounted there.
+pub fn mount_type(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .find_map(|l| l.split(" - ").nth(1)?.split(' ').next().map(str::to_string))
+}
+
 /// Undoes the nodev mount erad makes of its work dirs (`DATA/deployments`),
 /// for tests whose erad was killed, so none is left in the host's mount table.
 pub fn unmount_work_dirs(data_dir: &Path) {

@@ -160,14 +160,120 @@ fn a_tampering_registry_is_refused_each_way_with_nothing_tampered_left_in_the_st
 }
 
 #[test]
-fn an_image_is_unpacked_into_the_revisions_rootfs() {
+fn an_image_is_unpacked_once_and_each_revision_runs_it_through_an_overlay_of_its_own() {
+    let registry = Registry::start();
+    let digest = registry.push_image("demo/app", "v1", &[("app/hello.txt", "hello from the image")]);
+    let erad = Erad::start_with(&era_tests::fixture_plugins(), &[("ERAD_TEST_GC_GRACE", "0s")]);
+    let image = format!("image: \"{}/demo/app:v1\"", registry.addr);
+    for name in ["app", "other"] {
+        assert_eq!(erad.apply_wait(&spec(&erad, name, &image, "")).code, 0);
+    }
+    let deployments = erad.data_dir().join("deployments");
+    let rootfs = |name: &str| deployments.join(name).join("rev-1/rootfs");
+    for name in ["app", "other"] {
+        assert_eq!(std::fs::read_to_string(rootfs(name).join("app/hello.txt")).unwrap(), "hello from the image");
+        assert_eq!(era_tests::mount_type(&rootfs(name)).as_deref(), Some("overlay"), "{name}'s rootfs is an overlay");
+    }
+    assert!(!deployments.join("app/rev-1/rootfs.done").exists(), "nothing was unpacked into the work dir");
+    // One snapshot, named by the manifest, under both.
+    let snapshots = erad.data_dir().join("content/snapshots");
+    let names: Vec<String> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [digest.trim_start_matches("sha256:")], "one snapshot for the image");
+    let snapshot = snapshots.join(&names[0]);
+
+    // What the workload writes stays with its own revision.
+    std::fs::write(rootfs("app").join("app/hello.txt"), "changed by app").unwrap();
+    std::fs::write(rootfs("app").join("new.txt"), "new").unwrap();
+    assert_eq!(std::fs::read_to_string(rootfs("other").join("app/hello.txt")).unwrap(), "hello from the image");
+    assert!(!rootfs("other").join("new.txt").exists());
+    assert_eq!(std::fs::read_to_string(snapshot.join("app/hello.txt")).unwrap(), "hello from the image");
+    assert!(deployments.join("app/rev-1.overlay/upper/new.txt").exists(), "app's changes are in its upper dir");
+
+    // A delete takes the revision's mount and changes; the snapshot stays
+    // while another deployment runs the image, and goes with the last one.
+    assert_eq!(erad.era(&["delete", "app", "--wait"]).code, 0);
+    assert_eq!(era_tests::mount_type(&rootfs("app")), None);
+    assert!(!deployments.join("app").exists());
+    assert!(snapshot.join("app/hello.txt").exists(), "other still runs the image");
+    assert_eq!(erad.era(&["delete", "other", "--wait"]).code, 0);
+    era_tests::eventually(std::time::Duration::from_secs(10), || !snapshot.exists());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let beneath = info.lines().filter(|l| l.contains(&*deployments.to_string_lossy())).count();
+    assert_eq!(beneath, 1, "only the work dirs' own nodev mount is left: {info}");
+}
+
+#[test]
+fn with_rootfs_copy_each_revision_gets_its_own_unpacked_copy() {
     let registry = Registry::start();
     registry.push_image("demo/app", "v1", &[("app/hello.txt", "hello from the image")]);
-    let erad = Erad::start();
+    let config = format!("{}\n[artifacts]\nrootfs = \"copy\"\n", era_tests::fixture_plugins());
+    let erad = Erad::start_with(&config, &[]);
     assert_eq!(erad.apply_wait(&spec(&erad, "app", &format!("image: \"{}/demo/app:v1\"", registry.addr), "")).code, 0);
     let rootfs = erad.data_dir().join("deployments/app/rev-1/rootfs");
     assert_eq!(std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap(), "hello from the image");
     assert!(erad.data_dir().join("deployments/app/rev-1/rootfs.done").exists());
+    assert_eq!(era_tests::mount_type(&rootfs), None, "a plain directory");
+    assert_eq!(std::fs::read_dir(erad.data_dir().join("content/snapshots")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_revisions_rootfs_mount_outlives_erad_and_comes_back_after_a_reboot_with_its_changes() {
+    let registry = Registry::start();
+    registry.push_image("demo/app", "v1", &[("app/hello.txt", "hello from the image")]);
+    let mut erad = Erad::start();
+    assert_eq!(erad.apply_wait(&spec(&erad, "app", &format!("image: \"{}/demo/app:v1\"", registry.addr), "")).code, 0);
+    let rootfs = erad.data_dir().join("deployments/app/rev-1/rootfs");
+    std::fs::write(rootfs.join("written.txt"), "by the workload").unwrap();
+
+    // erad restarts (gracefully): the mount stays, as the workload may use it.
+    assert!(erad.terminate().success());
+    assert_eq!(era_tests::mount_type(&rootfs).as_deref(), Some("overlay"), "kept across erad's restart");
+    erad.spawn(&[]).unwrap();
+    assert_eq!(erad.era(&["stop", "app", "--wait"]).code, 0);
+
+    // A reboot takes every mount; the next start mounts it again, with the
+    // revision's own changes.
+    let out = std::process::Command::new("umount").arg("--lazy").arg(&rootfs).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!rootfs.join("written.txt").exists());
+    let started = erad.era(&["start", "app", "--wait"]);
+    assert_eq!(started.code, 0, "{started:?}");
+    assert_eq!(era_tests::mount_type(&rootfs).as_deref(), Some("overlay"));
+    assert_eq!(std::fs::read_to_string(rootfs.join("written.txt")).unwrap(), "by the workload");
+    assert_eq!(std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap(), "hello from the image");
+}
+
+#[test]
+fn a_symlink_where_the_rootfs_belongs_is_never_mounted_through() {
+    // While a revision's rootfs is not mounted (after a reboot), its plugin
+    // can put anything in the work dir: here, a symlink to a host dir.
+    let registry = Registry::start();
+    registry.push_image("demo/app", "v1", &[("app/hello.txt", "hello from the image")]);
+    let erad = Erad::start();
+    assert_eq!(erad.apply_wait(&spec(&erad, "app", &format!("image: \"{}/demo/app:v1\"", registry.addr), "")).code, 0);
+    assert_eq!(erad.era(&["stop", "app", "--wait"]).code, 0);
+    let rootfs = erad.data_dir().join("deployments/app/rev-1/rootfs");
+    let out = std::process::Command::new("umount").arg("--lazy").arg(&rootfs).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("marker"), "host data").unwrap();
+    std::fs::remove_dir(&rootfs).unwrap();
+    std::os::unix::fs::symlink(host.path(), &rootfs).unwrap();
+
+    let started = erad.era(&["start", "app", "--wait"]);
+    assert_ne!(started.code, 0, "{started:?}");
+    let history = erad.era(&["history", "app"]).stdout;
+    assert!(history.contains("rootfs is not a directory erad made"), "{history}");
+    assert_eq!(era_tests::mount_type(host.path()), None, "nothing was mounted on the host dir");
+    assert_eq!(std::fs::read_to_string(host.path().join("marker")).unwrap(), "host data");
+    assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 1);
+    // Nor unmounted through it: delete still cleans up, leaving the host dir be.
+    assert_eq!(erad.era(&["delete", "app", "--wait"]).code, 0);
+    assert_eq!(std::fs::read_to_string(host.path().join("marker")).unwrap(), "host data");
 }
 
 /// One tar layer holding a single entry with a raw, unchecked name.

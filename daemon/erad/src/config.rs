@@ -69,6 +69,8 @@ struct RawApi {
 struct RawArtifacts {
     #[serde(default)]
     file_roots: Vec<PathBuf>,
+    #[serde(default)]
+    rootfs: crate::prepare::rootfs::RootfsMode,
 }
 
 /// A group, by name or by number (`"era"`, `"4242"` or `4242`).
@@ -238,6 +240,8 @@ pub struct DaemonConfig {
     /// Directories `file:` artifacts may be read from (nothing outside them,
     /// no link out of them); empty: no `file:` artifacts at all.
     pub file_roots: Vec<PathBuf>,
+    /// How a new image revision gets its root filesystem.
+    pub rootfs: crate::prepare::rootfs::RootfsMode,
 }
 
 /// Default memory cap of a plugin instance.
@@ -440,6 +444,7 @@ impl DaemonConfig {
             trust,
             api: ApiConfig { admin_group: raw.api.admin_group, read_group: raw.api.read_group },
             file_roots,
+            rootfs: raw.artifacts.rootfs,
         })
     }
 }

@@ -181,6 +181,7 @@ impl DaemonBuilder {
             runtimes: plugins.clone(),
             plugins,
             layout,
+            rootfs: cfg.rootfs,
             events,
             health_interval: cfg.health_interval,
             log_max_bytes: cfg.log_max_bytes,
@@ -263,7 +264,10 @@ impl RunningDaemon {
             }
         }
         let _ = std::fs::remove_file(&self.socket);
+        // Revisions' rootfs mounts stay for the workloads (as containerd's
+        // do), and with them the mount they are beneath.
         if let Some(dir) = &self.nodev_mount
+            && crate::prepare::rootfs::mounts_beneath(dir).len() <= 1
             && let Err(e) = crate::prepare::unmount_nodev(dir)
         {
             tracing::warn!(path = %dir.display(), "unmounting the work dirs: {e}");

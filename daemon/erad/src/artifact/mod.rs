@@ -12,6 +12,7 @@
 pub mod gc;
 pub mod oci;
 pub mod roots;
+pub mod snapshot;
 pub mod unpack;
 
 use crate::spec::ArtifactSource;
@@ -81,6 +82,7 @@ pub struct ContentStore {
     /// revision's artifact or a pull); the GC runs only when it can hold it
     /// alone, so it never takes a blob a fetch found present and reuses.
     in_flight: std::sync::Arc<tokio::sync::RwLock<()>>,
+    snapshots: snapshot::Snapshots,
 }
 
 /// Held while a fetch and the record of what it fetched are under way.
@@ -104,7 +106,10 @@ impl ContentStore {
             .build()
             .map_err(|e| FetchError::Store { path: root.to_path_buf(), source: std::io::Error::other(e) })?;
         let oci = oci::OciFetcher::new(Default::default(), Default::default());
+        let snapshots = snapshot::Snapshots::open(&root.join("snapshots"))
+            .map_err(|e| FetchError::Store { path: root.join("snapshots"), source: std::io::Error::other(e) })?;
         Ok(ContentStore {
+            snapshots,
             root: root.to_path_buf(),
             max_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             http,
@@ -182,6 +187,11 @@ impl ContentStore {
         let err = |source| FetchError::Store { path: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(err)?;
         std::fs::write(dir.join(fingerprint), format!("{signer}\n")).map_err(err)
+    }
+
+    /// The unpacked images, one per manifest.
+    pub fn snapshots(&self) -> &snapshot::Snapshots {
+        &self.snapshots
     }
 
     /// The directory of sha256 blobs.

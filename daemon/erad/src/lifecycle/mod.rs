@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     /// The same plugins, as the supervisors call them.
     pub runtimes: Arc<dyn runtime::Runtimes>,
     pub layout: Layout,
+    /// How new image revisions get their root filesystem.
+    pub rootfs: crate::prepare::rootfs::RootfsMode,
     pub events: broadcast::Sender<WatchEvent>,
     pub health_interval: Duration,
     /// Size at which a workload's `logs/output.log` is rotated.

@@ -3,6 +3,8 @@
 //! the data dir, so what Preparing made can always be found and undone, also
 //! after a crash.
 
+pub mod rootfs;
+
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -44,7 +46,11 @@ pub fn mount_nodev(dir: &Path) -> io::Result<bool> {
             flags |= ms;
         }
     }
-    if let Err(e) = rustix::mount::mount_remount(dir, flags, "") {
+    // Private: the revisions' rootfs mounts beneath it are erad's own and
+    // do not propagate to the host's mount of the same directory.
+    let made = rustix::mount::mount_remount(dir, flags, "")
+        .and_then(|()| rustix::mount::mount_change(dir, rustix::mount::MountPropagationFlags::PRIVATE));
+    if let Err(e) = made {
         let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
         return Err(e.into());
     }
@@ -101,6 +107,12 @@ impl Layout {
         self.deployment_dir(name).join(format!("rev-{revision}"))
     }
 
+    /// The upper and work dirs of a revision's rootfs overlay
+    /// ([`rootfs`]): beside its work dir, out of its plugin's reach.
+    pub fn overlay_dir(&self, name: &str, revision: u64) -> PathBuf {
+        self.deployment_dir(name).join(format!("rev-{revision}.overlay"))
+    }
+
     pub fn volumes_dir(&self, name: &str) -> PathBuf {
         self.root.join("volumes").join(name)
     }
@@ -121,15 +133,28 @@ impl Layout {
         Ok(work)
     }
 
-    /// Removes one revision's work dir.
+    /// Removes one revision's work dir and its rootfs overlay.
     pub fn remove_revision(&self, name: &str, revision: u64) -> Result<(), PrepareError> {
         let work = self.work_dir(name, revision);
-        remove_dir(&work).map_err(|source| PrepareError { what: "work dir", path: work, source })
+        rootfs::unmount(&work).map_err(|source| PrepareError { what: "rootfs mount", path: work.clone(), source })?;
+        remove_dir(&work).map_err(|source| PrepareError { what: "work dir", path: work, source })?;
+        let overlay = self.overlay_dir(name, revision);
+        remove_dir(&overlay).map_err(|source| PrepareError { what: "rootfs overlay", path: overlay, source })
     }
 
-    /// Removes everything of the deployment on disk: work dirs and volumes.
+    /// Removes everything of the deployment on disk: work dirs, their
+    /// rootfs mounts and volumes.
     pub fn remove_deployment(&self, name: &str) -> Result<(), PrepareError> {
-        for (what, dir) in [("deployment dir", self.deployment_dir(name)), ("volumes", self.volumes_dir(name))] {
+        let dir = self.deployment_dir(name);
+        let mounts = rootfs::mounts_beneath(&dir);
+        for work in mounts.iter().filter(|m| m.ends_with(rootfs::ROOTFS)).filter_map(|m| m.parent()) {
+            rootfs::unmount(work).map_err(|source| PrepareError {
+                what: "rootfs mount",
+                path: work.to_path_buf(),
+                source,
+            })?;
+        }
+        for (what, dir) in [("deployment dir", dir), ("volumes", self.volumes_dir(name))] {
             remove_dir(&dir).map_err(|source| PrepareError { what, path: dir.clone(), source })?;
         }
         Ok(())

@@ -4,11 +4,15 @@
 use super::calls::retry;
 use super::steps::ports_of;
 use super::{PROGRESS_STEP, StepError, Supervisor, Work, plugin_for, workload_of};
+use crate::artifact::oci::image_parts;
+use crate::artifact::unpack::{UnpackPolicy, unpack_layers_until};
 use crate::lifecycle::WatchEvent;
 use crate::plugin::CallContext;
 use crate::prepare::Scratch;
+use crate::prepare::rootfs::{self, RootfsMode};
 use crate::spec::ArtifactSource;
-use std::path::Path;
+use crate::store::RevisionRecord;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -99,22 +103,31 @@ impl Supervisor {
     pub(super) async fn prepare(&self, revision: u64) -> Work<()> {
         let rev = self.revision(revision).await?;
         let volumes: Vec<String> = rev.spec.spec.volumes.iter().map(|v| v.name.clone()).collect();
-        let work = self.shared.layout.prepare(&self.name, revision, &volumes).map_err(StepError::from)?;
-        if let (ArtifactSource::Image(_), Some(manifest)) = (rev.spec.artifact_source(), rev.artifact_path.clone()) {
-            self.unpack_rootfs(&work, Path::new(&manifest)).await?;
-        }
-        Ok(())
+        self.shared.layout.prepare(&self.name, revision, &volumes).map_err(StepError::from)?;
+        self.ensure_rootfs(&rev).await
     }
 
-    /// Unpacks an image's layers into `<work dir>/rootfs`, once: a marker
-    /// says it finished, and an unfinished one (a crash) is redone.
-    pub(super) async fn unpack_rootfs(&self, work: &Path, manifest: &Path) -> Work<()> {
-        let (rootfs, done) = (work.join("rootfs"), work.join("rootfs.done"));
-        if done.exists() {
+    /// An image revision's `<work dir>/rootfs`: an overlay of the image's
+    /// shared snapshot (unpacked first if the image never ran here), or,
+    /// with `[artifacts] rootfs = "copy"` or where overlayfs cannot be
+    /// used, the image unpacked into the work dir (a marker says that
+    /// finished; an unfinished one, after a crash, is redone). Idempotent
+    /// and cheap when it is there: Installing and Activating call it too, so
+    /// a revision started after a reboot (its mount gone) gets it back. A
+    /// revision keeps the kind it was made with.
+    pub(super) async fn ensure_rootfs(&self, rev: &RevisionRecord) -> Work<()> {
+        let (ArtifactSource::Image(_), Some(manifest)) = (rev.spec.artifact_source(), rev.artifact_path.clone()) else {
+            return Ok(());
+        };
+        let work = PathBuf::from(&rev.work_dir);
+        let done = work.join("rootfs.done");
+        let layers_dir = self.shared.layout.overlay_dir(&self.name, rev.revision);
+        let overlay = layers_dir.exists() || (self.shared.rootfs == RootfsMode::Overlay && !done.exists());
+        if done.exists() || (overlay && rootfs::is_mounted(&work).unwrap_or(false)) {
             return Ok(());
         }
         let content = self.shared.content.clone();
-        let manifest = manifest.to_path_buf();
+        let manifest = PathBuf::from(manifest);
         // If the step is cut short (this future dropped), the guard raises
         // the flag and the thread stops at the next entry; the supervisor
         // waits for the lock the thread holds before it goes on.
@@ -127,13 +140,35 @@ impl Supervisor {
         let guard = CancelOnDrop(Arc::default());
         let cancel = guard.0.clone();
         let writing = self.unpacking.clone().lock_owned().await;
+        let deployment = self.name.clone();
         tokio::task::spawn_blocking(move || -> Work<()> {
             let _writing = writing;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&work)
+                .map_err(|e| format!("work dir {}: {e}", work.display()))?;
+            let (layers, _) = image_parts(&content.blobs_dir(), &manifest).map_err(StepError::from)?;
+            let policy = UnpackPolicy::default();
+            if overlay {
+                let digest = format!("sha256:{}", manifest.file_name().unwrap_or_default().to_string_lossy());
+                let lower = content
+                    .snapshots()
+                    .ensure(&digest, &layers, &policy, &cancel)
+                    .map_err(|e| format!("unpacking the image: {e}"))?;
+                match rootfs::mount(&lower, &layers_dir, &work) {
+                    Ok(()) => return Ok(()),
+                    Err(rootfs::MountError::Unsupported(e)) => {
+                        let _ = std::fs::remove_dir_all(&layers_dir);
+                        tracing::warn!(deployment, error = %e, "the rootfs overlay cannot be mounted here; unpacking a copy into the work dir instead");
+                    }
+                    Err(e) => return Err(format!("mounting the rootfs of {}: {e}", work.display()).into()),
+                }
+            }
+            let rootfs = work.join(rootfs::ROOTFS);
             let _ = std::fs::remove_dir_all(&rootfs);
-            let (layers, _) =
-                crate::artifact::oci::image_parts(&content.blobs_dir(), &manifest).map_err(StepError::from)?;
-            let policy = crate::artifact::unpack::UnpackPolicy::default();
-            crate::artifact::unpack::unpack_layers_until(&layers, &rootfs, &policy, &cancel).map_err(|e| {
+            unpack_layers_until(&layers, &rootfs, &policy, &cancel).map_err(|e| {
                 let _ = std::fs::remove_dir_all(&rootfs);
                 format!("unpacking the image: {e}")
             })?;

@@ -287,12 +287,15 @@ pub(crate) async fn collect_garbage(shared: &Shared) {
     let done = tokio::task::spawn_blocking(move || {
         let _alone = alone;
         let keep = crate::artifact::gc::closure(&content, roots);
-        crate::artifact::gc::collect(&content, &keep, grace)
+        // An unpacked image goes with its manifest: no revision that
+        // could still run it is left.
+        let snapshots = content.snapshots().collect(&keep, grace).map_err(|e| e.to_string())?;
+        crate::artifact::gc::collect(&content, &keep, grace).map(|c| (c, snapshots)).map_err(|e| e.to_string())
     })
     .await;
     match done {
-        Ok(Ok(c)) if c.blobs > 0 => {
-            tracing::info!(blobs = c.blobs, bytes = c.bytes, "content-store GC removed unreferenced blobs")
+        Ok(Ok((c, snapshots))) if c.blobs > 0 || snapshots > 0 => {
+            tracing::info!(blobs = c.blobs, bytes = c.bytes, snapshots, "content-store GC removed unreferenced blobs")
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!("content-store GC: {e}"),

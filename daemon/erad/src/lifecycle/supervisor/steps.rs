@@ -216,6 +216,7 @@ impl Supervisor {
                 .await
                 .map_err(StepError::from)?;
         }
+        self.ensure_rootfs(&rev).await?;
         let workload = self.workload(&rev);
         let ctx = self.ctx(&rev);
         retry(|| plugin.install(&ctx, &workload)).await.map_err(StepError::from)
@@ -229,6 +230,8 @@ impl Supervisor {
         let plugin = plugin_for(&self.shared, &rev.runtime)?;
         let handle =
             rev.handle.clone().ok_or_else(|| format!("revision {revision} has no handle: it was never installed"))?;
+        // After a reboot the rootfs mount is gone; the workload needs it.
+        self.ensure_rootfs(&rev).await?;
         self.db(move |s, n| s.count_activation(n, revision)).await.map_err(StepError::from)?;
         let workload = self.workload(&rev);
         let ctx = self.ctx(&rev);

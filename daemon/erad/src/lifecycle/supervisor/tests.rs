@@ -208,6 +208,7 @@ impl Bench {
             plugins: Arc::new(PluginRegistry::default()),
             runtimes: Arc::new(One(runtime.clone())),
             layout,
+            rootfs: Default::default(),
             events,
             health_interval: Duration::from_millis(50),
             log_max_bytes: 1 << 20,

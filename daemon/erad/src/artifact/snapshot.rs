@@ -1,0 +1,203 @@
+//! Unpacked images: one read-only root filesystem per image manifest, made
+//! once and shared by every revision that runs the image, each through an
+//! overlay mount of its own ([`crate::prepare::rootfs`]), as containerd's
+//! overlayfs snapshotter does. An apply of an image erad has run before
+//! then unpacks nothing.
+//!
+//! A snapshot is unpacked into a temp dir (with the same checks as any
+//! unpack, [`super::unpack`]), flushed to disk, and only then renamed to
+//! `snapshots/<manifest hex>`: a snapshot under its name is always whole.
+//! Nothing writes to it after that: a revision's changes go to its overlay's
+//! upper dir. The GC removes snapshots whose manifest it removes.
+
+use super::unpack::{Layer, UnpackError, UnpackPolicy, unpack_layers_until};
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime};
+
+/// Where the snapshots live (`<content store>/snapshots`).
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("image manifest {0:?} is not a sha256 digest")]
+    Digest(String),
+    #[error("snapshot {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+}
+
+/// The hex of a `sha256:<64 hex>` digest, or None: a snapshot's name is
+/// never anything else.
+fn hex_of(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
+}
+
+const TEMP_PREFIX: &str = ".unpacking-";
+
+impl Snapshots {
+    /// Opens the snapshot dir, removing unpacks a crash interrupted.
+    pub fn open(dir: &Path) -> Result<Snapshots, SnapshotError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let io_err = |source| SnapshotError::Io { path: dir.to_path_buf(), source };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err)?;
+        for e in std::fs::read_dir(dir).map_err(io_err)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(Snapshots { dir: dir.to_path_buf() })
+    }
+
+    /// Where the snapshot of the image with this manifest is (or would be).
+    pub fn path(&self, manifest: &str) -> Result<PathBuf, SnapshotError> {
+        hex_of(manifest).map(|h| self.dir.join(h)).ok_or_else(|| SnapshotError::Digest(manifest.to_string()))
+    }
+
+    /// The snapshot of the image, unpacked first if there is none yet.
+    /// Two callers may unpack the same image at once: the first rename
+    /// wins and the other's copy is dropped. `cancel` stops an unpack at its
+    /// next entry (nothing is left behind).
+    pub fn ensure(
+        &self,
+        manifest: &str,
+        layers: &[Layer],
+        policy: &UnpackPolicy,
+        cancel: &AtomicBool,
+    ) -> Result<PathBuf, SnapshotError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = self.path(manifest)?;
+        if path.is_dir() {
+            return Ok(path);
+        }
+        let hex = hex_of(manifest).unwrap_or_default();
+        let temp =
+            self.dir.join(format!("{TEMP_PREFIX}{hex}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let made = (|| {
+            unpack_layers_until(layers, &temp, policy, cancel)?;
+            let io_err = |source| SnapshotError::Io { path: temp.clone(), source };
+            // Whole on disk before it has its name: a power cut never leaves
+            // a named snapshot with empty files.
+            let dir = std::fs::File::open(&temp).map_err(io_err)?;
+            rustix::fs::syncfs(&dir).map_err(|e| io_err(e.into()))?;
+            match std::fs::rename(&temp, &path) {
+                Ok(()) => {}
+                // Another unpack of the same image named its copy first.
+                Err(_) if path.is_dir() => {
+                    let _ = std::fs::remove_dir_all(&temp);
+                }
+                Err(source) => return Err(SnapshotError::Io { path: path.clone(), source }),
+            }
+            if let Ok(d) = std::fs::File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&temp);
+        }
+        made.map(|()| path)
+    }
+
+    /// Removes every snapshot whose manifest is not in `keep` (the content
+    /// GC's closure) and that is older than `grace`. Returns how many went.
+    pub fn collect(&self, keep: &HashSet<String>, grace: Duration) -> Result<u64, SnapshotError> {
+        let io_err = |source| SnapshotError::Io { path: self.dir.clone(), source };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for e in std::fs::read_dir(&self.dir).map_err(io_err)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digest = format!("sha256:{name}");
+            if hex_of(&digest).is_none() || keep.contains(&digest) {
+                continue;
+            }
+            let age = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|m| now.duration_since(m).ok());
+            if age.unwrap_or_default() < grace {
+                continue;
+            }
+            std::fs::remove_dir_all(e.path()).map_err(|source| SnapshotError::Io { path: e.path(), source })?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    /// A tar layer; names are written raw (a hostile one too).
+    fn layer(dir: &Path, files: &[(&str, &[u8])]) -> Layer {
+        let path = dir.join("layer.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.finish().unwrap();
+        Layer { digest: "sha256:layer".into(), media_type: "application/vnd.oci.image.layer.v1.tar".into(), path }
+    }
+
+    #[test]
+    fn an_image_is_unpacked_once_and_a_half_done_unpack_is_gone_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(&dir.path().join("snapshots")).unwrap();
+        let l = layer(dir.path(), &[("etc/hello", b"hi")]);
+        let p = snaps.ensure(A, std::slice::from_ref(&l), &UnpackPolicy::default(), &AtomicBool::new(false)).unwrap();
+        assert_eq!(std::fs::read(p.join("etc/hello")).unwrap(), b"hi");
+        // The second ensure finds it: a file written into it shows it was not redone.
+        std::fs::write(p.join("mark"), b"").unwrap();
+        let again = snaps.ensure(A, &[l], &UnpackPolicy::default(), &AtomicBool::new(false)).unwrap();
+        assert!(again.join("mark").exists(), "the snapshot was made once");
+
+        let stale = dir.path().join("snapshots").join(format!("{TEMP_PREFIX}{}-1-0", &B[7..]));
+        std::fs::create_dir_all(stale.join("etc")).unwrap();
+        Snapshots::open(&dir.path().join("snapshots")).unwrap();
+        assert!(!stale.exists(), "an unpack a crash cut off is removed at open");
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn a_cancelled_or_failed_unpack_leaves_nothing_under_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(&dir.path().join("snapshots")).unwrap();
+        let l = layer(dir.path(), &[("a", b"1")]);
+        let err = snaps.ensure(A, &[l], &UnpackPolicy::default(), &AtomicBool::new(true)).unwrap_err();
+        assert!(matches!(err, SnapshotError::Unpack(UnpackError::Cancelled)), "{err}");
+        let hostile = layer(dir.path(), &[("../escape", b"x")]);
+        let err = snaps.ensure(A, &[hostile], &UnpackPolicy::default(), &AtomicBool::new(false)).unwrap_err();
+        assert!(err.to_string().contains("'..'"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path().join("snapshots")).unwrap().count(), 0);
+        assert!(matches!(snaps.path("sha256:../../etc"), Err(SnapshotError::Digest(_))));
+    }
+
+    #[test]
+    fn the_gc_removes_only_snapshots_of_manifests_it_does_not_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(&dir.path().join("snapshots")).unwrap();
+        for d in [A, B] {
+            let l = layer(dir.path(), &[("f", b"x")]);
+            snaps.ensure(d, &[l], &UnpackPolicy::default(), &AtomicBool::new(false)).unwrap();
+        }
+        let keep = HashSet::from([A.to_string()]);
+        assert_eq!(snaps.collect(&keep, Duration::from_secs(3600)).unwrap(), 0, "B is within its grace");
+        assert_eq!(snaps.collect(&keep, Duration::ZERO).unwrap(), 1);
+        assert!(snaps.path(A).unwrap().exists() && !snaps.path(B).unwrap().exists());
+    }
+}
