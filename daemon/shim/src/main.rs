@@ -7,6 +7,9 @@
 //! era-shim --exit-file EXIT --pid-file PID -- runc run --detach --bundle B --pid-file PID ID
 //! ```
 //!
+//! (erad itself starts the copy directly, `era-shim --serve ...`, in a
+//! process group of its own, and reads its `created <code>` line.)
+//!
 //! The shim starts a copy of itself in a new session and returns the create
 //! command's exit status once it is known. The copy is a child subreaper: when
 //! the runtime exits, the container's init becomes its child, so it can wait

@@ -182,7 +182,8 @@ pub struct RevisionRecord {
     pub handle: Option<String>,
     /// The runtime object exists (install succeeded and delete has not).
     pub installed: bool,
-    /// How many times erad has asked the plugin to start this revision.
+    /// How many times this revision entered Activating or RollingBack
+    /// (committed before the plugin is asked to start it).
     pub activations: u64,
     pub created_at: String,
 }
@@ -222,6 +223,21 @@ pub struct Changes {
     /// `start` returned), committed with the transition that follows it, so a
     /// crash can never keep the one and lose the other.
     pub installed: Option<Installed>,
+    /// A new revision, inserted with the transition that applies it.
+    pub new_revision: Option<Box<RevisionRecord>>,
+    /// What Fetching verified, recorded with the transition that ends it.
+    pub artifact: Option<FetchedArtifact>,
+}
+
+/// A revision's verified artifact: its digest and place in the content
+/// store and, for OCI artifacts, the row `era images` lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedArtifact {
+    pub revision: u64,
+    pub digest: String,
+    pub path: String,
+    /// `(reference, kind, size)` of an OCI artifact.
+    pub listed: Option<(String, String, u64)>,
 }
 
 /// A revision's runtime object as the last side effect left it.
@@ -290,13 +306,22 @@ impl Store {
     }
 
     /// Creates the deployment in `Requested` (or returns the existing one).
+    /// Not flushed on its own: nothing has been promised yet, and the apply
+    /// that follows commits it to disk with its first transition (SQLite's
+    /// write-ahead log is flushed in order, so that commit's fsync covers
+    /// this write too). A crash before then leaves a deployment in
+    /// Requested with no revision or none at all, both of which recovery
+    /// handles.
     pub fn ensure_deployment(&self, name: &str) -> Result<DeploymentRecord, StoreError> {
         self.with(|c| {
             let now = now_rfc3339();
-            c.execute(
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            let inserted = c.execute(
                 "INSERT OR IGNORE INTO deployments (name, state, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
                 params![name, State::Requested.as_str(), now],
-            )?;
+            );
+            c.pragma_update(None, "synchronous", "FULL")?;
+            inserted?;
             get_deployment(c, name)
         })
     }
@@ -323,29 +348,7 @@ impl Store {
     }
 
     pub fn insert_revision(&self, rev: &RevisionRecord) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO revisions (deployment, revision, spec, spec_hash, source_dir, runtime, artifact_digest,
-                    artifact_path, work_dir, handle, installed, activations, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                params![
-                    rev.deployment,
-                    rev.revision as i64,
-                    rev.spec.canonical_json(),
-                    rev.spec_hash,
-                    rev.source_dir,
-                    rev.runtime,
-                    rev.artifact_digest,
-                    rev.artifact_path,
-                    rev.work_dir,
-                    rev.handle,
-                    rev.installed,
-                    rev.activations as i64,
-                    rev.created_at
-                ],
-            )?;
-            Ok(())
-        })
+        self.with(|c| insert_revision(c, rev))
     }
 
     pub fn revision(&self, name: &str, revision: u64) -> Result<Option<RevisionRecord>, StoreError> {
@@ -370,13 +373,15 @@ impl Store {
         })
     }
 
-    pub fn set_artifact(&self, name: &str, revision: u64, digest: &str, path: &str) -> Result<(), StoreError> {
-        self.update_revision(
-            name,
-            revision,
-            "artifact_digest = ?3, artifact_path = ?4",
-            params![name, revision as i64, digest, path],
-        )
+    /// Records what a fetch verified, in one transaction (Fetching commits
+    /// it with its transition instead).
+    pub fn record_fetched(&self, name: &str, fetched: &FetchedArtifact) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            record_fetched(&tx, name, fetched)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Records the plugin's handle and whether the runtime object exists.
@@ -393,12 +398,6 @@ impl Store {
             "handle = ?3, installed = ?4",
             params![name, revision as i64, handle, installed],
         )
-    }
-
-    /// Counts a start request *before* it is made, so a restarted erad can
-    /// tell a started activation from one that never got that far.
-    pub fn count_activation(&self, name: &str, revision: u64) -> Result<(), StoreError> {
-        self.update_revision(name, revision, "activations = activations + 1", params![name, revision as i64])
     }
 
     fn update_revision(
@@ -434,6 +433,12 @@ impl Store {
             let to = machine::transition(before.state, event)
                 .map_err(|source| StoreError::Transition { name: name.to_string(), source })?;
             let now = now_rfc3339();
+            if let Some(rev) = &changes.new_revision {
+                insert_revision(&tx, rev)?;
+            }
+            if let Some(a) = &changes.artifact {
+                record_fetched(&tx, name, a)?;
+            }
             // Cached statements: a commit is mostly its fsync, and preparing
             // three statements each time was a tenth of it.
             tx.prepare_cached(
@@ -472,6 +477,21 @@ impl Store {
                 if n == 0 {
                     return Err(StoreError::NotFound(format!("{name} revision {}", i.revision)));
                 }
+            }
+            // Entering Installing marks the revision installed before the
+            // plugin is asked (its handle unknown yet): a crash during or
+            // after the install leaves a record that an object may exist, so
+            // every cleanup path still deletes it. Entering Activating counts
+            // a start request before it is made.
+            let desired = changes.desired_revision.unwrap_or(before.desired_revision);
+            let intent = match to {
+                State::Installing => Some("installed = 1"),
+                State::Activating | State::RollingBack => Some("activations = activations + 1"),
+                _ => None,
+            };
+            if let Some(set) = intent {
+                tx.prepare_cached(&format!("UPDATE revisions SET {set} WHERE deployment = ?1 AND revision = ?2"))?
+                    .execute(params![name, desired as i64])?;
             }
             // What the UPDATE above wrote, without reading it back.
             let after = DeploymentRecord {
@@ -640,15 +660,7 @@ impl Store {
         size: u64,
         pinned: bool,
     ) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO artifacts (reference, digest, kind, size, pulled_at, pinned) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (reference, digest) DO UPDATE SET pulled_at = excluded.pulled_at,
-                    pinned = MAX(pinned, excluded.pinned)",
-                params![reference, digest, kind, size as i64, now_rfc3339(), pinned],
-            )?;
-            Ok(())
-        })
+        self.with(|c| insert_artifact(c, reference, digest, kind, size, pinned))
     }
 
     /// Pulled artifacts with the deployments whose revisions use them.
@@ -764,6 +776,63 @@ fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<DeploymentRecord,
     Ok(rec)
 }
 
+fn insert_revision(c: &Connection, rev: &RevisionRecord) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO revisions (deployment, revision, spec, spec_hash, source_dir, runtime, artifact_digest,
+            artifact_path, work_dir, handle, installed, activations, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            rev.deployment,
+            rev.revision as i64,
+            rev.spec.canonical_json(),
+            rev.spec_hash,
+            rev.source_dir,
+            rev.runtime,
+            rev.artifact_digest,
+            rev.artifact_path,
+            rev.work_dir,
+            rev.handle,
+            rev.installed,
+            rev.activations as i64,
+            rev.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_artifact(
+    c: &Connection,
+    reference: &str,
+    digest: &str,
+    kind: &str,
+    size: u64,
+    pinned: bool,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO artifacts (reference, digest, kind, size, pulled_at, pinned) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (reference, digest) DO UPDATE SET pulled_at = excluded.pulled_at,
+            pinned = MAX(pinned, excluded.pinned)",
+    )?
+    .execute(params![reference, digest, kind, size as i64, now_rfc3339(), pinned])?;
+    Ok(())
+}
+
+/// Records what Fetching verified (see [`FetchedArtifact`]).
+fn record_fetched(c: &Connection, name: &str, a: &FetchedArtifact) -> Result<(), StoreError> {
+    let n = c
+        .prepare_cached(
+            "UPDATE revisions SET artifact_digest = ?3, artifact_path = ?4 WHERE deployment = ?1 AND revision = ?2",
+        )?
+        .execute(params![name, a.revision as i64, a.digest, a.path])?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("{name} revision {}", a.revision)));
+    }
+    if let Some((reference, kind, size)) = &a.listed {
+        insert_artifact(c, reference, &a.digest, kind, *size, false)?;
+    }
+    Ok(())
+}
+
 const REVISION_COLUMNS: &str = "deployment, revision, spec, spec_hash, source_dir, runtime, artifact_digest, artifact_path, work_dir, handle, installed, activations, created_at";
 
 fn revision_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RevisionRecord, StoreError>> {
@@ -828,7 +897,7 @@ mod tests {
             operation: Some(Operation::Update),
             restarts: Some(5),
             health: Some("healthy".into()),
-            installed: None,
+            ..Default::default()
         };
         for (event, changes) in
             [(Event::Apply, Changes::default()), (Event::Validated, every), (Event::Fetched, Changes::default())]
@@ -836,6 +905,66 @@ mod tests {
             let (rec, _) = s.commit_transition("web", event, 4, "cause", &changes).unwrap();
             assert_eq!(rec, s.deployment("web").unwrap(), "after {event:?}");
         }
+    }
+
+    fn revision(rev: u64) -> RevisionRecord {
+        let spec = DeploymentSpec::parse(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  runtime: noop\n  artifact: {image: \"r/app:1\"}\n",
+            "test",
+        )
+        .unwrap();
+        RevisionRecord {
+            deployment: "web".into(),
+            revision: rev,
+            spec,
+            spec_hash: String::new(),
+            source_dir: "/".into(),
+            runtime: "noop".into(),
+            artifact_digest: None,
+            artifact_path: None,
+            work_dir: "/w".into(),
+            handle: None,
+            installed: false,
+            activations: 0,
+            created_at: now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn what_a_step_made_is_committed_with_its_transition_and_not_without_it() {
+        let (_d, s) = store();
+        s.ensure_deployment("web").unwrap();
+        // An illegal transition inserts no revision.
+        let apply = |event| {
+            let changes =
+                Changes { new_revision: Some(Box::new(revision(1))), desired_revision: Some(1), ..Default::default() };
+            s.commit_transition("web", event, 1, "applied", &changes)
+        };
+        assert!(apply(Event::Healthy).is_err());
+        assert!(s.revisions("web").unwrap().is_empty());
+        apply(Event::Apply).unwrap();
+        assert_eq!(s.revisions("web").unwrap().len(), 1);
+        s.commit_transition("web", Event::Validated, 1, "valid", &Changes::default()).unwrap();
+        let fetched = FetchedArtifact {
+            revision: 1,
+            digest: "sha256:aa".into(),
+            path: "/blobs/aa".into(),
+            listed: Some(("r/app:1".into(), "image".into(), 7)),
+        };
+        let changes = Changes { artifact: Some(fetched), ..Default::default() };
+        s.commit_transition("web", Event::Fetched, 1, "fetched", &changes).unwrap();
+        let rev = s.revision("web", 1).unwrap().unwrap();
+        assert_eq!(
+            (rev.artifact_digest.as_deref(), rev.artifact_path.as_deref()),
+            (Some("sha256:aa"), Some("/blobs/aa"))
+        );
+        assert_eq!(s.artifacts().unwrap()[0].size, 7);
+        assert!(!rev.installed);
+        // Entering Installing marks the intent; entering Activating counts a start.
+        s.commit_transition("web", Event::Prepared, 1, "prepared", &Changes::default()).unwrap();
+        assert!(s.revision("web", 1).unwrap().unwrap().installed);
+        s.commit_transition("web", Event::Installed, 1, "installed", &Changes::default()).unwrap();
+        assert_eq!(s.revision("web", 1).unwrap().unwrap().activations, 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::calls::retry;
 use super::steps::ports_of;
 use super::{PROGRESS_STEP, StepError, Supervisor, Work, plugin_for, workload_of};
+use crate::artifact::FetchGuard;
 use crate::artifact::oci::image_parts;
 use crate::artifact::unpack::{UnpackPolicy, unpack_layers_until};
 use crate::lifecycle::WatchEvent;
@@ -11,7 +12,7 @@ use crate::plugin::CallContext;
 use crate::prepare::Scratch;
 use crate::prepare::rootfs::{self, RootfsMode};
 use crate::spec::ArtifactSource;
-use crate::store::RevisionRecord;
+use crate::store::{FetchedArtifact, RevisionRecord};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +34,9 @@ impl Supervisor {
         retry(|| plugin.validate(&ctx, &workload)).await.map_err(StepError::from)
     }
 
-    pub(super) async fn fetch(&self, revision: u64) -> Work<String> {
+    /// Fetches and verifies the revision's artifact and returns what to
+    /// record, with the guard that keeps the GC away until it is recorded.
+    pub(super) async fn fetch(&self, revision: u64) -> Work<(FetchedArtifact, FetchGuard)> {
         let rev = self.revision(revision).await?;
         let source = rev.spec.artifact_source();
         let events = self.shared.events.clone();
@@ -62,8 +65,8 @@ impl Supervisor {
             Some(v) if bundle.is_none() => Some(crate::trust::spec_rule(v, base).map_err(StepError::from)?),
             _ => None,
         };
-        // Until the digest is recorded below, the GC waits.
-        let _fetching = self.shared.content.fetch_guard().await;
+        // Until the digest is recorded, the GC waits.
+        let fetching = self.shared.content.fetch_guard().await;
         let fetched = self
             .shared
             .content
@@ -88,16 +91,20 @@ impl Supervisor {
             .map_err(|e| format!("spec.artifact.verify: {e}"))?;
             tracing::info!(artifact = %source.reference(), signer = %checked.signer, checks = %checked.checks, "bundle verified");
         }
-        let (digest, path) = (fetched.digest.clone(), fetched.path.display().to_string());
-        self.db(move |s, n| s.set_artifact(n, revision, &digest, &path)).await.map_err(StepError::from)?;
-        if matches!(source, ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_)) {
-            let (reference, digest, kind, size) =
-                (source.reference().to_string(), fetched.digest.clone(), source.kind(), fetched.size);
-            self.db(move |s, _| s.record_artifact(&reference, &digest, kind, size, false))
-                .await
-                .map_err(StepError::from)?;
-        }
-        Ok(fetched.digest)
+        let listed = matches!(source, ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_))
+            .then(|| (source.reference().to_string(), source.kind().to_string(), fetched.size));
+        let record =
+            FetchedArtifact { revision, digest: fetched.digest, path: fetched.path.display().to_string(), listed };
+        Ok((record, fetching))
+    }
+
+    /// [`Supervisor::fetch`], recorded at once (within a step that commits
+    /// later, after other side effects).
+    pub(super) async fn fetch_and_record(&self, revision: u64) -> Work<String> {
+        let (fetched, _fetching) = self.fetch(revision).await?;
+        let digest = fetched.digest.clone();
+        self.db(move |s, n| s.record_fetched(n, &fetched)).await.map_err(StepError::from)?;
+        Ok(digest)
     }
 
     pub(super) async fn prepare(&self, revision: u64) -> Work<()> {

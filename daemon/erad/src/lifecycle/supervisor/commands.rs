@@ -187,8 +187,8 @@ impl Supervisor {
             activations: 0,
             created_at: now_rfc3339(),
         };
-        self.db(move |s, _| s.insert_revision(&record)).await?;
         let changes = Changes {
+            new_revision: Some(Box::new(record)),
             desired_revision: Some(revision),
             previous_revision: Some(previous),
             operation: Some(if update { Operation::Update } else { Operation::Install }),

@@ -22,13 +22,18 @@ impl Supervisor {
         let none = Changes::default;
         // What install or start answered, committed with the transition.
         let with_handle = |handle| Changes { installed: Some(Installed { revision: desired, handle }), ..none() };
+        let mut _fetching = None;
         let outcome: Work<(Event, String, Changes)> = match rec.state {
             State::Validating => {
                 self.validate(desired).await.map(|_| (Event::Validated, format!("revision {desired} is valid"), none()))
             }
-            State::Fetching => {
-                self.fetch(desired).await.map(|d| (Event::Fetched, format!("fetched and verified {d}"), none()))
-            }
+            // What it fetched is recorded with the transition, and the GC
+            // waits until then (`_fetching`).
+            State::Fetching => self.fetch(desired).await.map(|(fetched, guard)| {
+                _fetching = Some(guard);
+                let cause = format!("fetched and verified {}", fetched.digest);
+                (Event::Fetched, cause, Changes { artifact: Some(fetched), ..none() })
+            }),
             State::Preparing => self
                 .prepare(desired)
                 .await
@@ -232,7 +237,6 @@ impl Supervisor {
             rev.handle.clone().ok_or_else(|| format!("revision {revision} has no handle: it was never installed"))?;
         // After a reboot the rootfs mount is gone; the workload needs it.
         self.ensure_rootfs(&rev).await?;
-        self.db(move |s, n| s.count_activation(n, revision)).await.map_err(StepError::from)?;
         let workload = self.workload(&rev);
         let ctx = self.ctx(&rev);
         retry(|| plugin.start(&ctx, &workload, &handle)).await.map_err(StepError::from)
@@ -309,7 +313,7 @@ impl Supervisor {
     pub(super) async fn stage_update(&self, rec: &DeploymentRecord) -> Work<String> {
         let new = rec.desired_revision;
         self.validate(new).await?;
-        let digest = self.fetch(new).await?;
+        let digest = self.fetch_and_record(new).await?;
         self.prepare(new).await?;
         let old = rec.previous_revision;
         if old != 0 {
@@ -339,7 +343,7 @@ impl Supervisor {
         self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(StepError::from)?;
         let present = rev.artifact_digest.as_deref().is_some_and(|d| self.shared.content.contains(d));
         if !present {
-            self.fetch(target).await?;
+            self.fetch_and_record(target).await?;
         }
         self.prepare(target).await?;
         if !rev.installed || rev.handle.is_none() {

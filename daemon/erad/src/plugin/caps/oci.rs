@@ -531,7 +531,7 @@ impl<'a> Oci<'a> {
                     "--".into(),
                 ];
                 argv.extend(create);
-                policy::run_host(shim, &argv, &bundle, Some(&log), COMMAND_TIMEOUT).await
+                policy::start_shim(shim, &argv, &bundle, &log, COMMAND_TIMEOUT).await
             }
             None => policy::run_host(&self.program, &create[1..], &bundle, Some(&log), COMMAND_TIMEOUT).await,
         }?;

@@ -428,6 +428,56 @@ pub async fn run_host(
     }
 }
 
+/// Starts `era-shim --serve ARGS` (its stderr, and the container's stdio, to
+/// `log`), in a process group of its own, and returns the runtime's exit
+/// status once the shim reports it (`created <code>` on its stdout). The
+/// shim stays with the container; erad does not wait for it (tokio reaps
+/// it when it exits). One process fewer than `era-shim ARGS`, whose only
+/// job is to detach the `--serve` copy from its caller.
+pub async fn start_shim(
+    shim: &Path,
+    args: &[OsString],
+    cwd: &Path,
+    log: &std::fs::File,
+    timeout: Duration,
+) -> Result<Ran, RunError> {
+    use tokio::io::AsyncBufReadExt;
+    let err = log.try_clone().map_err(|e| RunError::Failed(format!("the log file: {e}")))?;
+    let mut child = tokio::process::Command::new(shim)
+        .arg("--serve")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(err))
+        .process_group(0)
+        .spawn()
+        .map_err(|e| RunError::Failed(format!("{}: {e}", shim.display())))?;
+    let stdout = child.stdout.take().ok_or_else(|| RunError::Failed("the shim's stdout".into()))?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    match tokio::time::timeout(timeout, reader.read_line(&mut line)).await {
+        Ok(_) => {}
+        Err(_) => {
+            return Err(RunError::TimedOut(format!(
+                "{} did not report within {}",
+                shim.display(),
+                humantime::format_duration(timeout)
+            )));
+        }
+    }
+    match line.trim().strip_prefix("created ").and_then(|c| c.parse::<i32>().ok()) {
+        Some(code) => Ok(Ran { code: Some(code), stdout: Vec::new(), stderr: Vec::new() }),
+        // The shim failed before the runtime ran; it said why in the log.
+        None => {
+            let status = child.wait().await.map_err(|e| RunError::Failed(format!("{}: {e}", shim.display())))?;
+            Ok(Ran { code: status.code().filter(|c| *c != 0).or(Some(1)), stdout: Vec::new(), stderr: Vec::new() })
+        }
+    }
+}
+
 /// The last lines of the workload's log, for error messages (read beneath
 /// the work dir, never through a link).
 pub fn log_tail(work_dir: &Path) -> String {
