@@ -1,10 +1,13 @@
 //! Real runtimes, each against the same work done by hand in the same run:
 //!
 //! 1. `era apply --wait` of a busybox image already in the content store,
-//!    until Running (validate, fetch from the store, unpack the rootfs, write
+//!    until Running (validate, fetch from the store, mount the rootfs overlay, write
 //!    the bundle, runc create + start, health check, every transition
-//!    committed) vs `runc run -d` of the same bundle and rootfs by hand;
-//! 2. the same with the LXC plugin vs `lxc-start -d` of the same container.
+//!    committed) vs `runc run -d` by hand of the config erad ran (its
+//!    checked copy of the plugin's bundle) on a copy of the rootfs;
+//! 2. the same with the LXC plugin vs `lxc-start -d` of the same config
+//!    (console and LXC logs to files, as erad's), waited for until RUNNING
+//!    with `lxc-wait` (era's figure ends when it sees the container running).
 //!
 //! For each, the journal's commit times split era's figure into phases.
 //!
@@ -60,8 +63,16 @@ fn journal_ms(time: &str) -> i64 {
 
 /// Where the time from `era apply` to its exit went, by the journal: each
 /// phase ends with its transition committed.
-const PHASES: [&str; 8] =
-    ["accept", "validate", "fetch (store)", "unpack", "install", "create+start", "first health verdict", "CLI sees it"];
+const PHASES: [&str; 8] = [
+    "accept",
+    "validate",
+    "fetch (store)",
+    "prepare (rootfs mount)",
+    "install",
+    "create+start",
+    "first health verdict",
+    "CLI sees it",
+];
 
 fn phases(erad: &Erad, name: &str, started: i64, ended: i64) -> Vec<Duration> {
     let times: Vec<i64> = erad.history(name).iter().map(|e| journal_ms(e["time"].as_str().unwrap())).collect();
@@ -84,7 +95,7 @@ fn report(what: &str, era: Duration, hand: Duration, baseline: &str) {
 
 fn main() {
     // `--quick`: a smoke that it still completes (scripts/test), not a measurement.
-    let rounds = if std::env::args().any(|a| a == "--quick") { 2 } else { 10 };
+    let rounds = if std::env::args().any(|a| a == "--quick") { 2 } else { 20 };
     let registry = Registry::start();
     registry.push_busybox("bench/box", "1", &["/bin/sleep", "600"], &[]);
     let image = format!("{}/bench/box:1", registry.addr);
@@ -115,16 +126,27 @@ fn main() {
             assert_eq!(a.code, 0, "{a:?}");
             by_phase.push(phases(&erad, &name, started, ended));
 
-            // The same container by hand, from a copy of what erad made.
+            // The same container by hand, from a copy of what erad made:
+            // the config erad ran (its checked copy of the plugin's bundle)
+            // and the rootfs.
             let work = erad.data_dir().join(format!("deployments/{name}/rev-1"));
             let scratch = tempfile::tempdir().unwrap();
+            let suffix = format!("-{name}-1");
+            let erads_own = |dir: &str| {
+                std::fs::read_dir(erad.data_dir().join(dir))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.to_string_lossy().ends_with(&suffix))
+                    .unwrap_or_else(|| panic!("erad's {dir} for the revision"))
+            };
             match runtime {
                 "container" => {
                     let bundle = scratch.path().join("bundle");
                     std::fs::create_dir_all(&bundle).unwrap();
                     copy_dir(&work.join("rootfs"), &bundle.join("rootfs"));
-                    let mut cfg: serde_json::Value =
-                        serde_json::from_slice(&std::fs::read(work.join("bundle/config.json")).unwrap()).unwrap();
+                    let checked = erads_own("runtimes/oci/bundles").join("config.json");
+                    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(checked).unwrap()).unwrap();
                     cfg["root"]["path"] = "rootfs".into();
                     std::fs::write(bundle.join("config.json"), cfg.to_string()).unwrap();
                     let id = format!("bench-hand-{i}");
@@ -140,30 +162,28 @@ fn main() {
                     let cname = format!("bench-{name}");
                     std::fs::create_dir_all(path.join(&cname)).unwrap();
                     copy_dir(&work.join("rootfs"), &path.join(&cname).join("rootfs"));
-                    // erad's own lxcpath holds the config it wrote for the revision.
-                    let lxcpath = erad.data_dir().join("runtimes/lxc");
-                    let suffix = format!("-{name}-1");
-                    let theirs = std::fs::read_dir(&lxcpath)
-                        .unwrap()
-                        .flatten()
-                        .map(|e| e.path())
-                        .find(|p| p.to_string_lossy().ends_with(&suffix))
-                        .expect("erad's LXC container for the revision");
+                    // erad's own lxcpath holds the config it wrote for the
+                    // revision; the copy logs to the scratch dir as erad's
+                    // logs to the work dir.
+                    let theirs = erads_own("runtimes/lxc");
                     let cfg = std::fs::read_to_string(theirs.join("config")).unwrap();
                     let cfg: String = cfg
                         .lines()
                         .map(|l| {
-                            if l.starts_with("lxc.rootfs.path") {
-                                format!("lxc.rootfs.path = dir:{}/{cname}/rootfs", path.display())
-                            } else if l.starts_with("lxc.console.logfile") || l.starts_with("lxc.log.file") {
-                                String::new()
-                            } else {
-                                l.to_string()
+                            let key = l.split('=').next().unwrap_or("").trim();
+                            match key {
+                                "lxc.rootfs.path" => format!("lxc.rootfs.path = dir:{}/{cname}/rootfs", path.display()),
+                                "lxc.console.logfile" | "lxc.log.file" => {
+                                    format!("{key} = {}/{cname}/{}.log", path.display(), key.replace('.', "-"))
+                                }
+                                _ => l.to_string(),
                             }
                         })
                         .collect::<Vec<_>>()
                         .join("\n");
                     std::fs::write(path.join(&cname).join("config"), cfg).unwrap();
+                    // Until it is RUNNING, as era's figure is (lxc-start -d
+                    // returns once the container is forked).
                     let t = Instant::now();
                     detached(Command::new("lxc-start").arg("-P").arg(&path).args([
                         "-n",
@@ -173,13 +193,15 @@ fn main() {
                         "/bin/sleep",
                         "600",
                     ]));
+                    ok(Command::new("lxc-wait").arg("-P").arg(&path).args(["-n", &cname, "-s", "RUNNING", "-t", "10"]));
                     hand.push(t.elapsed());
                     ok(Command::new("lxc-stop").arg("-P").arg(&path).args(["-n", &cname, "-k"]));
                 }
             }
             assert_eq!(erad.era(&["delete", &name, "--wait"]).code, 0);
         }
-        let baseline = if runtime == "container" { "runc run -d by hand" } else { "lxc-start -d by hand" };
+        let baseline =
+            if runtime == "container" { "runc run -d by hand" } else { "lxc-start -d + lxc-wait RUNNING by hand" };
         report(&format!("{runtime} ({rounds} rounds)"), median(era), median(hand), baseline);
         let each: Vec<String> = PHASES
             .iter()

@@ -8,7 +8,9 @@
 //! unpack, [`super::unpack`]), flushed to disk, and only then renamed to
 //! `snapshots/<manifest hex>`: a snapshot under its name is always whole.
 //! Nothing writes to it after that: a revision's changes go to its overlay's
-//! upper dir. The GC removes snapshots whose manifest it removes.
+//! upper dir. The GC removes snapshots whose manifest it removes. Besides
+//! the image's own files, a snapshot has the mount points every runtime uses
+//! (`/proc`, `/sys`, `/dev`, `/etc/hosts`...) where the image lacks them.
 
 use super::unpack::{Layer, UnpackError, UnpackPolicy, unpack_layers_until};
 use std::collections::HashSet;
@@ -41,6 +43,41 @@ fn hex_of(digest: &str) -> Option<&str> {
 }
 
 const TEMP_PREFIX: &str = ".unpacking-";
+
+/// Where runtimes mount things in every container: made in the snapshot
+/// when the image lacks them (as Docker's init layer does), so a runtime
+/// never creates them through a revision's overlay (each creation there
+/// copies a directory up; runc started ~3 to 10 ms slower on an overlay
+/// without them, as fast as on a plain copy with them).
+const MOUNT_POINT_DIRS: [&str; 4] = ["proc", "sys", "dev", "etc"];
+const MOUNT_POINT_FILES: [&str; 3] = ["etc/resolv.conf", "etc/hosts", "etc/hostname"];
+
+/// Adds the missing [`MOUNT_POINT_DIRS`] and (empty) [`MOUNT_POINT_FILES`]
+/// to an unpacked root. Whatever the image has at those paths (a file, a
+/// link) is left as it is.
+fn add_mount_points(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let missing = |p: &Path| matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound);
+    for d in MOUNT_POINT_DIRS {
+        let p = root.join(d);
+        if missing(&p) {
+            std::fs::DirBuilder::new().mode(0o755).create(&p)?;
+        }
+    }
+    for f in MOUNT_POINT_FILES {
+        let p = root.join(f);
+        let parent_is_dir = p.parent().and_then(|d| std::fs::symlink_metadata(d).ok()).is_some_and(|m| m.is_dir());
+        if parent_is_dir && missing(&p) {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&p)?;
+        }
+    }
+    Ok(())
+}
 
 impl Snapshots {
     /// Opens the snapshot dir, removing unpacks a crash interrupted.
@@ -84,6 +121,7 @@ impl Snapshots {
         let made = (|| {
             unpack_layers_until(layers, &temp, policy, cancel)?;
             let io_err = |source| SnapshotError::Io { path: temp.clone(), source };
+            add_mount_points(&temp).map_err(io_err)?;
             // Whole on disk before it has its name: a power cut never leaves
             // a named snapshot with empty files.
             let dir = std::fs::File::open(&temp).map_err(io_err)?;
@@ -161,6 +199,11 @@ mod tests {
         let l = layer(dir.path(), &[("etc/hello", b"hi")]);
         let p = snaps.ensure(A, std::slice::from_ref(&l), &UnpackPolicy::default(), &AtomicBool::new(false)).unwrap();
         assert_eq!(std::fs::read(p.join("etc/hello")).unwrap(), b"hi");
+        // The runtimes' mount points are there, empty.
+        for d in MOUNT_POINT_DIRS {
+            assert!(p.join(d).is_dir(), "{d}");
+        }
+        assert_eq!(std::fs::read(p.join("etc/hosts")).unwrap(), b"");
         // The second ensure finds it: a file written into it shows it was not redone.
         std::fs::write(p.join("mark"), b"").unwrap();
         let again = snaps.ensure(A, &[l], &UnpackPolicy::default(), &AtomicBool::new(false)).unwrap();
@@ -171,6 +214,22 @@ mod tests {
         Snapshots::open(&dir.path().join("snapshots")).unwrap();
         assert!(!stale.exists(), "an unpack a crash cut off is removed at open");
         assert!(p.exists());
+    }
+
+    #[test]
+    fn mount_points_never_replace_what_the_image_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hosts"), b"127.0.0.1 image").unwrap();
+        std::os::unix::fs::symlink("/outside", root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("/outside-file", root.join("etc/resolv.conf")).unwrap();
+        add_mount_points(&root).unwrap();
+        assert_eq!(std::fs::read(root.join("etc/hosts")).unwrap(), b"127.0.0.1 image");
+        assert!(std::fs::symlink_metadata(root.join("proc")).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(root.join("etc/resolv.conf")).unwrap().file_type().is_symlink());
+        assert!(!Path::new("/outside-file").exists());
+        assert!(root.join("etc/hostname").is_file() && root.join("dev").is_dir());
     }
 
     #[test]
