@@ -19,6 +19,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("CONTAINER", "era_plugin_container"),
     ("LXC", "era_plugin_lxc"),
     ("KUBERNETES", "era_plugin_kubernetes"),
+    ("PROXMOX", "era_plugin_proxmox"),
 ];
 
 fn main() {
@@ -30,6 +31,7 @@ fn main() {
         "plugins/container",
         "plugins/lxc",
         "plugins/kubernetes",
+        "plugins/proxmox",
         "plugins/Cargo.toml",
         "wit",
     ] {

@@ -11,6 +11,9 @@ pub mod httpd;
 #[path = "k8s.rs"]
 pub mod k8s;
 
+#[path = "pve.rs"]
+pub mod pve;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ pub mod plugin {
     pub const HOSTILE: &str = env!("ERA_PLUGIN_HOSTILE");
     pub const HOSTILE_LXC: &str = env!("ERA_PLUGIN_HOSTILE_LXC");
     pub const HTTP: &str = env!("ERA_PLUGIN_HTTP");
+    pub const PROXMOX: &str = env!("ERA_PLUGIN_PROXMOX");
     pub const CONTAINER: &str = env!("ERA_PLUGIN_CONTAINER");
     pub const LXC: &str = env!("ERA_PLUGIN_LXC");
     pub const KUBERNETES: &str = env!("ERA_PLUGIN_KUBERNETES");

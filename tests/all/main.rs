@@ -16,6 +16,7 @@ mod lifecycle;
 mod lxc;
 mod oci;
 mod plugins;
+mod proxmox;
 mod recovery;
 mod roles;
 mod scale;

@@ -267,7 +267,8 @@ impl Supervisor {
         let started = Instant::now();
         let mut failures = 0;
         loop {
-            let verdict: Work<bool> = match self.status(&rev).await {
+            // Ok(None): healthy; Ok(Some(why)): not yet.
+            let verdict: Work<Option<String>> = match self.status(&rev).await {
                 Err(e) => Err(e),
                 Ok(st) if !st.running => {
                     return Err(StepError::Exited { revision, code: st.exit_code, message: st.message });
@@ -275,18 +276,22 @@ impl Supervisor {
                 Ok(st) if st.health == Health::Unhealthy => {
                     Err(format!("the plugin reports revision {revision} unhealthy: {}", st.message).into())
                 }
-                Ok(st) => match spec.health.as_ref() {
-                    Some(h) => match self.probe(&rev, h).await {
-                        Ok(Some(())) => Ok(true),
-                        Ok(None) => Ok(st.health == Health::Healthy),
-                        Err(e) => Err(e),
-                    },
-                    None => Ok(st.health == Health::Healthy),
-                },
+                Ok(st) => {
+                    let plugin_says =
+                        (st.health != Health::Healthy).then(|| format!("not healthy yet: {}", st.message));
+                    match spec.health.as_ref() {
+                        Some(h) => match self.probe(&rev, h).await {
+                            Ok(Some(())) => Ok(None),
+                            Ok(None) => Ok(plugin_says),
+                            Err(e) => Err(e),
+                        },
+                        None => Ok(plugin_says),
+                    }
+                }
             };
             let last = match verdict {
-                Ok(true) => return Ok(()),
-                Ok(false) => "not healthy yet".to_string(),
+                Ok(None) => return Ok(()),
+                Ok(Some(why)) => why,
                 Err(e) => {
                     if started.elapsed() >= start_period {
                         failures += 1;
