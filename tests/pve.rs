@@ -29,7 +29,8 @@
 //!
 //! Templates: 9000 (a VM whose agent comes up 0.3 s after start), 9001 (a
 //! VM whose agent never answers), 9002 (a VM whose clone task fails), 9003
-//! (a VM whose clone takes 3 s), 9100 (an LXC container); the volume
+//! (a VM whose clone takes 3 s), 9004 (a VM that ignores an ACPI shutdown),
+//! 9100 (an LXC container); the volume
 //! `local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst` for LXC creates.
 
 use crate::httpd::{Request, Response, Server, percent_decode};
@@ -67,6 +68,8 @@ pub struct Guest {
     started: Option<Instant>,
     /// Its QEMU agent never answers.
     no_agent: bool,
+    /// It ignores an ACPI shutdown (the task times out).
+    stubborn: bool,
     /// Its clone task takes this long and fails with this.
     clone_takes: Duration,
     clone_fails: Option<String>,
@@ -114,6 +117,9 @@ struct Task {
     fails: Option<String>,
     /// (disk, new size) for a resize.
     resize: Option<(String, String)>,
+    /// The config a clone or create writes when it ends (until then the
+    /// guest's config is its lock, as PVE's is).
+    pending: Option<Map<String, Value>>,
     exit: Option<String>,
 }
 
@@ -126,6 +132,9 @@ pub struct State {
     /// The next this many `/cluster/nextid` answers are taken by "another
     /// client" right after they are given.
     pub steal_next_ids: u32,
+    /// Answer nextid with a 500 that quotes the request's Authorization
+    /// header (a broken proxy in front of PVE).
+    pub echo_credentials: bool,
     next_pid: u32,
     next_mac: u32,
 }
@@ -158,6 +167,7 @@ fn template(kind: &'static str, name: &str, disk: (&str, &str)) -> Guest {
         running: false,
         started: None,
         no_agent: false,
+        stubborn: false,
         clone_takes: Duration::from_millis(300),
         clone_fails: None,
         ip: String::new(),
@@ -186,6 +196,9 @@ impl Pve {
         let mut slow = template("qemu", "tmpl-slow", ("scsi0", "local-lvm:base-9003-disk-0,size=8G"));
         slow.clone_takes = Duration::from_secs(3);
         st.guests.insert(9003, slow);
+        let mut stubborn = template("qemu", "tmpl-stubborn", ("scsi0", "local-lvm:base-9004-disk-0,size=8G"));
+        stubborn.stubborn = true;
+        st.guests.insert(9004, stubborn);
         st.guests.insert(9100, template("lxc", "tmpl-ct", ("rootfs", "local-lvm:base-9100-disk-0,size=4G")));
         let state = Arc::new(Mutex::new(st));
         let (s, auth) = (state.clone(), format!("PVEAPIToken={token_id}={secret}"));
@@ -194,6 +207,8 @@ impl Pve {
             let mut resp = if r.header("authorization") != Some(auth.as_str()) {
                 // PVE: "401 No ticket" (or "Authentication failed!"), no body.
                 Response::new(401, "text/plain", Vec::new())
+            } else if s.lock().unwrap().echo_credentials && r.path().ends_with("/cluster/nextid") {
+                die(&format!("proxy: upstream refused GET /cluster/nextid (Authorization: {auth})"))
             } else {
                 handle(&mut s.lock().unwrap(), r, &user)
             };
@@ -490,6 +505,7 @@ fn check(kind: &str, key: &str, v: &Value) -> Option<String> {
             .and_then(|p| p.get("enabled").map(|e| matches!(e.as_str(), "0" | "1")))
             .is_none_or(|good| !good)
             .then(|| format_error("agent", &format!("enabled: type check ('boolean') failed - got '{t}'"))),
+        "smbios1" if t.len() > 512 => Some("value may only be 512 characters long".into()),
         "smbios1" if kind == "qemu" => property_string(&t, None)
             .err()
             .or_else(|| {
@@ -519,13 +535,11 @@ fn verify(
     required: &[&str],
     config: bool,
 ) -> Result<(), Response> {
-    const CONFIG_KEYS: [&str; 17] = [
+    const QEMU_CONFIG: [&str; 15] = [
         "name",
-        "hostname",
         "description",
         "cores",
         "memory",
-        "swap",
         "net0",
         "net1",
         "ipconfig0",
@@ -538,6 +552,9 @@ fn verify(
         "agent",
         "smbios1",
     ];
+    const LXC_CONFIG: [&str; 10] =
+        ["hostname", "description", "cores", "memory", "swap", "net0", "net1", "nameserver", "searchdomain", "tags"];
+    let config_keys: &[&str] = if kind == "qemu" { &QEMU_CONFIG } else { &LXC_CONFIG };
     let mut errors = BTreeMap::new();
     for r in required {
         if !p.contains_key(*r) {
@@ -545,7 +562,7 @@ fn verify(
         }
     }
     for (k, v) in p {
-        let known = allowed.contains(&k.as_str()) || (config && CONFIG_KEYS.contains(&k.as_str()));
+        let known = allowed.contains(&k.as_str()) || (config && config_keys.contains(&k.as_str()));
         let bad = if known {
             check(kind, k, v)
         } else {
@@ -569,7 +586,8 @@ fn tick(st: &mut State) {
         st.tasks.iter().filter(|(_, t)| t.exit.is_none() && t.begun + t.takes <= now).map(|(u, _)| u.clone()).collect();
     for upid in due {
         let Some(task) = st.tasks.get(&upid) else { continue };
-        let (effect, fails, resize) = (task.effect, task.fails.clone(), task.resize.clone());
+        let (effect, fails, resize, pending) =
+            (task.effect, task.fails.clone(), task.resize.clone(), task.pending.clone());
         let exit = match (effect, fails) {
             (Effect::Unlock(id), Some(e)) => {
                 // A failed clone or create removes what it made.
@@ -580,7 +598,12 @@ fn tick(st: &mut State) {
             (Effect::Nothing, None) => "OK".into(),
             (Effect::Unlock(id), None) => {
                 if let Some(g) = st.guests.get_mut(&id) {
-                    g.config.remove("lock");
+                    match pending {
+                        Some(config) => g.config = config,
+                        None => {
+                            g.config.remove("lock");
+                        }
+                    }
                 }
                 "OK".into()
             }
@@ -649,6 +672,7 @@ fn task(
             effect,
             fails,
             resize: None,
+            pending: None,
             exit: None,
         },
     );
@@ -800,7 +824,6 @@ fn handle(st: &mut State, r: &Request, user: &str) -> Response {
             let mut g =
                 template("lxc", &format!("CT{vmid}"), ("rootfs", &format!("local-lvm:vm-{vmid}-disk-0,size=4G")));
             g.config.remove("template");
-            g.config.insert("lock".into(), json!("create"));
             if let Some(root) = p.get("rootfs").map(text) {
                 let size = root.rsplit(':').next().unwrap_or("4");
                 g.config.insert("rootfs".into(), json!(format!("local-lvm:vm-{vmid}-disk-0,size={size}G")));
@@ -814,8 +837,12 @@ fn handle(st: &mut State, r: &Request, user: &str) -> Response {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             store_config(st, vmid, &config);
+            // Until the task ends, the config is only its lock.
+            let made = lock_until_done(st, vmid, "create");
             st.made += 1;
-            ok(json!(task(st, user, "vzcreate", vmid, Duration::from_millis(300), Effect::Unlock(vmid), None)))
+            let upid = task(st, user, "vzcreate", vmid, Duration::from_millis(300), Effect::Unlock(vmid), None);
+            pend(st, &upid, made);
+            ok(json!(upid))
         }
         ("POST", ["nodes", _, kind @ ("qemu" | "lxc"), vmid, "clone"]) => {
             let name_key = if *kind == "qemu" { "name" } else { "hostname" };
@@ -859,13 +886,19 @@ fn handle(st: &mut State, r: &Request, user: &str) -> Response {
                 }
                 None => {}
             }
+            let full = p.get("full").and_then(boolean).unwrap_or(!source.is_template());
+            if p.contains_key("storage") && !full {
+                return param_error("storage", "parameter 'storage' not allowed for linked clones");
+            }
             if let Some(s) = p.get("storage").map(text).filter(|s| !STORAGES.contains(&s.as_str())) {
                 return die(&format!("storage '{s}' does not exist"));
             }
             let mut g = source.clone();
             g.config.remove("template");
             g.running = false;
-            g.config.insert("lock".into(), json!("clone"));
+            if *kind == "qemu" {
+                g.config.insert("smbios1".into(), json!(format!("uuid=5a1e{newid:04x}-0000-4000-8000-{newid:012x}")));
+            }
             let default_name = format!("Copy-of-VM-{}", source.name());
             g.config.insert(name_key.into(), p.get(name_key).cloned().unwrap_or(json!(default_name)));
             if let Some(d) = p.get("description") {
@@ -888,9 +921,13 @@ fn handle(st: &mut State, r: &Request, user: &str) -> Response {
             }
             let fails = source.clone_fails.as_ref().map(|f| f.replace("{newid}", &newid.to_string()));
             st.guests.insert(newid, g);
+            // Until the task ends, the new config is only its lock.
+            let made = lock_until_done(st, newid, "clone");
             st.made += 1;
             let kind_name = if *kind == "qemu" { "qmclone" } else { "vzclone" };
-            ok(json!(task(st, user, kind_name, src, source.clone_takes, Effect::Unlock(newid), fails)))
+            let upid = task(st, user, kind_name, src, source.clone_takes, Effect::Unlock(newid), fails);
+            pend(st, &upid, made);
+            ok(json!(upid))
         }
         (m @ ("GET" | "PUT"), ["nodes", node, kind @ ("qemu" | "lxc"), vmid, "config"]) => {
             let vmid: u32 = vmid.parse().unwrap_or(0);
@@ -915,10 +952,7 @@ fn handle(st: &mut State, r: &Request, user: &str) -> Response {
             }
             if let Some(k) = p.get("sshkeys").map(text) {
                 let keys = percent_decode(&k.replace('+', "%2B"));
-                if keys.lines().filter(|l| !l.trim().is_empty()).any(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() < 2 || !(f[0].starts_with("ssh-") || f[0].starts_with("ecdsa-"))
-                }) {
+                if keys.lines().filter(|l| !l.trim().is_empty()).any(|l| !public_key_ok(l)) {
                     return die("SSH public key validation error");
                 }
             }
@@ -1053,6 +1087,14 @@ fn handle(st: &mut State, r: &Request, user: &str) -> Response {
                 "shutdown" => (Effect::Stop(vmid), Duration::from_millis(200)),
                 _ => (Effect::Stop(vmid), Duration::from_millis(100)),
             };
+            // A guest that ignores ACPI: the shutdown waits out its timeout and fails.
+            let stubborn = *action == "shutdown" && guest.as_ref().is_some_and(|g| g.stubborn && g.running);
+            if stubborn && fails.is_none() && !p.get("forceStop").and_then(boolean).unwrap_or(false) {
+                let timeout = Duration::from_secs(p.get("timeout").and_then(int).unwrap_or(60).max(0) as u64);
+                let fail =
+                    Some(if ct { "container did not stop" } else { "VM quit/powerdown failed - got timeout" }.into());
+                return ok(json!(task(st, user, &format!("{prefix}{action}"), vmid, timeout, Effect::Nothing, fail)));
+            }
             ok(json!(task(st, user, &format!("{prefix}{action}"), vmid, takes, effect, fails)))
         }
         ("GET", ["nodes", node, kind @ ("qemu" | "lxc"), vmid, "status", "current"]) => {
@@ -1149,4 +1191,30 @@ fn handle(st: &mut State, r: &Request, user: &str) -> Response {
 fn no_config_text(node: &str, kind: &str, vmid: u32) -> String {
     let dir = if kind == "qemu" { "qemu-server" } else { "lxc" };
     format!("Configuration file 'nodes/{node}/{dir}/{vmid}.conf' does not exist")
+}
+
+/// What `ssh-keygen -l` accepts of an OpenSSH public key line: a type and a
+/// base64 blob that begins with that same type (the wire format's string).
+fn public_key_ok(line: &str) -> bool {
+    use base64::Engine;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (Some(kind), Some(blob)) = (f.first(), f.get(1)) else { return false };
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(blob) else { return false };
+    let len = bytes.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    len.and_then(|n| bytes.get(4..4 + n)) == Some(kind.as_bytes()) && bytes.len() > 4 + kind.len() + 4
+}
+
+/// Takes a new guest's config away until its task ends (PVE writes it then;
+/// meanwhile the config is only `lock: WHAT`). Returns the config to write.
+fn lock_until_done(st: &mut State, vmid: u32, what: &str) -> Map<String, Value> {
+    let Some(g) = st.guests.get_mut(&vmid) else { return Map::new() };
+    let config = std::mem::take(&mut g.config);
+    g.config.insert("lock".into(), json!(what));
+    config
+}
+
+fn pend(st: &mut State, upid: &str, config: Map<String, Value>) {
+    if let Some(t) = st.tasks.get_mut(upid) {
+        t.pending = Some(config);
+    }
 }

@@ -10,6 +10,9 @@ use std::time::Duration;
 const TOKEN_ID: &str = "era@pve!deploy";
 const SECRET: &str = "4f1a9c2e-7d3b-4e8a-9b1c-0d2e3f4a5b6c";
 const T: Duration = Duration::from_secs(60);
+/// A real public key (PVE checks each with ssh-keygen; the test server
+/// checks the blob's own type string).
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGSoQbML927mYeDp+duvVpta0to6m+Kv/9B54iLYTZ+l ops@edge";
 
 fn erad_for(pve: &Pve, env: &[(&str, &str)]) -> (Erad, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -44,7 +47,7 @@ fn spec(erad: &Erad, name: &str, config: Value, extra: &str) -> std::path::PathB
 fn vm_config(template: u32) -> Value {
     json!({"node": NODE, "template": template, "cores": 2, "memoryMiB": 2048, "diskGiB": 20, "bridge": "vmbr0",
         "vlan": 10, "tags": ["edge"], "discovery": "https://era.example:8443",
-        "cloudInit": {"user": "era", "sshKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm3 ops@edge"], "ipconfig0": "ip=dhcp"}})
+        "cloudInit": {"user": "era", "sshKeys": [KEY], "ipconfig0": "ip=dhcp"}})
 }
 
 /// The one guest of a deployment revision on the server.
@@ -69,11 +72,17 @@ fn a_vm_is_cloned_configured_started_updated_rolled_back_stopped_and_destroyed()
     assert!(net0.starts_with("virtio=BC:24:11:") && net0.ends_with(",bridge=vmbr0,tag=10"), "{net0}");
     assert_eq!(g.config["scsi0"], format!("local-lvm:vm-{vmid}-disk-0,size=20G"));
     assert_eq!(g.config["ciuser"], "era");
-    assert_eq!(g.config["sshkeys"], "ssh-ed25519%20AAAAC3NzaC1lZDI1NTE5AAAAIGm3%20ops%40edge", "URL-encoded");
+    assert_eq!(
+        g.config["sshkeys"],
+        "ssh-ed25519%20AAAAC3NzaC1lZDI1NTE5AAAAIGSoQbML927mYeDp%2BduvVpta0to6m%2BKv%2F9B54iLYTZ%2Bl%20ops%40edge",
+        "URL-encoded as encodeURIComponent does"
+    );
     assert_eq!(g.config["ipconfig0"], "ip=dhcp");
-    // The identity handoff: SMBIOS serial, base64 JSON.
+    // The identity handoff: SMBIOS serial, base64 JSON; the clone's uuid kept.
     let smbios = g.config["smbios1"].as_str().unwrap();
-    let b64 = smbios.strip_prefix("serial=").unwrap().strip_suffix(",base64=1").unwrap();
+    assert!(smbios.starts_with(&format!("uuid=5a1e{vmid:04x}-")), "{smbios}");
+    let b64 = smbios.split(',').find_map(|p| p.strip_prefix("serial=")).unwrap();
+    assert!(smbios.ends_with(",base64=1"), "{smbios}");
     use base64::Engine;
     let identity: Value =
         serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap();
@@ -86,6 +95,7 @@ fn a_vm_is_cloned_configured_started_updated_rolled_back_stopped_and_destroyed()
     era_tests::eventually(T, || erad.get("web")["outputs"]["vmid"].as_str() == Some(want.as_str()));
     let out = erad.get("web")["outputs"].clone();
     assert_eq!(out["node"], NODE);
+    assert_eq!(out["type"], "qemu");
     assert_eq!(out["ip"], format!("10.10.{}.{}", vmid / 250 % 250, vmid % 250 + 2));
 
     // Update: web-2 is a new VM; web-1 is stopped, then destroyed once web-2 is healthy.
@@ -159,6 +169,16 @@ fn an_lxc_container_is_created_from_an_ostemplate_started_stopped_and_destroyed(
     era_tests::eventually(T, || {
         erad.get("box")["outputs"]["ip"] == format!("10.20.{}.{}", vmid / 250 % 250, vmid % 250 + 2)
     });
+
+    assert_eq!(erad.get("box")["outputs"]["type"], "lxc");
+
+    // A second container, cloned from the CT template 9100.
+    let a = erad.apply_wait(&spec(&erad, "twin", json!({"node": NODE, "type": "lxc", "template": 9100}), ""));
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    let (_, twin) = guest_named(&pve, "twin-1").expect("twin-1 on the node");
+    assert!(twin.running && twin.kind == "lxc");
+    assert_eq!(pve.tasks_of("vzclone"), 1);
+    assert_eq!(erad.era(&["delete", "twin", "--wait"]).code, 0);
 
     assert_eq!(erad.era(&["stop", "box", "--wait"]).code, 0);
     assert!(!guest_named(&pve, "box-1").unwrap().1.running);
@@ -281,4 +301,37 @@ fn the_example_spec_validates_without_asking_the_node() {
     let a = erad.era(&["validate", "-f", erad.dir.path().join("deployment.yaml").to_str().unwrap()]);
     assert_eq!(a.code, 0, "{a:?}");
     assert!(pve.server.requests().is_empty());
+}
+
+#[test]
+fn a_guest_that_ignores_the_shutdown_is_stopped_after_the_grace_period() {
+    let pve = Pve::start(TOKEN_ID, SECRET);
+    let (erad, _dir) = erad_for(&pve, &[]);
+    let s = spec(&erad, "stiff", json!({"node": NODE, "template": 9004}), "");
+    assert_eq!(erad.apply_wait(&s).code, 0, "{}", erad.log());
+    assert_eq!(erad.era(&["stop", "stiff", "--wait"]).code, 0, "{}", erad.log());
+    assert!(!guest_named(&pve, "stiff-1").unwrap().1.running);
+    // The polite shutdown ran out its 5 s and failed; then a hard stop.
+    assert_eq!(pve.tasks_of("qmshutdown"), 1);
+    assert_eq!(pve.tasks_of("qmstop"), 1);
+    assert!(erad.log().contains("VM quit/powerdown failed - got timeout"), "{}", erad.log());
+}
+
+#[test]
+fn a_server_that_echoes_the_token_has_it_redacted_everywhere() {
+    let pve = Pve::start(TOKEN_ID, SECRET);
+    pve.state.lock().unwrap().echo_credentials = true;
+    let (erad, _dir) = erad_for(&pve, &[]);
+    assert_ne!(erad.apply_wait(&spec(&erad, "web", json!({"node": NODE, "template": 9000}), "")).code, 0);
+    let got = erad.wait_for_state("web", "Failed", T);
+    let msg = got["message"].as_str().unwrap();
+    assert!(msg.contains("proxy: upstream refused") && msg.contains("[redacted]"), "{msg}");
+    assert!(!msg.contains(SECRET), "{msg}");
+    let history = erad.era(&["history", "web"]).stdout;
+    assert!(!history.contains(SECRET) && history.contains("[redacted]"), "{history}");
+    assert!(!erad.log().contains(SECRET));
+    for f in era_tests::files_under(&erad.data_dir()) {
+        let bytes = std::fs::read(erad.data_dir().join(&f)).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&bytes).contains(SECRET), "the secret is in {f}");
+    }
 }

@@ -105,8 +105,12 @@ impl DaemonBuilder {
     pub async fn start(self) -> Result<RunningDaemon, DaemonError> {
         let cfg = self.config;
         let access = Arc::new(api_access(&cfg)?);
-        let layout = Layout::new(&cfg.data_dir);
-        private_data_dir(layout.root())?;
+        private_data_dir(&cfg.data_dir)?;
+        // Its real path: mounts beneath it are found by the path the kernel
+        // reports, which never goes through a symlink.
+        let data_dir = std::fs::canonicalize(&cfg.data_dir)
+            .map_err(|source| DaemonError::DataDir { path: cfg.data_dir.clone(), source })?;
+        let layout = Layout::new(&data_dir);
         let work_dirs = layout.deployments();
         let mounted = crate::prepare::mount_nodev(&work_dirs)
             .map_err(|source| DaemonError::WorkDirs { path: work_dirs.clone(), source })?;

@@ -237,6 +237,10 @@ impl Config {
         {
             return Err(invalid(format!("config.discovery: {d:?} is not an http(s) URL")));
         }
+        // It goes base64-encoded into smbios1, which PVE caps at 512 characters.
+        if c.discovery.as_ref().is_some_and(|d| d.len() > 200) {
+            return Err(invalid("config.discovery: at most 200 characters"));
+        }
         Ok(c)
     }
 
@@ -268,14 +272,31 @@ struct Handle {
     #[serde(rename = "type")]
     kind: Kind,
     vmid: u32,
+    /// The random mark this install wrote into the guest's description:
+    /// a guest without it is not ours (someone reused the VMID, another
+    /// erad has a deployment of the same name), and is never touched.
+    mark: String,
 }
 
 /// The work dir's record of an install under way: the VMID as soon as it is
-/// allocated, and the task that makes the guest.
+/// allocated, the task that makes the guest, and the guest's mark.
 #[derive(Serialize, Deserialize, Default)]
 struct Progress {
     vmid: Option<u32>,
     upid: Option<String>,
+    mark: String,
+}
+
+/// A fresh random mark (128 bits, from WASI's random source).
+fn new_mark() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let (a, b) = (RandomState::new().hash_one(1u8), RandomState::new().hash_one(2u8));
+    format!("{a:016x}{b:016x}")
+}
+
+/// How the mark reads in a description.
+fn mark_line(mark: &str) -> String {
+    format!("era-mark: {mark}")
 }
 
 const PROGRESS: &str = "proxmox.json";
@@ -296,6 +317,7 @@ impl Handle {
             node: c.node.clone(),
             kind: c.kind,
             vmid,
+            mark: progress.mark.clone(),
         }))
     }
 }
@@ -373,12 +395,18 @@ impl Api {
     /// warnings) is the error.
     fn wait_task(&self, node: &str, upid: &str, what: &str) -> Result<(), Error> {
         let path = format!("/nodes/{node}/tasks/{upid}/status");
-        let mut status = Value::Null;
-        // The call's own deadline ends a task that never stops.
-        era_plugin_sdk::wait_until(Duration::from_secs(3600), || {
-            status = self.ask("GET", &path, None, &format!("{what}: task status"))?;
-            Ok::<_, Error>(status["status"] == "stopped")
-        })?;
+        // Every 0.1 s at first, then less often (up to every 2 s): a clone
+        // of a large disk takes minutes. The call's own deadline ends a
+        // task that never stops.
+        let mut pause = Duration::from_millis(100);
+        let status = loop {
+            let status = self.ask("GET", &path, None, &format!("{what}: task status"))?;
+            if status["status"] == "stopped" {
+                break status;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 3 / 2).min(Duration::from_secs(2));
+        };
         let exit = status["exitstatus"].as_str().unwrap_or("unexpected status");
         if exit == "OK" || exit.starts_with("WARNINGS:") {
             return Ok(());
@@ -443,8 +471,9 @@ fn pve_error(r: &Response) -> PveError {
     PveError { status: r.status, message: message.chars().take(1000).collect() }
 }
 
-/// The guest config a revision sets after the clone or create.
-fn guest_config(w: &Workload, c: &Config) -> Result<Value, Error> {
+/// The guest config a revision sets after the clone or create; `smbios1`
+/// is the guest's current one (its uuid is kept).
+fn guest_config(w: &Workload, c: &Config, mark: &str, smbios1: Option<&str>) -> Result<Value, Error> {
     let mut tags = vec!["era".to_string(), w.deployment.to_ascii_lowercase()];
     tags.extend(c.tags.iter().map(|t| t.to_ascii_lowercase()));
     tags.sort();
@@ -455,8 +484,12 @@ fn guest_config(w: &Workload, c: &Config) -> Result<Value, Error> {
     m.insert(
         "description".into(),
         json!(format!(
-            "era deployment {} revision {} ({} {})",
-            w.deployment, w.revision, w.artifact.reference, w.artifact.digest
+            "era deployment {} revision {} ({} {})\n{}",
+            w.deployment,
+            w.revision,
+            w.artifact.reference,
+            w.artifact.digest,
+            mark_line(mark)
         )),
     );
     if let Some(n) = c.cores {
@@ -488,7 +521,18 @@ fn guest_config(w: &Workload, c: &Config) -> Result<Value, Error> {
                 use base64::Engine;
                 let identity = json!({"deployment": w.deployment, "revision": w.revision, "discovery": d});
                 let b64 = base64::engine::general_purpose::STANDARD.encode(identity.to_string());
-                m.insert("smbios1".into(), json!(format!("serial={b64},base64=1")));
+                // The clone's uuid (and whatever else is set) stays; only
+                // the serial is ours. With base64=1 PVE reads every text
+                // value as base64.
+                let mut parts: Vec<String> = smbios1
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|p| !p.is_empty() && !p.starts_with("serial=") && !p.starts_with("base64="))
+                    .map(str::to_string)
+                    .collect();
+                parts.push(format!("serial={b64}"));
+                parts.push("base64=1".into());
+                m.insert("smbios1".into(), json!(parts.join(",")));
             }
         }
         Kind::Lxc => {
@@ -516,43 +560,45 @@ fn disk_gib(spec: &str) -> Option<f64> {
 /// Makes the guest (clone or create) under a fresh VMID, or finds the one a
 /// crashed install made. Returns its handle.
 fn make_guest(api: &Api, w: &Workload, c: &Config, name: &str) -> Result<Handle, Error> {
-    let handle = |vmid| Handle { endpoint: api.endpoint.name.clone(), node: c.node.clone(), kind: c.kind, vmid };
+    let handle = |vmid, mark: &str| Handle {
+        endpoint: api.endpoint.name.clone(),
+        node: c.node.clone(),
+        kind: c.kind,
+        vmid,
+        mark: mark.to_string(),
+    };
     let mut progress: Progress = state::read(PROGRESS).map_err(Error::Failed)?.unwrap_or_default();
     if let Some(vmid) = progress.vmid {
-        let h = handle(vmid);
-        if is_ours(api, &h, name)? {
-            // Made before the crash; its task may still run.
-            if let Some(upid) = &progress.upid {
-                api.wait_task(&c.node, upid, &format!("making guest {vmid}"))?;
-            }
-            // A clone whose task id was not recorded yet holds its lock
-            // until it is done (and is gone if it failed).
-            era_plugin_sdk::wait_until(Duration::from_secs(3600), || {
-                Ok::<_, Error>(api.config(&h)?.is_none_or(|cfg| !cfg.contains_key("lock")))
-            })?;
-            if api.config(&h)?.is_some() {
-                log::info(&format!("guest {vmid} ({name}) was made before; not made again"));
-                return Ok(h);
-            }
+        let h = handle(vmid, &progress.mark);
+        // Made (or being made) before the crash: PVE writes the new guest's
+        // config only at the end of its task (until then it is a lock), so
+        // wait for the task, or for the lock to go, before looking.
+        if let Some(upid) = &progress.upid {
+            api.wait_task(&c.node, upid, &format!("making guest {vmid}"))?;
+        }
+        if settled_config(api, &h)?.is_some_and(|cfg| marked(&cfg, &h.mark)) {
+            log::info(&format!("guest {vmid} ({name}) was made before; not made again"));
+            return Ok(h);
         }
     }
     let mut last = None;
     for _ in 0..5 {
         let vmid = api.next_id()?;
-        progress = Progress { vmid: Some(vmid), upid: None };
+        progress = Progress { vmid: Some(vmid), upid: None, mark: new_mark() };
         state::write(PROGRESS, &progress).map_err(Error::Failed)?;
         let full = c.full.unwrap_or(true);
+        let description = format!("era deployment {}\n{}", w.deployment, mark_line(&progress.mark));
         let (path, mut body) = match (c.kind, c.template, &c.ostemplate) {
             (Kind::Qemu, Some(t), _) => (
                 format!("/nodes/{}/qemu/{t}/clone", c.node),
-                json!({"newid": vmid, "name": name, "full": full, "description": format!("era deployment {}", w.deployment)}),
+                json!({"newid": vmid, "name": name, "full": full, "description": description}),
             ),
             (Kind::Lxc, Some(t), _) => (
                 format!("/nodes/{}/lxc/{t}/clone", c.node),
-                json!({"newid": vmid, "hostname": name, "full": full, "description": format!("era deployment {}", w.deployment)}),
+                json!({"newid": vmid, "hostname": name, "full": full, "description": description}),
             ),
             (_, None, Some(os)) => {
-                let mut b = json!({"vmid": vmid, "ostemplate": os, "hostname": name,
+                let mut b = json!({"vmid": vmid, "ostemplate": os, "hostname": name, "description": description,
                     "unprivileged": true, "net0": format!("name=eth0,bridge={},ip=dhcp", c.bridge())});
                 if let Some(g) = c.disk_gib {
                     b["rootfs"] = json!(format!("{}:{g}", c.storage.as_deref().unwrap_or("local-lvm")));
@@ -573,7 +619,7 @@ fn make_guest(api: &Api, w: &Workload, c: &Config, name: &str) -> Result<Handle,
                     // Another client took the VMID first (found only by the task).
                     Err(Error::Unavailable(m)) if m.contains("already exists") => last = Some(m),
                     Err(e) => return Err(e),
-                    Ok(()) => return Ok(handle(vmid)),
+                    Ok(()) => return Ok(handle(vmid, &progress.mark)),
                 }
             }
             Ok(other) => return Err(Error::Failed(format!("{what}: PVE answered {other}, not a task"))),
@@ -590,22 +636,43 @@ fn make_guest(api: &Api, w: &Workload, c: &Config, name: &str) -> Result<Handle,
     )))
 }
 
-/// Whether the guest with this VMID exists and is the one this revision
-/// made (by its name).
-fn is_ours(api: &Api, h: &Handle, name: &str) -> Result<bool, Error> {
-    Ok(api.config(h)?.is_some_and(|cfg| cfg.get("name").or(cfg.get("hostname")).and_then(Value::as_str) == Some(name)))
+/// Whether a guest's config carries this install's mark.
+fn marked(cfg: &Map<String, Value>, mark: &str) -> bool {
+    !mark.is_empty()
+        && cfg.get("description").and_then(Value::as_str).is_some_and(|d| d.lines().any(|l| l == mark_line(mark)))
+}
+
+/// Whether the guest with this VMID exists and carries this install's mark.
+fn is_ours(api: &Api, h: &Handle) -> Result<bool, Error> {
+    Ok(api.config(h)?.is_some_and(|cfg| marked(&cfg, &h.mark)))
+}
+
+/// The guest's config once no task holds its lock (PVE writes a new guest's
+/// config at the end of its clone or create); None if there is no guest.
+fn settled_config(api: &Api, h: &Handle) -> Result<Option<Map<String, Value>>, Error> {
+    let mut cfg = None;
+    era_plugin_sdk::wait_until(Duration::from_secs(3600), || {
+        cfg = api.config(h)?;
+        Ok::<_, Error>(cfg.as_ref().is_none_or(|c| !c.contains_key("lock")))
+    })?;
+    Ok(cfg)
 }
 
 /// Sets the revision's config and grows the boot disk to `diskGiB`.
 fn configure(api: &Api, h: &Handle, w: &Workload, c: &Config) -> Result<(), Error> {
     let what = format!("configuring guest {}", h.vmid);
-    api.ask("PUT", &Api::guest_path(h, "/config"), Some(&guest_config(w, c)?), &what)?;
+    // What the guest has now, when something is merged or compared with it.
+    let cfg = match c.disk_gib.is_some() || c.discovery.is_some() {
+        true => api.config(h)?.ok_or_else(|| Error::NotFound(format!("guest {} is gone", h.vmid)))?,
+        false => Map::new(),
+    };
+    let smbios1 = cfg.get("smbios1").and_then(Value::as_str);
+    api.ask("PUT", &Api::guest_path(h, "/config"), Some(&guest_config(w, c, &h.mark, smbios1)?), &what)?;
     let Some(want) = c.disk_gib else { return Ok(()) };
     let disk = match c.kind {
         Kind::Qemu => c.disk.as_deref().unwrap_or("scsi0"),
         Kind::Lxc => "rootfs",
     };
-    let cfg = api.config(h)?.ok_or_else(|| Error::NotFound(format!("guest {} is gone", h.vmid)))?;
     let have = cfg.get(disk).and_then(Value::as_str).and_then(disk_gib);
     match have {
         None => Err(invalid(format!("config.disk: guest {} has no disk {disk} with a size", h.vmid))),
@@ -704,6 +771,9 @@ impl Runtime for Proxmox {
         let h = Handle::of(&handle, &w)?.ok_or_else(|| Error::NotFound("no guest was made".into()))?;
         let api = Api::new(Some(&h.endpoint))?;
         let cur = api.current(&h)?.ok_or_else(|| Error::NotFound(format!("guest {} does not exist", h.vmid)))?;
+        if !is_ours(&api, &h)? {
+            return Err(Error::NotFound(format!("guest {} is no longer the one this revision made", h.vmid)));
+        }
         if cur["status"] == "running" {
             return Ok(handle);
         }
@@ -725,6 +795,9 @@ impl Runtime for Proxmox {
         let Some(cur) = api.current(&h)? else {
             return Ok(Status::missing(format!("guest {} does not exist", h.vmid)));
         };
+        if cur["name"].as_str() != Some(guest_name(&w)?.as_str()) && !is_ours(&api, &h)? {
+            return Ok(Status::missing(format!("guest {} is no longer the one this revision made", h.vmid)));
+        }
         if cur["status"] != "running" {
             return Ok(Status::exited(format!("guest {} is {}", h.vmid, cur["status"].as_str().unwrap_or("?")), None));
         }
@@ -754,7 +827,7 @@ impl Runtime for Proxmox {
         let Some(h) = Handle::of(&handle, &w)? else { return Ok(()) };
         let api = Api::new(Some(&h.endpoint))?;
         match api.current(&h)? {
-            Some(cur) if cur["status"] == "running" => {}
+            Some(cur) if cur["status"] == "running" && is_ours(&api, &h)? => {}
             _ => return Ok(()),
         }
         let grace = w.stop_grace_seconds.max(1);
@@ -783,16 +856,17 @@ impl Runtime for Proxmox {
     fn delete(w: Workload, handle: String) -> Result<(), Error> {
         let Some(h) = Handle::of(&handle, &w)? else { return Ok(()) };
         let api = Api::new(Some(&h.endpoint))?;
+        // Only a guest this revision made: a VMID recorded before a crash,
+        // or one destroyed outside era, may belong to another guest now.
+        // One whose clone still runs is waited for first.
+        if !settled_config(&api, &h)?.is_some_and(|cfg| marked(&cfg, &h.mark)) {
+            state::remove(PROGRESS).map_err(Error::Failed)?;
+            return Ok(());
+        }
         let Some(cur) = api.current(&h)? else {
             state::remove(PROGRESS).map_err(Error::Failed)?;
             return Ok(());
         };
-        // Only a guest this revision made: a VMID recorded before a crash
-        // may have gone to another client's guest since.
-        if handle.trim().is_empty() && !is_ours(&api, &h, &guest_name(&w)?)? {
-            state::remove(PROGRESS).map_err(Error::Failed)?;
-            return Ok(());
-        }
         if cur["status"] == "running" {
             let what = format!("stopping guest {}", h.vmid);
             api.run_task("POST", &Api::guest_path(&h, "/status/stop"), Some(&json!({})), &h.node, &what)?;

@@ -286,13 +286,17 @@ pub mod state {
         }
     }
 
-    /// Writes `name` atomically (temp file + rename), so a crash mid-write
-    /// leaves the old state, never a torn one.
+    /// Writes `name` atomically (temp file, flushed to disk, renamed), so a
+    /// crash or a power cut mid-write leaves the old state, never a torn or
+    /// empty one.
     pub fn write<T: Serialize>(name: &str, value: &T) -> Result<(), String> {
+        use std::io::Write;
         let tmp = path(&format!(".{name}.tmp"));
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
-        fs::write(&tmp, bytes).map_err(|e| format!("cannot write state file {name}: {e}"))?;
-        fs::rename(&tmp, path(name)).map_err(|e| format!("cannot write state file {name}: {e}"))
+        let err = |e: io::Error| format!("cannot write state file {name}: {e}");
+        let mut f = fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(err)?;
+        fs::rename(&tmp, path(name)).map_err(err)
     }
 
     pub fn remove(name: &str) -> Result<(), String> {

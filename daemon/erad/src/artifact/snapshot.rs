@@ -43,6 +43,9 @@ fn hex_of(digest: &str) -> Option<&str> {
 }
 
 const TEMP_PREFIX: &str = ".unpacking-";
+/// A snapshot the GC is removing: renamed first, so a crash mid-removal
+/// never leaves half an image under a snapshot's name.
+const REMOVING_PREFIX: &str = ".removing-";
 
 /// Where runtimes mount things in every container: made in the snapshot
 /// when the image lacks them (as Docker's init layer does), so a runtime
@@ -86,7 +89,8 @@ impl Snapshots {
         let io_err = |source| SnapshotError::Io { path: dir.to_path_buf(), source };
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err)?;
         for e in std::fs::read_dir(dir).map_err(io_err)?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) || name.starts_with(REMOVING_PREFIX) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -161,7 +165,9 @@ impl Snapshots {
             if age.unwrap_or_default() < grace {
                 continue;
             }
-            std::fs::remove_dir_all(e.path()).map_err(|source| SnapshotError::Io { path: e.path(), source })?;
+            let gone = self.dir.join(format!("{REMOVING_PREFIX}{name}"));
+            std::fs::rename(e.path(), &gone).map_err(|source| SnapshotError::Io { path: e.path(), source })?;
+            std::fs::remove_dir_all(&gone).map_err(|source| SnapshotError::Io { path: gone.clone(), source })?;
             removed += 1;
         }
         Ok(removed)
@@ -211,8 +217,11 @@ mod tests {
 
         let stale = dir.path().join("snapshots").join(format!("{TEMP_PREFIX}{}-1-0", &B[7..]));
         std::fs::create_dir_all(stale.join("etc")).unwrap();
+        let half_removed = dir.path().join("snapshots").join(format!("{REMOVING_PREFIX}{}", &B[7..]));
+        std::fs::create_dir_all(half_removed.join("etc")).unwrap();
         Snapshots::open(&dir.path().join("snapshots")).unwrap();
         assert!(!stale.exists(), "an unpack a crash cut off is removed at open");
+        assert!(!half_removed.exists(), "so is a removal a crash cut off");
         assert!(p.exists());
     }
 

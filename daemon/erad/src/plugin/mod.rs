@@ -527,7 +527,23 @@ fn guest_failure(e: GuestError) -> Failure {
 
 impl LoadedPlugin {
     fn err(&self, op: Op, failure: Failure) -> CallError {
+        let scrub = |m: String| self.redact(&m).unwrap_or(m);
+        let failure = match failure {
+            Failure::InvalidConfig(m) => Failure::InvalidConfig(scrub(m)),
+            Failure::Unavailable(m) => Failure::Unavailable(scrub(m)),
+            Failure::NotFound(m) => Failure::NotFound(scrub(m)),
+            Failure::Failed(m) => Failure::Failed(scrub(m)),
+            Failure::Trapped(m) => Failure::Trapped(scrub(m)),
+            Failure::Host(m) => Failure::Host(scrub(m)),
+            other => other,
+        };
         CallError { plugin: self.name.clone(), op, failure }
+    }
+
+    /// `text` without the credentials of this plugin's endpoints, if it
+    /// holds any ([`caps::http::HttpEndpoints::redact`]).
+    fn redact(&self, text: &str) -> Option<String> {
+        self.http.as_ref()?.redact(text)
     }
 
     fn store(
@@ -635,8 +651,19 @@ impl LoadedPlugin {
     }
 
     pub async fn status(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<WorkloadStatus, CallError> {
-        call!(self, Op::Status, ctx, Some(w), |rt, store| rt.call_status(&mut store, w, &handle.to_string()))?
-            .map_err(|e| self.err(Op::Status, guest_failure(e)))
+        let mut st =
+            call!(self, Op::Status, ctx, Some(w), |rt, store| rt.call_status(&mut store, w, &handle.to_string()))?
+                .map_err(|e| self.err(Op::Status, guest_failure(e)))?;
+        // Status messages and outputs are stored and shown: no credential in them.
+        if let Some(m) = self.redact(&st.message) {
+            st.message = m;
+        }
+        for (_, v) in &mut st.outputs {
+            if let Some(r) = self.redact(v) {
+                *v = r;
+            }
+        }
+        Ok(st)
     }
 
     pub async fn stop(&self, ctx: &CallContext<'_>, w: &Workload, handle: &str) -> Result<(), CallError> {

@@ -133,7 +133,14 @@ pub fn mount(lower: &Path, layers: &Path, work: &Path) -> Result<(), MountError>
 
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| MountError::Unsupported(e.into()))?;
     for (key, value) in [("lowerdir", lower), ("upperdir", upper.as_path()), ("workdir", scratch.as_path())] {
-        fsconfig_set_string(fs.as_fd(), key, escaped(value)?)?;
+        // Kernels before 6.5 take overlay's options through the legacy
+        // option string, which refuses a ',' in any value (even escaped).
+        fsconfig_set_string(fs.as_fd(), key, escaped(value)?).map_err(|e| {
+            MountError::Unsupported(io::Error::new(
+                io::Error::from(e).kind(),
+                format!("{key} {}: {e} (a ',' in the data dir's path needs Linux 6.5)", value.display()),
+            ))
+        })?;
     }
     // With index=on a second mount of the same upper dir is refused; erad
     // never makes one while the first is mounted (see `mounted_at`).

@@ -187,15 +187,20 @@ impl Supervisor {
     /// again after a crash.
     pub(super) async fn clean_up_failed_install(&self, rec: &DeploymentRecord) {
         let Ok(revisions) = self.db(|s, n| s.revisions(n)).await else { return };
-        for rev in revisions.iter().filter(|r| r.installed) {
-            let _ = self.remove_runtime_object(rev).await;
-        }
+        let mut kept = false;
         for rev in &revisions {
+            // A revision whose object could not be removed keeps its work
+            // dir (where its plugin may keep what finds the object again)
+            // and stays installed: a later delete removes both.
+            if rev.installed && !self.remove_runtime_object(rev).await {
+                kept = true;
+                continue;
+            }
             if let Err(e) = self.shared.layout.remove_revision(&self.name, rev.revision) {
                 tracing::warn!(deployment = self.name, "{e}");
             }
         }
-        if rec.current_revision == 0 {
+        if rec.current_revision == 0 && !kept {
             if let Err(e) = self.shared.layout.remove_deployment(&self.name) {
                 tracing::warn!(deployment = self.name, "{e}");
             }

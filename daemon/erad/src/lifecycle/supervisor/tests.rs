@@ -285,6 +285,28 @@ async fn a_transient_failure_that_persists_fails_after_the_last_retry() {
 }
 
 #[tokio::test]
+async fn a_failed_first_install_whose_object_cannot_be_removed_keeps_its_work_dir_for_a_later_delete() {
+    let b = Bench::new();
+    b.runtime.fail("install", 1, [Failure::InvalidConfig("no such image".into())]);
+    b.runtime.fail("delete", 1, [Failure::Failed("the API is down".into())]);
+    b.apply("").await;
+    b.reach(State::Failed).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    while b.runtime.count("delete 1") == 0 {
+        assert!(Instant::now() < until, "no cleanup: {:?}", b.runtime.world().calls);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Where the plugin keeps what finds the object again (a VMID, ...).
+    assert!(b.work_dir(1).exists(), "kept with the object it may still have");
+    // A delete later removes both.
+    b.lifecycle.delete("web").await.unwrap();
+    b.reach(State::Deleted).await;
+    assert_eq!(b.runtime.count("delete 1"), 2);
+    assert!(!b.work_dir(1).exists());
+}
+
+#[tokio::test]
 async fn a_permanent_install_failure_is_not_retried_and_the_failed_first_install_is_cleaned_up() {
     let b = Bench::new();
     b.runtime.fail("install", 1, [Failure::InvalidConfig("no such image".into())]);

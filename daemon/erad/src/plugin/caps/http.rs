@@ -350,9 +350,10 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A credential header's value. Its `Debug` shows nothing.
+/// A credential header's value, and the secret in it (a token, a PVE
+/// token's secret) for [`HttpEndpoints::redact`]. Its `Debug` shows nothing.
 #[derive(Clone)]
-pub struct Secret(HeaderValue);
+pub struct Secret(HeaderValue, Arc<str>);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -370,15 +371,15 @@ impl Secret {
         if value.is_empty() {
             return Err(format!("{} is empty", path.display()));
         }
-        Secret::new(&format!("{prefix}{value}")).map_err(|_| {
+        Secret::new(prefix, value).map_err(|_| {
             format!("{} holds characters a header cannot carry (a line break, a control character)", path.display())
         })
     }
 
-    fn new(value: &str) -> Result<Secret, ()> {
-        let mut v = HeaderValue::from_str(value).map_err(|_| ())?;
+    fn new(prefix: &str, secret: &str) -> Result<Secret, ()> {
+        let mut v = HeaderValue::from_str(&format!("{prefix}{secret}")).map_err(|_| ())?;
         v.set_sensitive(true);
-        Ok(Secret(v))
+        Ok(Secret(v, secret.into()))
     }
 }
 
@@ -445,6 +446,33 @@ impl HttpEndpoints {
             endpoints.push(Arc::new(resolve_one(name, g).map_err(|m| GrantError::new(key, m))?));
         }
         Ok(HttpEndpoints { endpoints })
+    }
+
+    /// `text` with every credential of these endpoints in it (as sent, or
+    /// percent-encoded) replaced by `[redacted]`: what a plugin says (its
+    /// errors, status, log lines) may quote an answer from a server that
+    /// echoed the credential erad added. None when there is none in it.
+    pub fn redact(&self, text: &str) -> Option<String> {
+        let mut out: Option<String> = None;
+        for c in self.endpoints.iter().filter_map(|e| e.credential.as_ref()) {
+            let encoded: String =
+                c.1.bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+            for needle in [c.1.as_ref(), encoded.as_str()] {
+                let now = out.as_deref().unwrap_or(text);
+                if !needle.is_empty() && now.contains(needle) {
+                    out = Some(now.replace(needle, "[redacted]"));
+                }
+            }
+        }
+        out
     }
 
     /// The endpoint a request is for: of those covering it, the one with
@@ -744,7 +772,7 @@ mod kubeconfig {
         }
         let credential = match (&user.token, &user.token_file) {
             (Some(t), _) => Some(
-                Secret::new(&format!("Bearer {}", t.trim()))
+                Secret::new("Bearer ", t.trim())
                     .map_err(|_| at("the user's token holds characters a header cannot carry".into()))?,
             ),
             (None, Some(f)) => Some(Secret::from_file("Bearer ", &file(f)).map_err(&at)?),
@@ -1208,6 +1236,23 @@ mod tests {
         let g: HttpGrant = toml::from_str(&format!("[endpoints.k]\nkubeconfig = \"{}\"", kc.display())).unwrap();
         let err = HttpEndpoints::resolve(&g).unwrap_err().to_string();
         assert!(err.contains("not a kubeconfig") && !err.contains("tok-3f9a"), "{err}");
+    }
+
+    #[test]
+    fn a_credential_a_plugin_quotes_is_redacted_as_sent_and_percent_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pve.secret");
+        std::fs::write(&secret, "ab/c+d=e-1234\n").unwrap();
+        let g: HttpGrant = toml::from_str(&format!(
+            "[endpoints.pve]\nurl = \"http://127.0.0.1:1\"\npve_token_id = \"era@pve!t\"\npve_secret_file = \"{}\"",
+            secret.display()
+        ))
+        .unwrap();
+        let e = HttpEndpoints::resolve(&g).unwrap();
+        let said = "echo: PVEAPIToken=era@pve!t=ab/c+d=e-1234, or ab%2Fc%2Bd%3De-1234 in a URL";
+        let clean = e.redact(said).unwrap();
+        assert_eq!(clean, "echo: PVEAPIToken=era@pve!t=[redacted], or [redacted] in a URL");
+        assert_eq!(e.redact("nothing to see"), None);
     }
 
     #[test]

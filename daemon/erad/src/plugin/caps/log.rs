@@ -17,6 +17,9 @@ impl Host for HostState {
             message.truncate(cut);
             message.push_str("...");
         }
+        if let Some(redacted) = self.http.as_ref().and_then(|h| h.redact(&message)) {
+            message = redacted;
+        }
         let (plugin, deployment) = (&*self.plugin, self.scope.deployment.as_str());
         match level {
             Level::Trace => tracing::trace!(plugin, deployment, "{message}"),
