@@ -27,6 +27,9 @@
 //!   DELETE), label-selected Deployment and Pod lists (a scaled-down pod
 //!   stays Terminating for a while and is still listed), and paused
 //!   Deployments (no rollout, no pods, until unpaused).
+//! - core/v1 ConfigMaps and Secrets (server-side apply with strict fields,
+//!   `stringData` folded into base64 `data`, GET, DELETE, label-selected
+//!   lists), and the container probes' fields.
 //! - Errors are `Status` objects (`kind: Status`, `reason`, `code`, `message`).
 
 use crate::httpd::{Request, Response, Server};
@@ -63,6 +66,8 @@ pub struct State {
     pub deployments: BTreeMap<(String, String), Object>,
     /// (namespace, name) → Service.
     pub services: BTreeMap<(String, String), Value>,
+    /// (plural, namespace, name) → a ConfigMap or Secret.
+    pub objects: BTreeMap<(String, String, String), Value>,
     version: u64,
 }
 
@@ -145,6 +150,40 @@ const CONTAINER_FIELDS: &[&str] = &[
     "imagePullPolicy",
 ];
 
+/// A core/v1 Probe's fields (v1.33): one handler and the timing.
+fn unknown_probe_field(p: &Value) -> Option<String> {
+    const HANDLERS: [(&str, &[&str]); 4] = [
+        ("httpGet", &["path", "port", "host", "scheme", "httpHeaders"]),
+        ("tcpSocket", &["port", "host"]),
+        ("exec", &["command"]),
+        ("grpc", &["port", "service"]),
+    ];
+    const TIMING: [&str; 6] = [
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+        "terminationGracePeriodSeconds",
+    ];
+    for (k, v) in p.as_object()? {
+        match HANDLERS.iter().find(|(h, _)| h == k) {
+            Some((_, fields)) => {
+                if let Some(f) = v.as_object().into_iter().flat_map(Map::keys).find(|f| !fields.contains(&f.as_str())) {
+                    return Some(format!("{k}.{f}"));
+                }
+            }
+            None if TIMING.contains(&k.as_str()) => {
+                if v.as_i64().is_none_or(|n| n < 0) {
+                    return Some(format!("{k} (not a non-negative integer)"));
+                }
+            }
+            None => return Some(k.clone()),
+        }
+    }
+    None
+}
+
 fn unknown_field(obj: &Value) -> Option<String> {
     let mut all = BTreeMap::new();
     leaves(obj, "", &mut all);
@@ -170,6 +209,11 @@ fn unknown_field(obj: &Value) -> Option<String> {
         for k in c.as_object().into_iter().flat_map(Map::keys) {
             if !CONTAINER_FIELDS.contains(&k.as_str()) {
                 return Some(format!("spec.template.spec.containers[{i}].{k}"));
+            }
+        }
+        for probe in ["readinessProbe", "livenessProbe"] {
+            if let Some(bad) = c.get(probe).and_then(unknown_probe_field) {
+                return Some(format!("spec.template.spec.containers[{i}].{probe}.{bad}"));
             }
         }
     }
@@ -210,6 +254,12 @@ impl Cluster {
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<Value> {
         self.state.lock().unwrap().services.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// A ConfigMap (`configmaps`) or Secret (`secrets`).
+    pub fn object(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = (plural.to_string(), namespace.to_string(), name.to_string());
+        self.state.lock().unwrap().objects.get(&key).cloned()
     }
 
     /// The pods a label selector selects in `namespace`, Terminating ones included.
@@ -587,6 +637,83 @@ fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
                     st.deployments.remove(&key);
                     Response::json(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
                 }
+            }
+        }
+        ("GET", ["api", "v1", "namespaces", ns, plural @ ("configmaps" | "secrets")]) => {
+            let selector = req.query("labelSelector").unwrap_or_default();
+            let items: Vec<Value> = st
+                .objects
+                .iter()
+                .filter(|((p, n, _), o)| p == plural && n == ns && selects(&selector, &o["metadata"]["labels"]))
+                .map(|(_, o)| o.clone())
+                .collect();
+            Response::json(200, &json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}))
+        }
+        ("GET", ["api", "v1", "namespaces", ns, plural @ ("configmaps" | "secrets"), name]) => {
+            match st.objects.get(&(plural.to_string(), ns.to_string(), name.to_string())) {
+                Some(o) => Response::json(200, o),
+                None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+            }
+        }
+        ("PATCH", ["api", "v1", "namespaces", ns, plural @ ("configmaps" | "secrets"), name]) => {
+            if let Some(r) = apply_checks() {
+                return r;
+            }
+            let Ok(obj) = body() else { return status(400, "BadRequest", "the body is not JSON or YAML") };
+            if !st.namespaces.contains_key(*ns) {
+                return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+            }
+            let kind = if *plural == "configmaps" { "ConfigMap" } else { "Secret" };
+            if obj["apiVersion"] != "v1" || obj["kind"] != kind || obj["metadata"]["name"] != *name {
+                return status(400, "BadRequest", &format!("the object is not the v1 {kind} on the URL"));
+            }
+            // v1.33's fields of each, strictly.
+            let known: &[&str] = if kind == "ConfigMap" {
+                &["apiVersion", "kind", "metadata", "data", "binaryData", "immutable"]
+            } else {
+                &["apiVersion", "kind", "metadata", "data", "stringData", "type", "immutable"]
+            };
+            let meta_known = ["name", "namespace", "labels", "annotations"];
+            if let Some(k) = obj.as_object().into_iter().flat_map(Map::keys).find(|k| !known.contains(&k.as_str())) {
+                return status(400, "BadRequest", &format!(".{k}: strict decoding error: unknown field \"{k}\""));
+            }
+            if let Some(k) =
+                obj["metadata"].as_object().into_iter().flat_map(Map::keys).find(|k| !meta_known.contains(&k.as_str()))
+            {
+                return status(
+                    400,
+                    "BadRequest",
+                    &format!(".metadata.{k}: strict decoding error: unknown field \"metadata.{k}\""),
+                );
+            }
+            for field in ["data", "stringData", "binaryData"] {
+                if obj.get(field).is_some_and(|d| !d.as_object().is_some_and(|m| m.values().all(Value::is_string))) {
+                    return status(400, "BadRequest", &format!(".{field}: expected a map of strings"));
+                }
+            }
+            st.version += 1;
+            let version = st.version;
+            // An apply replaces what this manager set (one manager here).
+            let mut stored = obj.clone();
+            stored["metadata"]["resourceVersion"] = json!(version.to_string());
+            if kind == "Secret" {
+                // stringData is write-only: the server folds it into data, base64.
+                use base64::Engine;
+                let mut data = stored["data"].as_object().cloned().unwrap_or_default();
+                for (k, v) in stored["stringData"].as_object().cloned().unwrap_or_default() {
+                    let b = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+                    data.insert(k, json!(b));
+                }
+                stored.as_object_mut().map(|m| m.remove("stringData"));
+                stored["data"] = Value::Object(data);
+            }
+            st.objects.insert((plural.to_string(), ns.to_string(), name.to_string()), stored.clone());
+            Response::json(200, &stored)
+        }
+        ("DELETE", ["api", "v1", "namespaces", ns, plural @ ("configmaps" | "secrets"), name]) => {
+            match st.objects.remove(&(plural.to_string(), ns.to_string(), name.to_string())) {
+                Some(_) => Response::json(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+                None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
             }
         }
         _ => status(404, "NotFound", "the server could not find the requested resource"),

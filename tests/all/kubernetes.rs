@@ -246,3 +246,87 @@ fn names_kubernetes_would_refuse_are_refused_at_validation() {
     }
     assert!(cluster.server.requests().is_empty(), "validation asks the cluster nothing");
 }
+
+#[test]
+fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/web", "1", &["/bin/sleep", "600"], &[]);
+    let cluster = Cluster::start(TOKEN);
+    let (erad, _dir) = erad_for(&cluster);
+    let image = format!("{}/demo/web:1", registry.addr);
+    let spec_with = |name: &str, manifests: Value| {
+        let config = json!({"namespace": "edge", "createNamespace": true, "manifests": manifests});
+        erad.spec(
+            &format!("{name}-{}.yaml", &era_tests::sha256(config.to_string().as_bytes())[..8]),
+            &format!(
+                "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  runtime: kubernetes\n  \
+                 artifact: {{image: \"{image}\"}}\n  ports: [{{name: http, port: 8080}}]\n  update: {{deadline: 20s}}\n  \
+                 health: {{http: {{port: 8080, path: /healthz}}, interval: 2s, timeout: 1s, retries: 3, startPeriod: 10s}}\n  \
+                 config: {config}\n"
+            ),
+        )
+    };
+    let config_map =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": {"mode": "edge"}});
+    let secret =
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-secret"}, "stringData": {"key": "v1"}});
+    let first = spec_with("web", json!([config_map, secret]));
+
+    // Rendered before anything is applied: what an apply would make.
+    let r = erad.era(&["validate", "-f", first.to_str().unwrap(), "--render"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for file in [
+        "--- configmap-web-config.json",
+        "--- deployment-web-1.json",
+        "--- secret-web-secret.json",
+        "--- service-web.json",
+    ] {
+        assert!(r.stdout.contains(file), "{file}: {}", r.stdout);
+    }
+    assert!(r.stdout.contains("\"readinessProbe\"") && r.stdout.contains("\"/healthz\""), "{}", r.stdout);
+    let j = erad.era(&["-o", "json", "validate", "-f", first.to_str().unwrap(), "--render"]).json();
+    assert_eq!(j["rendered"].as_array().unwrap().len(), 4);
+    assert!(cluster.server.requests().is_empty(), "rendering asks the cluster nothing");
+
+    // erad runs no probe of its own here: nothing listens on this host's
+    // port 8080, the pod's probes are the cluster's business.
+    let a = erad.apply_wait(&first);
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    let d = cluster.deployment("edge", "web-1").unwrap();
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["readinessProbe"],
+        json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 3})
+    );
+    assert_eq!(c["livenessProbe"]["initialDelaySeconds"], 10);
+    let cm = cluster.object("configmaps", "edge", "web-config").expect("the ConfigMap");
+    assert_eq!(cm["data"]["mode"], "edge");
+    assert_eq!(cm["metadata"]["labels"]["era.dev/deployment"], "web");
+    assert_eq!(cluster.object("secrets", "edge", "web-secret").unwrap()["data"]["key"], "djE=");
+    era_tests::eventually(T, || {
+        erad.get("web")["outputs"]["objects"] == "Deployment/web-1 Service/web ConfigMap/web-config Secret/web-secret"
+    });
+
+    // An update without the Secret: applied afresh, the Secret pruned.
+    let changed =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": {"mode": "lab"}});
+    assert_eq!(erad.apply_wait(&spec_with("web", json!([changed]))).code, 0, "{}", erad.log());
+    assert_eq!(cluster.object("configmaps", "edge", "web-config").unwrap()["data"]["mode"], "lab");
+    assert!(cluster.object("secrets", "edge", "web-secret").is_none(), "a manifest the revision no longer has goes");
+
+    // Refused at validation: a kind era does not apply, another namespace.
+    for (m, why) in [
+        (json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "x"}}]), "not a kind era applies"),
+        (
+            json!([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "kube-system"}}]),
+            "not the deployment's",
+        ),
+    ] {
+        let v = erad.era(&["validate", "-f", spec_with("bad", m).to_str().unwrap()]);
+        assert!(v.code != 0 && v.stderr.contains(why), "{v:?}");
+    }
+
+    // With the last revision, every manifest goes.
+    assert_eq!(erad.era(&["delete", "web", "--wait"]).code, 0, "{}", erad.log());
+    assert!(cluster.object("configmaps", "edge", "web-config").is_none());
+}

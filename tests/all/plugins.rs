@@ -30,7 +30,7 @@ fn trap_hang_and_hog_fail_one_call_each_while_another_deployment_keeps_working()
 fn a_plugin_importing_what_it_was_not_granted_is_refused_at_load() {
     let config = format!("[plugins.noop]\npath = \"{}\"\ngrants = {{}}\n", plugin::NOOP);
     let msg = Erad::try_start_with(&config, &[]).err().expect("erad must refuse to start");
-    assert!(msg.contains("plugin noop: imports era:plugin/log@0.2.0, which is not granted"), "{msg}");
+    assert!(msg.contains("plugin noop: imports era:plugin/log@0.3.0, which is not granted"), "{msg}");
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn a_plugin_without_the_process_grant_cannot_load_a_component_that_imports_it() 
     let config = format!("[plugins.exec]\npath = \"{}\"\n", plugin::EXEC);
     let msg = Erad::try_start_with(&config, &[]).err().expect("erad must refuse to start");
     assert!(
-        msg.contains("plugin exec: imports era:plugin/process@0.2.0, which is not granted (grants: none)"),
+        msg.contains("plugin exec: imports era:plugin/process@0.3.0, which is not granted (grants: none)"),
         "{msg}"
     );
 }

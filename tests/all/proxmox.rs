@@ -247,6 +247,12 @@ fn errors_name_what_is_wrong_and_a_failed_clone_leaves_nothing() {
     }
     let env = erad.era(&["validate", "-f", spec(&erad, "web", vm_config(9000), "  env: {A: b}\n").to_str().unwrap()]);
     assert!(env.stderr.contains("spec.env"), "{env:?}");
+    let probe = spec(&erad, "web", vm_config(9000), "  health: {tcp: {port: 22}}\n");
+    let probe = erad.era(&["validate", "-f", probe.to_str().unwrap()]);
+    assert!(
+        probe.stderr.contains("spec.health") && probe.stderr.contains("runs no http, tcp or exec probe"),
+        "{probe:?}"
+    );
     assert!(pve.server.requests().is_empty(), "validation asks the node nothing");
 
     // A parameter PVE refuses: its 400, naming the parameter.

@@ -67,6 +67,7 @@ fn workload(work: &Path) -> bare::era::plugin::types::Workload {
         config: "{}".into(),
         work_dir: work.display().to_string(),
         stop_grace_seconds: 1,
+        health: None,
     }
 }
 
@@ -158,6 +159,7 @@ fn to_erad_workload(w: bare::era::plugin::types::Workload) -> erad::plugin::Work
         config: w.config,
         work_dir: w.work_dir,
         stop_grace_seconds: w.stop_grace_seconds,
+        health: None,
     }
 }
 

@@ -54,6 +54,10 @@ enum Command {
     Validate {
         #[arg(short, long)]
         file: PathBuf,
+        /// Also print what its runtime would make (the objects a remote
+        /// runtime would apply), as the plugin renders them.
+        #[arg(long)]
+        render: bool,
     },
     /// Show one deployment.
     Get { name: String },
@@ -171,7 +175,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let fmt = cli.output;
     match cli.command {
         Command::Apply { file, wait } => commands::apply::run(&cli.socket, &file, &wait, fmt).await,
-        Command::Validate { file } => commands::validate::run(&cli.socket, &file).await,
+        Command::Validate { file, render } => commands::validate::run(&cli.socket, &file, render, fmt).await,
         Command::Get { name } => commands::get::run(&cli.socket, &name, fmt).await,
         Command::List { all } => commands::list::run(&cli.socket, all, fmt).await,
         Command::Watch { name } => commands::watch::run(&cli.socket, name.as_deref(), fmt).await,

@@ -207,6 +207,7 @@ impl Runtime for Container {
             name: "container".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "OCI containers with runc or crun, from the image erad unpacked".into(),
+            runs_probes: false,
         }
     }
 

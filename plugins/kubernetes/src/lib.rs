@@ -24,16 +24,27 @@
 //! (naming the other field manager) are configuration problems; 404 is
 //! not-found; 429 and 5xx are `unavailable`, which erad retries with backoff.
 //!
+//! - The spec's `health` becomes the pod's readiness and liveness probes
+//!   (http, tcp or exec; erad runs no probe of its own for this runtime,
+//!   `runs-probes`).
+//! - `config.manifests` (ConfigMaps and Secrets) are applied at every start
+//!   with era's labels, in the deployment's namespace; those a revision no
+//!   longer has are deleted, and all go with the last revision.
+//! - `validate` writes every object an apply would make into `rendered/`
+//!   (`era validate --render` shows them); `status` lists them as `objects`.
+//!
 //! Config keys (anything else is refused by `validate`): `endpoint` (a
 //! granted endpoint's name; default the only one), `namespace` (default
 //! `default`), `createNamespace`, `replicas`, `resources` (a container's
-//! `resources`, as Kubernetes takes it), `force`.
+//! `resources`, as Kubernetes takes it), `force`, `manifests`.
 
+use era_plugin_sdk::Probe as WitProbe;
 use era_plugin_sdk::http::{self, Request, Response};
 use era_plugin_sdk::{ArtifactKind, Error, ExecOutput, Health, PluginInfo, Runtime, Status, Workload, log};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction, PodSpec, PodTemplateSpec, Probe as K8sProbe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -53,6 +64,17 @@ struct Config {
     resources: Option<ResourceRequirements>,
     #[serde(default)]
     force: bool,
+    /// Objects applied with the revision (ConfigMaps and Secrets).
+    #[serde(default)]
+    manifests: Vec<serde_json::Value>,
+}
+
+/// The kinds `config.manifests` may hold: (apiVersion, kind, plural).
+const MANIFEST_KINDS: [(&str, &str, &str); 2] = [("v1", "ConfigMap", "configmaps"), ("v1", "Secret", "secrets")];
+
+/// A DNS-1123 subdomain, as Kubernetes names ConfigMaps and Secrets.
+fn dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns_label)
 }
 
 /// A DNS-1123 label, as Kubernetes names namespaces and Deployments.
@@ -74,6 +96,22 @@ impl Config {
         }
         if c.replicas.is_some_and(|r| !(0..=10_000).contains(&r)) {
             return Err(Error::InvalidConfig("config.replicas: between 0 and 10000".into()));
+        }
+        for (i, m) in c.manifests.iter().enumerate() {
+            let at = |what: String| Error::InvalidConfig(format!("config.manifests[{i}]: {what}"));
+            let (api, kind) = (m["apiVersion"].as_str().unwrap_or(""), m["kind"].as_str().unwrap_or(""));
+            if !MANIFEST_KINDS.iter().any(|(a, k, _)| *a == api && *k == kind) {
+                return Err(at(format!("{api}/{kind} is not a kind era applies (v1 ConfigMap, v1 Secret)")));
+            }
+            let name = m["metadata"]["name"].as_str().unwrap_or("");
+            if !dns_subdomain(name) {
+                return Err(at(format!("metadata.name {name:?} is not a DNS subdomain")));
+            }
+            if let Some(ns) = m["metadata"]["namespace"].as_str()
+                && ns != c.namespace()
+            {
+                return Err(at(format!("metadata.namespace {ns:?} is not the deployment's ({})", c.namespace())));
+            }
         }
         Ok(c)
     }
@@ -166,9 +204,19 @@ fn render(w: &Workload, c: &Config, replicas: i32, paused: bool) -> Result<Deplo
     let name = object_name(w)?;
     let mut selector = labels(w, true);
     selector.remove("app.kubernetes.io/managed-by");
+    // Before a fetch (a validation's rendering) there is no digest yet: the
+    // spec's reference shows what will be pinned. An apply always has one
+    // (`apply_deployment` insists).
+    let image = match w.artifact.digest.is_empty() {
+        true => {
+            require_image(w)?;
+            w.artifact.reference.clone()
+        }
+        false => image(w)?,
+    };
     let container = Container {
         name: "workload".into(),
-        image: Some(image(w)?),
+        image: Some(image),
         env: Some(
             w.env
                 .iter()
@@ -187,6 +235,8 @@ fn render(w: &Workload, c: &Config, replicas: i32, paused: bool) -> Result<Deplo
                 .collect(),
         ),
         resources: c.resources.clone(),
+        readiness_probe: probe(w, false),
+        liveness_probe: probe(w, true),
         ..Default::default()
     };
     Ok(Deployment {
@@ -212,6 +262,71 @@ fn render(w: &Workload, c: &Config, replicas: i32, paused: bool) -> Result<Deplo
         }),
         status: None,
     })
+}
+
+/// The spec's probe as the pod's: readiness (the pod is ready once it
+/// passes), and liveness (restarted after `retries` failures in a row,
+/// from the end of the start period).
+fn probe(w: &Workload, liveness: bool) -> Option<K8sProbe> {
+    let h = w.health.as_ref()?;
+    let secs = |ms: u32| i32::try_from(ms.div_ceil(1000).max(1)).unwrap_or(i32::MAX);
+    let mut p = K8sProbe {
+        period_seconds: Some(secs(h.interval_ms)),
+        timeout_seconds: Some(secs(h.timeout_ms)),
+        failure_threshold: Some(i32::try_from(h.retries.max(1)).unwrap_or(i32::MAX)),
+        initial_delay_seconds: (liveness && h.start_period_ms > 0).then(|| secs(h.start_period_ms)),
+        ..Default::default()
+    };
+    match h.probe.as_ref()? {
+        WitProbe::Http(hp) => {
+            p.http_get = Some(HTTPGetAction {
+                path: Some(hp.path.clone()),
+                port: IntOrString::Int(i32::from(hp.port)),
+                ..Default::default()
+            })
+        }
+        WitProbe::Tcp(port) => {
+            p.tcp_socket = Some(TCPSocketAction { port: IntOrString::Int(i32::from(*port)), ..Default::default() })
+        }
+        WitProbe::Exec(command) => p.exec = Some(ExecAction { command: Some(command.clone()) }),
+    }
+    Some(p)
+}
+
+/// A `config.manifests` object as applied: in the deployment's namespace,
+/// with era's labels added to its own.
+fn render_manifest(w: &Workload, c: &Config, m: &serde_json::Value) -> (String, serde_json::Value) {
+    let mut m = m.clone();
+    m["metadata"]["namespace"] = json!(c.namespace());
+    let mut l = m["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    for (k, v) in labels(w, false) {
+        l.insert(k, json!(v));
+    }
+    m["metadata"]["labels"] = serde_json::Value::Object(l);
+    let plural = MANIFEST_KINDS.iter().find(|(_, k, _)| m["kind"] == *k).map(|(_, _, p)| *p).unwrap_or("configmaps");
+    let name = m["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    (format!("/api/v1/namespaces/{}/{plural}/{name}", c.namespace()), m)
+}
+
+/// Everything a revision's start applies, as (kind, name, object): the
+/// Deployment, the Service when there are ports, and `config.manifests`.
+fn rendered(w: &Workload, c: &Config) -> Result<Vec<(String, String, serde_json::Value)>, Error> {
+    let d = render(w, c, c.replicas.unwrap_or(1), false)?;
+    let mut out = vec![("Deployment".to_string(), object_name(w)?, value(&d)?)];
+    if !w.ports.is_empty() {
+        out.push(("Service".into(), w.deployment.clone(), value(&render_service(w, c))?));
+    }
+    for m in &c.manifests {
+        let (_, obj) = render_manifest(w, c, m);
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        out.push((kind, name, obj));
+    }
+    Ok(out)
+}
+
+fn value<T: Serialize>(v: &T) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::Failed(e.to_string()))
 }
 
 /// The deployment's Service: its ports, selecting whichever revision runs.
@@ -327,11 +442,34 @@ impl Api {
         Ok(list.items.into_iter().filter_map(|p| p.metadata.name).collect())
     }
 
+    /// Deletes the deployment's `config.manifests` objects (found by its
+    /// label) whose paths are not in `keep`.
+    fn prune_manifests(&self, namespace: &str, deployment: &str, keep: &[String]) -> Result<(), Error> {
+        for (_, kind, plural) in MANIFEST_KINDS {
+            let url = format!(
+                "{}/api/v1/namespaces/{namespace}/{plural}?labelSelector=era.dev%2Fdeployment%3D{deployment}",
+                self.endpoint.url
+            );
+            let r = self.send(Request::new("GET", url), "list", &format!("{plural} of {deployment} in {namespace}"))?;
+            let list: serde_json::Value = r.json()?;
+            for item in list["items"].as_array().into_iter().flatten() {
+                let name = item["metadata"]["name"].as_str().unwrap_or_default();
+                let path = format!("/api/v1/namespaces/{namespace}/{plural}/{name}");
+                if !name.is_empty() && !keep.contains(&path) {
+                    self.remove(&path, "", &format!("{kind} {namespace}/{name}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn get_deployment(&self, h: &Handle) -> Result<Option<Deployment>, Error> {
         self.get(&Api::deployment_path(&h.namespace, &h.name), &format!("deployment {}/{}", h.namespace, h.name))
     }
 
     fn apply_deployment(&self, w: &Workload, c: &Config, replicas: i32, paused: bool) -> Result<Handle, Error> {
+        // By the digest erad verified, never the tag.
+        image(w)?;
         let d = render(w, c, replicas, paused)?;
         let name = object_name(w)?;
         let object = serde_json::to_value(&d).map_err(|e| Error::Failed(e.to_string()))?;
@@ -436,6 +574,7 @@ impl Runtime for Kubernetes {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "a Kubernetes Deployment per revision, applied server-side through a granted API endpoint"
                 .into(),
+            runs_probes: true,
         }
     }
 
@@ -467,6 +606,14 @@ impl Runtime for Kubernetes {
             return Err(Error::InvalidConfig(
                 "spec.volumes are host directories; a Kubernetes workload cannot mount them".into(),
             ));
+        }
+        // What an apply would make, for `era validate --render`.
+        let dir = std::path::Path::new(era_plugin_sdk::WORK_DIR).join("rendered");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Failed(format!("rendered/: {e}")))?;
+        for (kind, name, obj) in rendered(&w, &Config::parse(&w)?)? {
+            let text = serde_json::to_string_pretty(&obj).map_err(|e| Error::Failed(e.to_string()))?;
+            let file = dir.join(format!("{}-{name}.json", kind.to_ascii_lowercase()));
+            std::fs::write(&file, text + "\n").map_err(|e| Error::Failed(format!("{}: {e}", file.display())))?;
         }
         Ok(())
     }
@@ -503,6 +650,22 @@ impl Runtime for Kubernetes {
             api.apply(&path, &svc, c.force, &format!("service {}/{}", c.namespace(), w.deployment))?;
             era_plugin_sdk::state::remove(SERVICE_STATE).map_err(Error::Failed)?;
         }
+        // This revision's manifests, and none another revision left.
+        let mut keep = Vec::new();
+        for m in &c.manifests {
+            let (path, obj) = render_manifest(&w, &c, m);
+            let what = format!(
+                "{} {}/{}",
+                obj["kind"].as_str().unwrap_or(""),
+                c.namespace(),
+                obj["metadata"]["name"].as_str().unwrap_or("")
+            );
+            api.apply(&path, &obj, c.force, &what)?;
+            keep.push(path);
+        }
+        if !c.manifests.is_empty() || w.revision > 1 {
+            api.prune_manifests(c.namespace(), &w.deployment, &keep)?;
+        }
         log::info(&format!("deployment {}/{} scaled to {replicas}", h.namespace, h.name));
         Ok(handle)
     }
@@ -514,9 +677,12 @@ impl Runtime for Kubernetes {
         };
         let (running, health, message) = rollout(&d);
         let mut st = Status { running, health, exit_code: None, message, outputs: Vec::new() };
+        let c = Config::parse(&w)?;
+        let objects: Vec<String> = rendered(&w, &c)?.into_iter().map(|(k, n, _)| format!("{k}/{n}")).collect();
         st.outputs = vec![
             ("namespace".into(), h.namespace.clone()),
             ("deployment".into(), h.name.clone()),
+            ("objects".into(), objects.join(" ")),
             ("readyReplicas".into(), d.status.and_then(|s| s.ready_replicas).unwrap_or(0).to_string()),
         ];
         if !w.ports.is_empty()
@@ -575,6 +741,7 @@ impl Runtime for Kubernetes {
         if api.revisions(&h.namespace, &w.deployment)?.is_empty() {
             let what = format!("service {}/{}", h.namespace, w.deployment);
             api.remove(&Api::service_path(&h.namespace, &w.deployment), "", &what)?;
+            api.prune_manifests(&h.namespace, &w.deployment, &[])?;
         }
         Ok(())
     }

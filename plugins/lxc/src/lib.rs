@@ -156,6 +156,7 @@ impl Runtime for Lxc {
             name: "lxc".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "LXC containers from an image erad unpacked, or from an LXC template".into(),
+            runs_probes: false,
         }
     }
 

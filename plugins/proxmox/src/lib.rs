@@ -735,6 +735,7 @@ impl Runtime for Proxmox {
             version: env!("CARGO_PKG_VERSION").into(),
             description:
                 "a Proxmox VE virtual machine or LXC container per revision, through a granted PVE API endpoint".into(),
+            runs_probes: true,
         }
     }
 
@@ -753,6 +754,11 @@ impl Runtime for Proxmox {
         }
         if !w.env.is_empty() {
             return Err(invalid("spec.env: PVE's API passes no environment into a guest; use config.cloudInit"));
+        }
+        if w.health.as_ref().is_some_and(|h| h.probe.is_some()) {
+            return Err(invalid(
+                "spec.health: a guest is healthy when it runs (and, for a VM, its agent answers); this runtime runs no http, tcp or exec probe",
+            ));
         }
         Ok(())
     }

@@ -216,7 +216,13 @@ impl Lifecycle {
 
     /// Checks a spec as Validating would, without changing anything: the
     /// runtime is loaded, its ports are free, and the plugin accepts it.
-    pub async fn validate(&self, spec: &DeploymentSpec, source_dir: &std::path::Path) -> Result<(), CommandError> {
+    /// Returns what the plugin rendered (`rendered/` of its work dir: file
+    /// name and text, see [`read_rendered`]).
+    pub async fn validate(
+        &self,
+        spec: &DeploymentSpec,
+        source_dir: &std::path::Path,
+    ) -> Result<Vec<(String, String)>, CommandError> {
         let invalid = |message: String| CommandError::Invalid { name: spec.name().to_string(), message };
         let plugin = supervisor::plugin_for(&self.shared, &spec.spec.runtime).map_err(invalid)?;
         self.shared.content.check_source(&spec.artifact_source(), source_dir).map_err(|e| invalid(e.to_string()))?;
@@ -233,10 +239,47 @@ impl Lifecycle {
         }
         let scratch =
             crate::prepare::Scratch::new(&self.shared.layout.scratch()).map_err(|e| invalid(e.to_string()))?;
-        let workload: Workload = supervisor::workload_of(&self.shared.layout, spec, 0, None, &scratch.path, source_dir);
+        // As the revision an apply would make, so what the plugin renders
+        // is named as it would be.
+        let revision = self.shared.store.next_revision(spec.name())?;
+        let workload: Workload =
+            supervisor::workload_of(&self.shared.layout, spec, revision, None, &scratch.path, source_dir);
         plugin
             .validate(&CallContext { deployment: spec.name(), work_dir: &scratch.path, revision: None }, &workload)
             .await
-            .map_err(|e| invalid(e.to_string()))
+            .map_err(|e| invalid(e.to_string()))?;
+        read_rendered(&scratch.path).map_err(|e| invalid(e.to_string()))
     }
+}
+
+/// At most this many rendered files, each at most [`RENDERED_FILE_LIMIT`].
+const RENDERED_FILES: usize = 256;
+const RENDERED_FILE_LIMIT: u64 = 1 << 20;
+
+/// The files a plugin's `validate` wrote into `rendered/` of its work dir,
+/// sorted by name: regular files only, opened beneath the dir without
+/// following links, each capped; anything else is skipped.
+pub(crate) fn read_rendered(work_dir: &std::path::Path) -> std::io::Result<Vec<(String, String)>> {
+    let dir = work_dir.join("rendered");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if names.len() > RENDERED_FILES {
+        return Err(std::io::Error::other(format!(
+            "the plugin rendered {} files into rendered/; at most {RENDERED_FILES} are read",
+            names.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let rel = std::path::Path::new("rendered").join(&name);
+        if let Some(bytes) = crate::beneath::read_capped(work_dir, &rel, RENDERED_FILE_LIMIT)? {
+            out.push((name, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    Ok(out)
 }

@@ -24,6 +24,11 @@ pub(crate) trait Runtime: Send + Sync {
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, CallError>;
+    /// The runtime runs the spec's probes itself (a remote runtime): erad
+    /// runs none of its own and trusts `status`.
+    fn runs_probes(&self) -> bool {
+        false
+    }
 }
 
 /// The runtimes by the name a spec's `runtime:` gives.
@@ -61,6 +66,9 @@ impl Runtime for LoadedPlugin {
         timeout: Duration,
     ) -> Result<ExecOutput, CallError> {
         LoadedPlugin::exec(self, ctx, w, handle, command, timeout).await
+    }
+    fn runs_probes(&self) -> bool {
+        self.info.runs_probes
     }
 }
 

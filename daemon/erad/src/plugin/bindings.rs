@@ -14,5 +14,6 @@ wasmtime::component::bindgen!({
 });
 
 pub use era::plugin::types::{
-    Artifact, ArtifactKind, Error as GuestError, ExecOutput, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus,
+    Artifact, ArtifactKind, Error as GuestError, ExecOutput, Health, HealthCheck, HttpProbe as HttpProbeCheck,
+    PluginInfo, Port, Probe, Volume, Workload, WorkloadStatus,
 };

@@ -16,7 +16,8 @@ pub mod caps;
 mod compile_cache;
 
 pub use bindings::{
-    Artifact, ArtifactKind, ExecOutput, GuestError, Health, PluginInfo, Port, Volume, Workload, WorkloadStatus,
+    Artifact, ArtifactKind, ExecOutput, GuestError, Health, HealthCheck, HttpProbeCheck, PluginInfo, Port, Probe,
+    Volume, Workload, WorkloadStatus,
 };
 pub use caps::{CallScope, Grants, RuntimeHome};
 
@@ -440,7 +441,12 @@ impl PluginHost {
             .map_err(|e| LoadError::Link { name: name.into(), message: format!("{e:#}") })?;
         let mut plugin = LoadedPlugin {
             name: name.to_string(),
-            info: PluginInfo { name: name.into(), version: String::new(), description: String::new() },
+            info: PluginInfo {
+                name: name.into(),
+                version: String::new(),
+                description: String::new(),
+                runs_probes: false,
+            },
             digest,
             source: cfg.reference.clone().unwrap_or_else(|| cfg.path.display().to_string()),
             grants: Arc::new(cfg.grants.clone()),

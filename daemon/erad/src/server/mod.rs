@@ -148,8 +148,12 @@ impl Deployments for DeploymentsService {
     async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
         let req = req.into_inner();
         let (spec, dir) = parse(&req.spec, &req.source)?;
-        self.lifecycle.validate(&spec, &dir).await.map_err(command_status)?;
-        Ok(Response::new(pb::ValidateResponse { name: spec.name().to_string(), spec_hash: spec.hash() }))
+        let rendered = self.lifecycle.validate(&spec, &dir).await.map_err(command_status)?;
+        let rendered = match req.render {
+            true => rendered.into_iter().map(|(name, content)| pb::RenderedObject { name, content }).collect(),
+            false => Vec::new(),
+        };
+        Ok(Response::new(pb::ValidateResponse { name: spec.name().to_string(), spec_hash: spec.hash(), rendered }))
     }
 
     async fn get(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::Deployment>, Status> {

@@ -57,6 +57,11 @@ impl Supervisor {
     /// The spec's probe, once: http and tcp from the host, exec inside the
     /// workload through the plugin.
     pub(super) async fn probe(&self, rev: &RevisionRecord, h: &crate::spec::HealthSpec) -> Work<Option<()>> {
+        // A remote runtime's workload is not on this host: its platform
+        // runs the probe, and its status says how it went.
+        if plugin_for(&self.shared, &rev.runtime)?.runs_probes() {
+            return Ok(None);
+        }
         let Some(exec) = h.exec.as_ref().filter(|x| !x.command.is_empty()) else {
             return Ok(health::probe(h, &self.shared.http).await?);
         };

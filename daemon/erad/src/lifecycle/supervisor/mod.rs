@@ -265,6 +265,26 @@ pub(crate) fn workload_of(
         config: s.config.to_string(),
         work_dir: work_dir.display().to_string(),
         stop_grace_seconds: s.stop_grace_period.0.as_secs().min(u32::MAX as u64) as u32,
+        health: s.health.as_ref().map(health_check),
+    }
+}
+
+/// The spec's health as the plugin contract carries it.
+fn health_check(h: &crate::spec::HealthSpec) -> crate::plugin::HealthCheck {
+    use crate::plugin::{HealthCheck, HttpProbeCheck, Probe};
+    let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    let probe = match (&h.http, &h.tcp, &h.exec) {
+        (Some(p), _, _) => Some(Probe::Http(HttpProbeCheck { port: p.port, path: p.path.clone() })),
+        (_, Some(t), _) => Some(Probe::Tcp(t.port)),
+        (_, _, Some(e)) if !e.command.is_empty() => Some(Probe::Exec(e.command.clone())),
+        _ => None,
+    };
+    HealthCheck {
+        probe,
+        interval_ms: ms(h.interval.0),
+        timeout_ms: ms(h.timeout.0),
+        retries: h.retries,
+        start_period_ms: ms(h.start_period.0),
     }
 }
 

@@ -270,14 +270,14 @@ mod tests {
             lxc: Some(toml::from_str("").unwrap()),
             http: Some(toml::from_str("[endpoints.a]\nurl = \"http://127.0.0.1:1\"").unwrap()),
         };
-        assert_eq!(required_grant("era:plugin/log@0.2.0", &all), Ok(Some(Capability::Log)));
-        assert_eq!(required_grant("era:plugin/process@0.2.0", &all), Ok(Some(Capability::Process)));
-        assert_eq!(required_grant("era:plugin/oci-runtime@0.2.0", &all), Ok(Some(Capability::Oci)));
-        assert_eq!(required_grant("era:plugin/lxc@0.2.0", &all), Ok(Some(Capability::Lxc)));
-        assert_eq!(required_grant("era:plugin/lxc@0.2.0", &none), Err(ImportRefusal::NotGranted(Capability::Lxc)));
+        assert_eq!(required_grant("era:plugin/log@0.3.0", &all), Ok(Some(Capability::Log)));
+        assert_eq!(required_grant("era:plugin/process@0.3.0", &all), Ok(Some(Capability::Process)));
+        assert_eq!(required_grant("era:plugin/oci-runtime@0.3.0", &all), Ok(Some(Capability::Oci)));
+        assert_eq!(required_grant("era:plugin/lxc@0.3.0", &all), Ok(Some(Capability::Lxc)));
+        assert_eq!(required_grant("era:plugin/lxc@0.3.0", &none), Err(ImportRefusal::NotGranted(Capability::Lxc)));
         assert_eq!(required_grant("wasi:http/outgoing-handler@0.2.12", &all), Ok(Some(Capability::Http)));
         assert_eq!(required_grant("wasi:http/types@0.2.0", &all), Ok(Some(Capability::Http)));
-        assert_eq!(required_grant("era:plugin/http-endpoints@0.2.0", &all), Ok(Some(Capability::Http)));
+        assert_eq!(required_grant("era:plugin/http-endpoints@0.3.0", &all), Ok(Some(Capability::Http)));
         assert_eq!(
             required_grant("wasi:http/outgoing-handler@0.2.12", &none),
             Err(ImportRefusal::NotGranted(Capability::Http))
