@@ -11,10 +11,10 @@
 //!   `metadata.managedFields`); applying a different value to a field
 //!   another manager owns is `409 Conflict` naming that manager, unless
 //!   `force=true`, which takes the field over.
-//! - `fieldValidation=Strict`: a field the server does not know is `400`
-//!   (`strict decoding error: unknown field "..."`). The known fields are the
-//!   apps/v1 Deployment fields the plugin and kubectl commonly send (a slice
-//!   of the v1.33 OpenAPI schema, not all of it).
+//! - `fieldValidation=Strict`: every body is checked against the v1.33
+//!   OpenAPI schema of its kind (through the types k8s-openapi generates
+//!   from it): an unknown field is `400` (`strict decoding error: unknown
+//!   field "..."`), a value of the wrong type or another kind too.
 //! - `metadata.generation` goes up when the spec changes, `resourceVersion`
 //!   on every write. A controller brings `status` along over time: observed
 //!   generation, then replicas updated and available; an image whose
@@ -27,13 +27,14 @@
 //!   DELETE), label-selected Deployment and Pod lists (a scaled-down pod
 //!   stays Terminating for a while and is still listed), and paused
 //!   Deployments (no rollout, no pods, until unpaused).
-//! - core/v1 ConfigMaps and Secrets (server-side apply with strict fields,
-//!   `stringData` folded into base64 `data`, GET, DELETE, label-selected
-//!   lists), and the container probes' fields.
+//! - ConfigMaps, Secrets (`stringData` folded into base64 `data`),
+//!   ServiceAccounts, PersistentVolumeClaims, NetworkPolicies, Roles and
+//!   RoleBindings: server-side apply, GET, DELETE, label-selected lists.
+//! - `429` with `Retry-After` for the next N requests (`throttle`).
 //! - Errors are `Status` objects (`kind: Status`, `reason`, `code`, `message`).
 
 use crate::httpd::{Request, Response, Server};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +78,11 @@ pub struct Cluster {
     pub token: String,
     /// While set, every DELETE is answered `503` (an API server in trouble).
     pub fail_deletes: Arc<AtomicBool>,
+    /// The next this many requests are answered `429` with `Retry-After: 1`
+    /// (API Priority and Fairness throttling a client).
+    pub throttle: Arc<std::sync::atomic::AtomicU32>,
+    /// When each answer went out, and its status.
+    pub answered: Arc<Mutex<Vec<(Instant, u16)>>>,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Response {
@@ -113,111 +119,34 @@ fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.trim_start_matches(SEP).split(SEP).try_fold(v, |v, k| v.get(k))
 }
 
-/// The fields of an apps/v1 Deployment (v1.33) this server knows, as paths
-/// with `*` for map keys; lists are checked by their element's fields.
-const DEPLOYMENT_FIELDS: &[&str] = &[
-    ".apiVersion",
-    ".kind",
-    ".metadata.name",
-    ".metadata.namespace",
-    ".metadata.labels.*",
-    ".metadata.annotations.*",
-    ".spec.replicas",
-    ".spec.selector.matchLabels.*",
-    ".spec.strategy",
-    ".spec.minReadySeconds",
-    ".spec.progressDeadlineSeconds",
-    ".spec.revisionHistoryLimit",
-    ".spec.paused",
-    ".spec.template.metadata.labels.*",
-    ".spec.template.metadata.annotations.*",
-    ".spec.template.spec.terminationGracePeriodSeconds",
-    ".spec.template.spec.containers",
-    ".spec.template.spec.nodeSelector.*",
-    ".spec.template.spec.serviceAccountName",
-];
-
-const CONTAINER_FIELDS: &[&str] = &[
-    "name",
-    "image",
-    "env",
-    "ports",
-    "resources",
-    "command",
-    "args",
-    "readinessProbe",
-    "livenessProbe",
-    "imagePullPolicy",
-];
-
-/// A core/v1 Probe's fields (v1.33): one handler and the timing.
-fn unknown_probe_field(p: &Value) -> Option<String> {
-    const HANDLERS: [(&str, &[&str]); 4] = [
-        ("httpGet", &["path", "port", "host", "scheme", "httpHeaders"]),
-        ("tcpSocket", &["port", "host"]),
-        ("exec", &["command"]),
-        ("grpc", &["port", "service"]),
-    ];
-    const TIMING: [&str; 6] = [
-        "initialDelaySeconds",
-        "timeoutSeconds",
-        "periodSeconds",
-        "successThreshold",
-        "failureThreshold",
-        "terminationGracePeriodSeconds",
-    ];
-    for (k, v) in p.as_object()? {
-        match HANDLERS.iter().find(|(h, _)| h == k) {
-            Some((_, fields)) => {
-                if let Some(f) = v.as_object().into_iter().flat_map(Map::keys).find(|f| !fields.contains(&f.as_str())) {
-                    return Some(format!("{k}.{f}"));
-                }
-            }
-            None if TIMING.contains(&k.as_str()) => {
-                if v.as_i64().is_none_or(|n| n < 0) {
-                    return Some(format!("{k} (not a non-negative integer)"));
-                }
-            }
-            None => return Some(k.clone()),
-        }
-    }
-    None
-}
-
-fn unknown_field(obj: &Value) -> Option<String> {
-    let mut all = BTreeMap::new();
-    leaves(obj, "", &mut all);
-    for path in all.keys() {
-        let known = DEPLOYMENT_FIELDS.iter().any(|f| {
-            let f = f.replace('.', &SEP.to_string());
-            if let Some(prefix) = f.strip_suffix(&format!("{SEP}*")) {
-                path.starts_with(&format!("{prefix}{SEP}")) && !path[prefix.len() + 1..].contains(SEP)
-            } else {
-                *path == f || path.starts_with(&format!("{f}{SEP}"))
-            }
-        });
-        if !known {
-            return Some(display(path).trim_start_matches('.').to_string());
-        }
-    }
-    for (i, c) in get_path(obj, &format!("{SEP}spec{SEP}template{SEP}spec{SEP}containers"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        for k in c.as_object().into_iter().flat_map(Map::keys) {
-            if !CONTAINER_FIELDS.contains(&k.as_str()) {
-                return Some(format!("spec.template.spec.containers[{i}].{k}"));
-            }
-        }
-        for probe in ["readinessProbe", "livenessProbe"] {
-            if let Some(bad) = c.get(probe).and_then(unknown_probe_field) {
-                return Some(format!("spec.template.spec.containers[{i}].{probe}.{bad}"));
+/// Checks `body` against the v1.33 OpenAPI schema of `T`, through the
+/// types k8s-openapi generates from it: a field the schema does not have is
+/// what `fieldValidation=Strict` refuses (named as the API server names it,
+/// `.spec.template.spec.containers[0].foo`), and a value of the wrong type,
+/// or another apiVersion/kind, fails to decode.
+fn strict<T: serde::de::DeserializeOwned>(body: &Value) -> Result<(), Response> {
+    fn k8s_path(p: &serde_ignored::Path<'_>) -> String {
+        use serde_ignored::Path;
+        match p {
+            Path::Root => String::new(),
+            Path::Seq { parent, index } => format!("{}[{index}]", k8s_path(parent)),
+            Path::Map { parent, key } => format!("{}.{key}", k8s_path(parent)),
+            Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+                k8s_path(parent)
             }
         }
     }
-    None
+    let mut unknown = Vec::new();
+    let decoded: Result<T, _> = serde_ignored::deserialize(body.clone(), |p| unknown.push(k8s_path(&p)));
+    match (decoded, unknown.first()) {
+        (Err(e), _) => Err(status(400, "BadRequest", &format!("the object does not decode: {e}"))),
+        (Ok(_), Some(f)) => Err(status(
+            400,
+            "BadRequest",
+            &format!("{f}: strict decoding error: unknown field \"{}\"", f.trim_start_matches('.')),
+        )),
+        (Ok(_), None) => Ok(()),
+    }
 }
 
 impl Cluster {
@@ -229,16 +158,23 @@ impl Cluster {
     pub fn start_with_latency(token: &str, latency: Duration) -> Cluster {
         let state = Arc::new(Mutex::new(State::default()));
         let fail_deletes = Arc::new(AtomicBool::new(false));
-        let (s, t, f) = (state.clone(), token.to_string(), fail_deletes.clone());
+        let throttle = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let (s, t, f, th, an) =
+            (state.clone(), token.to_string(), fail_deletes.clone(), throttle.clone(), answered.clone());
         let server = Server::start(move |req| {
-            if req.method == "DELETE" && f.load(Ordering::SeqCst) {
-                return status(503, "ServiceUnavailable", "the server is currently unable to handle the request");
-            }
-            let mut r = handle(&s, &t, req);
+            let mut r = if req.method == "DELETE" && f.load(Ordering::SeqCst) {
+                status(503, "ServiceUnavailable", "the server is currently unable to handle the request")
+            } else if th.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                status(429, "TooManyRequests", "Too many requests, please try again later.").header("retry-after", "1")
+            } else {
+                handle(&s, &t, req)
+            };
+            an.lock().unwrap().push((Instant::now(), r.status));
             r.delay += latency;
             r
         });
-        Cluster { server, state, token: token.to_string(), fail_deletes }
+        Cluster { server, state, token: token.to_string(), fail_deletes, throttle, answered }
     }
 
     pub fn url(&self) -> String {
@@ -298,13 +234,20 @@ fn shown(o: &Object) -> Value {
         .unwrap_or("")
         .to_string();
     let since = o.changed.elapsed();
+    // As the API server writes them: per manager, its fields as a FieldsV1
+    // tree (`{"f:spec": {"f:replicas": {}}}`).
     let managed: Vec<Value> = {
-        let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut by: BTreeMap<&str, Value> = BTreeMap::new();
         for (path, m) in &o.owners {
-            by.entry(m.as_str()).or_default().push(display(path));
+            let mut at = by.entry(m.as_str()).or_insert_with(|| json!({}));
+            for key in path.trim_start_matches(SEP).split(SEP) {
+                at = at.as_object_mut().expect("an object").entry(format!("f:{key}")).or_insert_with(|| json!({}));
+            }
         }
         by.into_iter()
-            .map(|(m, fields)| json!({"manager": m, "operation": "Apply", "fieldsType": "FieldsV1", "fields": fields}))
+            .map(|(m, fields)| {
+                json!({"manager": m, "operation": "Apply", "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "fieldsV1": fields})
+            })
             .collect()
     };
     v["metadata"]["generation"] = json!(o.generation);
@@ -347,8 +290,8 @@ fn apply_deployment(st: &mut State, manager: &str, ns: &str, name: &str, object:
     if object["metadata"]["name"] != name {
         return status(400, "BadRequest", "the name of the object does not match the name on the URL");
     }
-    if let Some(field) = unknown_field(&object) {
-        return status(400, "BadRequest", &format!(".{field}: strict decoding error: unknown field \"{field}\""));
+    if let Err(refused) = strict::<k8s_openapi::api::apps::v1::Deployment>(&object) {
+        return refused;
     }
     let key = (ns.to_string(), name.to_string());
     let mut applied = BTreeMap::new();
@@ -516,6 +459,9 @@ fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
                 return r;
             }
             let Ok(obj) = body() else { return status(400, "BadRequest", "the body is not JSON or YAML") };
+            if let Err(refused) = strict::<k8s_openapi::api::core::v1::Namespace>(&obj) {
+                return refused;
+            }
             st.version += 1;
             let version = st.version;
             let o = st.namespaces.entry(ns.to_string()).or_insert_with(|| Object {
@@ -566,19 +512,8 @@ fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
             if obj["apiVersion"] != "v1" || obj["kind"] != "Service" || obj["metadata"]["name"] != *name {
                 return status(400, "BadRequest", "the object is not the v1 Service on the URL");
             }
-            let known = ["apiVersion", "kind", "metadata", "spec"];
-            let spec_known = ["selector", "ports", "type", "clusterIP"];
-            if let Some(k) = obj.as_object().into_iter().flat_map(Map::keys).find(|k| !known.contains(&k.as_str())) {
-                return status(400, "BadRequest", &format!(".{k}: strict decoding error: unknown field \"{k}\""));
-            }
-            if let Some(k) =
-                obj["spec"].as_object().into_iter().flat_map(Map::keys).find(|k| !spec_known.contains(&k.as_str()))
-            {
-                return status(
-                    400,
-                    "BadRequest",
-                    &format!(".spec.{k}: strict decoding error: unknown field \"spec.{k}\""),
-                );
+            if let Err(refused) = strict::<k8s_openapi::api::core::v1::Service>(&obj) {
+                return refused;
             }
             st.version += 1;
             let (version, count) = (st.version, st.services.len());
@@ -639,83 +574,117 @@ fn handle(state: &Mutex<State>, token: &str, req: &Request) -> Response {
                 }
             }
         }
-        ("GET", ["api", "v1", "namespaces", ns, plural @ ("configmaps" | "secrets")]) => {
-            let selector = req.query("labelSelector").unwrap_or_default();
-            let items: Vec<Value> = st
-                .objects
-                .iter()
-                .filter(|((p, n, _), o)| p == plural && n == ns && selects(&selector, &o["metadata"]["labels"]))
-                .map(|(_, o)| o.clone())
-                .collect();
-            Response::json(200, &json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}))
-        }
-        ("GET", ["api", "v1", "namespaces", ns, plural @ ("configmaps" | "secrets"), name]) => {
-            match st.objects.get(&(plural.to_string(), ns.to_string(), name.to_string())) {
-                Some(o) => Response::json(200, o),
-                None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
-            }
-        }
-        ("PATCH", ["api", "v1", "namespaces", ns, plural @ ("configmaps" | "secrets"), name]) => {
-            if let Some(r) = apply_checks() {
-                return r;
-            }
-            let Ok(obj) = body() else { return status(400, "BadRequest", "the body is not JSON or YAML") };
-            if !st.namespaces.contains_key(*ns) {
-                return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
-            }
-            let kind = if *plural == "configmaps" { "ConfigMap" } else { "Secret" };
-            if obj["apiVersion"] != "v1" || obj["kind"] != kind || obj["metadata"]["name"] != *name {
-                return status(400, "BadRequest", &format!("the object is not the v1 {kind} on the URL"));
-            }
-            // v1.33's fields of each, strictly.
-            let known: &[&str] = if kind == "ConfigMap" {
-                &["apiVersion", "kind", "metadata", "data", "binaryData", "immutable"]
-            } else {
-                &["apiVersion", "kind", "metadata", "data", "stringData", "type", "immutable"]
-            };
-            let meta_known = ["name", "namespace", "labels", "annotations"];
-            if let Some(k) = obj.as_object().into_iter().flat_map(Map::keys).find(|k| !known.contains(&k.as_str())) {
-                return status(400, "BadRequest", &format!(".{k}: strict decoding error: unknown field \"{k}\""));
-            }
-            if let Some(k) =
-                obj["metadata"].as_object().into_iter().flat_map(Map::keys).find(|k| !meta_known.contains(&k.as_str()))
-            {
-                return status(
-                    400,
-                    "BadRequest",
-                    &format!(".metadata.{k}: strict decoding error: unknown field \"metadata.{k}\""),
-                );
-            }
-            for field in ["data", "stringData", "binaryData"] {
-                if obj.get(field).is_some_and(|d| !d.as_object().is_some_and(|m| m.values().all(Value::is_string))) {
-                    return status(400, "BadRequest", &format!(".{field}: expected a map of strings"));
+        (method, path) if object_route(path).is_some() => {
+            let Some((api_version, kind, plural, ns, name)) = object_route(path) else { unreachable!() };
+            match (method, name) {
+                ("GET", None) => {
+                    let selector = req.query("labelSelector").unwrap_or_default();
+                    let items: Vec<Value> = st
+                        .objects
+                        .iter()
+                        .filter(|((p, n, _), o)| p == plural && n == ns && selects(&selector, &o["metadata"]["labels"]))
+                        .map(|(_, o)| o.clone())
+                        .collect();
+                    Response::json(
+                        200,
+                        &json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {}, "items": items}),
+                    )
                 }
-            }
-            st.version += 1;
-            let version = st.version;
-            // An apply replaces what this manager set (one manager here).
-            let mut stored = obj.clone();
-            stored["metadata"]["resourceVersion"] = json!(version.to_string());
-            if kind == "Secret" {
-                // stringData is write-only: the server folds it into data, base64.
-                use base64::Engine;
-                let mut data = stored["data"].as_object().cloned().unwrap_or_default();
-                for (k, v) in stored["stringData"].as_object().cloned().unwrap_or_default() {
-                    let b = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
-                    data.insert(k, json!(b));
+                ("GET", Some(name)) => match st.objects.get(&(plural.to_string(), ns.to_string(), name.to_string())) {
+                    Some(o) => Response::json(200, o),
+                    None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+                },
+                ("PATCH", Some(name)) => {
+                    if let Some(r) = apply_checks() {
+                        return r;
+                    }
+                    let Ok(obj) = body() else { return status(400, "BadRequest", "the body is not JSON or YAML") };
+                    if !st.namespaces.contains_key(ns) {
+                        return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+                    }
+                    if obj["apiVersion"] != api_version || obj["kind"] != kind || obj["metadata"]["name"] != name {
+                        return status(
+                            400,
+                            "BadRequest",
+                            &format!("the object is not the {api_version} {kind} on the URL"),
+                        );
+                    }
+                    if let Err(refused) = strict_kind(kind, &obj) {
+                        return refused;
+                    }
+                    st.version += 1;
+                    let version = st.version;
+                    // An apply replaces what this manager set (one manager here).
+                    let mut stored = obj.clone();
+                    stored["metadata"]["resourceVersion"] = json!(version.to_string());
+                    if kind == "Secret" {
+                        // stringData is write-only: the server folds it into data, base64.
+                        use base64::Engine;
+                        let mut data = stored["data"].as_object().cloned().unwrap_or_default();
+                        for (k, v) in stored["stringData"].as_object().cloned().unwrap_or_default() {
+                            let b = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+                            data.insert(k, json!(b));
+                        }
+                        stored.as_object_mut().map(|m| m.remove("stringData"));
+                        stored["data"] = Value::Object(data);
+                    }
+                    st.objects.insert((plural.to_string(), ns.to_string(), name.to_string()), stored.clone());
+                    Response::json(200, &stored)
                 }
-                stored.as_object_mut().map(|m| m.remove("stringData"));
-                stored["data"] = Value::Object(data);
-            }
-            st.objects.insert((plural.to_string(), ns.to_string(), name.to_string()), stored.clone());
-            Response::json(200, &stored)
-        }
-        ("DELETE", ["api", "v1", "namespaces", ns, plural @ ("configmaps" | "secrets"), name]) => {
-            match st.objects.remove(&(plural.to_string(), ns.to_string(), name.to_string())) {
-                Some(_) => Response::json(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
-                None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+                ("DELETE", Some(name)) => {
+                    match st.objects.remove(&(plural.to_string(), ns.to_string(), name.to_string())) {
+                        Some(_) => {
+                            Response::json(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+                        }
+                        None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+                    }
+                }
+                _ => status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"),
             }
         }
         _ => status(404, "NotFound", "the server could not find the requested resource"),
+    }
+}
+
+/// The namespaced kinds this server keeps as plain objects:
+/// (apiVersion, kind, plural).
+const OBJECT_KINDS: [(&str, &str, &str); 7] = [
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "Secret", "secrets"),
+    ("v1", "ServiceAccount", "serviceaccounts"),
+    ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+];
+
+/// `(apiVersion, kind, plural, namespace, name)` of a request for one of
+/// [`OBJECT_KINDS`] (a collection when the name is None).
+fn object_route<'a>(path: &[&'a str]) -> Option<(&'static str, &'static str, &'static str, &'a str, Option<&'a str>)> {
+    let (api_version, rest): (String, &[&str]) = match path {
+        ["api", "v1", rest @ ..] => ("v1".into(), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
+        _ => return None,
+    };
+    let (ns, plural, name) = match rest {
+        ["namespaces", ns, plural] => (*ns, *plural, None),
+        ["namespaces", ns, plural, name] => (*ns, *plural, Some(*name)),
+        _ => return None,
+    };
+    let (a, k, p) = OBJECT_KINDS.iter().find(|(a, _, p)| *a == api_version && *p == plural)?;
+    Some((a, k, p, ns, name))
+}
+
+/// [`strict`] for one of [`OBJECT_KINDS`].
+fn strict_kind(kind: &str, obj: &Value) -> Result<(), Response> {
+    use k8s_openapi::api::core::v1 as core;
+    match kind {
+        "ConfigMap" => strict::<core::ConfigMap>(obj),
+        "Secret" => strict::<core::Secret>(obj),
+        "ServiceAccount" => strict::<core::ServiceAccount>(obj),
+        "PersistentVolumeClaim" => strict::<core::PersistentVolumeClaim>(obj),
+        "NetworkPolicy" => strict::<k8s_openapi::api::networking::v1::NetworkPolicy>(obj),
+        "Role" => strict::<k8s_openapi::api::rbac::v1::Role>(obj),
+        _ => strict::<k8s_openapi::api::rbac::v1::RoleBinding>(obj),
     }
 }

@@ -147,6 +147,23 @@ fn an_apply_conflict_names_the_other_field_manager_and_force_takes_the_field() {
     let r = cluster.apply_as("kubectl", "edge", "web-1", json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web-1"}, "spec": {"replicas": 5, "selector": d["spec"]["selector"], "template": d["spec"]["template"]}}));
     assert_eq!(r.status, 409, "kubectl conflicts with era's replicas without force");
+    // The server refuses what a v1.33 API server with strict field
+    // validation refuses: an unknown field anywhere, a value of the wrong type.
+    let body = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web-1"},
+        "spec": {"selector": d["spec"]["selector"], "template": d["spec"]["template"]}});
+    let mut typo = body.clone();
+    typo["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"paht": "/", "port": 80}});
+    let r = cluster.apply_as("kubectl", "edge", "web-1", typo);
+    let said = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 400, "{said}");
+    assert!(
+        said.contains(".spec.template.spec.containers[0].readinessProbe.httpGet.paht: strict decoding error"),
+        "{said}"
+    );
+    let mut wrong = body;
+    wrong["spec"]["replicas"] = json!("two");
+    let r = cluster.apply_as("kubectl", "edge", "web-1", wrong);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     let mut forced = cluster.state.lock().unwrap();
     let o = forced.deployments.get_mut(&("edge".to_string(), "web-1".to_string())).unwrap();
     o.owners.insert("\u{1}spec\u{1}replicas".into(), "kubectl".into());
@@ -270,7 +287,10 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": {"mode": "edge"}});
     let secret =
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-secret"}, "stringData": {"key": "v1"}});
-    let first = spec_with("web", json!([config_map, secret]));
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web-sa"}});
+    let policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web-in"},
+        "spec": {"podSelector": {"matchLabels": {"era.dev/deployment": "web"}}, "policyTypes": ["Ingress"]}});
+    let first = spec_with("web", json!([config_map, secret, account, policy]));
 
     // Rendered before anything is applied: what an apply would make.
     let r = erad.era(&["validate", "-f", first.to_str().unwrap(), "--render"]);
@@ -285,7 +305,7 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
     }
     assert!(r.stdout.contains("\"readinessProbe\"") && r.stdout.contains("\"/healthz\""), "{}", r.stdout);
     let j = erad.era(&["-o", "json", "validate", "-f", first.to_str().unwrap(), "--render"]).json();
-    assert_eq!(j["rendered"].as_array().unwrap().len(), 4);
+    assert_eq!(j["rendered"].as_array().unwrap().len(), 6);
     assert!(cluster.server.requests().is_empty(), "rendering asks the cluster nothing");
 
     // erad runs no probe of its own here: nothing listens on this host's
@@ -303,8 +323,12 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
     assert_eq!(cm["data"]["mode"], "edge");
     assert_eq!(cm["metadata"]["labels"]["era.dev/deployment"], "web");
     assert_eq!(cluster.object("secrets", "edge", "web-secret").unwrap()["data"]["key"], "djE=");
+    assert!(cluster.object("serviceaccounts", "edge", "web-sa").is_some());
+    let np = cluster.object("networkpolicies", "edge", "web-in").expect("the NetworkPolicy, under its API group");
+    assert_eq!(np["metadata"]["labels"]["app.kubernetes.io/managed-by"], "era");
     era_tests::eventually(T, || {
-        erad.get("web")["outputs"]["objects"] == "Deployment/web-1 Service/web ConfigMap/web-config Secret/web-secret"
+        erad.get("web")["outputs"]["objects"]
+            == "Deployment/web-1 Service/web ConfigMap/web-config Secret/web-secret ServiceAccount/web-sa NetworkPolicy/web-in"
     });
 
     // An update without the Secret: applied afresh, the Secret pruned.
@@ -313,6 +337,7 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
     assert_eq!(erad.apply_wait(&spec_with("web", json!([changed]))).code, 0, "{}", erad.log());
     assert_eq!(cluster.object("configmaps", "edge", "web-config").unwrap()["data"]["mode"], "lab");
     assert!(cluster.object("secrets", "edge", "web-secret").is_none(), "a manifest the revision no longer has goes");
+    assert!(cluster.object("networkpolicies", "edge", "web-in").is_none());
 
     // Refused at validation: a kind era does not apply, another namespace.
     for (m, why) in [
@@ -329,4 +354,33 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
     // With the last revision, every manifest goes.
     assert_eq!(erad.era(&["delete", "web", "--wait"]).code, 0, "{}", erad.log());
     assert!(cluster.object("configmaps", "edge", "web-config").is_none());
+}
+
+#[test]
+fn a_throttled_request_is_retried_after_the_time_the_server_asks() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/web", "1", &["/bin/sleep", "600"], &[]);
+    let cluster = Cluster::start(TOKEN);
+    let (erad, _dir) = erad_for(&cluster);
+    let s = spec(
+        &erad,
+        "web",
+        &format!("{}/demo/web:1", registry.addr),
+        json!({"namespace": "edge", "createNamespace": true}),
+    );
+    assert_eq!(erad.apply_wait(&s).code, 0);
+    cluster.answered.lock().unwrap().clear();
+    cluster.throttle.store(2, std::sync::atomic::Ordering::SeqCst);
+    let stop = erad.era(&["stop", "web", "--wait"]);
+    assert_eq!(stop.code, 0, "{stop:?}\n{}", erad.log());
+    let answered = cluster.answered.lock().unwrap().clone();
+    let first = answered.iter().position(|(_, s)| *s == 429).expect("a 429");
+    assert_eq!(answered.iter().filter(|(_, s)| *s == 429).count(), 2);
+    // Each retry came after the Retry-After: 1 (erad's own first retry
+    // would come after 0.5 s).
+    for i in [first, first + 1] {
+        let after = answered[i + 1].0.duration_since(answered[i].0);
+        assert!(after >= Duration::from_millis(900), "retried after {after:?}");
+    }
+    assert!(!erad.history("web").iter().any(|e| e["cause"].as_str().unwrap_or("").contains("429")));
 }

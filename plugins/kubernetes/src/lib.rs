@@ -22,12 +22,15 @@
 //!
 //! Errors as Kubernetes clients read them: 401/403 and a 409 apply conflict
 //! (naming the other field manager) are configuration problems; 404 is
-//! not-found; 429 and 5xx are `unavailable`, which erad retries with backoff.
+//! not-found; 429 and 5xx are `unavailable`, which erad retries with backoff
+//! (a 429 or 503 with `Retry-After` is first retried by the plugin after that
+//! long, up to 3 times, as client-go does).
 //!
 //! - The spec's `health` becomes the pod's readiness and liveness probes
 //!   (http, tcp or exec; erad runs no probe of its own for this runtime,
 //!   `runs-probes`).
-//! - `config.manifests` (ConfigMaps and Secrets) are applied at every start
+//! - `config.manifests` (namespaced: ConfigMaps, Secrets, ServiceAccounts,
+//!   PersistentVolumeClaims, NetworkPolicies, Roles, RoleBindings) are applied at every start
 //!   with era's labels, in the deployment's namespace; those a revision no
 //!   longer has are deleted, and all go with the last revision.
 //! - `validate` writes every object an apply would make into `rendered/`
@@ -69,8 +72,29 @@ struct Config {
     manifests: Vec<serde_json::Value>,
 }
 
-/// The kinds `config.manifests` may hold: (apiVersion, kind, plural).
-const MANIFEST_KINDS: [(&str, &str, &str); 2] = [("v1", "ConfigMap", "configmaps"), ("v1", "Secret", "secrets")];
+/// A throttled request is retried at most this often, waiting at most this
+/// long each time, before the call gives up (`unavailable`).
+const MAX_THROTTLED: u32 = 3;
+const MAX_RETRY_AFTER: u64 = 10;
+
+/// The namespaced kinds `config.manifests` may hold: (apiVersion, kind, plural).
+const MANIFEST_KINDS: [(&str, &str, &str); 7] = [
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "Secret", "secrets"),
+    ("v1", "ServiceAccount", "serviceaccounts"),
+    ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+];
+
+/// The API path of a kind's collection in a namespace.
+fn collection(api_version: &str, plural: &str, namespace: &str) -> String {
+    match api_version {
+        "v1" => format!("/api/v1/namespaces/{namespace}/{plural}"),
+        group => format!("/apis/{group}/namespaces/{namespace}/{plural}"),
+    }
+}
 
 /// A DNS-1123 subdomain, as Kubernetes names ConfigMaps and Secrets.
 fn dns_subdomain(s: &str) -> bool {
@@ -101,7 +125,8 @@ impl Config {
             let at = |what: String| Error::InvalidConfig(format!("config.manifests[{i}]: {what}"));
             let (api, kind) = (m["apiVersion"].as_str().unwrap_or(""), m["kind"].as_str().unwrap_or(""));
             if !MANIFEST_KINDS.iter().any(|(a, k, _)| *a == api && *k == kind) {
-                return Err(at(format!("{api}/{kind} is not a kind era applies (v1 ConfigMap, v1 Secret)")));
+                let kinds: Vec<String> = MANIFEST_KINDS.iter().map(|(a, k, _)| format!("{a} {k}")).collect();
+                return Err(at(format!("{api}/{kind} is not a kind era applies ({})", kinds.join(", "))));
             }
             let name = m["metadata"]["name"].as_str().unwrap_or("");
             if !dns_subdomain(name) {
@@ -303,9 +328,10 @@ fn render_manifest(w: &Workload, c: &Config, m: &serde_json::Value) -> (String, 
         l.insert(k, json!(v));
     }
     m["metadata"]["labels"] = serde_json::Value::Object(l);
-    let plural = MANIFEST_KINDS.iter().find(|(_, k, _)| m["kind"] == *k).map(|(_, _, p)| *p).unwrap_or("configmaps");
+    let (api, _, plural) =
+        MANIFEST_KINDS.iter().find(|(a, k, _)| m["apiVersion"] == *a && m["kind"] == *k).unwrap_or(&MANIFEST_KINDS[0]);
     let name = m["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    (format!("/api/v1/namespaces/{}/{plural}/{name}", c.namespace()), m)
+    (format!("{}/{name}", collection(api, plural, c.namespace())), m)
 }
 
 /// Everything a revision's start applies, as (kind, name, object): the
@@ -377,11 +403,26 @@ impl Api {
     }
 
     fn send(&self, req: Request, verb: &str, what: &str) -> Result<Response, Error> {
-        let r = http::send(&req.header("accept", "application/json").header("user-agent", "era-kubernetes"))?;
-        if (200..300).contains(&r.status) {
-            return Ok(r);
+        let req = req.header("accept", "application/json").header("user-agent", "era-kubernetes");
+        let mut throttled = 0;
+        loop {
+            let r = http::send(&req)?;
+            if (200..300).contains(&r.status) {
+                return Ok(r);
+            }
+            // As client-go does: a 429 (or 503) that says when to come back
+            // is retried after that long, a few times, within the call's
+            // deadline; then erad's own retries take over.
+            let after = r.header("retry-after").and_then(|s| s.trim().parse::<u64>().ok());
+            match after {
+                Some(secs) if matches!(r.status, 429 | 503) && throttled < MAX_THROTTLED => {
+                    throttled += 1;
+                    log::info(&format!("{verb} {what}: {} (retry after {secs}s); waiting", r.status));
+                    std::thread::sleep(Duration::from_secs(secs.clamp(1, MAX_RETRY_AFTER)));
+                }
+                _ => return Err(api_error(&self.endpoint.name, verb, what, &r)),
+            }
         }
-        Err(api_error(&self.endpoint.name, verb, what, &r))
     }
 
     /// Server-side apply of `object` at `path`.
@@ -445,16 +486,17 @@ impl Api {
     /// Deletes the deployment's `config.manifests` objects (found by its
     /// label) whose paths are not in `keep`.
     fn prune_manifests(&self, namespace: &str, deployment: &str, keep: &[String]) -> Result<(), Error> {
-        for (_, kind, plural) in MANIFEST_KINDS {
+        for (api, kind, plural) in MANIFEST_KINDS {
             let url = format!(
-                "{}/api/v1/namespaces/{namespace}/{plural}?labelSelector=era.dev%2Fdeployment%3D{deployment}",
-                self.endpoint.url
+                "{}{}?labelSelector=era.dev%2Fdeployment%3D{deployment}",
+                self.endpoint.url,
+                collection(api, plural, namespace)
             );
             let r = self.send(Request::new("GET", url), "list", &format!("{plural} of {deployment} in {namespace}"))?;
             let list: serde_json::Value = r.json()?;
             for item in list["items"].as_array().into_iter().flatten() {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
-                let path = format!("/api/v1/namespaces/{namespace}/{plural}/{name}");
+                let path = format!("{}/{name}", collection(api, plural, namespace));
                 if !name.is_empty() && !keep.contains(&path) {
                     self.remove(&path, "", &format!("{kind} {namespace}/{name}"))?;
                 }
