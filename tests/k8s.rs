@@ -83,6 +83,9 @@ pub struct Cluster {
     pub throttle: Arc<std::sync::atomic::AtomicU32>,
     /// When each answer went out, and its status.
     pub answered: Arc<Mutex<Vec<(Instant, u16)>>>,
+    /// Kinds (by plural) the token may not touch: every request on them is
+    /// `403 Forbidden`, as RBAC answers.
+    pub forbidden: Arc<Mutex<Vec<String>>>,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Response {
@@ -160,10 +163,31 @@ impl Cluster {
         let fail_deletes = Arc::new(AtomicBool::new(false));
         let throttle = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let answered = Arc::new(Mutex::new(Vec::new()));
-        let (s, t, f, th, an) =
-            (state.clone(), token.to_string(), fail_deletes.clone(), throttle.clone(), answered.clone());
+        let forbidden: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (s, t, f, th, an, fb) = (
+            state.clone(),
+            token.to_string(),
+            fail_deletes.clone(),
+            throttle.clone(),
+            answered.clone(),
+            forbidden.clone(),
+        );
         let server = Server::start(move |req| {
-            let mut r = if req.method == "DELETE" && f.load(Ordering::SeqCst) {
+            let denied = {
+                let parts: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
+                object_route(&parts)
+                    .map(|(_, _, plural, ns, _)| (plural, ns))
+                    .filter(|(p, _)| fb.lock().unwrap().iter().any(|x| x == p))
+            };
+            let mut r = if let Some((plural, ns)) = denied {
+                status(
+                    403,
+                    "Forbidden",
+                    &format!(
+                        "{plural} is forbidden: User \"system:serviceaccount:era:era\" cannot list resource \"{plural}\" in API group \"\" in the namespace \"{ns}\""
+                    ),
+                )
+            } else if req.method == "DELETE" && f.load(Ordering::SeqCst) {
                 status(503, "ServiceUnavailable", "the server is currently unable to handle the request")
             } else if th.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
                 status(429, "TooManyRequests", "Too many requests, please try again later.").header("retry-after", "1")
@@ -174,7 +198,7 @@ impl Cluster {
             r.delay += latency;
             r
         });
-        Cluster { server, state, token: token.to_string(), fail_deletes, throttle, answered }
+        Cluster { server, state, token: token.to_string(), fail_deletes, throttle, answered, forbidden }
     }
 
     pub fn url(&self) -> String {
@@ -190,6 +214,12 @@ impl Cluster {
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<Value> {
         self.state.lock().unwrap().services.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Puts an object there as someone else would (a person with kubectl).
+    pub fn put_object(&self, plural: &str, namespace: &str, object: Value) {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        self.state.lock().unwrap().objects.insert((plural.to_string(), namespace.to_string(), name), object);
     }
 
     /// A ConfigMap (`configmaps`) or Secret (`secrets`).

@@ -285,8 +285,7 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
     };
     let config_map =
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": {"mode": "edge"}});
-    let secret =
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-secret"}, "stringData": {"key": "v1"}});
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-secret"}, "stringData": {"key": "s3cr3t-v1"}});
     let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web-sa"}});
     let policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web-in"},
         "spec": {"podSelector": {"matchLabels": {"era.dev/deployment": "web"}}, "policyTypes": ["Ingress"]}});
@@ -304,6 +303,11 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
         assert!(r.stdout.contains(file), "{file}: {}", r.stdout);
     }
     assert!(r.stdout.contains("\"readinessProbe\"") && r.stdout.contains("\"/healthz\""), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("s3cr3t-v1") && r.stdout.contains("(redacted: 9 bytes)"),
+        "a Secret's values: {}",
+        r.stdout
+    );
     let j = erad.era(&["-o", "json", "validate", "-f", first.to_str().unwrap(), "--render"]).json();
     assert_eq!(j["rendered"].as_array().unwrap().len(), 6);
     assert!(cluster.server.requests().is_empty(), "rendering asks the cluster nothing");
@@ -322,7 +326,7 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
     let cm = cluster.object("configmaps", "edge", "web-config").expect("the ConfigMap");
     assert_eq!(cm["data"]["mode"], "edge");
     assert_eq!(cm["metadata"]["labels"]["era.dev/deployment"], "web");
-    assert_eq!(cluster.object("secrets", "edge", "web-secret").unwrap()["data"]["key"], "djE=");
+    assert_eq!(cluster.object("secrets", "edge", "web-secret").unwrap()["data"]["key"], "czNjcjN0LXYx");
     assert!(cluster.object("serviceaccounts", "edge", "web-sa").is_some());
     let np = cluster.object("networkpolicies", "edge", "web-in").expect("the NetworkPolicy, under its API group");
     assert_eq!(np["metadata"]["labels"]["app.kubernetes.io/managed-by"], "era");
@@ -330,6 +334,15 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
         erad.get("web")["outputs"]["objects"]
             == "Deployment/web-1 Service/web ConfigMap/web-config Secret/web-secret ServiceAccount/web-sa NetworkPolicy/web-in"
     });
+
+    // Something a person made with only the deployment's label is not era's:
+    // never pruned.
+    cluster.put_object(
+        "configmaps",
+        "edge",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hand-made", "namespace": "edge", "labels": {"era.dev/deployment": "web"}}}),
+    );
 
     // An update without the Secret: applied afresh, the Secret pruned.
     let changed =
@@ -339,9 +352,31 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
     assert!(cluster.object("secrets", "edge", "web-secret").is_none(), "a manifest the revision no longer has goes");
     assert!(cluster.object("networkpolicies", "edge", "web-in").is_none());
 
+    // Another deployment does not take web's ConfigMap over.
+    let other = erad.spec(
+        "other.yaml",
+        &format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: other}}\nspec:\n  runtime: kubernetes\n  \
+             artifact: {{image: \"{image}\"}}\n  update: {{deadline: 20s}}\n  config: {}\n",
+            json!({"namespace": "edge", "manifests": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": {"mode": "mine"}}]})
+        ),
+    );
+    assert_ne!(erad.apply_wait(&other).code, 0);
+    let got = erad.wait_for_state("other", "Failed", T);
+    assert!(got["message"].as_str().unwrap().contains("exists and is not this deployment's"), "{got}");
+    assert_eq!(cluster.object("configmaps", "edge", "web-config").unwrap()["data"]["mode"], "lab");
+
     // Refused at validation: a kind era does not apply, another namespace.
     for (m, why) in [
         (json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "x"}}]), "not a kind era applies"),
+        (
+            json!([{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "x"}}]),
+            "not a kind era applies",
+        ),
+        (
+            json!([{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token", "metadata": {"name": "x"}}]),
+            "mint a token",
+        ),
         (
             json!([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "kube-system"}}]),
             "not the deployment's",
@@ -351,9 +386,10 @@ fn probes_manifests_and_what_an_apply_would_make_rendered_first() {
         assert!(v.code != 0 && v.stderr.contains(why), "{v:?}");
     }
 
-    // With the last revision, every manifest goes.
+    // With the last revision, every manifest goes; what a person made stays.
     assert_eq!(erad.era(&["delete", "web", "--wait"]).code, 0, "{}", erad.log());
     assert!(cluster.object("configmaps", "edge", "web-config").is_none());
+    assert!(cluster.object("configmaps", "edge", "hand-made").is_some());
 }
 
 #[test]
@@ -383,4 +419,12 @@ fn a_throttled_request_is_retried_after_the_time_the_server_asks() {
         assert!(after >= Duration::from_millis(900), "retried after {after:?}");
     }
     assert!(!erad.history("web").iter().any(|e| e["cause"].as_str().unwrap_or("").contains("429")));
+
+    // A token without rights on the manifests' kinds still updates and
+    // deletes a deployment that never had manifests.
+    *cluster.forbidden.lock().unwrap() =
+        ["configmaps", "secrets", "serviceaccounts", "networkpolicies"].map(String::from).to_vec();
+    let s2 = spec(&erad, "web", &format!("{}/demo/web:1", registry.addr), json!({"namespace": "edge", "replicas": 2}));
+    assert_eq!(erad.apply_wait(&s2).code, 0, "{}", erad.log());
+    assert_eq!(erad.era(&["delete", "web", "--wait"]).code, 0, "{}", erad.log());
 }

@@ -172,12 +172,25 @@ fn an_lxc_container_is_created_from_an_ostemplate_started_stopped_and_destroyed(
 
     assert_eq!(erad.get("box")["outputs"]["type"], "lxc");
 
-    // A second container, cloned from the CT template 9100.
-    let a = erad.apply_wait(&spec(&erad, "twin", json!({"node": NODE, "type": "lxc", "template": 9100}), ""));
+    // A second container, cloned from the CT template 9100, with the
+    // hostname the operator chose; an update gives the new container the
+    // same hostname and removes the old one.
+    let twin = |cores: u32| json!({"node": NODE, "type": "lxc", "template": 9100, "hostname": "twin.edge.example", "cores": cores});
+    let a = erad.apply_wait(&spec(&erad, "twin", twin(1), ""));
     assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
-    let (_, twin) = guest_named(&pve, "twin-1").expect("twin-1 on the node");
-    assert!(twin.running && twin.kind == "lxc");
+    let (first, g) = guest_named(&pve, "twin.edge.example").expect("the twin on the node");
+    assert!(g.running && g.kind == "lxc");
     assert_eq!(pve.tasks_of("vzclone"), 1);
+    let a = erad.apply_wait(&spec(&erad, "twin", twin(2), ""));
+    assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    let twins: Vec<u32> =
+        pve.guests().into_iter().filter(|(_, g)| g.name() == "twin.edge.example").map(|(id, _)| id).collect();
+    assert_eq!(twins.len(), 1, "the first revision's container is destroyed: {twins:?}");
+    let (second, g) = guest_named(&pve, "twin.edge.example").unwrap();
+    assert_ne!(first, second);
+    assert!(g.running && g.config["cores"] == 2);
+    assert_eq!(erad.get("twin")["revision"], 2);
+    assert_eq!(erad.get("twin")["state"], "Running");
     assert_eq!(erad.era(&["delete", "twin", "--wait"]).code, 0);
 
     assert_eq!(erad.era(&["stop", "box", "--wait"]).code, 0);
@@ -238,6 +251,8 @@ fn errors_name_what_is_wrong_and_a_failed_clone_leaves_nothing() {
         (json!({"node": "pve 1", "template": 9000}), "config.node"),
         (json!({"node": NODE, "template": 9000, "bridge": "vm br0"}), "config.bridge"),
         (json!({"node": NODE, "template": 9000, "vlan": 5000}), "config.vlan"),
+        (json!({"node": NODE, "template": 9000, "hostname": "web_1.edge"}), "config.hostname"),
+        (json!({"node": NODE, "template": 9000, "hostname": "a".repeat(64)}), "config.hostname"),
         (json!({"node": NODE, "type": "lxc", "ostemplate": OSTEMPLATE, "cloudInit": {}}), "QEMU VMs"),
         (json!({"node": NODE, "template": 9000, "endpoint": "elsewhere"}), "\"elsewhere\" is not granted"),
     ] {
@@ -250,7 +265,7 @@ fn errors_name_what_is_wrong_and_a_failed_clone_leaves_nothing() {
     let probe = spec(&erad, "web", vm_config(9000), "  health: {tcp: {port: 22}}\n");
     let probe = erad.era(&["validate", "-f", probe.to_str().unwrap()]);
     assert!(
-        probe.stderr.contains("spec.health") && probe.stderr.contains("runs no http, tcp or exec probe"),
+        probe.stderr.contains("spec.health") && probe.stderr.contains("must name the guest's address"),
         "{probe:?}"
     );
     assert!(pve.server.requests().is_empty(), "validation asks the node nothing");
@@ -340,4 +355,18 @@ fn a_server_that_echoes_the_token_has_it_redacted_everywhere() {
         let bytes = std::fs::read(erad.data_dir().join(&f)).unwrap_or_default();
         assert!(!String::from_utf8_lossy(&bytes).contains(SECRET), "the secret is in {f}");
     }
+}
+
+#[test]
+fn a_probe_that_names_the_guests_address_is_run_by_erad_from_the_host() {
+    // The plugin runs no probes (runs-probes), but one aimed at an address
+    // off this host is erad's: here one nothing answers (TEST-NET-1), so
+    // the apply fails on it instead of going Running unprobed.
+    let pve = Pve::start(TOKEN_ID, SECRET);
+    let (erad, _dir) = erad_for(&pve, &[]);
+    let health = "  health: {tcp: {host: 192.0.2.1, port: 22}, timeout: 1s, interval: 1s, retries: 1}\n";
+    let a = erad.apply_wait(&spec(&erad, "probed", json!({"node": NODE, "template": 9000, "agent": false}), health));
+    assert_ne!(a.code, 0, "{a:?}");
+    let got = erad.wait_for_state("probed", "Failed", T);
+    assert!(got["message"].as_str().unwrap().contains("192.0.2.1:22"), "{got}");
 }

@@ -58,6 +58,18 @@ pub fn exec_verdict(command: &[String], out: crate::plugin::ExecOutput) -> Resul
 /// spec sets no interval: often enough to feel instant, rare enough to be cheap.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(100);
 
+/// Whether the probe is an http or tcp one aimed at a host other than this
+/// one's loopback: erad runs it even for a runtime that runs probes itself.
+pub fn names_a_remote_host(h: &HealthSpec) -> bool {
+    let host = match (&h.http, &h.tcp) {
+        (Some(p), _) => &p.host,
+        (_, Some(t)) => &t.host,
+        _ => return false,
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

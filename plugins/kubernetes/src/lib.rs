@@ -23,16 +23,19 @@
 //! Errors as Kubernetes clients read them: 401/403 and a 409 apply conflict
 //! (naming the other field manager) are configuration problems; 404 is
 //! not-found; 429 and 5xx are `unavailable`, which erad retries with backoff
-//! (a 429 or 503 with `Retry-After` is first retried by the plugin after that
-//! long, up to 3 times, as client-go does).
+//! (a 429 or 503 with a short `Retry-After`, 2 s in all at most, is first
+//! retried by the plugin after that long, as client-go does).
 //!
 //! - The spec's `health` becomes the pod's readiness and liveness probes
 //!   (http, tcp or exec; erad runs no probe of its own for this runtime,
 //!   `runs-probes`).
 //! - `config.manifests` (namespaced: ConfigMaps, Secrets, ServiceAccounts,
-//!   PersistentVolumeClaims, NetworkPolicies, Roles, RoleBindings) are applied at every start
-//!   with era's labels, in the deployment's namespace; those a revision no
-//!   longer has are deleted, and all go with the last revision.
+//!   PersistentVolumeClaims, NetworkPolicies; no RBAC kinds) are applied at
+//!   every start, each as field manager `era-NAME`, never over an object
+//!   someone else made (unless `config.force`), with era's labels, in the
+//!   deployment's namespace; those a revision no longer has are deleted
+//!   (never a PersistentVolumeClaim: its data would go), and all go with
+//!   the last revision.
 //! - `validate` writes every object an apply would make into `rendered/`
 //!   (`era validate --render` shows them); `status` lists them as `objects`.
 //!
@@ -72,21 +75,28 @@ struct Config {
     manifests: Vec<serde_json::Value>,
 }
 
-/// A throttled request is retried at most this often, waiting at most this
-/// long each time, before the call gives up (`unavailable`).
-const MAX_THROTTLED: u32 = 3;
-const MAX_RETRY_AFTER: u64 = 10;
+/// A throttled request is retried here only while the waits add up to at
+/// most this: a longer `Retry-After` is left to erad's retries
+/// (`unavailable`), so it never eats a call's deadline.
+const MAX_THROTTLE_WAIT: u64 = 2;
 
 /// The namespaced kinds `config.manifests` may hold: (apiVersion, kind, plural).
-const MANIFEST_KINDS: [(&str, &str, &str); 7] = [
+/// No RBAC kinds: a spec must not grant itself rights through the
+/// operator's cluster credential.
+const MANIFEST_KINDS: [(&str, &str, &str); 5] = [
     ("v1", "ConfigMap", "configmaps"),
     ("v1", "Secret", "secrets"),
     ("v1", "ServiceAccount", "serviceaccounts"),
     ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
-    ("rbac.authorization.k8s.io/v1", "Role", "roles"),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
 ];
+
+/// The field manager of a deployment's manifests: its own, so two
+/// deployments (or a person) setting the same field of one object conflict
+/// (409) instead of taking it from each other.
+fn manifest_manager(deployment: &str) -> String {
+    format!("era-{deployment}")
+}
 
 /// The API path of a kind's collection in a namespace.
 fn collection(api_version: &str, plural: &str, namespace: &str) -> String {
@@ -136,6 +146,9 @@ impl Config {
                 && ns != c.namespace()
             {
                 return Err(at(format!("metadata.namespace {ns:?} is not the deployment's ({})", c.namespace())));
+            }
+            if kind == "Secret" && m["type"] == "kubernetes.io/service-account-token" {
+                return Err(at("a service-account-token Secret would mint a token through era's credential".into()));
             }
         }
         Ok(c)
@@ -310,8 +323,8 @@ fn probe(w: &Workload, liveness: bool) -> Option<K8sProbe> {
                 ..Default::default()
             })
         }
-        WitProbe::Tcp(port) => {
-            p.tcp_socket = Some(TCPSocketAction { port: IntOrString::Int(i32::from(*port)), ..Default::default() })
+        WitProbe::Tcp(t) => {
+            p.tcp_socket = Some(TCPSocketAction { port: IntOrString::Int(i32::from(t.port)), ..Default::default() })
         }
         WitProbe::Exec(command) => p.exec = Some(ExecAction { command: Some(command.clone()) }),
     }
@@ -343,8 +356,19 @@ fn rendered(w: &Workload, c: &Config) -> Result<Vec<(String, String, serde_json:
         out.push(("Service".into(), w.deployment.clone(), value(&render_service(w, c))?));
     }
     for m in &c.manifests {
-        let (_, obj) = render_manifest(w, c, m);
+        let (_, mut obj) = render_manifest(w, c, m);
         let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        // A Secret's values never go into a rendering (a terminal, a CI log).
+        if kind == "Secret" {
+            for field in ["data", "stringData"] {
+                if let Some(m) = obj[field].as_object_mut() {
+                    for v in m.values_mut() {
+                        let n = v.as_str().map_or(0, str::len);
+                        *v = json!(format!("(redacted: {n} bytes)"));
+                    }
+                }
+            }
+        }
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         out.push((kind, name, obj));
     }
@@ -353,6 +377,12 @@ fn rendered(w: &Workload, c: &Config) -> Result<Vec<(String, String, serde_json:
 
 fn value<T: Serialize>(v: &T) -> Result<serde_json::Value, Error> {
     serde_json::to_value(v).map_err(|e| Error::Failed(e.to_string()))
+}
+
+/// Whether an object carries both of this deployment's era labels.
+fn ours(object: &serde_json::Value, deployment: &str) -> bool {
+    let l = &object["metadata"]["labels"];
+    l["app.kubernetes.io/managed-by"] == "era" && l["era.dev/deployment"] == deployment
 }
 
 /// The deployment's Service: its ports, selecting whichever revision runs.
@@ -404,21 +434,21 @@ impl Api {
 
     fn send(&self, req: Request, verb: &str, what: &str) -> Result<Response, Error> {
         let req = req.header("accept", "application/json").header("user-agent", "era-kubernetes");
-        let mut throttled = 0;
+        let mut waited = 0;
         loop {
             let r = http::send(&req)?;
             if (200..300).contains(&r.status) {
                 return Ok(r);
             }
             // As client-go does: a 429 (or 503) that says when to come back
-            // is retried after that long, a few times, within the call's
-            // deadline; then erad's own retries take over.
+            // is retried after that long, while the waits stay short; then
+            // it is `unavailable`, and erad's own retries take over.
             let after = r.header("retry-after").and_then(|s| s.trim().parse::<u64>().ok());
             match after {
-                Some(secs) if matches!(r.status, 429 | 503) && throttled < MAX_THROTTLED => {
-                    throttled += 1;
+                Some(secs) if matches!(r.status, 429 | 503) && waited + secs.max(1) <= MAX_THROTTLE_WAIT => {
+                    waited += secs.max(1);
                     log::info(&format!("{verb} {what}: {} (retry after {secs}s); waiting", r.status));
-                    std::thread::sleep(Duration::from_secs(secs.clamp(1, MAX_RETRY_AFTER)));
+                    std::thread::sleep(Duration::from_secs(secs.max(1)));
                 }
                 _ => return Err(api_error(&self.endpoint.name, verb, what, &r)),
             }
@@ -427,8 +457,20 @@ impl Api {
 
     /// Server-side apply of `object` at `path`.
     fn apply(&self, path: &str, object: &serde_json::Value, force: bool, what: &str) -> Result<Response, Error> {
+        self.apply_as("era", path, object, force, what)
+    }
+
+    /// Server-side apply as `manager`.
+    fn apply_as(
+        &self,
+        manager: &str,
+        path: &str,
+        object: &serde_json::Value,
+        force: bool,
+        what: &str,
+    ) -> Result<Response, Error> {
         let url = format!(
-            "{}{path}?fieldManager=era&fieldValidation=Strict{}",
+            "{}{path}?fieldManager={manager}&fieldValidation=Strict{}",
             self.endpoint.url,
             if force { "&force=true" } else { "" }
         );
@@ -485,14 +527,26 @@ impl Api {
 
     /// Deletes the deployment's `config.manifests` objects (found by its
     /// label) whose paths are not in `keep`.
+    ///
+    /// Only objects with both of era's labels; never a PersistentVolumeClaim
+    /// (its data would go with it, and a rollback would bring it back
+    /// empty: remove one by hand). A kind the credential may not list was
+    /// never applied with it: nothing to prune there.
     fn prune_manifests(&self, namespace: &str, deployment: &str, keep: &[String]) -> Result<(), Error> {
-        for (api, kind, plural) in MANIFEST_KINDS {
+        for (api, kind, plural) in MANIFEST_KINDS.iter().filter(|(_, k, _)| *k != "PersistentVolumeClaim") {
             let url = format!(
-                "{}{}?labelSelector=era.dev%2Fdeployment%3D{deployment}",
+                "{}{}?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dera%2Cera.dev%2Fdeployment%3D{deployment}",
                 self.endpoint.url,
                 collection(api, plural, namespace)
             );
-            let r = self.send(Request::new("GET", url), "list", &format!("{plural} of {deployment} in {namespace}"))?;
+            let what = format!("{plural} of {deployment} in {namespace}");
+            let r = match self.send(Request::new("GET", url), "list", &what) {
+                Ok(r) => r,
+                Err(Error::InvalidConfig(m) | Error::NotFound(m)) if m.contains(": 403 ") || m.contains(": 404 ") => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let list: serde_json::Value = r.json()?;
             for item in list["items"].as_array().into_iter().flatten() {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
@@ -702,7 +756,18 @@ impl Runtime for Kubernetes {
                 c.namespace(),
                 obj["metadata"]["name"].as_str().unwrap_or("")
             );
-            api.apply(&path, &obj, c.force, &what)?;
+            // An object someone else made is not taken over (and later
+            // pruned) unless the operator says so.
+            if !c.force
+                && let Some(existing) = api.get::<serde_json::Value>(&path, &what)?
+                && !ours(&existing, &w.deployment)
+            {
+                return Err(Error::InvalidConfig(format!(
+                    "{what} exists and is not this deployment's (no era.dev/deployment={} label): rename it in config.manifests, or set config.force to take it over",
+                    w.deployment
+                )));
+            }
+            api.apply_as(&manifest_manager(&w.deployment), &path, &obj, c.force, &what)?;
             keep.push(path);
         }
         if !c.manifests.is_empty() || w.revision > 1 {

@@ -38,10 +38,12 @@
 //! `memoryMiB`, `disk` (QEMU, default `scsi0`), `diskGiB`, `bridge` (default
 //! `vmbr0`), `vlan`, `ip` (LXC `net0` ip, default `dhcp`), `tags`, `agent`
 //! (QEMU guest agent, default true), `cloudInit` (QEMU: `user`, `sshKeys`,
-//! `ipconfig0`, `nameserver`, `searchdomain`), `discovery`.
+//! `ipconfig0`, `nameserver`, `searchdomain`), `discovery`, `hostname` (the
+//! guest's name and hostname instead of `NAME-REV`; a QEMU VM's cloud-init
+//! takes its hostname from the name).
 
 use era_plugin_sdk::http::{self, Request, Response};
-use era_plugin_sdk::{Error, ExecOutput, Health, PluginInfo, Runtime, Status, Workload, log, state};
+use era_plugin_sdk::{Error, ExecOutput, Health, PluginInfo, Probe, Runtime, Status, Workload, log, state};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -99,12 +101,14 @@ struct Config {
     agent: Option<bool>,
     cloud_init: Option<CloudInit>,
     discovery: Option<String>,
+    hostname: Option<String>,
 }
 
 /// `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?`: a PVE node name, and each label
 /// of a DNS name.
 fn label(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
@@ -237,6 +241,13 @@ impl Config {
         {
             return Err(invalid(format!("config.discovery: {d:?} is not an http(s) URL")));
         }
+        if let Some(h) = &c.hostname
+            && (h.len() > 253 || !h.split('.').all(label))
+        {
+            return Err(invalid(format!(
+                "config.hostname: {h:?} is not a DNS name (labels of letters, digits and '-', each at most 63, joined by '.')"
+            )));
+        }
         // It goes base64-encoded into smbios1, which PVE caps at 512 characters.
         if c.discovery.as_ref().is_some_and(|d| d.len() > 200) {
             return Err(invalid("config.discovery: at most 200 characters"));
@@ -253,8 +264,12 @@ impl Config {
     }
 }
 
-/// The guest's name (QEMU `name`, LXC `hostname`): `NAME-REV`, a DNS name.
-fn guest_name(w: &Workload) -> Result<String, Error> {
+/// The guest's name (QEMU `name`, which cloud-init makes the VM's hostname;
+/// LXC `hostname`): `config.hostname`, or `NAME-REV`.
+fn guest_name(w: &Workload, c: &Config) -> Result<String, Error> {
+    if let Some(h) = &c.hostname {
+        return Ok(h.clone());
+    }
     let name = format!("{}-{}", w.deployment, w.revision);
     if name.len() > 63 || !label(&name) {
         return Err(invalid(format!(
@@ -742,7 +757,7 @@ impl Runtime for Proxmox {
     fn validate(w: Workload) -> Result<(), Error> {
         let c = Config::parse(&w)?;
         Api::new(c.endpoint.as_deref())?;
-        guest_name(&w)?;
+        guest_name(&w, &c)?;
         if !tag(&w.deployment) {
             return Err(invalid(format!("the deployment name {:?} is not a Proxmox VE tag", w.deployment)));
         }
@@ -755,9 +770,19 @@ impl Runtime for Proxmox {
         if !w.env.is_empty() {
             return Err(invalid("spec.env: PVE's API passes no environment into a guest; use config.cloudInit"));
         }
-        if w.health.as_ref().is_some_and(|h| h.probe.is_some()) {
+        // erad runs an http or tcp probe aimed at the guest's address from
+        // the host; nothing can run one aimed at this host's loopback or an
+        // exec inside the guest.
+        let local = |host: &str| host == "localhost" || host.starts_with("127.") || host == "::1";
+        let unrunnable = match w.health.as_ref().and_then(|h| h.probe.as_ref()) {
+            Some(Probe::Http(p)) => local(&p.host),
+            Some(Probe::Tcp(t)) => local(&t.host),
+            Some(Probe::Exec(_)) => true,
+            None => false,
+        };
+        if unrunnable {
             return Err(invalid(
-                "spec.health: a guest is healthy when it runs (and, for a VM, its agent answers); this runtime runs no http, tcp or exec probe",
+                "spec.health: a guest is healthy when it runs (and, for a VM, its agent answers); an http or tcp probe must name the guest's address (host:), and exec probes are not run",
             ));
         }
         Ok(())
@@ -766,7 +791,7 @@ impl Runtime for Proxmox {
     fn install(w: Workload) -> Result<String, Error> {
         let c = Config::parse(&w)?;
         let api = Api::new(c.endpoint.as_deref())?;
-        let name = guest_name(&w)?;
+        let name = guest_name(&w, &c)?;
         let h = make_guest(&api, &w, &c, &name)?;
         configure(&api, &h, &w, &c)?;
         log::info(&format!("guest {} ({name}) on {} is ready", h.vmid, h.node));
@@ -801,7 +826,10 @@ impl Runtime for Proxmox {
         let Some(cur) = api.current(&h)? else {
             return Ok(Status::missing(format!("guest {} does not exist", h.vmid)));
         };
-        if cur["name"].as_str() != Some(guest_name(&w)?.as_str()) && !is_ours(&api, &h)? {
+        // A name unique to this revision spares a config request; a shared
+        // hostname does not prove the guest is this revision's.
+        let unique = c.hostname.is_none() && cur["name"].as_str() == Some(guest_name(&w, &c)?.as_str());
+        if !unique && !is_ours(&api, &h)? {
             return Ok(Status::missing(format!("guest {} is no longer the one this revision made", h.vmid)));
         }
         if cur["status"] != "running" {

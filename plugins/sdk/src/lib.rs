@@ -27,7 +27,7 @@ pub mod bindings {
 
 pub use bindings::era::plugin::types::{
     Artifact, ArtifactKind, Error, ExecOutput, Health, HealthCheck, HttpProbe, PluginInfo, Port, Probe, RuntimeError,
-    Volume, Workload, WorkloadStatus as Status,
+    TcpProbe, Volume, Workload, WorkloadStatus as Status,
 };
 pub use bindings::export_plugin;
 pub use bindings::exports::era::plugin::runtime::Guest as Runtime;

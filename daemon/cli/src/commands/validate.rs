@@ -17,10 +17,13 @@ pub async fn run(socket: &Path, file: &Path, render: bool, fmt: Format) -> Resul
     if render && resp.rendered.is_empty() {
         println!("(its runtime renders nothing before an apply)");
     }
+    // A plugin wrote these: no control characters reach the terminal.
+    let printable = |t: &str| t.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect::<String>();
     for r in &resp.rendered {
-        println!("--- {}", r.name);
-        print!("{}", r.content);
-        if !r.content.ends_with('\n') {
+        println!("--- {}", printable(&r.name));
+        let content = printable(&r.content);
+        print!("{content}");
+        if !content.ends_with('\n') {
             println!();
         }
     }

@@ -216,12 +216,13 @@ impl Lifecycle {
 
     /// Checks a spec as Validating would, without changing anything: the
     /// runtime is loaded, its ports are free, and the plugin accepts it.
-    /// Returns what the plugin rendered (`rendered/` of its work dir: file
-    /// name and text, see [`read_rendered`]).
+    /// With `render`, returns what the plugin rendered (`rendered/` of its
+    /// work dir: file name and text, see [`read_rendered`]).
     pub async fn validate(
         &self,
         spec: &DeploymentSpec,
         source_dir: &std::path::Path,
+        render: bool,
     ) -> Result<Vec<(String, String)>, CommandError> {
         let invalid = |message: String| CommandError::Invalid { name: spec.name().to_string(), message };
         let plugin = supervisor::plugin_for(&self.shared, &spec.spec.runtime).map_err(invalid)?;
@@ -248,19 +249,28 @@ impl Lifecycle {
             .validate(&CallContext { deployment: spec.name(), work_dir: &scratch.path, revision: None }, &workload)
             .await
             .map_err(|e| invalid(e.to_string()))?;
+        if !render {
+            return Ok(Vec::new());
+        }
         read_rendered(&scratch.path).map_err(|e| invalid(e.to_string()))
     }
 }
 
-/// At most this many rendered files, each at most [`RENDERED_FILE_LIMIT`].
+/// At most this many rendered files, each at most [`RENDERED_FILE_LIMIT`],
+/// [`RENDERED_TOTAL`] in all (the answer stays under gRPC's 4 MiB).
 const RENDERED_FILES: usize = 256;
 const RENDERED_FILE_LIMIT: u64 = 1 << 20;
+const RENDERED_TOTAL: usize = 3 << 20;
 
 /// The files a plugin's `validate` wrote into `rendered/` of its work dir,
-/// sorted by name: regular files only, opened beneath the dir without
-/// following links, each capped; anything else is skipped.
+/// sorted by name: `rendered/` itself a real directory (a link is not
+/// followed), regular files only, opened beneath the work dir without
+/// following links, each and all capped; anything else is skipped.
 pub(crate) fn read_rendered(work_dir: &std::path::Path) -> std::io::Result<Vec<(String, String)>> {
     let dir = work_dir.join("rendered");
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(Vec::new());
+    }
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
     let mut names: Vec<String> = entries
         .flatten()
@@ -274,12 +284,48 @@ pub(crate) fn read_rendered(work_dir: &std::path::Path) -> std::io::Result<Vec<(
             names.len()
         )));
     }
-    let mut out = Vec::new();
+    let (mut out, mut total) = (Vec::new(), 0);
     for name in names {
         let rel = std::path::Path::new("rendered").join(&name);
         if let Some(bytes) = crate::beneath::read_capped(work_dir, &rel, RENDERED_FILE_LIMIT)? {
+            total += bytes.len();
+            if total > RENDERED_TOTAL {
+                return Err(std::io::Error::other(format!(
+                    "the plugin rendered more than {} MiB into rendered/",
+                    RENDERED_TOTAL >> 20
+                )));
+            }
             out.push((name, String::from_utf8_lossy(&bytes).into_owned()));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod rendered_tests {
+    use super::read_rendered;
+
+    #[test]
+    fn rendered_files_are_read_beneath_the_work_dir_only() {
+        let work = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("passwd"), "root:x:0:0").unwrap();
+        // rendered/ as a link to a host dir: not followed, nothing read.
+        std::os::unix::fs::symlink(outside.path(), work.path().join("rendered")).unwrap();
+        assert!(read_rendered(work.path()).unwrap().is_empty());
+        // A real rendered/: its files, sorted; a link inside is refused.
+        std::fs::remove_file(work.path().join("rendered")).unwrap();
+        std::fs::create_dir(work.path().join("rendered")).unwrap();
+        std::fs::write(work.path().join("rendered/b.json"), "{}").unwrap();
+        std::fs::write(work.path().join("rendered/a.json"), "[]").unwrap();
+        let got = read_rendered(work.path()).unwrap();
+        assert_eq!(got, [("a.json".to_string(), "[]".to_string()), ("b.json".to_string(), "{}".to_string())]);
+        std::os::unix::fs::symlink(outside.path().join("passwd"), work.path().join("rendered/c.json")).unwrap();
+        assert_eq!(read_rendered(work.path()).unwrap().len(), 2, "a link is not a regular file");
+        // Too much in all is refused, naming the limit.
+        for i in 0..4 {
+            std::fs::write(work.path().join(format!("rendered/big{i}.json")), vec![b'x'; 1 << 20]).unwrap();
+        }
+        assert!(read_rendered(work.path()).unwrap_err().to_string().contains("more than 3 MiB"));
+    }
 }

@@ -15,5 +15,5 @@ wasmtime::component::bindgen!({
 
 pub use era::plugin::types::{
     Artifact, ArtifactKind, Error as GuestError, ExecOutput, Health, HealthCheck, HttpProbe as HttpProbeCheck,
-    PluginInfo, Port, Probe, Volume, Workload, WorkloadStatus,
+    PluginInfo, Port, Probe, TcpProbe as TcpProbeCheck, Volume, Workload, WorkloadStatus,
 };

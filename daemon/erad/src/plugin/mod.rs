@@ -17,7 +17,7 @@ mod compile_cache;
 
 pub use bindings::{
     Artifact, ArtifactKind, ExecOutput, GuestError, Health, HealthCheck, HttpProbeCheck, PluginInfo, Port, Probe,
-    Volume, Workload, WorkloadStatus,
+    TcpProbeCheck, Volume, Workload, WorkloadStatus,
 };
 pub use caps::{CallScope, Grants, RuntimeHome};
 

@@ -148,11 +148,8 @@ impl Deployments for DeploymentsService {
     async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
         let req = req.into_inner();
         let (spec, dir) = parse(&req.spec, &req.source)?;
-        let rendered = self.lifecycle.validate(&spec, &dir).await.map_err(command_status)?;
-        let rendered = match req.render {
-            true => rendered.into_iter().map(|(name, content)| pb::RenderedObject { name, content }).collect(),
-            false => Vec::new(),
-        };
+        let rendered = self.lifecycle.validate(&spec, &dir, req.render).await.map_err(command_status)?;
+        let rendered = rendered.into_iter().map(|(name, content)| pb::RenderedObject { name, content }).collect();
         Ok(Response::new(pb::ValidateResponse { name: spec.name().to_string(), spec_hash: spec.hash(), rendered }))
     }
 

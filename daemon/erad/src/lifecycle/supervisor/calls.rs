@@ -58,8 +58,9 @@ impl Supervisor {
     /// workload through the plugin.
     pub(super) async fn probe(&self, rev: &RevisionRecord, h: &crate::spec::HealthSpec) -> Work<Option<()>> {
         // A remote runtime's workload is not on this host: its platform
-        // runs the probe, and its status says how it went.
-        if plugin_for(&self.shared, &rev.runtime)?.runs_probes() {
+        // runs the probe, and its status says how it went. A probe that
+        // names another host's address is still erad's.
+        if plugin_for(&self.shared, &rev.runtime)?.runs_probes() && !crate::health::names_a_remote_host(h) {
             return Ok(None);
         }
         let Some(exec) = h.exec.as_ref().filter(|x| !x.command.is_empty()) else {

@@ -271,11 +271,13 @@ pub(crate) fn workload_of(
 
 /// The spec's health as the plugin contract carries it.
 fn health_check(h: &crate::spec::HealthSpec) -> crate::plugin::HealthCheck {
-    use crate::plugin::{HealthCheck, HttpProbeCheck, Probe};
+    use crate::plugin::{HealthCheck, HttpProbeCheck, Probe, TcpProbeCheck};
     let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
     let probe = match (&h.http, &h.tcp, &h.exec) {
-        (Some(p), _, _) => Some(Probe::Http(HttpProbeCheck { port: p.port, path: p.path.clone() })),
-        (_, Some(t), _) => Some(Probe::Tcp(t.port)),
+        (Some(p), _, _) => {
+            Some(Probe::Http(HttpProbeCheck { port: p.port, path: p.path.clone(), host: p.host.clone() }))
+        }
+        (_, Some(t), _) => Some(Probe::Tcp(TcpProbeCheck { port: t.port, host: t.host.clone() })),
         (_, _, Some(e)) if !e.command.is_empty() => Some(Probe::Exec(e.command.clone())),
         _ => None,
     };
