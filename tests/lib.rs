@@ -818,7 +818,13 @@ pub enum Tamper {
     ConfuseManifest,
     /// Serve manifests with an index Content-Type.
     WrongMediaType,
+    /// Name a host file ([`TRAVERSAL_BAIT`]) as the first layer's digest
+    /// (`sha256:/path`), with a matching digest header.
+    TraversalDigest,
 }
+
+/// A file outside any store that [`Tamper::TraversalDigest`] points a layer at.
+pub const TRAVERSAL_BAIT: &str = "/tmp/era-test-traversal-bait.tar";
 
 /// An HTTP proxy on 127.0.0.1 in front of `upstream` (a registry) that
 /// tampers with its answers; returns `127.0.0.1:PORT`.
@@ -875,6 +881,12 @@ pub fn tampering_proxy(upstream: &str, tamper: Tamper) -> String {
                         Tamper::ConfuseManifest if is_manifest => {
                             let mut doc: serde_json::Value = serde_json::from_slice(&body).expect("manifest JSON");
                             doc["manifests"] = serde_json::json!([{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", sha256(b"x")), "size": 1}]);
+                            body = serde_json::to_vec(&doc).expect("JSON");
+                            set(&mut headers, "Docker-Content-Digest", &format!("sha256:{}", sha256(&body)));
+                        }
+                        Tamper::TraversalDigest if is_manifest => {
+                            let mut doc: serde_json::Value = serde_json::from_slice(&body).expect("manifest JSON");
+                            doc["layers"][0]["digest"] = serde_json::json!(format!("sha256:{TRAVERSAL_BAIT}"));
                             body = serde_json::to_vec(&doc).expect("JSON");
                             set(&mut headers, "Docker-Content-Digest", &format!("sha256:{}", sha256(&body)));
                         }

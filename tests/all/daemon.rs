@@ -111,6 +111,25 @@ fn erad_tells_systemd_it_is_ready_and_stopping() {
 }
 
 #[test]
+fn the_debug_log_times_each_plugin_call_and_each_commit() {
+    let erad = Erad::start_with(&fixture_plugins(), &[("ERAD_LOG_FORMAT", "json"), ("ERAD_LOG_LEVEL", "erad=debug")]);
+    assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);
+    let lines: Vec<serde_json::Value> =
+        erad.log().lines().map(|l| serde_json::from_str(l).expect("a JSON log line")).collect();
+    let timed = |message: &str, key: &str, value: &str| {
+        lines.iter().any(|l| {
+            l["fields"]["message"] == message && l["fields"][key] == value && l["fields"]["us"].as_u64().is_some()
+        })
+    };
+    for op in ["validate", "install", "start", "status"] {
+        assert!(timed("plugin call", "op", op), "the {op} call, timed");
+    }
+    for event in ["Apply", "Validated", "Fetched", "Prepared", "Installed", "Activated", "Healthy"] {
+        assert!(timed("transition committed", "event", event), "the {event} commit, timed");
+    }
+}
+
+#[test]
 fn json_logs_carry_the_deployment_and_revision_as_fields() {
     let erad = Erad::start_with(&fixture_plugins(), &[("ERAD_LOG_FORMAT", "json")]);
     assert_eq!(erad.apply_wait(&erad.deployment("web", "noop", "v1", "")).code, 0);

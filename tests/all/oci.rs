@@ -113,12 +113,102 @@ fn a_moved_tag_never_changes_a_deployed_revision_across_restart_and_rollback() {
     eventually(T, || erad.get("app")["state"] == "Running");
     assert_eq!(erad.get("app")["artifact_digest"], v1.as_str(), "a restart keeps the pinned digest");
 
-    // A new revision resolves the tag anew; rolling back returns to v1's digest.
-    assert_eq!(erad.apply_wait(&spec(&erad, "app", &image, "  env: {REV: \"2\"}\n")).code, 0);
+    // A new revision that asks the registry (pullPolicy: Always) resolves
+    // the tag anew; rolling back returns to v1's digest.
+    let always = format!("{}, pullPolicy: Always", image);
+    assert_eq!(erad.apply_wait(&spec(&erad, "app", &always, "  env: {REV: \"2\"}\n")).code, 0);
     assert_eq!(erad.get("app")["artifact_digest"], v2.as_str());
     assert_eq!(erad.era(&["rollback", "app", "--wait", "--timeout", "60s"]).code, 0);
     let d = erad.get("app");
     assert_eq!((d["revision"].as_u64(), d["artifact_digest"].as_str()), (Some(1), Some(v1.as_str())));
+}
+
+#[test]
+fn a_tag_is_asked_of_the_registry_as_the_pull_policy_says_and_works_offline_once_pulled() {
+    let registry = Registry::start();
+    let v1 = registry.push_image("demo/app", "stable", &[("version", "1")]);
+    let erad = Erad::start();
+    let stable = format!("{}/demo/app:stable", registry.addr);
+    let digest_of = |name: &str| erad.get(name)["artifact_digest"].as_str().unwrap_or("").to_string();
+
+    // Never: only what the store holds; nothing is, so it fails naming why.
+    let never = spec(&erad, "never", &format!("image: \"{stable}\", pullPolicy: Never"), "");
+    assert_ne!(erad.apply_wait(&never).code, 0);
+    let failed = erad.wait_for_state("never", "Failed", T);
+    assert!(failed["message"].as_str().unwrap().contains("pullPolicy is Never"), "{failed}");
+
+    // The default for a tag other than latest is IfNotPresent: the first
+    // fetch asks the registry; after the tag moves, a new deployment gets
+    // the digest this host fetched, as a Kubernetes node does.
+    assert_eq!(erad.apply_wait(&spec(&erad, "a", &format!("image: \"{stable}\""), "")).code, 0);
+    assert_eq!(digest_of("a"), v1);
+    let v2 = registry.push_image("demo/app", "stable", &[("version", "2")]);
+    assert_eq!(erad.apply_wait(&spec(&erad, "b", &format!("image: \"{stable}\""), "")).code, 0);
+    assert_eq!(digest_of("b"), v1, "IfNotPresent did not ask the registry");
+    // Never now finds it in the store.
+    let never = spec(&erad, "never", &format!("image: \"{stable}\", pullPolicy: Never"), "  env: {TRY: \"2\"}\n");
+    let a = erad.apply_wait(&never);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(digest_of("never"), v1);
+
+    // Always asks, and what it fetched is what the host now knows the tag as.
+    let always = spec(&erad, "c", &format!("image: \"{stable}\", pullPolicy: Always"), "");
+    assert_eq!(erad.apply_wait(&always).code, 0);
+    assert_eq!(digest_of("c"), v2);
+    assert_eq!(erad.apply_wait(&spec(&erad, "d", &format!("image: \"{stable}\""), "")).code, 0);
+    assert_eq!(digest_of("d"), v2);
+
+    // A fetch pinned to a digest does not say what the tag points to.
+    let pinned = format!("image: \"{stable}\", sha256: \"{}\"", v1.trim_start_matches("sha256:"));
+    assert_eq!(erad.apply_wait(&spec(&erad, "p", &pinned, "")).code, 0);
+    assert_eq!(digest_of("p"), v1);
+    assert_eq!(erad.apply_wait(&spec(&erad, "q", &format!("image: \"{stable}\""), "")).code, 0);
+    assert_eq!(digest_of("q"), v2, "the pinned fetch left the tag as the registry resolved it");
+
+    // `era pull` refreshes it.
+    let v3 = registry.push_image("demo/app", "stable", &[("version", "3")]);
+    assert_eq!(erad.era(&["pull", &stable]).code, 0);
+    assert_eq!(erad.apply_wait(&spec(&erad, "e", &format!("image: \"{stable}\""), "")).code, 0);
+    assert_eq!(digest_of("e"), v3);
+
+    // A layer gone from the store: Never asks the registry for nothing (it
+    // fails, though the registry has it); IfNotPresent fetches just that.
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&erad, &v3)).unwrap()).unwrap();
+    let layer = blob(&erad, manifest["layers"][0]["digest"].as_str().unwrap());
+    std::fs::remove_file(&layer).unwrap();
+    let never = spec(&erad, "nv", &format!("image: \"{stable}\", pullPolicy: Never"), "");
+    assert_ne!(erad.apply_wait(&never).code, 0);
+    let failed = erad.wait_for_state("nv", "Failed", T);
+    assert!(failed["message"].as_str().unwrap().contains("pullPolicy is Never"), "{failed}");
+    assert!(!layer.exists());
+    assert_eq!(erad.apply_wait(&spec(&erad, "refill", &format!("image: \"{stable}\""), "")).code, 0);
+    assert_eq!(digest_of("refill"), v3);
+    assert!(layer.is_file(), "the missing layer was fetched");
+
+    // latest (or no tag) is always asked.
+    let latest = format!("{}/demo/app:latest", registry.addr);
+    let l1 = registry.push_image("demo/app", "latest", &[("version", "l1")]);
+    assert_eq!(erad.apply_wait(&spec(&erad, "l", &format!("image: \"{latest}\""), "")).code, 0);
+    assert_eq!(digest_of("l"), l1);
+    let l2 = registry.push_image("demo/app", "latest", &[("version", "l2")]);
+    assert_eq!(erad.apply_wait(&spec(&erad, "m", &format!("image: \"{latest}\""), "")).code, 0);
+    assert_eq!(digest_of("m"), l2);
+
+    // The registry goes away: a tag pulled before still deploys; latest
+    // cannot, and says so.
+    drop(registry);
+    let a = erad.apply_wait(&spec(&erad, "offline", &format!("image: \"{stable}\""), ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(digest_of("offline"), v3);
+    assert_ne!(erad.apply_wait(&spec(&erad, "n", &format!("image: \"{latest}\""), "")).code, 0);
+
+    // Refused at validation: a policy for a file, an unknown policy.
+    let file = spec(&erad, "f", &format!("file: x.bin, sha256: \"{}\", pullPolicy: Always", "0".repeat(64)), "");
+    let v = erad.era(&["validate", "-f", file.to_str().unwrap()]);
+    assert!(v.code != 0 && v.stderr.contains("spec.artifact.pullPolicy"), "{v:?}");
+    let odd = spec(&erad, "g", &format!("image: \"{stable}\", pullPolicy: Sometimes"), "");
+    let v = erad.era(&["validate", "-f", odd.to_str().unwrap()]);
+    assert!(v.code != 0 && v.stderr.contains("Sometimes") && v.stderr.contains("IfNotPresent"), "{v:?}");
 }
 
 #[test]
@@ -133,7 +223,19 @@ fn a_tampering_registry_is_refused_each_way_with_nothing_tampered_left_in_the_st
         (Tamper::WrongDigestHeader, "Docker-Content-Digest"),
         (Tamper::ConfuseManifest, "both an index (manifests) and a manifest"),
         (Tamper::WrongMediaType, "is a manifest but the registry served it as application/vnd.oci.image.index.v1+json"),
+        (Tamper::TraversalDigest, "is not a sha256 digest"),
     ];
+    // A real layer (a gzipped tar with one file) outside the store, which a
+    // traversing digest would have erad take as a verified layer.
+    let mut bait = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(6);
+    header.set_mode(0o644);
+    header.set_cksum();
+    bait.append_data(&mut header, "stolen.txt", &b"stolen"[..]).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &bait.into_inner().unwrap()).unwrap();
+    std::fs::write(era_tests::TRAVERSAL_BAIT, gz.finish().unwrap()).unwrap();
     let erad = Erad::start();
     for (i, (tamper, expected)) in cases.into_iter().enumerate() {
         let proxy = tampering_proxy(&registry.addr, tamper);
@@ -147,6 +249,11 @@ fn a_tampering_registry_is_refused_each_way_with_nothing_tampered_left_in_the_st
         assert!(!erad.history(&name).iter().any(|e| e["to"] == "Installing"), "{tamper:?}: nothing installed");
         assert_eq!(era_tests::files_under(&erad.data_dir().join("content/tmp")), Vec::<String>::new(), "{tamper:?}");
     }
+    assert!(
+        !era_tests::files_under(&erad.data_dir()).iter().any(|f| f.ends_with("stolen.txt")),
+        "the host file was taken as a layer"
+    );
+    let _ = std::fs::remove_file(era_tests::TRAVERSAL_BAIT);
     // Nothing the proxy tampered with reached the store: every blob there
     // hashes to its name.
     for f in era_tests::files_under(&erad.data_dir().join("content/blobs/sha256")) {
@@ -349,16 +456,23 @@ fn an_index_resolves_to_the_host_platforms_manifest() {
     );
     let index_digest = registry.push_manifest("multi/app", "v1", "application/vnd.oci.image.index.v1+json", &index);
     let erad = Erad::start();
-    assert_eq!(
-        erad.apply_wait(&spec(&erad, "multi", &format!("image: \"{}/multi/app:v1\"", registry.addr), "")).code,
-        0
-    );
+    let reference = format!("{}/multi/app:v1", registry.addr);
+    assert_eq!(erad.apply_wait(&spec(&erad, "multi", &format!("image: \"{reference}\""), "")).code, 0);
     let host = if cfg!(target_arch = "aarch64") { &arm64 } else { &amd64 };
     assert_eq!(erad.get("multi")["artifact_digest"], host.as_str(), "pinned to the platform manifest, not the index");
     assert!(blob(&erad, &index_digest).is_file(), "the index is kept in the store too");
     let rootfs = erad.data_dir().join("deployments/multi/rev-1/rootfs");
     let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
     assert_eq!(std::fs::read_to_string(rootfs.join("arch")).unwrap(), arch);
+
+    // The tag resolved to the index: with the registry gone, another
+    // deployment of it (Never: nothing asked of a registry) picks the
+    // platform from the stored index.
+    drop(registry);
+    let again = spec(&erad, "multi2", &format!("image: \"{reference}\", pullPolicy: Never"), "");
+    let a = erad.apply_wait(&again);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(erad.get("multi2")["artifact_digest"], host.as_str());
 }
 
 #[test]
@@ -413,6 +527,9 @@ fn era_pull_preloads_the_store_for_an_air_gapped_deploy_and_images_lists_it() {
     let bad = erad.era(&["pull", &format!("{}/demo/nothing:v1", registry.addr)]);
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stderr.contains("404"), "{bad:?}");
+    let odd = erad.era(&["pull", &reference, "--sha256", "../../../../etc/passwd"]);
+    assert_eq!(odd.code, 2, "{odd:?}");
+    assert!(odd.stderr.contains("is not a sha256 digest"), "{odd:?}");
 
     // The registry goes away; a deployment pinned to the pulled digest still works.
     drop(registry);

@@ -106,7 +106,10 @@ fn main() {
         era_tests::bin("era-shim").display(),
         era_tests::plugin::LXC
     );
-    let erad = Erad::start_with(&config, &[]);
+    // ERA_BENCH_LOG_LEVEL=erad=debug: erad's log (each plugin call, host
+    // command and commit with its duration) printed at the end.
+    let level = std::env::var("ERA_BENCH_LOG_LEVEL").ok();
+    let erad = Erad::start_with(&config, &[("ERAD_LOG_LEVEL", level.as_deref().unwrap_or("info"))]);
     assert_eq!(erad.era(&["pull", &image]).code, 0, "the image is cached before timing");
 
     for runtime in ["container", "lxc"] {
@@ -209,5 +212,8 @@ fn main() {
             .map(|(i, p)| format!("{p} {:.0}", ms(median(by_phase.iter().map(|v: &Vec<Duration>| v[i]).collect()))))
             .collect();
         println!("  where era's time goes (median ms, each phase ends with its commit): {}", each.join(", "));
+    }
+    if level.is_some() {
+        eprintln!("{}", erad.log());
     }
 }

@@ -99,6 +99,33 @@ pub struct ArtifactSpec {
     /// policy requires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+    /// When a new revision of an `image`, `wasm` or `blob` artifact named
+    /// by tag asks the registry what the tag points to: `Always`;
+    /// `IfNotPresent` (the digest this host last pulled or fetched the tag
+    /// as, if its manifest is still in the content store); `Never` (only
+    /// that; an error if it is not there). Default, as Kubernetes does it:
+    /// `Always` for the tag `latest` or no tag, `IfNotPresent` otherwise.
+    /// A reference with a digest, or `sha256`, never asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+}
+
+/// See [`ArtifactSpec::pull_policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl std::fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        })
+    }
 }
 
 /// A deployment's own signature requirement. For `image`, `wasm` and `blob`
@@ -399,6 +426,24 @@ impl DeploymentSpec {
         }
     }
 
+    /// The artifact's pull policy, its default filled in (see
+    /// [`ArtifactSpec::pull_policy`]); `Always` for file and url artifacts,
+    /// which are pinned by their digest anyway.
+    pub fn pull_policy(&self) -> PullPolicy {
+        if let Some(p) = self.spec.artifact.pull_policy {
+            return p;
+        }
+        match self.artifact_source() {
+            ArtifactSource::Image(r) | ArtifactSource::Wasm(r) | ArtifactSource::Blob(r) => {
+                match r.parse::<oci_client::Reference>() {
+                    Ok(r) if r.digest().is_none() && r.tag().is_some_and(|t| t != "latest") => PullPolicy::IfNotPresent,
+                    _ => PullPolicy::Always,
+                }
+            }
+            ArtifactSource::File(_) | ArtifactSource::Url(_) => PullPolicy::Always,
+        }
+    }
+
     /// The expected digest as `sha256:<hex>`, if the spec pins one.
     pub fn pinned_digest(&self) -> Option<String> {
         self.spec
@@ -502,6 +547,12 @@ impl DeploymentSpec {
                 }
                 _ => {}
             }
+        }
+        if a.pull_policy.is_some() && matches!(source, ArtifactSource::File(_) | ArtifactSource::Url(_)) {
+            return e(
+                "spec.artifact.pullPolicy",
+                format!("is for image, wasm and blob artifacts; a {} artifact is pinned by its sha256", source.kind()),
+            );
         }
         if let ArtifactSource::Url(u) = &source
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -679,6 +730,33 @@ spec:
 
     fn error_of(text: &str) -> SpecError {
         DeploymentSpec::parse(text, "t.yaml").expect_err("spec should be refused")
+    }
+
+    #[test]
+    fn the_pull_policy_defaults_as_kubernetes_does() {
+        let with = |artifact: &str| {
+            let text = GOOD.replace(
+                "{file: app.bin, sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"}",
+                artifact,
+            );
+            DeploymentSpec::parse(&text, "t.yaml").unwrap().pull_policy()
+        };
+        assert_eq!(with("{image: \"reg.example/app:1.2\"}"), PullPolicy::IfNotPresent);
+        assert_eq!(with("{wasm: \"reg.example/app:1.2\"}"), PullPolicy::IfNotPresent);
+        assert_eq!(with("{image: \"reg.example/app:latest\"}"), PullPolicy::Always);
+        assert_eq!(with("{image: \"reg.example/app\"}"), PullPolicy::Always);
+        let digest = format!("{{image: \"reg.example/app@sha256:{}\"}}", "a".repeat(64));
+        assert_eq!(with(&digest), PullPolicy::Always);
+        assert_eq!(with("{image: \"reg.example/app:1.2\", pullPolicy: Always}"), PullPolicy::Always);
+        assert_eq!(with("{image: \"reg.example/app:latest\", pullPolicy: Never}"), PullPolicy::Never);
+        assert_eq!(
+            with("{file: app.bin, sha256: \"00\"}".replace("\"00\"", &format!("\"{}\"", "0".repeat(64))).as_str()),
+            PullPolicy::Always
+        );
+        let refused =
+            DeploymentSpec::parse(&GOOD.replace("app.bin, sha256", "app.bin, pullPolicy: Never, sha256"), "t")
+                .expect_err("a file has no pull policy");
+        assert!(refused.to_string().contains("spec.artifact.pullPolicy"), "{refused}");
     }
 
     #[test]

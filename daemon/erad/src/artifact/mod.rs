@@ -65,6 +65,17 @@ pub struct Fetched {
     pub digest: String,
     pub path: PathBuf,
     pub size: u64,
+    /// An OCI artifact fetched by tag: the digest the registry resolved the
+    /// tag to (an index's, for a multi-platform image); None when a digest
+    /// was given and the registry was not asked.
+    pub resolved: Option<String>,
+}
+
+/// `sha256:` and 64 lowercase hex digits: the only digests the content
+/// store names files by.
+pub fn is_sha256_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// The default of `[limits] max_artifact_bytes`: 4 GiB.
@@ -227,7 +238,7 @@ impl ContentStore {
         base_dir: &Path,
         progress: Progress<'_>,
     ) -> Result<Fetched, FetchError> {
-        self.fetch_requiring(source, expected, base_dir, None, progress).await
+        self.fetch_requiring(source, expected, base_dir, None, false, progress).await
     }
 
     /// Like [`ContentStore::fetch`]; an OCI artifact's signatures must also
@@ -238,6 +249,7 @@ impl ContentStore {
         expected: Option<&str>,
         base_dir: &Path,
         also: Option<&crate::trust::TrustRule>,
+        offline: bool,
         progress: Progress<'_>,
     ) -> Result<Fetched, FetchError> {
         let reference = source.reference().to_string();
@@ -248,13 +260,14 @@ impl ContentStore {
             _ => None,
         };
         if let Some(kind) = kind {
-            let pulled = self.oci.pull(kind, &reference, expected, also, self, progress).await?;
+            let want = oci::PullWants { pinned: expected, also, offline };
+            let pulled = self.oci.pull(kind, &reference, want, self, progress).await?;
             // The artifact's whole size: manifest, config and layers.
             let manifest = tokio::fs::metadata(&pulled.manifest).await.map(|m| m.len()).unwrap_or(0);
             let size = manifest
                 + pulled.config.as_ref().map_or(0, |c| c.size)
                 + pulled.layers.iter().map(|(_, f)| f.size).sum::<u64>();
-            return Ok(Fetched { digest: pulled.digest, path: pulled.local_path, size });
+            return Ok(Fetched { digest: pulled.digest, path: pulled.local_path, size, resolved: pulled.resolved });
         }
         // Refused before anything else, also when the blob is stored already.
         self.check_source(source, base_dir)?;
@@ -264,7 +277,7 @@ impl ContentStore {
             // Verified when it was written; content addressing makes it reusable.
             touch(&path);
             progress(meta.len(), Some(meta.len()));
-            return Ok(Fetched { digest: expected.to_string(), path, size: meta.len() });
+            return Ok(Fetched { digest: expected.to_string(), path, size: meta.len(), resolved: None });
         }
         // Unique per fetch: two deployments may fetch the same blob at once;
         // each writes its own temp file and the renames agree on the content.
@@ -282,7 +295,7 @@ impl ContentStore {
             return Err(FetchError::DigestMismatch { reference, expected: expected.to_string(), actual });
         }
         tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
-        Ok(Fetched { digest: actual, path, size })
+        Ok(Fetched { digest: actual, path, size, resolved: None })
     }
 
     async fn copy_file(
@@ -381,7 +394,7 @@ impl ContentStore {
         if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == size) {
             touch(&path);
             progress(size, Some(size));
-            return Ok(Fetched { digest: digest.to_string(), path, size });
+            return Ok(Fetched { digest: digest.to_string(), path, size, resolved: None });
         }
         let tmp = self.tmp_path(digest);
         let result = async {
@@ -416,7 +429,7 @@ impl ContentStore {
         .await;
         result?;
         tokio::fs::rename(&tmp, &path).await.map_err(|source| FetchError::Store { path: path.clone(), source })?;
-        Ok(Fetched { digest: digest.to_string(), path, size })
+        Ok(Fetched { digest: digest.to_string(), path, size, resolved: None })
     }
 
     /// Stores bytes already in memory (and already verified) under `digest`.

@@ -73,6 +73,18 @@ struct Document {
 }
 
 /// A pulled, verified artifact.
+/// What a pull must satisfy besides the reference.
+#[derive(Clone, Copy, Default)]
+pub struct PullWants<'a> {
+    /// The digest it must be (a revision's, a spec's `sha256`, or the
+    /// digest a tag was resolved to before).
+    pub pinned: Option<&'a str>,
+    /// A deployment's own signature requirement.
+    pub also: Option<&'a TrustRule>,
+    /// Nothing may be asked of the registry (`pullPolicy: Never`).
+    pub offline: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Pulled {
     /// The digest the revision is pinned to: the image manifest's (for a
@@ -83,6 +95,9 @@ pub struct Pulled {
     pub layers: Vec<(Descriptor, Fetched)>,
     /// What the workload uses: the manifest for images, the layer for wasm/blob.
     pub local_path: PathBuf,
+    /// What the registry resolved the tag to, when it was asked (see
+    /// [`super::Fetched::resolved`]).
+    pub resolved: Option<String>,
     /// The image config JSON, for images.
     pub image_config: Option<String>,
 }
@@ -319,6 +334,17 @@ impl OciFetcher {
         if doc.schema_version != 2 {
             return Err(bad(format!("manifest schemaVersion {} is not supported", doc.schema_version)));
         }
+        // A descriptor's digest names a file in the content store: anything
+        // but `sha256:` and 64 hex digits (a path, another algorithm) is
+        // refused before it is used.
+        let mut descriptors =
+            doc.config.iter().chain(doc.layers.iter().flatten()).chain(doc.manifests.iter().flatten());
+        if let Some(d) = descriptors.find(|d| !super::is_sha256_digest(&d.digest)) {
+            return Err(bad(format!(
+                "descriptor digest {:?} is not a sha256 digest (sha256: and 64 hex digits)",
+                d.digest
+            )));
+        }
         if doc.manifests.is_some() && (doc.layers.is_some() || doc.config.is_some()) {
             return Err(
                 bad("the document is both an index (manifests) and a manifest (layers/config): refused".into()),
@@ -375,18 +401,19 @@ impl OciFetcher {
         SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth }
     }
 
-    /// Pulls `reference` (pinned to `pinned` if given) into `store`. Its
-    /// signatures must satisfy the policy's rule for it, and `also` (a
-    /// deployment's own requirement) when given, before any blob is fetched.
+    /// Pulls `reference` (pinned to `want.pinned` if given) into `store`.
+    /// Its signatures must satisfy the policy's rule for it, and
+    /// `want.also` (a deployment's own requirement) when given, before any
+    /// blob is fetched.
     pub async fn pull(
         &self,
         kind: OciKind,
         reference: &str,
-        pinned: Option<&str>,
-        also: Option<&TrustRule>,
+        want: PullWants<'_>,
         store: &ContentStore,
         progress: Progress<'_>,
     ) -> Result<Pulled, FetchError> {
+        let PullWants { pinned, also, offline } = want;
         let what = reference.to_string();
         let bad = |message: String| FetchError::Registry { reference: what.clone(), message };
         let r: Reference = reference.parse().map_err(|e| bad(format!("not an image reference: {e}")))?;
@@ -397,6 +424,12 @@ impl OciFetcher {
         let mut authz_cache: Option<Option<String>> = None;
         macro_rules! authz {
             () => {{
+                // Every request to the registry asks for credentials first.
+                if offline {
+                    return Err(bad(
+                        "not all of it is in the content store, and pullPolicy is Never (`era pull` it first)".into(),
+                    ));
+                }
                 if authz_cache.is_none() {
                     authz_cache = Some(self.authorization(&r, &what).await?);
                 }
@@ -441,12 +474,20 @@ impl OciFetcher {
                 other => other?,
             },
         };
+        // The registry was asked what the tag points to.
+        let resolved = want.is_none().then(|| digest.clone());
         let mut doc = self.parse(&bytes, &ctype, &what)?;
         let mut index = None;
         if let Some(list) = &doc.manifests {
             let pick = pick_platform(list, kind).map_err(bad)?;
             index = Some((digest.clone(), bytes.clone()));
-            (bytes, digest, ctype) = self.manifest(&r, &pick.digest, Some(&pick.digest), &authz!(), &what).await?;
+            (bytes, digest, ctype) = if store.contains(&pick.digest) {
+                let path = store.blob_path(&pick.digest);
+                let b = tokio::fs::read(&path).await.map_err(|source| FetchError::Store { path, source })?;
+                (b, pick.digest.clone(), String::new())
+            } else {
+                self.manifest(&r, &pick.digest, Some(&pick.digest), &authz!(), &what).await?
+            };
             if bytes.len() as u64 != pick.size {
                 return Err(bad(format!(
                     "manifest {} is {} bytes, its descriptor says {}",
@@ -466,6 +507,12 @@ impl OciFetcher {
         for rule in std::iter::once(rule).chain(also) {
             if rule.allow_unsigned || subjects.iter().any(|d| store.is_verified(d, &rule.fingerprint)) {
                 continue;
+            }
+            if offline {
+                return Err(bad(format!(
+                    "its signatures were never checked here under rule {:?}, and pullPolicy is Never",
+                    rule.name
+                )));
             }
             let via = self.signature_access(&r);
             let signer =
@@ -498,7 +545,7 @@ impl OciFetcher {
         let mut config = None;
         if let Some(c) = &doc.config {
             config = Some(if store.contains(&c.digest) {
-                Fetched { digest: c.digest.clone(), path: store.blob_path(&c.digest), size: c.size }
+                Fetched { digest: c.digest.clone(), path: store.blob_path(&c.digest), size: c.size, resolved: None }
             } else {
                 let resp = self.get(&blob_url(&c.digest), None, &authz!(), &what).await?;
                 store.ingest(&what, &c.digest, c.size, resp.bytes_stream(), &|_, _| {}).await?
@@ -510,7 +557,7 @@ impl OciFetcher {
         for l in &layers_d {
             let fetched = if store.contains(&l.digest) {
                 let path = store.blob_path(&l.digest);
-                Fetched { digest: l.digest.clone(), path, size: l.size }
+                Fetched { digest: l.digest.clone(), path, size: l.size, resolved: None }
             } else {
                 let resp = self.get(&blob_url(&l.digest), None, &authz!(), &what).await?;
                 let base = before;
@@ -538,7 +585,7 @@ impl OciFetcher {
             }
             OciKind::Wasm | OciKind::Blob => (layers[0].1.path.clone(), None),
         };
-        Ok(Pulled { digest, manifest, config, layers, local_path, image_config })
+        Ok(Pulled { digest, manifest, config, layers, local_path, image_config, resolved })
     }
 }
 

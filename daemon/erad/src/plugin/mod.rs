@@ -499,6 +499,7 @@ fn check_imports(name: &str, engine: &Engine, component: &Component, grants: &Gr
 macro_rules! call {
     ($self:ident, $op:expr, $ctx:expr, $w:expr, |$rt:ident, $store:ident| $body:expr) => {{
         let op = $op;
+        let started = std::time::Instant::now();
         let deadline = $self.deadlines.of(op);
         let _slot = match &$self.slots {
             Some(s) => Some(s.acquire().await.map_err(|e| $self.err(op, Failure::Host(e.to_string())))?),
@@ -514,6 +515,7 @@ macro_rules! call {
         // The epoch deadline interrupts a spinning guest; this timeout also
         // bounds time spent in host calls.
         let result = tokio::time::timeout(deadline + Duration::from_secs(1), $body).await;
+        tracing::debug!(plugin = %$self.name, op = %op, us = started.elapsed().as_micros() as u64, "plugin call");
         match result {
             Err(_) => Err($self.err(op, Failure::DeadlineExceeded(deadline))),
             Ok(Err(trap)) => Err($self.err(op, $self.classify_trap(trap, deadline, &stderr))),

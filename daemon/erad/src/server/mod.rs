@@ -253,6 +253,14 @@ impl Deployments for DeploymentsService {
         }
         let pinned = (!req.sha256.is_empty())
             .then(|| format!("sha256:{}", req.sha256.trim_start_matches("sha256:").to_ascii_lowercase()));
+        if let Some(p) = &pinned
+            && !crate::artifact::is_sha256_digest(p)
+        {
+            return Err(Status::invalid_argument(format!(
+                "--sha256 {:?} is not a sha256 digest (64 hex digits)",
+                req.sha256
+            )));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let lifecycle = self.lifecycle.clone();
         tokio::spawn(async move {
@@ -269,6 +277,10 @@ impl Deployments for DeploymentsService {
                     let store = lifecycle.store();
                     let recorded = store
                         .record_artifact(source.reference(), &f.digest, source.kind(), f.size, true)
+                        .and_then(|_| match &f.resolved {
+                            Some(d) => store.record_tag(source.reference(), source.kind(), d),
+                            None => Ok(()),
+                        })
                         .and_then(|_| store.artifacts())
                         .map(|all| all.into_iter().find(|a| a.digest == f.digest && a.reference == source.reference()));
                     match recorded {

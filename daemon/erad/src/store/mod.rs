@@ -74,6 +74,16 @@ CREATE TABLE IF NOT EXISTS artifacts (
     pinned    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (reference, digest)
 );
+-- What the registry last resolved a tag to on this host (a fetch that
+-- asked it, or `era pull`): what pullPolicy IfNotPresent and Never use.
+-- For a multi-platform image, the index's digest.
+CREATE TABLE IF NOT EXISTS tags (
+    reference   TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    resolved_at TEXT NOT NULL,
+    PRIMARY KEY (reference, kind)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -238,6 +248,9 @@ pub struct FetchedArtifact {
     pub path: String,
     /// `(reference, kind, size)` of an OCI artifact.
     pub listed: Option<(String, String, u64)>,
+    /// What the registry resolved the reference's tag to, when this fetch
+    /// asked it (not when a digest was pinned).
+    pub resolved: Option<String>,
 }
 
 /// A revision's runtime object as the last side effect left it.
@@ -427,7 +440,8 @@ impl Store {
         cause: &str,
         changes: &Changes,
     ) -> Result<(DeploymentRecord, JournalEntry), StoreError> {
-        self.with(|c| {
+        let started = std::time::Instant::now();
+        let committed = self.with(|c| {
             let tx = c.transaction()?;
             let before = get_deployment(&tx, name)?;
             let to = machine::transition(before.state, event)
@@ -517,7 +531,9 @@ impl Store {
                 cause: cause.to_string(),
             };
             Ok((after, entry))
-        })
+        });
+        tracing::debug!(deployment = name, event = ?event, us = started.elapsed().as_micros() as u64, "transition committed");
+        committed
     }
 
     /// Updates what the health monitor saw; no transition, no journal row.
@@ -661,6 +677,21 @@ impl Store {
         pinned: bool,
     ) -> Result<(), StoreError> {
         self.with(|c| insert_artifact(c, reference, digest, kind, size, pinned))
+    }
+
+    /// The digest the registry last resolved `reference` (an artifact of
+    /// `kind`) to on this host.
+    pub fn resolved_tag(&self, reference: &str, kind: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            Ok(c.prepare_cached("SELECT digest FROM tags WHERE reference = ?1 AND kind = ?2")?
+                .query_row([reference, kind], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    /// Records what the registry resolved a tag to (`era pull`).
+    pub fn record_tag(&self, reference: &str, kind: &str, digest: &str) -> Result<(), StoreError> {
+        self.with(|c| insert_tag(c, reference, kind, digest))
     }
 
     /// Pulled artifacts with the deployments whose revisions use them.
@@ -817,6 +848,15 @@ fn insert_artifact(
     Ok(())
 }
 
+fn insert_tag(c: &Connection, reference: &str, kind: &str, digest: &str) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO tags (reference, kind, digest, resolved_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (reference, kind) DO UPDATE SET digest = excluded.digest, resolved_at = excluded.resolved_at",
+    )?
+    .execute(params![reference, kind, digest, now_rfc3339()])?;
+    Ok(())
+}
+
 /// Records what Fetching verified (see [`FetchedArtifact`]).
 fn record_fetched(c: &Connection, name: &str, a: &FetchedArtifact) -> Result<(), StoreError> {
     let n = c
@@ -829,6 +869,9 @@ fn record_fetched(c: &Connection, name: &str, a: &FetchedArtifact) -> Result<(),
     }
     if let Some((reference, kind, size)) = &a.listed {
         insert_artifact(c, reference, &a.digest, kind, *size, false)?;
+        if let Some(resolved) = &a.resolved {
+            insert_tag(c, reference, kind, resolved)?;
+        }
     }
     Ok(())
 }
@@ -950,9 +993,12 @@ mod tests {
             digest: "sha256:aa".into(),
             path: "/blobs/aa".into(),
             listed: Some(("r/app:1".into(), "image".into(), 7)),
+            resolved: Some("sha256:aa".into()),
         };
         let changes = Changes { artifact: Some(fetched), ..Default::default() };
         s.commit_transition("web", Event::Fetched, 1, "fetched", &changes).unwrap();
+        assert_eq!(s.resolved_tag("r/app:1", "image").unwrap().as_deref(), Some("sha256:aa"));
+        assert_eq!(s.resolved_tag("r/app:1", "wasm").unwrap(), None, "per kind");
         let rev = s.revision("web", 1).unwrap().unwrap();
         assert_eq!(
             (rev.artifact_digest.as_deref(), rev.artifact_path.as_deref()),

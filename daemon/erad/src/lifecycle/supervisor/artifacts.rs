@@ -11,7 +11,7 @@ use crate::lifecycle::WatchEvent;
 use crate::plugin::CallContext;
 use crate::prepare::Scratch;
 use crate::prepare::rootfs::{self, RootfsMode};
-use crate::spec::ArtifactSource;
+use crate::spec::{ArtifactSource, DeploymentSpec, PullPolicy};
 use crate::store::{FetchedArtifact, RevisionRecord};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,18 +67,18 @@ impl Supervisor {
         };
         // Until the digest is recorded, the GC waits.
         let fetching = self.shared.content.fetch_guard().await;
+        // Once resolved, the revision's digest is what it is fetched by: a
+        // tag that moves later never changes a deployed revision.
+        let pinned = match rev.artifact_digest.clone().or(rev.spec.pinned_digest()) {
+            Some(d) => Some(d),
+            None => self.digest_as_pulled(&rev.spec, &source).await?,
+        };
+        // Never: nothing from the registry, whatever is missing.
+        let offline = rev.spec.pull_policy() == PullPolicy::Never;
         let fetched = self
             .shared
             .content
-            // Once resolved, the revision's digest is what it is fetched by:
-            // a tag that moves later never changes a deployed revision.
-            .fetch_requiring(
-                &source,
-                rev.artifact_digest.clone().or(rev.spec.pinned_digest()).as_deref(),
-                base,
-                also.as_ref(),
-                &progress,
-            )
+            .fetch_requiring(&source, pinned.as_deref(), base, also.as_ref(), offline, &progress)
             .await
             .map_err(StepError::from)?;
         if let Some((bundle, signer, root)) = bundle {
@@ -93,9 +93,39 @@ impl Supervisor {
         }
         let listed = matches!(source, ArtifactSource::Image(_) | ArtifactSource::Wasm(_) | ArtifactSource::Blob(_))
             .then(|| (source.reference().to_string(), source.kind().to_string(), fetched.size));
-        let record =
-            FetchedArtifact { revision, digest: fetched.digest, path: fetched.path.display().to_string(), listed };
+        let record = FetchedArtifact {
+            revision,
+            digest: fetched.digest,
+            path: fetched.path.display().to_string(),
+            listed,
+            resolved: fetched.resolved,
+        };
         Ok((record, fetching))
+    }
+
+    /// Under `IfNotPresent` and `Never`, the digest the registry last
+    /// resolved the tag to on this host (a fetch that asked it, or `era
+    /// pull`), if its manifest is still in the content store: the registry
+    /// is not asked (and need not be reachable). The trust policy still
+    /// applies to that digest.
+    async fn digest_as_pulled(&self, spec: &DeploymentSpec, source: &ArtifactSource) -> Work<Option<String>> {
+        if spec.pull_policy() == PullPolicy::Always {
+            return Ok(None);
+        }
+        if let Ok(r) = source.reference().parse::<oci_client::Reference>()
+            && let Some(d) = r.digest()
+        {
+            return Ok(Some(d.to_string()));
+        }
+        let (reference, kind) = (source.reference().to_string(), source.kind());
+        let Some(digest) = self.db(move |s, _| s.resolved_tag(&reference, kind)).await.map_err(StepError::from)? else {
+            return Ok(None);
+        };
+        if !self.shared.content.contains(&digest) {
+            return Ok(None);
+        }
+        tracing::debug!(artifact = %source.reference(), %digest, policy = %spec.pull_policy(), "the tag as pulled before");
+        Ok(Some(digest))
     }
 
     /// [`Supervisor::fetch`], recorded at once (within a step that commits

@@ -414,10 +414,13 @@ pub async fn run_host(
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
     }
+    let started = std::time::Instant::now();
     let mut child = cmd.spawn().map_err(|e| RunError::Failed(format!("{}: {e}", program.display())))?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let wait = async { tokio::join!(read_capped(stdout), read_capped(stderr), child.wait()) };
-    match tokio::time::timeout(timeout, wait).await {
+    let ended = tokio::time::timeout(timeout, wait).await;
+    tracing::debug!(program = %program.display(), us = started.elapsed().as_micros() as u64, "host command ran");
+    match ended {
         Ok((stdout, stderr, Ok(status))) => Ok(Ran { code: status.code(), stdout, stderr }),
         Ok((_, _, Err(e))) => Err(RunError::Failed(format!("waiting for {}: {e}", program.display()))),
         Err(_) => Err(RunError::TimedOut(format!(
@@ -442,6 +445,7 @@ pub async fn start_shim(
     timeout: Duration,
 ) -> Result<Ran, RunError> {
     use tokio::io::AsyncBufReadExt;
+    let started = std::time::Instant::now();
     let err = log.try_clone().map_err(|e| RunError::Failed(format!("the log file: {e}")))?;
     let mut child = tokio::process::Command::new(shim)
         .arg("--serve")
@@ -468,6 +472,7 @@ pub async fn start_shim(
             )));
         }
     }
+    tracing::debug!(us = started.elapsed().as_micros() as u64, report = line.trim(), "shim reported");
     match line.trim().strip_prefix("created ").and_then(|c| c.parse::<i32>().ok()) {
         Some(code) => Ok(Ran { code: Some(code), stdout: Vec::new(), stderr: Vec::new() }),
         // The shim failed before the runtime ran; it said why in the log.
