@@ -110,6 +110,13 @@ pub struct ArtifactSpec {
     pub pull_policy: Option<PullPolicy>,
 }
 
+/// An OCI reference as the registry client reads it (`nginx:1` is
+/// `docker.io/library/nginx:1`), so the ways of writing one are one tag;
+/// anything it cannot read, as written.
+pub fn canonical_reference(reference: &str) -> String {
+    reference.parse::<oci_client::Reference>().map(|r| r.whole()).unwrap_or_else(|_| reference.to_string())
+}
+
 /// See [`ArtifactSpec::pull_policy`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PullPolicy {
@@ -730,6 +737,13 @@ spec:
 
     fn error_of(text: &str) -> SpecError {
         DeploymentSpec::parse(text, "t.yaml").expect_err("spec should be refused")
+    }
+
+    #[test]
+    fn references_written_two_ways_are_one_tag() {
+        assert_eq!(canonical_reference("nginx:1.27"), canonical_reference("docker.io/library/nginx:1.27"));
+        assert_eq!(canonical_reference("127.0.0.1:5000/demo/app:v1"), "127.0.0.1:5000/demo/app:v1");
+        assert_ne!(canonical_reference("nginx:1.27"), canonical_reference("nginx:1.28"));
     }
 
     #[test]

@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 -- What the registry last resolved a tag to on this host (a fetch that
 -- asked it, or `era pull`): what pullPolicy IfNotPresent and Never use.
--- For a multi-platform image, the index's digest.
+-- For a multi-platform image, the index's digest. The reference as the
+-- registry client reads it (nginx:1 is docker.io/library/nginx:1).
 CREATE TABLE IF NOT EXISTS tags (
     reference   TEXT NOT NULL,
     kind        TEXT NOT NULL,
@@ -683,8 +684,9 @@ impl Store {
     /// `kind`) to on this host.
     pub fn resolved_tag(&self, reference: &str, kind: &str) -> Result<Option<String>, StoreError> {
         self.with(|c| {
+            let reference = crate::spec::canonical_reference(reference);
             Ok(c.prepare_cached("SELECT digest FROM tags WHERE reference = ?1 AND kind = ?2")?
-                .query_row([reference, kind], |r| r.get(0))
+                .query_row([reference.as_str(), kind], |r| r.get(0))
                 .optional()?)
         })
     }
@@ -853,7 +855,7 @@ fn insert_tag(c: &Connection, reference: &str, kind: &str, digest: &str) -> Resu
         "INSERT INTO tags (reference, kind, digest, resolved_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (reference, kind) DO UPDATE SET digest = excluded.digest, resolved_at = excluded.resolved_at",
     )?
-    .execute(params![reference, kind, digest, now_rfc3339()])?;
+    .execute(params![crate::spec::canonical_reference(reference), kind, digest, now_rfc3339()])?;
     Ok(())
 }
 
