@@ -412,10 +412,17 @@ fn a_hostile_layer_fails_preparing_naming_the_entry_and_touches_nothing_outside(
         ("absolute", hostile_layer("/etc/era-pwned", tar::EntryType::Regular, ""), "absolute path"),
         ("escaping-symlink", hostile_layer("link", tar::EntryType::Symlink, "../../../sentinel"), "leaves the root"),
         ("device", hostile_layer("dev/sda", tar::EntryType::Block, ""), "device nodes"),
+        // A whiteout of `..`: the directory above the unpack root (every
+        // image's snapshot).
+        ("whiteout-dotdot", hostile_layer(".wh...", tar::EntryType::Regular, ""), "malformed whiteout"),
+        ("whiteout-dot", hostile_layer("etc/.wh..", tar::EntryType::Regular, ""), "malformed whiteout"),
     ];
+    let beside = erad.data_dir().join("content/snapshots/marker");
     for (name, layer, expected) in cases {
         std::fs::create_dir_all(sentinel.parent().unwrap()).unwrap();
         std::fs::write(&sentinel, b"untouched").unwrap();
+        std::fs::create_dir_all(beside.parent().unwrap()).unwrap();
+        std::fs::write(&beside, b"untouched").unwrap();
         let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
         registry.push_artifact(
             &format!("hostile/{name}"),
@@ -432,6 +439,7 @@ fn a_hostile_layer_fails_preparing_naming_the_entry_and_touches_nothing_outside(
         assert!(msg.contains("unpacking the image") && msg.contains(expected), "{name}: {msg}");
         assert_eq!(erad.history(name).last().unwrap()["from"], "Preparing", "{name}");
         assert_eq!(std::fs::read(&sentinel).unwrap(), b"untouched", "{name}");
+        assert_eq!(std::fs::read(&beside).unwrap(), b"untouched", "{name}: beside the unpack root");
         assert!(!std::path::Path::new("/etc/era-pwned").exists());
     }
 }
@@ -634,4 +642,36 @@ fn deleting_image_deployments_collects_their_layers_but_keeps_what_others_use() 
     }
     assert!(other_parts.iter().all(|d| blob(&erad, d).is_file()), "three's image stays");
     assert!(erad.log().contains("content-store GC removed unreferenced blobs"), "{}", erad.log());
+}
+
+#[test]
+fn a_reference_in_an_images_config_naming_a_host_path_is_not_followed_by_the_gc() {
+    // An image whose config (a blob the GC reads, as it reads manifests)
+    // names a host file as a "digest"; that file, in turn, names a victim
+    // image's manifest. Followed, it would keep the victim from collection
+    // (and a path like /dev/zero would exhaust erad's memory).
+    let registry = Registry::start();
+    let victim = registry.push_image("demo/victim", "v1", &[("v", "v")]);
+    let bait = "/tmp/era-test-gc-bait.json";
+    std::fs::write(bait, format!(r#"{{"layers":[{{"digest":"{victim}"}}]}}"#)).unwrap();
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"layers":[{{"digest":"sha256:{bait}"}}]}}"#
+    );
+    registry.push_artifact(
+        "demo/baiter",
+        "v1",
+        "application/vnd.oci.image.config.v1+json",
+        config.as_bytes(),
+        &[("application/vnd.oci.image.layer.v1.tar", &hostile_layer("app.txt", tar::EntryType::Regular, ""))],
+    );
+    let erad = Erad::start_with(&era_tests::fixture_plugins(), &[("ERAD_TEST_GC_GRACE", "0s")]);
+    for (name, image) in [("baiter", "demo/baiter"), ("victim", "demo/victim")] {
+        let a = erad.apply_wait(&spec(&erad, name, &format!("image: \"{}/{image}:v1\"", registry.addr), ""));
+        assert_eq!(a.code, 0, "{name}: {a:?}");
+    }
+    assert!(blob(&erad, &victim).is_file());
+    assert_eq!(erad.era(&["delete", "victim", "--wait"]).code, 0);
+    let _ = std::fs::remove_file(bait);
+    assert!(!blob(&erad, &victim).exists(), "the victim's manifest is collected, the bait not followed");
+    assert_eq!(erad.get("baiter")["state"], "Running");
 }

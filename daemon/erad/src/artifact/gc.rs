@@ -40,17 +40,24 @@ pub fn closure(store: &ContentStore, roots: impl IntoIterator<Item = String>) ->
     let mut keep = HashSet::new();
     let mut todo: Vec<String> = roots.into_iter().collect();
     while let Some(d) = todo.pop() {
-        if !keep.insert(d.clone()) {
+        // A document's references are the image's (or its registry's) to
+        // choose: only a digest names a blob, never a path.
+        if !super::is_sha256_digest(&d) || !keep.insert(d.clone()) {
             continue;
         }
-        // Only small JSON documents can be manifests; don't read layers.
+        // Only small JSON documents in the store's own files can be
+        // manifests; don't read layers, links or anything else.
         let path = store.blob_path(&d);
-        if std::fs::metadata(&path).map(|m| m.len() > super::oci::MANIFEST_LIMIT).unwrap_or(true) {
+        let small_file = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.file_type().is_file() && m.len() <= super::oci::MANIFEST_LIMIT);
+        if !small_file {
             continue;
         }
-        if let Ok(refs) =
-            std::fs::read(&path).map_err(|_| ()).and_then(|b| serde_json::from_slice::<Refs>(&b).map_err(|_| ()))
-        {
+        let read = std::fs::File::open(&path).and_then(|f| {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, super::oci::MANIFEST_LIMIT), &mut b).map(|_| b)
+        });
+        if let Ok(refs) = read.map_err(|_| ()).and_then(|b| serde_json::from_slice::<Refs>(&b).map_err(|_| ())) {
             todo.extend(refs.config.into_iter().chain(refs.layers).chain(refs.manifests).map(|r| r.digest));
         }
     }

@@ -207,7 +207,8 @@ fn unpack_one(
                     remove_any(&child.path()).map_err(|e| io_err(&child.path(), e))?;
                 }
             } else {
-                if hidden.is_empty() || hidden.contains('/') {
+                // `.wh...` would hide `..`: the directory above the root.
+                if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
                     return Err(hostile("malformed whiteout".into()));
                 }
                 let target = dir.join(hidden);
@@ -230,8 +231,10 @@ fn unpack_one(
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(|e| io_err(&target, e))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = header.size().unwrap_or(0);
-                if stats.bytes + size > policy.max_bytes {
+                // The size the archive reads the data by (a PAX size wins
+                // over the header's), and no sum that can wrap.
+                let size = entry.size();
+                if stats.bytes.checked_add(size).is_none_or(|total| total > policy.max_bytes) {
                     return Err(UnpackError::Limit {
                         layer: id.clone(),
                         what: "the unpacked size",
