@@ -645,6 +645,27 @@ fn deleting_image_deployments_collects_their_layers_but_keeps_what_others_use() 
 }
 
 #[test]
+fn an_image_over_the_artifact_size_limit_fails_fetching_before_any_blob_is_stored() {
+    let registry = Registry::start();
+    // Hex of a hash chain: it does not compress below half its size.
+    let noise: String = (0..125).map(|i| era_tests::sha256(format!("{i}").as_bytes())).collect();
+    registry.push_image("demo/big", "v1", &[("big.bin", &noise)]);
+    let small = registry.push_image("demo/small", "v1", &[("s", "s")]);
+    let erad =
+        Erad::start_with(&format!("{}\n[limits]\nmax_artifact_bytes = 3000\n", era_tests::fixture_plugins()), &[]);
+    let a = erad.apply_wait(&spec(&erad, "big", &format!("image: \"{}/demo/big:v1\"", registry.addr), ""));
+    assert_eq!(a.code, 1, "{a:?}");
+    let d = erad.get("big");
+    assert_eq!(d["state"], "Failed");
+    assert!(d["message"].as_str().unwrap().contains("is larger than limits.max_artifact_bytes (3000 bytes)"), "{d}");
+    assert!(era_tests::files_under(&erad.data_dir().join("content/blobs/sha256")).is_empty(), "nothing stored");
+    // An image within the limit is fine.
+    let a = erad.apply_wait(&spec(&erad, "small", &format!("image: \"{}/demo/small:v1\"", registry.addr), ""));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(erad.get("small")["artifact_digest"], small.as_str());
+}
+
+#[test]
 fn a_reference_in_an_images_config_naming_a_host_path_is_not_followed_by_the_gc() {
     // An image whose config (a blob the GC reads, as it reads manifests)
     // names a host file as a "digest"; that file, in turn, names a victim

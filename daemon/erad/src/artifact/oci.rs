@@ -73,6 +73,10 @@ struct Document {
 }
 
 /// A pulled, verified artifact.
+/// The most layers an image may have (an overlay stacks a few hundred
+/// lower dirs at most).
+pub const MAX_LAYERS: usize = 500;
+
 /// What a pull must satisfy besides the reference.
 #[derive(Clone, Copy, Default)]
 pub struct PullWants<'a> {
@@ -500,6 +504,17 @@ impl OciFetcher {
             if doc.manifests.is_some() {
                 return Err(bad("an index inside an index is not supported".into()));
             }
+        }
+        // What the descriptors say it takes, bounded before anything is
+        // fetched: the layer count, and config + layers within
+        // `limits.max_artifact_bytes` (no sum that wraps).
+        let described = doc.layers.as_deref().unwrap_or_default();
+        if described.len() > MAX_LAYERS {
+            return Err(bad(format!("{} layers; erad takes at most {MAX_LAYERS}", described.len())));
+        }
+        let total = doc.config.iter().chain(described).try_fold(bytes.len() as u64, |t, d| t.checked_add(d.size));
+        if total.is_none_or(|t| t > store.max_bytes) {
+            return Err(FetchError::TooLarge { reference: what.clone(), max: store.max_bytes });
         }
         // Signatures before any blob: a signature on the index or on the
         // platform manifest covers the image.
