@@ -177,6 +177,9 @@ fn unpack_one(
     let io_err = |path: &Path, source| UnpackError::Io { layer: id.clone(), path: path.into(), source };
     let mut archive = tar::Archive::new(decoder(layer)?);
     let entries = archive.entries().map_err(|e| io_err(&layer.path, e))?;
+    // What this layer made: its whiteouts hide only what lower layers made
+    // (the OCI image spec), whatever order its entries come in.
+    let mut made = std::collections::HashSet::new();
     for entry in entries {
         if cancel.load(Ordering::Relaxed) {
             return Err(UnpackError::Cancelled);
@@ -204,7 +207,9 @@ fn unpack_one(
             let dir = parent.parent().unwrap_or(root).to_path_buf();
             if hidden == ".wh..opq" {
                 for child in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?.flatten() {
-                    remove_any(&child.path()).map_err(|e| io_err(&child.path(), e))?;
+                    if !made.contains(&child.path()) {
+                        remove_any(&child.path()).map_err(|e| io_err(&child.path(), e))?;
+                    }
                 }
             } else {
                 // `.wh...` would hide `..`: the directory above the root.
@@ -212,12 +217,15 @@ fn unpack_one(
                     return Err(hostile("malformed whiteout".into()));
                 }
                 let target = dir.join(hidden);
-                remove_any(&target).map_err(|e| io_err(&target, e))?;
+                if !made.contains(&target) {
+                    remove_any(&target).map_err(|e| io_err(&target, e))?;
+                }
             }
             continue;
         }
 
         let target = safe_parent(root, &parts).map_err(hostile)?;
+        made.insert(target.clone());
         match kind {
             tar::EntryType::Directory => {
                 match fs::symlink_metadata(&target) {
@@ -310,6 +318,12 @@ fn unpack_one(
             && let (Ok(uid), Ok(gid)) = (header.uid(), header.gid())
         {
             let _ = std::os::unix::fs::lchown(&target, Some(uid as u32), Some(gid as u32));
+            // A chown clears the setuid and setgid bits: set them after it.
+            if mode & 0o6000 != 0
+                && matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory)
+            {
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(|e| io_err(&target, e))?;
+            }
         }
     }
     Ok(())
@@ -416,6 +430,23 @@ mod tests {
         assert_eq!(fs::read_to_string(root.join("etc/b.conf")).unwrap(), "b");
         assert!(!root.join("cache/old").exists() && root.join("cache/new").exists(), "opaque whiteout");
         assert_eq!(fs::metadata(root.join("bin/sh")).unwrap().permissions().mode() & 0o7777, 0o755, "setuid stripped");
+        // A whiteout hides only what lower layers made, not what its own
+        // layer made before it.
+        let l5 = Tar::new()
+            .file("etc/b.conf", "b2")
+            .file("etc/.wh.b.conf", "")
+            .file("cache/keep", "k")
+            .file("cache/.wh..wh..opq", "")
+            .write(dir.path(), "l5", false);
+        unpack_layers(&[l5], &root, &UnpackPolicy::default()).unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/b.conf")).unwrap(), "b2");
+        assert!(root.join("cache/keep").exists() && !root.join("cache/new").exists(), "opaque: the lower layer's only");
+        // Allowed, the bit survives the chown (as root) that follows it.
+        let kept = dir.path().join("kept");
+        fs::create_dir(&kept).unwrap();
+        let l4 = Tar::new().entry("bin/su", tar::EntryType::Regular, 0o4755, "", b"#!").write(dir.path(), "l4", false);
+        unpack_layers(&[l4], &kept, &UnpackPolicy { allow_setuid: true, ..UnpackPolicy::default() }).unwrap();
+        assert_eq!(fs::metadata(kept.join("bin/su")).unwrap().permissions().mode() & 0o7777, 0o4755, "setuid kept");
         assert_eq!(fs::read_link(root.join("usr/bin/env")).unwrap(), Path::new("/bin/sh"));
         assert_eq!(fs::read(root.join("bin/bash")).unwrap(), b"#!");
         assert!(!root.join("etc/.wh.a.conf").exists());
