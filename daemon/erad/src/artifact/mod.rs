@@ -13,6 +13,7 @@ pub mod gc;
 pub mod oci;
 pub mod roots;
 pub mod snapshot;
+pub mod targuard;
 pub mod unpack;
 
 use crate::spec::ArtifactSource;

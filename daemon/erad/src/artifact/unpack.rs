@@ -175,7 +175,7 @@ fn unpack_one(
 ) -> Result<(), UnpackError> {
     let id = layer.digest.clone();
     let io_err = |path: &Path, source| UnpackError::Io { layer: id.clone(), path: path.into(), source };
-    let mut archive = tar::Archive::new(decoder(layer)?);
+    let mut archive = tar::Archive::new(super::targuard::TarGuard::new(decoder(layer)?));
     let entries = archive.entries().map_err(|e| io_err(&layer.path, e))?;
     // What this layer made: its whiteouts hide only what lower layers made
     // (the OCI image spec), whatever order its entries come in.
@@ -486,6 +486,19 @@ mod tests {
             assert_eq!(fs::read(&sentinel).unwrap(), b"untouched", "{what}");
             assert!(!Path::new("/tmp/era-unpack-absolute").exists(), "{what}");
         }
+    }
+
+    #[test]
+    fn a_long_name_header_of_megabytes_is_refused_before_it_is_read() {
+        // Zeros compress to almost nothing: a small layer that declares a
+        // long name of 2 MiB (gigabytes would do the same, in memory).
+        let (dir, root, _) = setup();
+        let layer = Tar::new()
+            .entry("././@LongLink", tar::EntryType::GNULongName, 0o644, "", &vec![0u8; 2 << 20])
+            .file("after", "x")
+            .write(dir.path(), "bomb", true);
+        let err = unpack_layers(&[layer], &root, &UnpackPolicy::default()).unwrap_err();
+        assert!(err.to_string().contains("tar extension header (L) of 2097152 bytes"), "{err}");
     }
 
     #[test]
