@@ -90,11 +90,18 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
     // The span's revision field, recorded when it changes (the fmt layer
     // appends every record to the span's fields).
     let mut shown_revision = None;
+    // What the last step committed, if it ran to its end: the record as the
+    // store holds it, not read back.
+    let mut committed: Option<DeploymentRecord> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let rec = match sup.db(|s, n| s.deployment(n)).await {
+        let read = match committed.take() {
+            Some(r) => Ok(r),
+            None => sup.db(|s, n| s.deployment(n)).await,
+        };
+        let rec = match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(deployment = sup.name, "cannot read deployment: {e}");
@@ -119,9 +126,12 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
             loop {
                 tokio::select! {
                     done = &mut step => {
-                        if let Err(e) = done {
-                            tracing::error!(deployment = sup.name, state = %rec.state, "step could not be committed, retrying: {e}");
-                            tokio::time::sleep(STORE_RETRY).await;
+                        match done {
+                            Ok(after) => committed = after,
+                            Err(e) => {
+                                tracing::error!(deployment = sup.name, state = %rec.state, "step could not be committed, retrying: {e}");
+                                tokio::time::sleep(STORE_RETRY).await;
+                            }
                         }
                         break;
                     }

@@ -17,7 +17,11 @@ pub(super) fn ports_of(spec: &DeploymentSpec) -> Vec<(u16, String)> {
 }
 
 impl Supervisor {
-    pub(super) async fn step(&self, rec: &DeploymentRecord) -> Result<(), StoreError> {
+    /// Runs the step `rec.state` calls for and commits its outcome. Returns
+    /// the record a successful step committed (what the store now holds:
+    /// nothing else writes a deployment's row while its supervisor runs a
+    /// step), so the loop need not read it back.
+    pub(super) async fn step(&self, rec: &DeploymentRecord) -> Result<Option<DeploymentRecord>, StoreError> {
         let desired = rec.desired_revision;
         let none = Changes::default;
         // What install or start answered, committed with the transition.
@@ -90,9 +94,9 @@ impl Supervisor {
                     collect_garbage(&self.shared).await;
                 }
                 self.announce(entry);
-                Ok(())
+                Ok(Some(after))
             }
-            Err(e) => self.fail(rec, e).await,
+            Err(e) => self.fail(rec, e).await.map(|_| None),
         }
     }
 
