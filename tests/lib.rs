@@ -192,6 +192,16 @@ impl Erad {
         Ok(())
     }
 
+    /// Asserts `secret` is in neither erad's log nor any file under its
+    /// data dir.
+    pub fn assert_nowhere(&self, secret: &str) {
+        assert!(!self.log().contains(secret), "the secret is in erad's log");
+        for f in files_under(&self.data_dir()) {
+            let bytes = std::fs::read(self.data_dir().join(&f)).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&bytes).contains(secret), "the secret is in {f}");
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("erad.log")).unwrap_or_default()
     }

@@ -9,6 +9,7 @@
 
 use super::{ContentStore, FetchError};
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// Blobs younger than this are never collected.
@@ -46,18 +47,20 @@ pub fn closure(store: &ContentStore, roots: impl IntoIterator<Item = String>) ->
             continue;
         }
         // Only small JSON documents in the store's own files can be
-        // manifests; don't read layers, links or anything else.
+        // manifests; don't read layers (a size check first), links or
+        // anything but a regular file.
         let path = store.blob_path(&d);
-        let small_file = std::fs::symlink_metadata(&path)
-            .is_ok_and(|m| m.file_type().is_file() && m.len() <= super::oci::MANIFEST_LIMIT);
-        if !small_file {
+        if std::fs::symlink_metadata(&path).map(|m| m.len() > super::oci::MANIFEST_LIMIT).unwrap_or(true) {
             continue;
         }
-        let read = std::fs::File::open(&path).and_then(|f| {
-            let mut b = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, super::oci::MANIFEST_LIMIT), &mut b).map(|_| b)
-        });
-        if let Ok(refs) = read.map_err(|_| ()).and_then(|b| serde_json::from_slice::<Refs>(&b).map_err(|_| ())) {
+        let read = crate::beneath::read_capped(
+            &store.blobs_dir(),
+            Path::new(super::sha256_hex(&d).unwrap_or_default()),
+            super::oci::MANIFEST_LIMIT,
+        );
+        if let Ok(refs) =
+            read.map_err(|_| ()).and_then(|b| serde_json::from_slice::<Refs>(&b.unwrap_or_default()).map_err(|_| ()))
+        {
             todo.extend(refs.config.into_iter().chain(refs.layers).chain(refs.manifests).map(|r| r.digest));
         }
     }

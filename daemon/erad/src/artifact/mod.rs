@@ -72,11 +72,16 @@ pub struct Fetched {
     pub resolved: Option<String>,
 }
 
-/// `sha256:` and 64 lowercase hex digits: the only digests the content
-/// store names files by.
+/// The hex of a `sha256:` and 64 lowercase hex digits digest, or None: the
+/// only digests the content store names files (and snapshots) by.
+pub fn sha256_hex(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
+}
+
+/// Whether `d` is a digest the content store names files by ([`sha256_hex`]).
 pub fn is_sha256_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    sha256_hex(d).is_some()
 }
 
 /// The default of `[limits] max_artifact_bytes`: 4 GiB.
@@ -207,6 +212,13 @@ impl ContentStore {
     }
 
     /// The directory of sha256 blobs.
+    /// A stored blob's bytes (a manifest or an index already verified when
+    /// it came in).
+    pub async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, FetchError> {
+        let path = self.blob_path(digest);
+        tokio::fs::read(&path).await.map_err(|source| FetchError::Store { path, source })
+    }
+
     pub fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs/sha256")
     }

@@ -453,10 +453,7 @@ impl OciFetcher {
         // A pinned manifest already in the store was verified when it came
         // in: restarts and rollbacks work offline.
         let stored = match want.as_deref() {
-            Some(w) if store.contains(w) => {
-                let path = store.blob_path(w);
-                Some(tokio::fs::read(&path).await.map_err(|source| FetchError::Store { path, source })?)
-            }
+            Some(w) if store.contains(w) => Some(store.read_blob(w).await?),
             _ => None,
         };
         let (mut bytes, mut digest, mut ctype) = match stored {
@@ -486,9 +483,7 @@ impl OciFetcher {
             let pick = pick_platform(list, kind).map_err(bad)?;
             index = Some((digest.clone(), bytes.clone()));
             (bytes, digest, ctype) = if store.contains(&pick.digest) {
-                let path = store.blob_path(&pick.digest);
-                let b = tokio::fs::read(&path).await.map_err(|source| FetchError::Store { path, source })?;
-                (b, pick.digest.clone(), String::new())
+                (store.read_blob(&pick.digest).await?, pick.digest.clone(), String::new())
             } else {
                 self.manifest(&r, &pick.digest, Some(&pick.digest), &authz!(), &what).await?
             };

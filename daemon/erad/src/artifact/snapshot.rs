@@ -35,12 +35,8 @@ pub enum SnapshotError {
     Unpack(#[from] UnpackError),
 }
 
-/// The hex of a `sha256:<64 hex>` digest, or None: a snapshot's name is
-/// never anything else.
-fn hex_of(digest: &str) -> Option<&str> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
-}
+// A snapshot's name is never anything but a digest's hex.
+use super::sha256_hex as hex_of;
 
 const TEMP_PREFIX: &str = ".unpacking-";
 /// A snapshot the GC is removing: renamed first, so a crash mid-removal

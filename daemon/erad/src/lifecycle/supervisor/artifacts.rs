@@ -11,7 +11,7 @@ use crate::lifecycle::WatchEvent;
 use crate::plugin::CallContext;
 use crate::prepare::Scratch;
 use crate::prepare::rootfs::{self, RootfsMode};
-use crate::spec::{ArtifactSource, DeploymentSpec, PullPolicy};
+use crate::spec::{ArtifactSource, PullPolicy};
 use crate::store::{FetchedArtifact, RevisionRecord};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,12 +69,13 @@ impl Supervisor {
         let fetching = self.shared.content.fetch_guard().await;
         // Once resolved, the revision's digest is what it is fetched by: a
         // tag that moves later never changes a deployed revision.
+        let policy = rev.spec.pull_policy();
         let pinned = match rev.artifact_digest.clone().or(rev.spec.pinned_digest()) {
             Some(d) => Some(d),
-            None => self.digest_as_pulled(&rev.spec, &source).await?,
+            None => self.digest_as_pulled(policy, &source).await?,
         };
         // Never: nothing from the registry, whatever is missing.
-        let offline = rev.spec.pull_policy() == PullPolicy::Never;
+        let offline = policy == PullPolicy::Never;
         let fetched = self
             .shared
             .content
@@ -108,8 +109,8 @@ impl Supervisor {
     /// pull`), if its manifest is still in the content store: the registry
     /// is not asked (and need not be reachable). The trust policy still
     /// applies to that digest.
-    async fn digest_as_pulled(&self, spec: &DeploymentSpec, source: &ArtifactSource) -> Work<Option<String>> {
-        if spec.pull_policy() == PullPolicy::Always {
+    async fn digest_as_pulled(&self, policy: PullPolicy, source: &ArtifactSource) -> Work<Option<String>> {
+        if policy == PullPolicy::Always {
             return Ok(None);
         }
         if let Ok(r) = source.reference().parse::<oci_client::Reference>()
@@ -124,7 +125,7 @@ impl Supervisor {
         if !self.shared.content.contains(&digest) {
             return Ok(None);
         }
-        tracing::debug!(artifact = %source.reference(), %digest, policy = %spec.pull_policy(), "the tag as pulled before");
+        tracing::debug!(artifact = %source.reference(), %digest, %policy, "the tag as pulled before");
         Ok(Some(digest))
     }
 
