@@ -15,6 +15,7 @@ mod kubernetes;
 mod lifecycle;
 mod lxc;
 mod oci;
+mod plans;
 mod plugins;
 mod proxmox;
 mod recovery;

@@ -19,6 +19,9 @@ pub enum CliError {
     /// The caller's role does not allow it, or the socket is not theirs to
     /// open (exit 4).
     Denied(String),
+    /// Not a failure: an exit code that says something (`era plan
+    /// --detailed-exitcode`), with nothing more to print.
+    Exit(u8),
 }
 
 impl CliError {
@@ -28,6 +31,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Unreachable(_) => 3,
             CliError::Denied(_) => 4,
+            CliError::Exit(code) => *code,
         }
     }
 }
@@ -37,6 +41,7 @@ impl std::fmt::Display for CliError {
         match self {
             CliError::Failed(m) | CliError::Usage(m) | CliError::Unreachable(m) => f.write_str(m),
             CliError::Denied(m) => write!(f, "permission denied: {m}"),
+            CliError::Exit(_) => Ok(()),
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Exit codes scripts can trust: 0 success, 1 the operation failed,
 //! 2 bad usage or an invalid spec, 3 the daemon is unreachable, 4 permission
-//! denied (the caller's role does not allow it, or the socket is not theirs).
+//! denied (the caller's role does not allow it, or the socket is not theirs);
+//! `era plan --detailed-exitcode` exits 5 when the plan would change something.
 
 mod client;
 mod commands;
@@ -42,13 +43,36 @@ pub struct WaitArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a deployment or roll out a new revision of it.
+    /// Create a deployment or roll out a new revision of it; or carry out a
+    /// saved plan (`--plan`).
     Apply {
         /// The spec file (YAML or JSON); `-` reads standard input.
-        #[arg(short, long)]
-        file: PathBuf,
+        #[arg(short, long, required_unless_present = "plan", conflicts_with = "plan")]
+        file: Option<PathBuf>,
+        /// A plan `era plan` saved: its id, or the file `era plan --out` wrote.
+        /// Applied all of it, only if nothing it was made against changed.
+        #[arg(long, conflicts_with = "wait")]
+        plan: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// What applying a set of specs (an environment's whole desired state)
+    /// would add, change and destroy, field by field, without changing
+    /// anything; saved for `era apply --plan`.
+    Plan {
+        /// A spec file (one or more YAML documents), or a directory of them
+        /// (`.yaml`, `.yml`, `.json`).
+        #[arg(short, long)]
+        file: PathBuf,
+        /// The environment the set is the whole of.
+        #[arg(long, env = "ERA_ENV", default_value = "default")]
+        env: String,
+        /// Also write the plan to this file (for `era apply --plan FILE`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Exit 0 when nothing would change, 5 when something would.
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Check a spec against erad without changing anything.
     Validate {
@@ -164,6 +188,7 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("era: {e}");
             ExitCode::from(e.exit_code())
@@ -174,7 +199,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let fmt = cli.output;
     match cli.command {
-        Command::Apply { file, wait } => commands::apply::run(&cli.socket, &file, &wait, fmt).await,
+        Command::Apply { plan: Some(plan), .. } => commands::plan::apply(&cli.socket, &plan, fmt).await,
+        Command::Apply { file, wait, .. } => {
+            let file = file.ok_or_else(|| CliError::Usage("apply needs -f FILE or --plan PLAN".into()))?;
+            commands::apply::run(&cli.socket, &file, &wait, fmt).await
+        }
+        Command::Plan { file, env, out, detailed_exitcode } => {
+            commands::plan::plan(&cli.socket, &file, &env, out.as_deref(), detailed_exitcode, fmt).await
+        }
         Command::Validate { file, render } => commands::validate::run(&cli.socket, &file, render, fmt).await,
         Command::Get { name } => commands::get::run(&cli.socket, &name, fmt).await,
         Command::List { all } => commands::list::run(&cli.socket, all, fmt).await,

@@ -393,14 +393,36 @@ impl ArtifactSource {
 impl DeploymentSpec {
     /// Parses YAML or JSON and checks it. `source_name` names the input in errors.
     pub fn parse(text: &str, source_name: &str) -> Result<DeploymentSpec, SpecError> {
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| not_yaml(source_name, e))?;
+        Self::from_value(value, source_name)
+    }
+
+    /// Every document of a YAML stream (`---` between them; empty ones
+    /// skipped) or one JSON document, each parsed and checked. With more
+    /// than one, each is named `SOURCE (document N)` in errors and in what
+    /// this returns beside it.
+    pub fn parse_all(text: &str, source_name: &str) -> Result<Vec<(DeploymentSpec, String)>, SpecError> {
+        use serde::Deserialize as _;
+        let mut values = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| not_yaml(source_name, e))?;
+            if !value.is_null() {
+                values.push(value);
+            }
+        }
+        let many = values.len() > 1;
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let name = if many { format!("{source_name} (document {})", i + 1) } else { source_name.to_string() };
+                Self::from_value(v, &name).map(|s| (s, name))
+            })
+            .collect()
+    }
+
+    fn from_value(value: serde_yaml_ng::Value, source_name: &str) -> Result<DeploymentSpec, SpecError> {
         let err = |path: String, message: String| SpecError { source_name: source_name.to_string(), path, message };
-        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!("line {} column {}", l.line(), l.column()))
-                .unwrap_or_else(|| "document".into());
-            err(at, format!("not valid YAML or JSON: {e}"))
-        })?;
         if value.is_null() {
             return Err(err("document".into(), "the spec is empty".into()));
         }
@@ -411,6 +433,11 @@ impl DeploymentSpec {
         })?;
         spec.check().map_err(|(path, message)| err(path, message))?;
         Ok(spec)
+    }
+
+    /// The environment the spec belongs to (`default` when it names none).
+    pub fn environment(&self) -> &str {
+        self.metadata.environment.as_deref().unwrap_or(crate::plan::DEFAULT_ENVIRONMENT)
     }
 
     pub fn name(&self) -> &str {
@@ -481,6 +508,9 @@ impl DeploymentSpec {
             return e("kind", format!("must be {KIND:?}, not {:?}", self.kind));
         }
         check_name("metadata.name", &self.metadata.name)?;
+        if let Some(env) = &self.metadata.environment {
+            check_name("metadata.environment", env)?;
+        }
         let s = &self.spec;
         if s.runtime.is_empty() {
             return e("spec.runtime", "must name a runtime plugin".into());
@@ -693,8 +723,30 @@ fn check_bounds(d: &DeploymentSpec) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Names of deployments, ports and volumes: they become directory names and
-/// labels, so they are kept to a DNS label.
+fn not_yaml(source_name: &str, e: serde_yaml_ng::Error) -> SpecError {
+    let path =
+        e.location().map(|l| format!("line {} column {}", l.line(), l.column())).unwrap_or_else(|| "document".into());
+    SpecError { source_name: source_name.to_string(), path, message: format!("not valid YAML or JSON: {e}") }
+}
+
+/// Where a spec's relative `file:` artifacts are read from: the directory of
+/// the file it came from (an absolute path), or `/`.
+pub fn source_dir(source: &str) -> std::path::PathBuf {
+    std::path::Path::new(source)
+        .parent()
+        .filter(|p| p.is_absolute())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("/"))
+}
+
+/// Whether `name` can name a deployment or an environment; the error says
+/// what a name may be.
+pub fn check_environment_name(name: &str) -> Result<(), String> {
+    check_name("environment", name).map_err(|(_, m)| m)
+}
+
+/// Names of deployments, environments, ports and volumes: they become
+/// directory names and labels, so they are kept to a DNS label.
 fn check_name(path: &str, name: &str) -> Result<(), (String, String)> {
     let ok = !name.is_empty()
         && name.len() <= 63
@@ -744,6 +796,26 @@ spec:
         assert_eq!(canonical_reference("nginx:1.27"), canonical_reference("docker.io/library/nginx:1.27"));
         assert_eq!(canonical_reference("127.0.0.1:5000/demo/app:v1"), "127.0.0.1:5000/demo/app:v1");
         assert_ne!(canonical_reference("nginx:1.27"), canonical_reference("nginx:1.28"));
+    }
+
+    #[test]
+    fn a_stream_of_documents_parses_each_and_names_the_one_that_is_wrong() {
+        let doc = |name: &str| {
+            format!(
+                "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  runtime: noop\n  artifact: {{image: x:1}}\n"
+            )
+        };
+        let all = DeploymentSpec::parse_all(&format!("---\n{}---\n---\n{}", doc("a"), doc("b")), "set.yaml").unwrap();
+        let names: Vec<(&str, &str)> = all.iter().map(|(s, l)| (s.name(), l.as_str())).collect();
+        assert_eq!(names, [("a", "set.yaml (document 1)"), ("b", "set.yaml (document 2)")]);
+        let one = DeploymentSpec::parse_all(&doc("a"), "a.yaml").unwrap();
+        assert_eq!(one[0].1, "a.yaml");
+        let bad = DeploymentSpec::parse_all(&format!("{}---\n{}", doc("a"), doc("B")), "set.yaml").unwrap_err();
+        assert_eq!(bad.source_name, "set.yaml (document 2)");
+        assert_eq!(bad.path, "metadata.name");
+        let env = doc("a").replace("name: a}", "name: a, environment: Prod}");
+        assert_eq!(DeploymentSpec::parse(&env, "a.yaml").unwrap_err().path, "metadata.environment");
+        assert!(DeploymentSpec::parse_all("", "empty.yaml").unwrap().is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod history;
 pub mod images;
 pub mod list;
 pub mod logs;
+pub mod plan;
 pub mod plugins;
 pub mod pull;
 pub mod validate;

@@ -186,6 +186,27 @@ impl ContentStore {
         }
     }
 
+    /// [`ContentStore::check_source`], and for a `file:` artifact not in the
+    /// store yet (by `expected`), that it opens (beneath its root, without
+    /// following links): what a plan checks so that an apply of it does not
+    /// fail at Fetching for want of the file. Nothing is read.
+    pub fn check_available(
+        &self,
+        source: &ArtifactSource,
+        base_dir: &Path,
+        expected: Option<&str>,
+    ) -> Result<(), FetchError> {
+        self.check_source(source, base_dir)?;
+        match source {
+            ArtifactSource::File(f) if !expected.is_some_and(|d| self.contains(d)) => self
+                .file_roots
+                .open(&base_dir.join(f))
+                .map(drop)
+                .map_err(|e| FetchError::FileRoot { reference: f.clone(), source: e }),
+            _ => Ok(()),
+        }
+    }
+
     /// Where verified signatures of `digest` are recorded, one file per
     /// trust rule fingerprint that accepted it.
     fn verified_dir(&self, digest: &str) -> PathBuf {
@@ -240,6 +261,17 @@ impl ContentStore {
 
     pub fn contains(&self, digest: &str) -> bool {
         self.blob_path(digest).is_file()
+    }
+
+    /// What an OCI source's tag points to now in its registry (see
+    /// [`oci::OciFetcher::resolve`]); None for a file or URL.
+    pub async fn resolve(&self, source: &ArtifactSource) -> Result<Option<String>, FetchError> {
+        match source {
+            ArtifactSource::Image(r) | ArtifactSource::Wasm(r) | ArtifactSource::Blob(r) => {
+                self.oci.resolve(r).await.map(Some)
+            }
+            ArtifactSource::File(_) | ArtifactSource::Url(_) => Ok(None),
+        }
     }
 
     /// Fetches `source` and verifies it against `expected` (`sha256:<hex>`).

@@ -405,6 +405,24 @@ impl OciFetcher {
         SignatureAccess { plain_http: access.insecure || is_loopback(registry), auth: access.auth }
     }
 
+    /// The digest `reference`'s tag points to now, as the registry says
+    /// (for a multi-platform image, the index's); nothing is stored or
+    /// recorded. A reference with a digest is that digest.
+    pub async fn resolve(&self, reference: &str) -> Result<String, FetchError> {
+        let what = reference.to_string();
+        let r: Reference = reference.parse().map_err(|e| FetchError::Registry {
+            reference: what.clone(),
+            message: format!("not an image reference: {e}"),
+        })?;
+        if let Some(d) = r.digest() {
+            return Ok(d.to_string());
+        }
+        let at = r.tag().unwrap_or("latest").to_string();
+        let authz = self.authorization(&r, &what).await?;
+        let (_, digest, _) = self.manifest(&r, &at, None, &authz, &what).await?;
+        Ok(digest)
+    }
+
     /// Pulls `reference` (pinned to `want.pinned` if given) into `store`.
     /// Its signatures must satisfy the policy's rule for it, and
     /// `want.also` (a deployment's own requirement) when given, before any

@@ -9,9 +9,12 @@
 
 mod failure;
 mod hooks;
+mod plan;
 mod restart;
 mod runtime;
 mod supervisor;
+
+pub use plan::{AppliedChange, PlanError, SpecFile};
 
 use crate::artifact::ContentStore;
 use crate::plugin::{CallContext, PluginRegistry, Workload};

@@ -49,6 +49,10 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Start", Role::Admin),
     ("Delete", Role::Admin),
     ("Pull", Role::Admin),
+    // A plan runs the plugins' validate on the caller's specs and asks
+    // registries, as Validate does; applying one changes deployments.
+    ("Plan", Role::Admin),
+    ("ApplyPlan", Role::Admin),
     ("Get", Role::Reader),
     ("List", Role::Reader),
     ("History", Role::Reader),

@@ -5,7 +5,7 @@
 pub mod auth;
 pub mod authority;
 
-use crate::lifecycle::{CommandError, Lifecycle, WatchEvent};
+use crate::lifecycle::{CommandError, Lifecycle, PlanError, SpecFile, WatchEvent};
 use crate::spec::DeploymentSpec;
 use crate::store::{DeploymentRecord, JournalEntry, StoreError};
 use era_api::v1 as pb;
@@ -63,6 +63,43 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
+fn plan_status(e: PlanError) -> Status {
+    match e {
+        PlanError::Invalid(m) => Status::invalid_argument(m),
+        PlanError::NotFound(m) => Status::not_found(m),
+        PlanError::Stale(m) => Status::failed_precondition(m),
+        PlanError::Unavailable(m) => Status::unavailable(m),
+        PlanError::Command(c) => command_status(c),
+        PlanError::Store(s) => store_status(s),
+    }
+}
+
+fn plan_response(plan: &crate::plan::Plan) -> Result<pb::PlanResponse, Status> {
+    let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
+    Ok(pb::PlanResponse {
+        id: plan.id.clone(),
+        environment: plan.environment.clone(),
+        created_at: plan.created_at.clone(),
+        changes: plan
+            .changes
+            .iter()
+            .map(|c| pb::PlannedChange {
+                name: c.name.clone(),
+                action: c.action.as_str().to_string(),
+                source: c.source.clone(),
+                fields: c
+                    .fields
+                    .iter()
+                    .map(|f| pb::FieldChange { path: f.path.clone(), before: json(&f.before), after: json(&f.after) })
+                    .collect(),
+                pinned_digest: c.pinned.as_ref().map(|p| p.digest.clone()).unwrap_or_default(),
+            })
+            .collect(),
+        changes_present: plan.has_changes(),
+        document: serde_json::to_string_pretty(plan).map_err(|e| Status::internal(e.to_string()))?,
+    })
+}
+
 fn command_status(e: CommandError) -> Status {
     match e {
         CommandError::NotFound(_) => Status::not_found(e.to_string()),
@@ -86,12 +123,7 @@ fn parse(spec: &str, source: &str) -> Result<(DeploymentSpec, PathBuf), Status> 
     let name = if source.is_empty() { "<spec>" } else { source };
     let spec = DeploymentSpec::parse(spec, name).map_err(|e| Status::invalid_argument(e.to_string()))?;
     // Relative `file:` artifacts are taken from the spec file's directory.
-    let dir = Path::new(source)
-        .parent()
-        .filter(|p| p.is_absolute())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    Ok((spec, dir))
+    Ok((spec, crate::spec::source_dir(source)))
 }
 
 fn transition(e: JournalEntry) -> pb::Transition {
@@ -142,6 +174,31 @@ impl Deployments for DeploymentsService {
             name: applied.name,
             revision: applied.revision,
             changed: applied.changed,
+        }))
+    }
+
+    async fn plan(&self, req: Request<pb::PlanRequest>) -> Result<Response<pb::PlanResponse>, Status> {
+        let req = req.into_inner();
+        let files = req.files.into_iter().map(|f| SpecFile { text: f.spec, source: f.source }).collect();
+        let plan = self.lifecycle.plan(&req.environment, files).await.map_err(plan_status)?;
+        Ok(Response::new(plan_response(&plan)?))
+    }
+
+    async fn apply_plan(&self, req: Request<pb::ApplyPlanRequest>) -> Result<Response<pb::ApplyPlanResponse>, Status> {
+        let req = req.into_inner();
+        let document = (!req.document.is_empty()).then_some(req.document.as_str());
+        let (plan, applied) = self.lifecycle.apply_plan(&req.id, document).await.map_err(plan_status)?;
+        Ok(Response::new(pb::ApplyPlanResponse {
+            id: plan.id,
+            environment: plan.environment,
+            applied: applied
+                .into_iter()
+                .map(|a| pb::AppliedChange {
+                    name: a.name,
+                    action: a.action.as_str().to_string(),
+                    revision: a.revision,
+                })
+                .collect(),
         }))
     }
 

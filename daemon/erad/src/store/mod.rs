@@ -89,6 +89,15 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- Saved plans (`era plan`): the plan document as JSON; applied_at once
+-- `era apply --plan` carried it out.
+CREATE TABLE IF NOT EXISTS plans (
+    id          TEXT PRIMARY KEY,
+    environment TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    applied_at  TEXT
+);
 CREATE TABLE IF NOT EXISTS port_claims (
     port       INTEGER NOT NULL,
     protocol   TEXT NOT NULL,
@@ -682,6 +691,48 @@ impl Store {
 
     /// The digest the registry last resolved `reference` (an artifact of
     /// `kind`) to on this host.
+    /// The sequence number of the deployment's last journal entry (0 when
+    /// it has none): what a plan records to notice that it moved.
+    pub fn last_seq(&self, name: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let seq: i64 = c
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM journal WHERE deployment = ?1")?
+                .query_row([name], |r| r.get(0))?;
+            Ok(seq as u64)
+        })
+    }
+
+    /// Saves a plan document under its id.
+    pub fn save_plan(&self, id: &str, environment: &str, created_at: &str, body: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO plans (id, environment, created_at, body) VALUES (?1, ?2, ?3, ?4)",
+                params![id, environment, created_at, body],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A saved plan's document, and when it was applied (None: not yet).
+    pub fn plan(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT body, applied_at FROM plans WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+        })
+    }
+
+    /// Marks a plan applied, unless it already was: false then (another
+    /// apply of the same plan got there first).
+    pub fn mark_plan_applied(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE plans SET applied_at = ?2 WHERE id = ?1 AND applied_at IS NULL",
+                params![id, now_rfc3339()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
     pub fn resolved_tag(&self, reference: &str, kind: &str) -> Result<Option<String>, StoreError> {
         self.with(|c| {
             let reference = crate::spec::canonical_reference(reference);

@@ -1,0 +1,348 @@
+//! `era plan` and `era apply --plan`: an environment's desired set compared
+//! with what the store records, saved, and applied only while nothing it was
+//! made against has moved.
+
+use super::{CommandError, Lifecycle};
+use crate::machine::State;
+use crate::plan::{Action, FieldChange, Pin, Plan, PlannedChange};
+use crate::spec::{ArtifactSource, DeploymentSpec, PullPolicy};
+use crate::store::{RevisionRecord, StoreError, now_rfc3339};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why a plan could not be made or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The set, or something in it, is wrong: the message names what.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// What the plan was made against has moved, or it was applied already.
+    #[error("{0}")]
+    Stale(String),
+    /// A registry could not say what a tag points to.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One file of a desired set, as the caller read it.
+pub struct SpecFile {
+    pub text: String,
+    /// Its absolute path (or empty), for errors and relative `file:` paths.
+    pub source: String,
+}
+
+/// What applying a plan did to one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedChange {
+    pub name: String,
+    pub action: Action,
+    /// The revision an add or change asked for (0 for a destroy).
+    pub revision: u64,
+}
+
+/// A spec as plans compare it: as JSON, its environment `default` written
+/// as none (the same deployment either way).
+fn comparable(spec: &DeploymentSpec) -> Value {
+    let mut spec = spec.clone();
+    if spec.metadata.environment.as_deref() == Some(crate::plan::DEFAULT_ENVIRONMENT) {
+        spec.metadata.environment = None;
+    }
+    serde_json::to_value(&spec).unwrap_or(Value::Null)
+}
+
+impl Lifecycle {
+    /// The live deployments (not Deleted, with a revision) and the desired
+    /// revision each is driven towards.
+    fn live_deployments(&self) -> Result<BTreeMap<String, RevisionRecord>, StoreError> {
+        let store = &self.shared.store;
+        let mut live = BTreeMap::new();
+        for d in store.deployments()? {
+            if d.state == State::Deleted || d.desired_revision == 0 {
+                continue;
+            }
+            if let Some(rev) = store.revision(&d.name, d.desired_revision)? {
+                live.insert(d.name, rev);
+            }
+        }
+        Ok(live)
+    }
+
+    /// Compares `files` (the whole desired set of `environment`) with what
+    /// the store records and saves the result as a plan. Changes nothing
+    /// else: no deployment, revision, journal entry, tag record or runtime
+    /// object. Every add and change is checked as Validating would (runtime
+    /// loaded, artifact readable, ports free, the plugin's `validate`), and
+    /// every OCI tag is resolved (as the spec's pull policy says) and pinned.
+    pub async fn plan(&self, environment: &str, files: Vec<SpecFile>) -> Result<Plan, PlanError> {
+        let environment = if environment.is_empty() { crate::plan::DEFAULT_ENVIRONMENT } else { environment };
+        crate::spec::check_environment_name(environment).map_err(|m| PlanError::Invalid(format!("--env: {m}")))?;
+        // The desired set, by name.
+        let mut desired: BTreeMap<String, (DeploymentSpec, String, String)> = BTreeMap::new();
+        for f in &files {
+            let name = if f.source.is_empty() { "<spec>" } else { f.source.as_str() };
+            let docs = DeploymentSpec::parse_all(&f.text, name).map_err(|e| PlanError::Invalid(e.to_string()))?;
+            for (mut spec, label) in docs {
+                // As kubectl takes a manifest without a namespace into the
+                // one it is given: a spec naming no environment is of the
+                // plan's; one naming another is refused.
+                if let Some(named) = &spec.metadata.environment
+                    && named != environment
+                {
+                    return Err(PlanError::Invalid(format!(
+                        "{label}: metadata.environment is {named:?}, but this is a plan for environment {environment:?}"
+                    )));
+                }
+                spec.metadata.environment =
+                    (environment != crate::plan::DEFAULT_ENVIRONMENT).then(|| environment.to_string());
+                let dir = crate::spec::source_dir(&f.source).display().to_string();
+                if let Some((_, other, _)) = desired.get(spec.name()) {
+                    return Err(PlanError::Invalid(format!(
+                        "{label}: deployment {:?} is also in {other}; a set names each deployment once",
+                        spec.name()
+                    )));
+                }
+                desired.insert(spec.name().to_string(), (spec, label, dir));
+            }
+        }
+        let live = self.live_deployments()?;
+        let mut changes = Vec::new();
+        let mut set = Vec::new();
+        for (name, (mut spec, label, dir)) in desired {
+            let recorded = live.get(&name);
+            if let Some(rev) = recorded
+                && rev.spec.environment() != environment
+            {
+                return Err(PlanError::Invalid(format!(
+                    "{label}: deployment {name:?} belongs to environment {:?}; deployment names are unique on this host",
+                    rev.spec.environment()
+                )));
+            }
+            let pinned = self.pin(&mut spec, &label).await?;
+            let after = comparable(&spec);
+            let (action, fields) = match recorded {
+                None => (Action::Add, Vec::new()),
+                Some(rev) => {
+                    let mut before = rev.spec.clone();
+                    // A revision applied by tag alone ran the digest it
+                    // fetched: the same as a plan pinning that digest.
+                    if before.spec.artifact.sha256.is_none() && spec.spec.artifact.sha256.is_some() {
+                        before.spec.artifact.sha256 = rev.artifact_digest.clone();
+                    }
+                    let fields: Vec<FieldChange> = crate::plan::diff(&comparable(&before), &after);
+                    (if fields.is_empty() { Action::Noop } else { Action::Change }, fields)
+                }
+            };
+            if action != Action::Noop {
+                self.preflight(&spec, std::path::Path::new(&dir), &label).await?;
+            }
+            set.push((name.clone(), after.clone()));
+            changes.push(PlannedChange {
+                name,
+                action,
+                source: label,
+                spec: Some(after),
+                source_dir: dir,
+                pinned,
+                fields,
+            });
+        }
+        let wanted: BTreeSet<String> = changes.iter().map(|c| c.name.clone()).collect();
+        for (name, rev) in &live {
+            if rev.spec.environment() == environment && !wanted.contains(name) {
+                changes.push(PlannedChange {
+                    name: name.clone(),
+                    action: Action::Destroy,
+                    source: String::new(),
+                    spec: None,
+                    source_dir: String::new(),
+                    pinned: None,
+                    fields: Vec::new(),
+                });
+            }
+        }
+        changes.sort_by(|a, b| a.name.cmp(&b.name));
+        let base = self.base(environment, &live, changes.iter().map(|c| c.name.as_str()))?;
+        let plan = Plan {
+            id: crate::plan::new_id().map_err(|e| PlanError::Invalid(format!("cannot make a plan id: {e}")))?,
+            environment: environment.to_string(),
+            created_at: now_rfc3339(),
+            set_hash: Plan::hash_set(set.iter().map(|(n, s)| (n.as_str(), s))),
+            base,
+            changes,
+        };
+        let body = serde_json::to_string(&plan).map_err(|e| PlanError::Invalid(e.to_string()))?;
+        self.shared.store.save_plan(&plan.id, &plan.environment, &plan.created_at, &body)?;
+        Ok(plan)
+    }
+
+    /// Each deployment a plan looks at (the set's, and the environment's
+    /// live ones) and its last journal entry's sequence number.
+    fn base<'a>(
+        &self,
+        environment: &str,
+        live: &BTreeMap<String, RevisionRecord>,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut all: BTreeSet<String> = names.map(str::to_string).collect();
+        all.extend(live.iter().filter(|(_, r)| r.spec.environment() == environment).map(|(n, _)| n.clone()));
+        all.into_iter().map(|n| self.shared.store.last_seq(&n).map(|seq| (n, seq))).collect()
+    }
+
+    /// Pins an OCI artifact named by tag to the digest it resolves to: the
+    /// one this host last resolved it to (if still in the content store)
+    /// under `IfNotPresent` and `Never`, else the registry's answer now.
+    /// Nothing is recorded.
+    async fn pin(&self, spec: &mut DeploymentSpec, label: &str) -> Result<Option<Pin>, PlanError> {
+        let source = spec.artifact_source();
+        if matches!(source, ArtifactSource::File(_) | ArtifactSource::Url(_)) || spec.spec.artifact.sha256.is_some() {
+            return Ok(None);
+        }
+        let reference = source.reference().to_string();
+        if reference.parse::<oci_client::Reference>().is_ok_and(|r| r.digest().is_some()) {
+            return Ok(None);
+        }
+        let policy = spec.pull_policy();
+        let known = match policy {
+            PullPolicy::Always => None,
+            _ => self.shared.store.resolved_tag(&reference, source.kind())?.filter(|d| self.shared.content.contains(d)),
+        };
+        let digest = match (known, policy) {
+            (Some(d), _) => d,
+            (None, PullPolicy::Never) => {
+                return Err(PlanError::Invalid(format!(
+                    "{label}: spec.artifact: {reference} is not in the content store and pullPolicy is Never (`era pull` it first)"
+                )));
+            }
+            (None, _) => match self.shared.content.resolve(&source).await {
+                Ok(Some(d)) => d,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(PlanError::Unavailable(format!("{label}: spec.artifact: {e}"))),
+            },
+        };
+        spec.spec.artifact.sha256 = Some(digest.clone());
+        Ok(Some(Pin { reference, digest }))
+    }
+
+    /// Carries out saved plan `id`, all of it, if nothing it was made
+    /// against has moved: the deployments it looked at have no new journal
+    /// entry and none joined its environment. Every add and change is
+    /// checked again first, so a spec that no longer validates stops the
+    /// plan before anything changes. `document`, when given (a plan file),
+    /// must be the saved plan unaltered.
+    pub async fn apply_plan(&self, id: &str, document: Option<&str>) -> Result<(Plan, Vec<AppliedChange>), PlanError> {
+        if !crate::plan::is_id(id) {
+            return Err(PlanError::Invalid(format!("{id:?} is not a plan id (12 lowercase hex digits)")));
+        }
+        let Some((body, applied_at)) = self.shared.store.plan(id)? else {
+            return Err(PlanError::NotFound(format!("no plan {id} was saved by this erad (run `era plan` again)")));
+        };
+        let corrupt = |e: serde_json::Error| PlanError::Invalid(format!("plan {id} as saved: {e}"));
+        let plan: Plan = serde_json::from_str(&body).map_err(corrupt)?;
+        if let Some(doc) = document {
+            let theirs: Plan = serde_json::from_str(doc)
+                .map_err(|e| PlanError::Invalid(format!("the plan file is not a plan: {e}")))?;
+            if theirs != plan {
+                return Err(PlanError::Invalid(format!(
+                    "the plan file is not plan {id} as erad saved it (it was altered): run `era plan` again"
+                )));
+            }
+        }
+        if let Some(at) = applied_at {
+            return Err(PlanError::Stale(format!("plan {id} was applied at {at}; run `era plan` again")));
+        }
+        self.check_fresh(&plan)?;
+        // Everything parses and validates before anything changes.
+        let mut specs = BTreeMap::new();
+        for c in plan.changes.iter().filter(|c| matches!(c.action, Action::Add | Action::Change)) {
+            let json = c.spec.as_ref().map(Value::to_string).unwrap_or_default();
+            let spec = DeploymentSpec::parse(&json, &c.source).map_err(|e| PlanError::Invalid(e.to_string()))?;
+            let dir = std::path::PathBuf::from(&c.source_dir);
+            self.preflight(&spec, &dir, &c.source).await?;
+            specs.insert(c.name.clone(), (spec, dir));
+        }
+        // Checked again after the plugin calls above, and claimed: a second
+        // apply of the same plan stops here.
+        self.check_fresh(&plan)?;
+        if !self.shared.store.mark_plan_applied(id)? {
+            return Err(PlanError::Stale(format!("plan {id} is being applied by another caller")));
+        }
+        let mut applied = Vec::new();
+        for c in &plan.changes {
+            let revision = match c.action {
+                Action::Noop => continue,
+                Action::Destroy => {
+                    self.delete(&c.name).await.map_err(|e| partial(&plan, &applied, e))?;
+                    0
+                }
+                Action::Add | Action::Change => {
+                    let Some((spec, dir)) = specs.remove(&c.name) else { continue };
+                    let kind = spec.artifact_source().kind();
+                    let revision = self.apply(spec, dir).await.map_err(|e| partial(&plan, &applied, e))?.revision;
+                    // What the plan resolved the tag to is what this host
+                    // now knows it as: under IfNotPresent, the next plan
+                    // keeps it, as the next fetch would.
+                    if let Some(pin) = &c.pinned
+                        && let Err(e) = self.shared.store.record_tag(&pin.reference, kind, &pin.digest)
+                    {
+                        tracing::warn!(plan = plan.id, reference = pin.reference, "cannot record the tag: {e}");
+                    }
+                    revision
+                }
+            };
+            tracing::info!(plan = plan.id, deployment = c.name, action = c.action.as_str(), revision, "plan applied");
+            applied.push(AppliedChange { name: c.name.clone(), action: c.action, revision });
+        }
+        Ok((plan, applied))
+    }
+
+    /// What an add or change is checked for, at plan time and again
+    /// before a plan is applied: what Validating checks (runtime loaded,
+    /// ports free, the plugin's `validate`), and that a `file:` artifact
+    /// not in the store yet can be opened.
+    async fn preflight(&self, spec: &DeploymentSpec, dir: &std::path::Path, label: &str) -> Result<(), PlanError> {
+        let invalid = |m: String| PlanError::Invalid(format!("{label}: deployment {}: {m}", spec.name()));
+        self.shared
+            .content
+            .check_available(&spec.artifact_source(), dir, spec.pinned_digest().as_deref())
+            .map_err(|e| invalid(e.to_string()))?;
+        self.validate(spec, dir, false).await.map(drop).map_err(|e| PlanError::Invalid(format!("{label}: {e}")))
+    }
+
+    /// Refuses a plan whose recorded state moved.
+    fn check_fresh(&self, plan: &Plan) -> Result<(), PlanError> {
+        let live = self.live_deployments()?;
+        let now = self.base(&plan.environment, &live, plan.base.keys().map(String::as_str))?;
+        for (name, seq) in &now {
+            match plan.base.get(name) {
+                Some(then) if then == seq => {}
+                Some(_) => {
+                    return Err(PlanError::Stale(format!(
+                        "plan {} is stale: deployment {name} changed since it was made; run `era plan` again",
+                        plan.id
+                    )));
+                }
+                None => {
+                    return Err(PlanError::Stale(format!(
+                        "plan {} is stale: deployment {name} joined environment {} since it was made; run `era plan` again",
+                        plan.id, plan.environment
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A command refused midway through a plan (a deployment that became busy):
+/// what was done so far is named, so the operator knows where it stopped.
+fn partial(plan: &Plan, done: &[AppliedChange], e: CommandError) -> PlanError {
+    let done: Vec<String> = done.iter().map(|c| format!("{} {}", c.action.as_str(), c.name)).collect();
+    let done = if done.is_empty() { "nothing".to_string() } else { done.join(", ") };
+    PlanError::Stale(format!("plan {} stopped after {done}: {e}; run `era plan` again", plan.id))
+}
