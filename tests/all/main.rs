@@ -13,6 +13,7 @@ mod http;
 mod inside;
 mod kubernetes;
 mod lifecycle;
+mod locks;
 mod lxc;
 mod oci;
 mod plans;

@@ -83,6 +83,11 @@ enum Command {
         #[arg(long)]
         render: bool,
     },
+    /// Environment locks: who holds them, and forcing one open.
+    Lock {
+        #[command(subcommand)]
+        command: LockCommand,
+    },
     /// Show one deployment.
     Get { name: String },
     /// List deployments.
@@ -177,6 +182,22 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum LockCommand {
+    /// The held locks: environment, operation, holder, since when, idle time.
+    #[command(alias = "ls")]
+    List,
+    /// Remove an environment's lock whoever holds it (a holder that died
+    /// leaves one until it goes stale). Plans made before are refused after.
+    ForceUnlock {
+        environment: String,
+        /// The environment's name; for a protected environment the phrase
+        /// "force-unlock ENV". Asked for on a terminal when not given.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -208,6 +229,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::plan::plan(&cli.socket, &file, &env, out.as_deref(), detailed_exitcode, fmt).await
         }
         Command::Validate { file, render } => commands::validate::run(&cli.socket, &file, render, fmt).await,
+        Command::Lock { command: LockCommand::List } => commands::lock::list(&cli.socket, fmt).await,
+        Command::Lock { command: LockCommand::ForceUnlock { environment, confirm } } => {
+            commands::lock::force_unlock(&cli.socket, &environment, confirm, fmt).await
+        }
         Command::Get { name } => commands::get::run(&cli.socket, &name, fmt).await,
         Command::List { all } => commands::list::run(&cli.socket, all, fmt).await,
         Command::Watch { name } => commands::watch::run(&cli.socket, name.as_deref(), fmt).await,

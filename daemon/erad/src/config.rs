@@ -53,7 +53,61 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     artifacts: RawArtifacts,
+    #[serde(default)]
+    environments: BTreeMap<String, RawEnvironment>,
+    #[serde(default)]
+    locks: RawLocks,
 }
+
+/// `[environments.NAME]`: an environment's policy.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    #[serde(default)]
+    protected: bool,
+    plan_max_age: Option<HumanDuration>,
+}
+
+/// `[locks]`: how long a command waits for an environment's lock, and when
+/// a lock nobody refreshes is stale.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocks {
+    wait: Option<HumanDuration>,
+    stale_after: Option<HumanDuration>,
+}
+
+/// An environment's policy (`[environments.NAME]`); an environment not
+/// named there has the default one: not protected, plans of any age.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EnvironmentPolicy {
+    /// Production-like: changed only through fresh plans (`era apply -f`
+    /// refused), and a force-unlock needs the typed phrase.
+    pub protected: bool,
+    /// The oldest plan `era apply --plan` takes (default 15 minutes for a
+    /// protected environment, no limit otherwise).
+    pub plan_max_age: Option<Duration>,
+}
+
+/// Environment locks (`[locks]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockPolicy {
+    /// How long a command waits for a held lock before it fails naming the
+    /// holder (default 10 minutes).
+    pub wait: Duration,
+    /// A lock whose holder has not refreshed it for this long is stale and
+    /// taken over (default 30 minutes).
+    pub stale_after: Duration,
+}
+
+impl Default for LockPolicy {
+    fn default() -> Self {
+        LockPolicy { wait: Duration::from_secs(600), stale_after: Duration::from_secs(1800) }
+    }
+}
+
+/// A protected environment's default plan age limit.
+pub const PROTECTED_PLAN_MAX_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// `[api]`: who may use the socket API, by group.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -242,6 +296,9 @@ pub struct DaemonConfig {
     pub file_roots: Vec<PathBuf>,
     /// How a new image revision gets its root filesystem.
     pub rootfs: crate::prepare::rootfs::RootfsMode,
+    /// Policy per environment, by name.
+    pub environments: BTreeMap<String, EnvironmentPolicy>,
+    pub locks: LockPolicy,
 }
 
 /// Default memory cap of a plugin instance.
@@ -430,6 +487,20 @@ impl DaemonConfig {
             }
         }
         let d = raw.daemon;
+        let mut environments = BTreeMap::new();
+        for (name, e) in raw.environments {
+            crate::spec::check_environment_name(&name).map_err(|m| invalid(&format!("environments.{name}"), m))?;
+            let plan_max_age = e.plan_max_age.map(|h| h.0).or(e.protected.then_some(PROTECTED_PLAN_MAX_AGE));
+            environments.insert(name, EnvironmentPolicy { protected: e.protected, plan_max_age });
+        }
+        let defaults = LockPolicy::default();
+        let locks = LockPolicy {
+            wait: raw.locks.wait.map(|h| h.0).unwrap_or(defaults.wait),
+            stale_after: raw.locks.stale_after.map(|h| h.0).unwrap_or(defaults.stale_after),
+        };
+        if locks.stale_after.is_zero() {
+            return Err(invalid("locks.stale_after", "must be more than 0".into()));
+        }
         Ok(DaemonConfig {
             data_dir: abs(d.data_dir.unwrap_or_else(|| "/var/lib/era".into())),
             socket: abs(d.socket.unwrap_or_else(|| "/run/era/erad.sock".into())),
@@ -445,6 +516,8 @@ impl DaemonConfig {
             api: ApiConfig { admin_group: raw.api.admin_group, read_group: raw.api.read_group },
             file_roots,
             rootfs: raw.artifacts.rootfs,
+            environments,
+            locks,
         })
     }
 }
@@ -461,6 +534,29 @@ mod tests {
         assert!(c.plugins.contains_key("noop"));
         assert!(c.trust.is_empty(), "the example trusts nothing until the operator says so");
         assert_eq!(c.file_roots, [PathBuf::from("/srv/era/artifacts")]);
+        assert_eq!(c.locks, LockPolicy::default());
+        assert_eq!(
+            c.environments["prod"],
+            EnvironmentPolicy { protected: true, plan_max_age: Some(PROTECTED_PLAN_MAX_AGE) }
+        );
+    }
+
+    #[test]
+    fn environments_take_their_defaults_and_bad_names_are_refused() {
+        let c = DaemonConfig::parse(
+            "version = 2\n[environments.prod]\nprotected = true\n[environments.dev]\n[locks]\nwait = \"5s\"\n",
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.environments["prod"].plan_max_age, Some(PROTECTED_PLAN_MAX_AGE));
+        assert_eq!(c.environments["dev"], EnvironmentPolicy::default());
+        assert_eq!(c.locks, LockPolicy { wait: Duration::from_secs(5), ..LockPolicy::default() });
+        let bad = DaemonConfig::parse("version = 2\n[environments.Prod]\n", "t", Path::new("/")).unwrap_err();
+        assert!(bad.to_string().contains("environments.Prod"), "{bad}");
+        let zero =
+            DaemonConfig::parse("version = 2\n[locks]\nstale_after = \"0s\"\n", "t", Path::new("/")).unwrap_err();
+        assert!(zero.to_string().contains("locks.stale_after"), "{zero}");
     }
 
     #[test]

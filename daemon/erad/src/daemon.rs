@@ -191,6 +191,8 @@ impl DaemonBuilder {
             log_max_bytes: cfg.log_max_bytes,
             http: reqwest::Client::new(),
             shutdown: shutdown_rx.clone(),
+            environments: cfg.environments.clone(),
+            locks: cfg.locks,
         });
         let resumed = lifecycle.recover()?;
         tracing::info!(deployments = resumed, "resumed deployments from the store");

@@ -6,6 +6,7 @@ pub mod get;
 pub mod history;
 pub mod images;
 pub mod list;
+pub mod lock;
 pub mod logs;
 pub mod plan;
 pub mod plugins;

@@ -9,11 +9,13 @@
 
 mod failure;
 mod hooks;
+mod locks;
 mod plan;
 mod restart;
 mod runtime;
 mod supervisor;
 
+pub use locks::{EnvLock, LockError};
 pub use plan::{AppliedChange, PlanError, SpecFile};
 
 use crate::artifact::ContentStore;
@@ -95,6 +97,9 @@ pub(crate) struct Shared {
     pub log_max_bytes: u64,
     pub http: reqwest::Client,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Policy per environment (`[environments.NAME]`).
+    pub environments: std::collections::BTreeMap<String, crate::config::EnvironmentPolicy>,
+    pub locks: crate::config::LockPolicy,
 }
 
 /// The set of deployment supervisors.

@@ -9,6 +9,7 @@ use crate::spec::{ArtifactSource, DeploymentSpec, PullPolicy};
 use crate::store::{RevisionRecord, StoreError, now_rfc3339};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// Why a plan could not be made or applied.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum PlanError {
     /// A registry could not say what a tag points to.
     #[error("{0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Locked(#[from] super::LockError),
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error(transparent)]
@@ -79,9 +82,11 @@ impl Lifecycle {
     /// object. Every add and change is checked as Validating would (runtime
     /// loaded, artifact readable, ports free, the plugin's `validate`), and
     /// every OCI tag is resolved (as the spec's pull policy says) and pinned.
-    pub async fn plan(&self, environment: &str, files: Vec<SpecFile>) -> Result<Plan, PlanError> {
+    /// Holds the environment's lock while it works (`holder` says who).
+    pub async fn plan(&self, environment: &str, files: Vec<SpecFile>, holder: &str) -> Result<Plan, PlanError> {
         let environment = if environment.is_empty() { crate::plan::DEFAULT_ENVIRONMENT } else { environment };
         crate::spec::check_environment_name(environment).map_err(|m| PlanError::Invalid(format!("--env: {m}")))?;
+        let _lock = self.lock_environment(environment, "plan", holder).await?;
         // The desired set, by name.
         let mut desired: BTreeMap<String, (DeploymentSpec, String, String)> = BTreeMap::new();
         for f in &files {
@@ -235,7 +240,16 @@ impl Lifecycle {
     /// checked again first, so a spec that no longer validates stops the
     /// plan before anything changes. `document`, when given (a plan file),
     /// must be the saved plan unaltered.
-    pub async fn apply_plan(&self, id: &str, document: Option<&str>) -> Result<(Plan, Vec<AppliedChange>), PlanError> {
+    ///
+    /// In a protected environment the plan must be younger than its
+    /// `plan_max_age`; in any, younger than the environment's last
+    /// force-unlock. Holds the environment's lock while it works.
+    pub async fn apply_plan(
+        &self,
+        id: &str,
+        document: Option<&str>,
+        holder: &str,
+    ) -> Result<(Plan, Vec<AppliedChange>), PlanError> {
         if !crate::plan::is_id(id) {
             return Err(PlanError::Invalid(format!("{id:?} is not a plan id (12 lowercase hex digits)")));
         }
@@ -256,6 +270,8 @@ impl Lifecycle {
         if let Some(at) = applied_at {
             return Err(PlanError::Stale(format!("plan {id} was applied at {at}; run `era plan` again")));
         }
+        let _lock = self.lock_environment(&plan.environment, "apply --plan", holder).await?;
+        self.check_age(&plan)?;
         self.check_fresh(&plan)?;
         // Everything parses and validates before anything changes.
         let mut specs = BTreeMap::new();
@@ -312,6 +328,36 @@ impl Lifecycle {
             .check_available(&spec.artifact_source(), dir, spec.pinned_digest().as_deref())
             .map_err(|e| invalid(e.to_string()))?;
         self.validate(spec, dir, false).await.map(drop).map_err(|e| PlanError::Invalid(format!("{label}: {e}")))
+    }
+
+    /// Refuses a plan older than its environment allows, or made before
+    /// the environment's lock was last forced open.
+    fn check_age(&self, plan: &Plan) -> Result<(), PlanError> {
+        let made = humantime::parse_rfc3339(&plan.created_at)
+            .map_err(|e| PlanError::Invalid(format!("plan {}: created_at: {e}", plan.id)))?;
+        let made_ms = made.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        if let Some((at, ms)) = self.shared.store.force_unlocked(&plan.environment)?
+            && ms >= made_ms
+        {
+            return Err(PlanError::Stale(format!(
+                "environment {}'s lock was forced open at {at}, after plan {} was made: run `era plan` again",
+                plan.environment, plan.id
+            )));
+        }
+        let policy = self.environment_policy(&plan.environment);
+        if let Some(max) = policy.plan_max_age {
+            let age = std::time::SystemTime::now().duration_since(made).unwrap_or_default();
+            if age > max {
+                return Err(PlanError::Stale(format!(
+                    "plan {} is {} old; environment {} takes plans at most {} old: run `era plan` again",
+                    plan.id,
+                    humantime::format_duration(Duration::from_secs(age.as_secs())),
+                    plan.environment,
+                    humantime::format_duration(max)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a plan whose recorded state moved.

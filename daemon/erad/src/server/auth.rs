@@ -53,6 +53,8 @@ pub const METHODS: &[(&str, Role)] = &[
     // registries, as Validate does; applying one changes deployments.
     ("Plan", Role::Admin),
     ("ApplyPlan", Role::Admin),
+    ("ForceUnlock", Role::Admin),
+    ("Locks", Role::Reader),
     ("Get", Role::Reader),
     ("List", Role::Reader),
     ("History", Role::Reader),

@@ -5,7 +5,7 @@
 pub mod auth;
 pub mod authority;
 
-use crate::lifecycle::{CommandError, Lifecycle, PlanError, SpecFile, WatchEvent};
+use crate::lifecycle::{CommandError, EnvLock, Lifecycle, LockError, PlanError, SpecFile, WatchEvent};
 use crate::spec::DeploymentSpec;
 use crate::store::{DeploymentRecord, JournalEntry, StoreError};
 use era_api::v1 as pb;
@@ -22,6 +22,27 @@ pub struct DeploymentsService {
 impl DeploymentsService {
     pub fn new(lifecycle: Lifecycle) -> Self {
         DeploymentsService { lifecycle }
+    }
+
+    /// The locks a single-deployment command holds while it is accepted:
+    /// the environment the deployment is recorded in, and `also` (an
+    /// apply's spec's), one after the other in name order.
+    async fn lock_deployment(
+        &self,
+        name: &str,
+        also: Option<&str>,
+        operation: &str,
+        who: &str,
+    ) -> Result<Vec<EnvLock>, Status> {
+        let mut envs: Vec<String> = self.lifecycle.environment_of(name).map_err(store_status)?.into_iter().collect();
+        envs.extend(also.map(str::to_string));
+        envs.sort();
+        envs.dedup();
+        let mut held = Vec::new();
+        for env in envs {
+            held.push(self.lifecycle.lock_environment(&env, operation, who).await.map_err(lock_status)?);
+        }
+        Ok(held)
     }
 
     fn deployment(&self, rec: DeploymentRecord) -> Result<pb::Deployment, Status> {
@@ -63,8 +84,30 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
+fn lock_status(e: LockError) -> Status {
+    match e {
+        LockError::Held { .. } => Status::failed_precondition(e.to_string()),
+        LockError::Store(s) => store_status(s),
+        LockError::ShuttingDown => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Who is calling, as a lock's holder names it.
+fn holder<T>(req: &Request<T>) -> String {
+    match req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(auth::Caller::from_connection) {
+        Some(c) => format!("uid {}", c.uid),
+        None => "a caller erad cannot name".into(),
+    }
+}
+
+fn lock_json(environment: String, l: crate::store::LockRecord, stale: bool) -> pb::Lock {
+    let idle = (crate::store::now_ms() - l.heartbeat_ms).max(0) as u64;
+    pb::Lock { environment, operation: l.operation, holder: l.holder, acquired_at: l.acquired_at, idle_ms: idle, stale }
+}
+
 fn plan_status(e: PlanError) -> Status {
     match e {
+        PlanError::Locked(l) => lock_status(l),
         PlanError::Invalid(m) => Status::invalid_argument(m),
         PlanError::NotFound(m) => Status::not_found(m),
         PlanError::Stale(m) => Status::failed_precondition(m),
@@ -167,8 +210,18 @@ fn pulled(a: crate::store::ArtifactRecord) -> pb::PulledImage {
 #[tonic::async_trait]
 impl Deployments for DeploymentsService {
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let who = holder(&req);
         let req = req.into_inner();
         let (spec, dir) = parse(&req.spec, &req.source)?;
+        let env = spec.environment().to_string();
+        if self.lifecycle.environment_policy(&env).protected {
+            return Err(Status::failed_precondition(format!(
+                "environment {env} is protected: it changes only through a reviewed plan: era plan -f {} --env {env}, then era apply --plan ID",
+                if req.source.is_empty() { "FILE" } else { req.source.as_str() }
+            )));
+        }
+        // The deployment's recorded environment is locked too, if another.
+        let _locks = self.lock_deployment(spec.name(), Some(&env), "apply", &who).await?;
         let applied = self.lifecycle.apply(spec, dir).await.map_err(command_status)?;
         Ok(Response::new(pb::ApplyResponse {
             name: applied.name,
@@ -178,16 +231,18 @@ impl Deployments for DeploymentsService {
     }
 
     async fn plan(&self, req: Request<pb::PlanRequest>) -> Result<Response<pb::PlanResponse>, Status> {
+        let who = holder(&req);
         let req = req.into_inner();
         let files = req.files.into_iter().map(|f| SpecFile { text: f.spec, source: f.source }).collect();
-        let plan = self.lifecycle.plan(&req.environment, files).await.map_err(plan_status)?;
+        let plan = self.lifecycle.plan(&req.environment, files, &who).await.map_err(plan_status)?;
         Ok(Response::new(plan_response(&plan)?))
     }
 
     async fn apply_plan(&self, req: Request<pb::ApplyPlanRequest>) -> Result<Response<pb::ApplyPlanResponse>, Status> {
+        let who = holder(&req);
         let req = req.into_inner();
         let document = (!req.document.is_empty()).then_some(req.document.as_str());
-        let (plan, applied) = self.lifecycle.apply_plan(&req.id, document).await.map_err(plan_status)?;
+        let (plan, applied) = self.lifecycle.apply_plan(&req.id, document, &who).await.map_err(plan_status)?;
         Ok(Response::new(pb::ApplyPlanResponse {
             id: plan.id,
             environment: plan.environment,
@@ -200,6 +255,35 @@ impl Deployments for DeploymentsService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn locks(&self, _req: Request<pb::LocksRequest>) -> Result<Response<pb::LocksResponse>, Status> {
+        let locks = self.lifecycle.locks().map_err(store_status)?;
+        Ok(Response::new(pb::LocksResponse {
+            locks: locks.into_iter().map(|(e, l, stale)| lock_json(e, l, stale)).collect(),
+        }))
+    }
+
+    async fn force_unlock(
+        &self,
+        req: Request<pb::ForceUnlockRequest>,
+    ) -> Result<Response<pb::ForceUnlockResponse>, Status> {
+        let who = holder(&req);
+        let req = req.into_inner();
+        let env = req.environment;
+        crate::spec::check_environment_name(&env).map_err(|m| Status::invalid_argument(format!("environment: {m}")))?;
+        let protected = self.lifecycle.environment_policy(&env).protected;
+        let phrase = if protected { format!("force-unlock {env}") } else { env.clone() };
+        if req.confirm != phrase {
+            let what = if protected {
+                format!("environment {env} is protected: confirm with the phrase {phrase:?}")
+            } else {
+                format!("confirm with the environment's name, {env:?}")
+            };
+            return Err(Status::failed_precondition(format!("force-unlock not confirmed: {what}")));
+        }
+        let removed = self.lifecycle.force_unlock(&env, &who).map_err(store_status)?;
+        Ok(Response::new(pb::ForceUnlockResponse { removed: removed.map(|l| lock_json(env, l, false)) }))
     }
 
     async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
@@ -240,8 +324,10 @@ impl Deployments for DeploymentsService {
     }
 
     async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        let who = holder(&req);
         let req = req.into_inner();
         let to = (req.to_revision != 0).then_some(req.to_revision);
+        let _lock = self.lock_deployment(&req.name, None, "rollback", &who).await?;
         let state = self.lifecycle.rollback(&req.name, to).await.map_err(command_status)?;
         let rec = self.lifecycle.store().deployment(&req.name).map_err(store_status)?;
         Ok(Response::new(pb::ActionResponse {
@@ -252,19 +338,25 @@ impl Deployments for DeploymentsService {
     }
 
     async fn stop(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        let who = holder(&req);
         let name = req.into_inner().name;
+        let _lock = self.lock_deployment(&name, None, "stop", &who).await?;
         let state = self.lifecycle.stop(&name).await.map_err(command_status)?;
         Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
     }
 
     async fn start(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        let who = holder(&req);
         let name = req.into_inner().name;
+        let _lock = self.lock_deployment(&name, None, "start", &who).await?;
         let state = self.lifecycle.start(&name).await.map_err(command_status)?;
         Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
     }
 
     async fn delete(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        let who = holder(&req);
         let name = req.into_inner().name;
+        let _lock = self.lock_deployment(&name, None, "delete", &who).await?;
         let state = self.lifecycle.delete(&name).await.map_err(command_status)?;
         Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
     }

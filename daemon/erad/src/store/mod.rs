@@ -98,6 +98,24 @@ CREATE TABLE IF NOT EXISTS plans (
     body        TEXT NOT NULL,
     applied_at  TEXT
 );
+-- Environment locks: one holder at a time (a plan, an apply of one, a
+-- single-deployment command), refreshed while held (heartbeat_ms, Unix
+-- milliseconds); a row nobody refreshes goes stale and is taken over.
+CREATE TABLE IF NOT EXISTS locks (
+    environment  TEXT PRIMARY KEY,
+    token        TEXT NOT NULL,
+    operation    TEXT NOT NULL,
+    holder       TEXT NOT NULL,
+    acquired_at  TEXT NOT NULL,
+    heartbeat_ms INTEGER NOT NULL
+);
+-- What erad remembers of an environment beyond its deployments: when its
+-- lock was last forced open (plans made before then are refused).
+CREATE TABLE IF NOT EXISTS environments (
+    name              TEXT PRIMARY KEY,
+    force_unlocked_at TEXT,
+    force_unlocked_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS port_claims (
     port       INTEGER NOT NULL,
     protocol   TEXT NOT NULL,
@@ -270,6 +288,41 @@ pub struct Installed {
     pub handle: String,
 }
 
+/// One hold of an environment's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRecord {
+    /// Random per hold: only the holder refreshes or releases it.
+    pub token: String,
+    /// What holds it: `plan`, `apply --plan`, `apply`, `stop`...
+    pub operation: String,
+    /// Who: the caller (`uid 1000`) and erad's pid.
+    pub holder: String,
+    pub acquired_at: String,
+    /// Last refreshed, Unix milliseconds.
+    pub heartbeat_ms: i64,
+}
+
+const LOCK_COLUMNS: &str = "token, operation, holder, acquired_at, heartbeat_ms";
+
+fn lock_from_row(r: &Row<'_>) -> rusqlite::Result<LockRecord> {
+    lock_from_row_at(r, 0)
+}
+
+fn lock_from_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<LockRecord> {
+    Ok(LockRecord {
+        token: r.get(at)?,
+        operation: r.get(at + 1)?,
+        holder: r.get(at + 2)?,
+        acquired_at: r.get(at + 3)?,
+        heartbeat_ms: r.get(at + 4)?,
+    })
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
@@ -318,6 +371,18 @@ impl Store {
             };
             c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)", params![fresh])?;
             Ok(c.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| r.get(0))?)
+        })
+    }
+
+    /// [`Store::with`], its writes committed without waiting for the disk
+    /// (for rows whose loss in a power cut is harmless; a later synced
+    /// commit makes them durable too, as the WAL is written in order).
+    fn unsynced<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.with(|c| {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            let r = f(c);
+            c.pragma_update(None, "synchronous", "FULL")?;
+            r
         })
     }
 
@@ -691,6 +756,108 @@ impl Store {
 
     /// The digest the registry last resolved `reference` (an artifact of
     /// `kind`) to on this host.
+    /// Takes `environment`'s lock for `token` if it is free, already
+    /// `token`'s, or stale (not refreshed since `stale_before_ms`);
+    /// otherwise returns who holds it.
+    ///
+    /// Lock rows are written without waiting for the disk (`synchronous =
+    /// NORMAL`): a kill -9 keeps them (the OS has them), and a power cut
+    /// that loses one took its holder along.
+    pub fn try_lock(
+        &self,
+        environment: &str,
+        want: &LockRecord,
+        stale_before_ms: i64,
+    ) -> Result<Option<LockRecord>, StoreError> {
+        self.unsynced(|c| {
+            let tx = c.transaction()?;
+            let held = tx
+                .query_row(
+                    &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE environment = ?1"),
+                    [environment],
+                    lock_from_row,
+                )
+                .optional()?;
+            if let Some(h) = held
+                && h.token != want.token
+                && h.heartbeat_ms >= stale_before_ms
+            {
+                return Ok(Some(h));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO locks (environment, token, operation, holder, acquired_at, heartbeat_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![environment, want.token, want.operation, want.holder, want.acquired_at, want.heartbeat_ms],
+            )?;
+            tx.commit()?;
+            Ok(None)
+        })
+    }
+
+    /// Refreshes a held lock; false when `token` no longer holds it (it went
+    /// stale and was taken over, or was forced open).
+    pub fn refresh_lock(&self, environment: &str, token: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.unsynced(|c| {
+            let n = c.execute(
+                "UPDATE locks SET heartbeat_ms = ?3 WHERE environment = ?1 AND token = ?2",
+                params![environment, token, now_ms],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Releases `token`'s lock (nothing if it no longer holds it).
+    pub fn unlock(&self, environment: &str, token: &str) -> Result<(), StoreError> {
+        self.unsynced(|c| {
+            c.execute("DELETE FROM locks WHERE environment = ?1 AND token = ?2", params![environment, token])?;
+            Ok(())
+        })
+    }
+
+    /// Every held lock, by environment.
+    pub fn locks(&self) -> Result<Vec<(String, LockRecord)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT environment, {LOCK_COLUMNS} FROM locks ORDER BY environment"))?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, lock_from_row_at(r, 1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Removes `environment`'s lock whoever holds it, and records when: the
+    /// plans made before then are refused. Returns the lock it removed.
+    pub fn force_unlock(&self, environment: &str, now_ms: i64) -> Result<Option<LockRecord>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let held = tx
+                .query_row(
+                    &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE environment = ?1"),
+                    [environment],
+                    lock_from_row,
+                )
+                .optional()?;
+            tx.execute("DELETE FROM locks WHERE environment = ?1", [environment])?;
+            tx.execute(
+                "INSERT INTO environments (name, force_unlocked_at, force_unlocked_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET force_unlocked_at = ?2, force_unlocked_ms = ?3",
+                params![environment, now_rfc3339(), now_ms],
+            )?;
+            tx.commit()?;
+            Ok(held)
+        })
+    }
+
+    /// When `environment`'s lock was last forced open: (RFC 3339, Unix ms).
+    pub fn force_unlocked(&self, environment: &str) -> Result<Option<(String, i64)>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT force_unlocked_at, force_unlocked_ms FROM environments WHERE name = ?1 AND force_unlocked_ms IS NOT NULL",
+                [environment],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+    }
+
     /// The sequence number of the deployment's last journal entry (0 when
     /// it has none): what a plan records to notice that it moved.
     pub fn last_seq(&self, name: &str) -> Result<u64, StoreError> {

@@ -214,6 +214,8 @@ impl Bench {
             log_max_bytes: 1 << 20,
             http: reqwest::Client::new(),
             shutdown: shutdown_rx,
+            environments: Default::default(),
+            locks: Default::default(),
         });
         Bench { dir, lifecycle, runtime, _shutdown: shutdown }
     }

@@ -1,0 +1,180 @@
+//! Environment locks and protected environments, against the real erad and
+//! `era` with the noop fixture: two real clients contending, a holder killed
+//! with erad itself, force-unlock and what it does to older plans.
+
+use era_tests::{Erad, eventually};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A noop spec with a file artifact, in `dir`.
+fn quick_spec(dir: &Path, name: &str, environment: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let content = format!("artifact of {name}");
+    std::fs::write(dir.join(format!("{name}.bin")), &content).unwrap();
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}, environment: {environment}}}\nspec:\n  runtime: noop\n  artifact: {{file: {name}.bin, sha256: \"{}\"}}\n",
+            era_tests::sha256(content.as_bytes())
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A spec whose image is on a "registry" that accepts connections and never
+/// answers: a plan of it holds its environment's lock until it is cut off.
+fn stuck_spec(dir: &Path, environment: &str) -> (PathBuf, std::thread::JoinHandle<()>) {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for c in silent.incoming().take(16) {
+            open.push(c);
+        }
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("stuck.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: stuck, environment: {environment}}}\nspec:\n  runtime: noop\n  artifact: {{image: \"{addr}/slow/app:1\"}}\n"
+        ),
+    )
+    .unwrap();
+    (path, holder)
+}
+
+fn locks(erad: &Erad) -> Vec<serde_json::Value> {
+    let a = erad.era(&["-o", "json", "lock", "list"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    a.json().as_array().cloned().unwrap()
+}
+
+fn plan_id(erad: &Erad, spec: &Path, env: &str) -> String {
+    let a = erad.era(&["-o", "json", "plan", "-f", spec.to_str().unwrap(), "--env", env]);
+    assert_eq!(a.code, 0, "{a:?}");
+    a.json()["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_second_holder_waits_for_the_lock_then_fails_naming_the_holder_and_a_forced_unlock_voids_older_plans() {
+    let config = format!("{}\n[locks]\nwait = \"1s\"\n", era_tests::fixture_plugins());
+    let erad = Erad::start_with(&config, &[]);
+    let dir = erad.dir.path().join("specs");
+    let quick = quick_spec(&dir, "web", "prod");
+    let older = plan_id(&erad, &quick, "prod");
+    let (stuck, _registry) = stuck_spec(&dir, "prod");
+
+    let mut first = erad.era_background(&["plan", "-f", stuck.to_str().unwrap(), "--env", "prod"]);
+    eventually(T, || !locks(&erad).is_empty());
+    let held = locks(&erad);
+    assert_eq!(held[0]["environment"], "prod");
+    assert_eq!(held[0]["operation"], "plan");
+    assert!(held[0]["holder"].as_str().unwrap().starts_with("uid 0, erad pid"), "{held:?}");
+    assert_eq!(held[0]["stale"], false);
+
+    // A second plan of prod, and a single-deployment command in prod, wait
+    // their second and fail naming the holder.
+    let second = erad.era(&["plan", "-f", quick.to_str().unwrap(), "--env", "prod"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(second.stderr.contains("environment prod is locked by plan (uid 0, erad pid"), "{second:?}");
+    assert!(second.stderr.contains("waited 1s"), "{second:?}");
+    let apply = erad.era(&["apply", "-f", quick.to_str().unwrap()]);
+    assert!(apply.code == 1 && apply.stderr.contains("environment prod is locked by plan"), "{apply:?}");
+    assert_eq!(erad.era(&["get", "web"]).code, 1, "the refused apply made nothing");
+    // Another environment is not held up.
+    let staging = quick_spec(&erad.dir.path().join("staging"), "api", "staging");
+    assert_eq!(erad.era(&["plan", "-f", staging.to_str().unwrap(), "--env", "staging"]).code, 0);
+
+    // Forcing it open needs the environment's name typed back.
+    let unconfirmed = erad.era(&["lock", "force-unlock", "prod"]);
+    assert!(unconfirmed.code == 2 && unconfirmed.stderr.contains("--confirm prod"), "{unconfirmed:?}");
+    let wrong = erad.era(&["lock", "force-unlock", "prod", "--confirm", "staging"]);
+    assert!(wrong.code == 1 && wrong.stderr.contains("not confirmed"), "{wrong:?}");
+    assert_eq!(locks(&erad).len(), 1, "a refused force-unlock removed the lock");
+    let forced = erad.era(&["lock", "force-unlock", "prod", "--confirm", "prod"]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert!(forced.stdout.contains("removed the lock uid 0, erad pid"), "{forced:?}");
+    assert!(locks(&erad).is_empty());
+    assert!(erad.log().contains("environment lock forced open"));
+    // A plan made before the force-unlock is refused; a fresh one applies.
+    let refused = erad.era(&["apply", "--plan", &older]);
+    assert!(refused.code == 1 && refused.stderr.contains("lock was forced open at"), "{refused:?}");
+    let fresh = plan_id(&erad, &quick, "prod");
+    assert_eq!(erad.era(&["apply", "--plan", &fresh]).code, 0);
+    erad.wait_for_state("web", "Running", T);
+
+    // The stuck plan's client goes: its lock (taken again by nobody) is
+    // not left behind.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut again = erad.era_background(&["plan", "-f", stuck.to_str().unwrap(), "--env", "prod"]);
+    eventually(T, || locks(&erad).len() == 1);
+    again.kill().unwrap();
+    again.wait().unwrap();
+    eventually(T, || locks(&erad).is_empty());
+}
+
+#[test]
+fn a_lock_outlives_its_killed_holder_only_until_it_goes_stale_then_it_is_taken_over() {
+    let config = format!("{}\n[locks]\nwait = \"500ms\"\nstale_after = \"3s\"\n", era_tests::fixture_plugins());
+    let mut erad = Erad::start_with(&config, &[]);
+    let dir = erad.dir.path().join("specs");
+    let (stuck, _registry) = stuck_spec(&dir, "qa");
+    let mut client = erad.era_background(&["plan", "-f", stuck.to_str().unwrap(), "--env", "qa"]);
+    eventually(T, || !locks(&erad).is_empty());
+    // erad dies holding it; the lock is in the store when it comes back.
+    erad.kill9();
+    let _ = client.wait();
+    erad.spawn(&[]).unwrap();
+    let held = locks(&erad);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["environment"], "qa");
+    // Nobody refreshes it: it goes stale, and the next plan takes it over.
+    eventually(T, || locks(&erad).first().is_some_and(|l| l["stale"] == true));
+    let quick = quick_spec(&dir, "db", "qa");
+    let a = erad.era(&["plan", "-f", quick.to_str().unwrap(), "--env", "qa"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert!(locks(&erad).is_empty(), "the plan released what it took over");
+}
+
+#[test]
+fn a_protected_environment_changes_only_through_fresh_plans() {
+    let config =
+        format!("{}\n[environments.prod]\nprotected = true\nplan_max_age = \"2s\"\n", era_tests::fixture_plugins());
+    let erad = Erad::start_with(&config, &[]);
+    let dir = erad.dir.path().join("specs");
+    let spec = quick_spec(&dir, "web", "prod");
+
+    let direct = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
+    assert_eq!(direct.code, 1, "{direct:?}");
+    assert!(
+        direct.stderr.contains("environment prod is protected")
+            && direct.stderr.contains(&format!("era plan -f {} --env prod", spec.display())),
+        "{direct:?}"
+    );
+    assert_eq!(erad.era(&["get", "web"]).code, 1);
+
+    // A plan older than plan_max_age is refused; a fresh one applies.
+    let old = plan_id(&erad, &spec, "prod");
+    std::thread::sleep(Duration::from_millis(2500));
+    let stale = erad.era(&["apply", "--plan", &old]);
+    assert!(stale.code == 1 && stale.stderr.contains("environment prod takes plans at most 2s old"), "{stale:?}");
+    let fresh = plan_id(&erad, &spec, "prod");
+    let a = erad.era(&["apply", "--plan", &fresh]);
+    assert_eq!(a.code, 0, "{a:?}");
+    erad.wait_for_state("web", "Running", T);
+
+    // Forcing its lock open takes the typed phrase, not just its name.
+    let name_only = erad.era(&["lock", "force-unlock", "prod", "--confirm", "prod"]);
+    assert!(name_only.code == 1 && name_only.stderr.contains("\"force-unlock prod\""), "{name_only:?}");
+    let phrase = erad.era(&["lock", "force-unlock", "prod", "--confirm", "force-unlock prod"]);
+    assert_eq!(phrase.code, 0, "{phrase:?}");
+    // An unprotected environment's spec applies directly as before.
+    let dev = quick_spec(&erad.dir.path().join("dev"), "tool", "dev");
+    assert_eq!(erad.apply_wait(&dev).code, 0);
+}
