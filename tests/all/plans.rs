@@ -146,7 +146,7 @@ fn a_plan_whose_recorded_state_moved_or_whose_file_was_altered_is_refused_and_ch
     let before = recorded(&erad);
     let stale = erad.era(&["apply", "--plan", &id]);
     assert_eq!(stale.code, 1, "{stale:?}");
-    assert!(stale.stderr.contains(&format!("plan {id} is stale: deployment a changed")), "{stale:?}");
+    assert!(stale.stderr.contains(&format!("plan {id} is stale: deployment a moved to another revision")), "{stale:?}");
     assert_eq!(recorded(&erad), before, "a refused plan changed something");
 
     // A deployment joins the environment after the plan: stale too.
@@ -161,6 +161,14 @@ fn a_plan_whose_recorded_state_moved_or_whose_file_was_altered_is_refused_and_ch
     let out = erad.dir.path().join("plan.json");
     let a = erad.era(&["plan", "-f", set_arg, "--out", out.to_str().unwrap()]);
     assert_eq!(a.code, 0, "{a:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600, "the plan file holds specs");
+    // Applied as a plan of another environment: refused.
+    let elsewhere = erad.era(&["apply", "--plan", out.to_str().unwrap(), "--env", "prod"]);
+    assert!(
+        elsewhere.code == 2 && elsewhere.stderr.contains("is a plan of environment default, not prod"),
+        "{elsewhere:?}"
+    );
     assert!(a.stdout.contains(&format!("era apply --plan {}", out.display())), "{a:?}");
     let text = std::fs::read_to_string(&out).unwrap();
     std::fs::write(&out, text.replace("planned", "altered")).unwrap();
@@ -293,4 +301,80 @@ fn a_plan_whose_spec_no_longer_validates_is_refused_before_anything_changes() {
     assert!(r.stderr.contains("b.yaml") && r.stderr.contains("b.bin"), "{r:?}");
     assert_eq!(recorded(&erad), before, "part of the plan was applied");
     assert_eq!(erad.era(&["get", "a"]).code, 1, "a was added alone");
+}
+
+#[test]
+fn a_restart_does_not_make_a_plan_stale_and_an_empty_set_is_refused() {
+    let erad = Erad::start();
+    let set = erad.dir.path().join("set");
+    // A workload that crashes and is restarted (journal entries, the same
+    // revision) after the plan was made.
+    let a = write_spec(&set, "a", "  restart: {policy: always}\n");
+    assert_eq!(erad.apply_wait(&a).code, 0);
+    write_spec(&set, "b", "");
+    let id = plan_id(&erad, &["-f", set.to_str().unwrap()]);
+    let state = erad.data_dir().join("deployments/a/rev-1/noop.json");
+    let mut s = erad.noop_state("a", 1).unwrap();
+    s["running"] = false.into();
+    s["exit_code"] = 3.into();
+    std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+    let restarted = |erad: &Erad| erad.history("a").iter().any(|e| e["from"] == "Running" && e["to"] == "Activating");
+    era_tests::eventually(T, || restarted(&erad) && erad.get("a")["state"] == "Running");
+    // The plan still applies.
+    let r = erad.era(&["apply", "--plan", &id]);
+    assert_eq!(r.code, 0, "{r:?}");
+    erad.wait_for_state("b", "Running", T);
+
+    // An empty directory is not "destroy everything".
+    let empty = erad.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let r = erad.era(&["plan", "-f", empty.to_str().unwrap()]);
+    assert!(r.code == 2 && r.stderr.contains("the set has no deployment spec"), "{r:?}");
+    // Two deployments of one set claiming one port.
+    write_spec(&empty, "p1", "  ports: [{name: web, port: 18080}]\n");
+    write_spec(&empty, "p2", "  ports: [{name: web, port: 18080}]\n");
+    let r = erad.era(&["plan", "-f", empty.to_str().unwrap()]);
+    assert!(
+        r.code == 2 && r.stderr.contains("port 18080/tcp is claimed by deployment \"p1\" of the same set too"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn an_image_applied_by_a_tag_naming_an_index_plans_as_no_change() {
+    let registry = Registry::start();
+    let amd64 = registry.push_image("plans/multi", "amd64", &[("arch", "amd64")]);
+    let arm64 = registry.push_image("plans/multi", "arm64", &[("arch", "arm64")]);
+    let size = |digest: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+            .arg(format!("http://{}/v2/plans/multi/manifests/{digest}", registry.addr))
+            .output()
+            .unwrap();
+        out.stdout.len()
+    };
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{arm64}","size":{},"platform":{{"architecture":"arm64","os":"linux"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{amd64}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+        size(&arm64),
+        size(&amd64)
+    );
+    let index_digest = registry.push_manifest("plans/multi", "v1", "application/vnd.oci.image.index.v1+json", &index);
+    let erad = Erad::start();
+    let yaml = format!(
+        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: multi}}\nspec:\n  runtime: noop\n  artifact: {{image: \"{}/plans/multi:v1\", pullPolicy: Always}}\n",
+        registry.addr
+    );
+    let spec = erad.spec("multi.yaml", &yaml);
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    let host = if cfg!(target_arch = "aarch64") { &arm64 } else { &amd64 };
+    assert_eq!(erad.get("multi")["artifact_digest"], host.as_str());
+    // The plan pins the index; the revision ran its host manifest: the same.
+    let plan = erad.era(&["-o", "json", "plan", "-f", spec.to_str().unwrap()]).json();
+    assert_eq!(plan["changes"][0]["pinned"]["digest"], index_digest.as_str(), "{plan}");
+    assert_eq!(plan["changes"][0]["action"], "no-op", "{plan}");
+    // Another index under the tag is a change.
+    let other = index.replace(&format!(r#""digest":"{amd64}""#), &format!(r#""digest":"{arm64}""#));
+    registry.push_manifest("plans/multi", "v1", "application/vnd.oci.image.index.v1+json", &other);
+    let plan = erad.era(&["-o", "json", "plan", "-f", spec.to_str().unwrap()]).json();
+    assert_eq!(plan["changes"][0]["action"], "change", "{plan}");
 }

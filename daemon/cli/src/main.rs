@@ -53,6 +53,10 @@ enum Command {
         /// Applied all of it, only if nothing it was made against changed.
         #[arg(long, conflicts_with = "wait")]
         plan: Option<String>,
+        /// With --plan: the environment the plan must be of (a plan of
+        /// another is refused).
+        #[arg(long, env = "ERA_ENV")]
+        env: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -220,7 +224,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let fmt = cli.output;
     match cli.command {
-        Command::Apply { plan: Some(plan), .. } => commands::plan::apply(&cli.socket, &plan, fmt).await,
+        Command::Apply { plan: Some(plan), env, .. } => {
+            commands::plan::apply(&cli.socket, &plan, env.as_deref(), fmt).await
+        }
         Command::Apply { file, wait, .. } => {
             let file = file.ok_or_else(|| CliError::Usage("apply needs -f FILE or --plan PLAN".into()))?;
             commands::apply::run(&cli.socket, &file, &wait, fmt).await

@@ -84,8 +84,8 @@ pub struct Plan {
     /// `sha256:` of the desired set: each deployment's name and pinned spec.
     pub set_hash: String,
     /// The recorded state the plan was made against: every deployment it
-    /// looked at (the set's and the environment's) and the sequence number
-    /// of its last journal entry (0: none). Applying refuses a plan when
+    /// looked at (the set's and the environment's) and the revision it was
+    /// driven towards (0: none, or deleted). Applying refuses a plan when
     /// any of these moved, or a deployment joined the environment.
     pub base: BTreeMap<String, u64>,
     /// One per deployment, by name.

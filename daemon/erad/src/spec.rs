@@ -431,8 +431,47 @@ impl DeploymentSpec {
             let path = if path == "." { "document".to_string() } else { path };
             err(path, e.into_inner().to_string())
         })?;
+        spec.check_input().map_err(|(path, message)| err(path, message))?;
+        Ok(spec)
+    }
+
+    /// A spec as the store recorded it (its canonical JSON, read as JSON:
+    /// no YAML rules), checked as when it was recorded: checks added for
+    /// callers' input since (an environment's name) do not make an old
+    /// revision unreadable.
+    pub fn from_stored(text: &str) -> Result<DeploymentSpec, SpecError> {
+        let err = |path: String, message: String| SpecError { source_name: "stored revision".into(), path, message };
+        let spec: DeploymentSpec = match serde_json::from_str(text) {
+            Ok(s) => s,
+            // Written by an erad that stored the text as given.
+            Err(_) => {
+                let value: serde_yaml_ng::Value =
+                    serde_yaml_ng::from_str(text).map_err(|e| not_yaml("stored revision", e))?;
+                serde_path_to_error::deserialize(value)
+                    .map_err(|e| err(e.path().to_string(), e.into_inner().to_string()))?
+            }
+        };
         spec.check().map_err(|(path, message)| err(path, message))?;
         Ok(spec)
+    }
+
+    /// A caller's spec given as a JSON value (a saved plan's), checked as
+    /// [`DeploymentSpec::parse`] checks one.
+    pub fn from_json(value: serde_json::Value, source_name: &str) -> Result<DeploymentSpec, SpecError> {
+        let err = |path: String, message: String| SpecError { source_name: source_name.to_string(), path, message };
+        let spec: DeploymentSpec = serde_path_to_error::deserialize(value)
+            .map_err(|e| err(e.path().to_string(), e.into_inner().to_string()))?;
+        spec.check_input().map_err(|(path, message)| err(path, message))?;
+        Ok(spec)
+    }
+
+    /// [`DeploymentSpec::check`] and what only a caller's input is held to.
+    fn check_input(&self) -> Result<(), (String, String)> {
+        self.check()?;
+        if let Some(env) = &self.metadata.environment {
+            check_name("metadata.environment", env)?;
+        }
+        Ok(())
     }
 
     /// The environment the spec belongs to (`default` when it names none).
@@ -508,9 +547,6 @@ impl DeploymentSpec {
             return e("kind", format!("must be {KIND:?}, not {:?}", self.kind));
         }
         check_name("metadata.name", &self.metadata.name)?;
-        if let Some(env) = &self.metadata.environment {
-            check_name("metadata.environment", env)?;
-        }
         let s = &self.spec;
         if s.runtime.is_empty() {
             return e("spec.runtime", "must name a runtime plugin".into());

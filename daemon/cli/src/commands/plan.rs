@@ -46,7 +46,16 @@ pub async fn plan(
     let mut c = client::connect(socket).await?;
     let plan = c.plan(pb::PlanRequest { environment: environment.to_string(), files }).await?.into_inner();
     if let Some(out) = out {
-        std::fs::write(out, format!("{}\n", plan.document))
+        // It holds the specs (env values included): the owner's alone.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(out)
+            .and_then(|mut f| writeln!(f, "{}", plan.document))
             .map_err(|e| CliError::Failed(format!("cannot write the plan to {}: {e}", out.display())))?;
     }
     let as_data: serde_json::Value = serde_json::from_str(&plan.document).unwrap_or_default();
@@ -89,9 +98,13 @@ fn print_plan(plan: &pb::PlanResponse, out: Option<&Path>) {
 }
 
 /// `era apply --plan ID|FILE`.
-pub async fn apply(socket: &Path, plan: &str, fmt: Format) -> Result<(), CliError> {
-    // A file `era plan --out` wrote, or a plan id.
-    let (id, document) = match std::fs::read_to_string(plan) {
+pub async fn apply(socket: &Path, plan: &str, environment: Option<&str>, fmt: Format) -> Result<(), CliError> {
+    // A file `era plan --out` wrote (at most 16 MiB), or a plan id.
+    let read = std::fs::File::open(plan).and_then(|f| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, 16 << 20), &mut text).map(|_| text)
+    });
+    let (id, document) = match read {
         Ok(text) => {
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| CliError::Usage(format!("{plan}: not a plan file (`era plan --out` writes one): {e}")))?;
@@ -102,7 +115,8 @@ pub async fn apply(socket: &Path, plan: &str, fmt: Format) -> Result<(), CliErro
         Err(e) => return Err(CliError::Usage(format!("cannot read {plan}: {e}"))),
     };
     let mut c = client::connect(socket).await?;
-    let resp = c.apply_plan(pb::ApplyPlanRequest { id, document }).await?.into_inner();
+    let environment = environment.unwrap_or_default().to_string();
+    let resp = c.apply_plan(pb::ApplyPlanRequest { id, document, environment }).await?.into_inner();
     let applied: Vec<_> = resp
         .applied
         .iter()

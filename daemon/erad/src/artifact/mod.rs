@@ -263,6 +263,26 @@ impl ContentStore {
         self.blob_path(digest).is_file()
     }
 
+    /// Whether the stored blob `index` is an OCI index (or Docker manifest
+    /// list) that lists `manifest`: a revision fetched by a tag that named
+    /// the index runs one of its manifests.
+    pub async fn index_lists(&self, index: &str, manifest: &str) -> bool {
+        if !is_sha256_digest(index) || !self.contains(index) {
+            return false;
+        }
+        let Ok(bytes) = self.read_blob(index).await else { return false };
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            digest: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Index {
+            #[serde(default)]
+            manifests: Vec<Listed>,
+        }
+        serde_json::from_slice::<Index>(&bytes).is_ok_and(|i| i.manifests.iter().any(|m| m.digest == manifest))
+    }
+
     /// What an OCI source's tag points to now in its registry (see
     /// [`oci::OciFetcher::resolve`]); None for a file or URL.
     pub async fn resolve(&self, source: &ArtifactSource) -> Result<Option<String>, FetchError> {

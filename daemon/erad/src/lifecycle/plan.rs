@@ -115,6 +115,30 @@ impl Lifecycle {
                 desired.insert(spec.name().to_string(), (spec, label, dir));
             }
         }
+        if desired.is_empty() {
+            return Err(PlanError::Invalid(format!(
+                "the set has no deployment spec: as environment {environment}'s whole desired state it would destroy \
+                 every deployment of it; name the files that hold its specs"
+            )));
+        }
+        // Each add or change claims its ports once in the set.
+        let mut ports: BTreeMap<(u16, String), &str> = BTreeMap::new();
+        for (name, (spec, label, _)) in &desired {
+            for p in &spec.spec.ports {
+                if let Some(other) = ports.insert((p.port, p.protocol.clone()), name) {
+                    return Err(PlanError::Invalid(format!(
+                        "{label}: port {}/{} is claimed by deployment {other:?} of the same set too",
+                        p.port, p.protocol
+                    )));
+                }
+            }
+        }
+        // What the plan is made against, read before what it compares: a
+        // change that lands between the two makes the plan stale, never
+        // fresh against a state it did not see.
+        let before = self.live_deployments()?;
+        let names: BTreeSet<String> = desired.keys().cloned().collect();
+        let base = self.base(environment, &before, names.iter().map(String::as_str))?;
         let live = self.live_deployments()?;
         let mut changes = Vec::new();
         let mut set = Vec::new();
@@ -136,8 +160,15 @@ impl Lifecycle {
                     let mut before = rev.spec.clone();
                     // A revision applied by tag alone ran the digest it
                     // fetched: the same as a plan pinning that digest.
-                    if before.spec.artifact.sha256.is_none() && spec.spec.artifact.sha256.is_some() {
-                        before.spec.artifact.sha256 = rev.artifact_digest.clone();
+                    // For a multi-platform image that is the host's manifest
+                    // of the index the tag named (and the plan pins).
+                    if before.spec.artifact.sha256.is_none()
+                        && let Some(pin) = spec.spec.artifact.sha256.clone()
+                    {
+                        before.spec.artifact.sha256 = match rev.artifact_digest.clone() {
+                            Some(ran) if ran != pin && self.shared.content.index_lists(&pin, &ran).await => Some(pin),
+                            ran => ran,
+                        };
                     }
                     let fields: Vec<FieldChange> = crate::plan::diff(&comparable(&before), &after);
                     (if fields.is_empty() { Action::Noop } else { Action::Change }, fields)
@@ -172,7 +203,8 @@ impl Lifecycle {
             }
         }
         changes.sort_by(|a, b| a.name.cmp(&b.name));
-        let base = self.base(environment, &live, changes.iter().map(|c| c.name.as_str()))?;
+        // A deployment that joined the environment between the two reads
+        // is in the plan's changes (a destroy) but not its base: stale.
         let plan = Plan {
             id: crate::plan::new_id().map_err(|e| PlanError::Invalid(format!("cannot make a plan id: {e}")))?,
             environment: environment.to_string(),
@@ -187,7 +219,9 @@ impl Lifecycle {
     }
 
     /// Each deployment a plan looks at (the set's, and the environment's
-    /// live ones) and its last journal entry's sequence number.
+    /// live ones) and the revision it is driven towards (0: none, or
+    /// deleted). An apply, a rollback or a delete moves it; a restart, a
+    /// health change or a stop does not.
     fn base<'a>(
         &self,
         environment: &str,
@@ -196,7 +230,17 @@ impl Lifecycle {
     ) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut all: BTreeSet<String> = names.map(str::to_string).collect();
         all.extend(live.iter().filter(|(_, r)| r.spec.environment() == environment).map(|(n, _)| n.clone()));
-        all.into_iter().map(|n| self.shared.store.last_seq(&n).map(|seq| (n, seq))).collect()
+        let store = &self.shared.store;
+        all.into_iter()
+            .map(|n| {
+                let revision = match store.deployment(&n) {
+                    Ok(d) if d.state != State::Deleted => d.desired_revision,
+                    Ok(_) | Err(StoreError::NotFound(_)) => 0,
+                    Err(e) => return Err(e),
+                };
+                Ok((n, revision))
+            })
+            .collect()
     }
 
     /// Pins an OCI artifact named by tag to the digest it resolves to: the
@@ -209,8 +253,14 @@ impl Lifecycle {
             return Ok(None);
         }
         let reference = source.reference().to_string();
-        if reference.parse::<oci_client::Reference>().is_ok_and(|r| r.digest().is_some()) {
-            return Ok(None);
+        match reference.parse::<oci_client::Reference>() {
+            Ok(r) if r.digest().is_some() => return Ok(None),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(PlanError::Invalid(format!(
+                    "{label}: spec.artifact: {reference:?} is not a reference: {e}"
+                )));
+            }
         }
         let policy = spec.pull_policy();
         let known = match policy {
@@ -250,6 +300,18 @@ impl Lifecycle {
         document: Option<&str>,
         holder: &str,
     ) -> Result<(Plan, Vec<AppliedChange>), PlanError> {
+        self.apply_plan_in(id, document, holder, None).await
+    }
+
+    /// [`Lifecycle::apply_plan`], refusing a plan of another environment
+    /// than `environment` when one is given.
+    pub async fn apply_plan_in(
+        &self,
+        id: &str,
+        document: Option<&str>,
+        holder: &str,
+        environment: Option<&str>,
+    ) -> Result<(Plan, Vec<AppliedChange>), PlanError> {
         if !crate::plan::is_id(id) {
             return Err(PlanError::Invalid(format!("{id:?} is not a plan id (12 lowercase hex digits)")));
         }
@@ -267,6 +329,14 @@ impl Lifecycle {
                 )));
             }
         }
+        if let Some(env) = environment
+            && env != plan.environment
+        {
+            return Err(PlanError::Invalid(format!(
+                "plan {id} is a plan of environment {}, not {env}",
+                plan.environment
+            )));
+        }
         if let Some(at) = applied_at {
             return Err(PlanError::Stale(format!("plan {id} was applied at {at}; run `era plan` again")));
         }
@@ -275,9 +345,21 @@ impl Lifecycle {
         self.check_fresh(&plan)?;
         // Everything parses and validates before anything changes.
         let mut specs = BTreeMap::new();
+        for c in plan.changes.iter().filter(|c| matches!(c.action, Action::Change | Action::Destroy)) {
+            // A deployment in the middle of a step takes no command: the
+            // plan waits for it rather than stopping halfway.
+            if let Ok(d) = self.shared.store.deployment(&c.name)
+                && !d.state.is_settled()
+            {
+                return Err(PlanError::Stale(format!(
+                    "deployment {} is {}: apply plan {id} once it settles (era watch {})",
+                    c.name, d.state, c.name
+                )));
+            }
+        }
         for c in plan.changes.iter().filter(|c| matches!(c.action, Action::Add | Action::Change)) {
-            let json = c.spec.as_ref().map(Value::to_string).unwrap_or_default();
-            let spec = DeploymentSpec::parse(&json, &c.source).map_err(|e| PlanError::Invalid(e.to_string()))?;
+            let value = c.spec.clone().unwrap_or(Value::Null);
+            let spec = DeploymentSpec::from_json(value, &c.source).map_err(|e| PlanError::Invalid(e.to_string()))?;
             let dir = std::path::PathBuf::from(&c.source_dir);
             self.preflight(&spec, &dir, &c.source).await?;
             specs.insert(c.name.clone(), (spec, dir));
@@ -303,7 +385,10 @@ impl Lifecycle {
                     // What the plan resolved the tag to is what this host
                     // now knows it as: under IfNotPresent, the next plan
                     // keeps it, as the next fetch would.
+                    // (Only where it knows none: a newer resolution is
+                    // never rewound to the plan's.)
                     if let Some(pin) = &c.pinned
+                        && matches!(self.shared.store.resolved_tag(&pin.reference, kind), Ok(None))
                         && let Err(e) = self.shared.store.record_tag(&pin.reference, kind, &pin.digest)
                     {
                         tracing::warn!(plan = plan.id, reference = pin.reference, "cannot record the tag: {e}");
@@ -369,7 +454,7 @@ impl Lifecycle {
                 Some(then) if then == seq => {}
                 Some(_) => {
                     return Err(PlanError::Stale(format!(
-                        "plan {} is stale: deployment {name} changed since it was made; run `era plan` again",
+                        "plan {} is stale: deployment {name} moved to another revision since it was made; run `era plan` again",
                         plan.id
                     )));
                 }

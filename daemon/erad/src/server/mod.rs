@@ -53,7 +53,7 @@ impl DeploymentsService {
             Some(r) => (
                 r.runtime,
                 r.artifact_digest.unwrap_or_default(),
-                r.spec.metadata.environment.clone().unwrap_or_default(),
+                r.spec.environment().to_string(),
                 r.spec.metadata.labels.clone().into_iter().collect(),
             ),
             None => Default::default(),
@@ -242,7 +242,8 @@ impl Deployments for DeploymentsService {
         let who = holder(&req);
         let req = req.into_inner();
         let document = (!req.document.is_empty()).then_some(req.document.as_str());
-        let (plan, applied) = self.lifecycle.apply_plan(&req.id, document, &who).await.map_err(plan_status)?;
+        let env = (!req.environment.is_empty()).then_some(req.environment.as_str());
+        let (plan, applied) = self.lifecycle.apply_plan_in(&req.id, document, &who, env).await.map_err(plan_status)?;
         Ok(Response::new(pb::ApplyPlanResponse {
             id: plan.id,
             environment: plan.environment,

@@ -288,6 +288,9 @@ pub struct Installed {
     pub handle: String,
 }
 
+/// How long saved plans are kept.
+pub const PLAN_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// One hold of an environment's lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockRecord {
@@ -754,8 +757,6 @@ impl Store {
         self.with(|c| insert_artifact(c, reference, digest, kind, size, pinned))
     }
 
-    /// The digest the registry last resolved `reference` (an artifact of
-    /// `kind`) to on this host.
     /// Takes `environment`'s lock for `token` if it is free, already
     /// `token`'s, or stale (not refreshed since `stale_before_ms`);
     /// otherwise returns who holds it.
@@ -858,20 +859,12 @@ impl Store {
         })
     }
 
-    /// The sequence number of the deployment's last journal entry (0 when
-    /// it has none): what a plan records to notice that it moved.
-    pub fn last_seq(&self, name: &str) -> Result<u64, StoreError> {
-        self.with(|c| {
-            let seq: i64 = c
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM journal WHERE deployment = ?1")?
-                .query_row([name], |r| r.get(0))?;
-            Ok(seq as u64)
-        })
-    }
-
-    /// Saves a plan document under its id.
+    /// Saves a plan document under its id; plans older than
+    /// [`PLAN_RETENTION`] go.
     pub fn save_plan(&self, id: &str, environment: &str, created_at: &str, body: &str) -> Result<(), StoreError> {
         self.with(|c| {
+            let oldest = humantime::format_rfc3339_millis(SystemTime::now() - PLAN_RETENTION).to_string();
+            c.execute("DELETE FROM plans WHERE created_at < ?1", [oldest])?;
             c.execute(
                 "INSERT INTO plans (id, environment, created_at, body) VALUES (?1, ?2, ?3, ?4)",
                 params![id, environment, created_at, body],
@@ -900,6 +893,8 @@ impl Store {
         })
     }
 
+    /// The digest the registry last resolved `reference` (an artifact of
+    /// `kind`) to on this host.
     pub fn resolved_tag(&self, reference: &str, kind: &str) -> Result<Option<String>, StoreError> {
         self.with(|c| {
             let reference = crate::spec::canonical_reference(reference);
@@ -1104,7 +1099,7 @@ fn revision_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RevisionRecord, Sto
         Ok(RevisionRecord {
             deployment: r.get(0)?,
             revision: r.get::<_, i64>(1)? as u64,
-            spec: DeploymentSpec::parse(&spec, "stored revision").map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            spec: DeploymentSpec::from_stored(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             spec_hash: r.get(3)?,
             source_dir: r.get(4)?,
             runtime: r.get(5)?,
@@ -1168,6 +1163,27 @@ mod tests {
             let (rec, _) = s.commit_transition("web", event, 4, "cause", &changes).unwrap();
             assert_eq!(rec, s.deployment("web").unwrap(), "after {event:?}");
         }
+    }
+
+    #[test]
+    fn a_revision_recorded_before_a_check_was_added_still_reads() {
+        let (_d, s) = store();
+        s.ensure_deployment("web").unwrap();
+        let mut rev = revision(1);
+        // An environment name erad did not check before, and a control
+        // character JSON keeps as is but YAML refuses.
+        rev.spec.metadata.environment = Some("Prod_EU".into());
+        rev.spec.spec.env.insert("X".into(), "a\u{7f}b".into());
+        s.commit_transition(
+            "web",
+            Event::Apply,
+            1,
+            "c",
+            &Changes { new_revision: Some(Box::new(rev.clone())), ..Default::default() },
+        )
+        .unwrap();
+        let back = s.revision("web", 1).unwrap().unwrap();
+        assert_eq!(back.spec, rev.spec);
     }
 
     fn revision(rev: u64) -> RevisionRecord {
