@@ -178,3 +178,46 @@ fn a_protected_environment_changes_only_through_fresh_plans() {
     let dev = quick_spec(&erad.dir.path().join("dev"), "tool", "dev");
     assert_eq!(erad.apply_wait(&dev).code, 0);
 }
+
+#[test]
+fn destroy_removes_every_deployment_of_its_environment_once_confirmed() {
+    let config = format!("{}\n[environments.prod]\nprotected = true\n", era_tests::fixture_plugins());
+    let erad = Erad::start_with(&config, &[]);
+    let qa = erad.dir.path().join("qa");
+    for name in ["a", "b"] {
+        assert_eq!(erad.apply_wait(&quick_spec(&qa, name, "qa")).code, 0);
+    }
+    let other = quick_spec(&erad.dir.path().join("dev"), "keep", "dev");
+    assert_eq!(erad.apply_wait(&other).code, 0);
+
+    let unconfirmed = erad.era(&["destroy", "--env", "qa"]);
+    assert!(unconfirmed.code == 2 && unconfirmed.stderr.contains("--confirm qa"), "{unconfirmed:?}");
+    let wrong = erad.era(&["destroy", "--env", "qa", "--confirm", "dev"]);
+    assert!(wrong.code == 2 && wrong.stderr.contains("not confirmed"), "{wrong:?}");
+    assert_eq!(erad.get("a")["state"], "Running", "a refused destroy deleted something");
+
+    let done = erad.era(&["destroy", "--env", "qa", "--confirm", "qa", "--wait"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(done.stdout.contains("a: deleted") && done.stdout.contains("b: deleted"), "{done:?}");
+    for name in ["a", "b"] {
+        assert_eq!(erad.get(name)["state"], "Deleted");
+        assert!(!erad.data_dir().join("deployments").join(name).exists(), "{name}'s work dirs stay");
+    }
+    assert_eq!(erad.get("keep")["state"], "Running", "another environment was touched");
+    let again = erad.era(&["destroy", "--env", "qa", "--confirm", "qa"]);
+    assert!(again.code == 0 && again.stdout.contains("has no deployment"), "{again:?}");
+
+    // A protected environment takes the phrase.
+    let prod = quick_spec(&erad.dir.path().join("prod"), "web", "prod");
+    let id = {
+        let a = erad.era(&["-o", "json", "plan", "-f", prod.to_str().unwrap(), "--env", "prod"]);
+        a.json()["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(erad.era(&["apply", "--plan", &id]).code, 0);
+    erad.wait_for_state("web", "Running", T);
+    let name_only = erad.era(&["destroy", "--env", "prod", "--confirm", "prod"]);
+    assert!(name_only.code == 2 && name_only.stderr.contains("\"destroy prod\" (it is protected)"), "{name_only:?}");
+    let phrase = erad.era(&["destroy", "--env", "prod", "--confirm", "destroy prod", "--wait"]);
+    assert_eq!(phrase.code, 0, "{phrase:?}");
+    assert_eq!(erad.get("web")["state"], "Deleted");
+}

@@ -87,6 +87,19 @@ enum Command {
         #[arg(long)]
         render: bool,
     },
+    /// Remove every deployment of an environment (and everything they made;
+    /// their history stays).
+    Destroy {
+        /// The environment.
+        #[arg(long, env = "ERA_ENV")]
+        env: String,
+        /// The environment's name; for a protected environment the phrase
+        /// "destroy ENV". Asked for on a terminal when not given.
+        #[arg(long)]
+        confirm: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Environment locks: who holds them, and forcing one open.
     Lock {
         #[command(subcommand)]
@@ -235,6 +248,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::plan::plan(&cli.socket, &file, &env, out.as_deref(), detailed_exitcode, fmt).await
         }
         Command::Validate { file, render } => commands::validate::run(&cli.socket, &file, render, fmt).await,
+        Command::Destroy { env, confirm, wait } => commands::destroy::run(&cli.socket, &env, confirm, &wait, fmt).await,
         Command::Lock { command: LockCommand::List } => commands::lock::list(&cli.socket, fmt).await,
         Command::Lock { command: LockCommand::ForceUnlock { environment, confirm } } => {
             commands::lock::force_unlock(&cli.socket, &environment, confirm, fmt).await

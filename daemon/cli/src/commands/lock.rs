@@ -43,26 +43,17 @@ pub async fn force_unlock(
     confirm: Option<String>,
     fmt: Format,
 ) -> Result<(), CliError> {
-    let confirm = match confirm {
-        Some(c) => c,
-        None if std::io::stdin().is_terminal() => {
-            eprint!(
-                "Forcing environment {environment}'s lock open lets a second change run beside the holder's, and \
-                 refuses every plan made before now.\nType the environment's name (for a protected one: \
-                 force-unlock {environment}) to go on: "
-            );
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .map_err(|e| CliError::Usage(format!("cannot read the answer: {e}")))?;
-            line.trim().to_string()
-        }
-        None => {
-            return Err(CliError::Usage(format!(
-                "force-unlock needs --confirm {environment} (for a protected environment, --confirm \"force-unlock {environment}\")"
-            )));
-        }
-    };
+    let confirm = confirmed(
+        confirm,
+        &format!(
+            "Forcing environment {environment}'s lock open lets a second change run beside the holder's, and \
+             refuses every plan made before now.\nType the environment's name (for a protected one: \
+             force-unlock {environment}) to go on: "
+        ),
+        &format!(
+            "force-unlock needs --confirm {environment} (for a protected environment, --confirm \"force-unlock {environment}\")"
+        ),
+    )?;
     let mut c = client::connect(socket).await?;
     let resp =
         c.force_unlock(pb::ForceUnlockRequest { environment: environment.to_string(), confirm }).await?.into_inner();
@@ -76,4 +67,21 @@ pub async fn force_unlock(
     }
     println!("plans of {environment} made before now are refused: run `era plan` again");
     Ok(())
+}
+
+/// The confirmation given with `--confirm`, or asked for on a terminal with
+/// `prompt`; without either, a usage error saying `usage`. erad checks it.
+pub fn confirmed(given: Option<String>, prompt: &str, usage: &str) -> Result<String, CliError> {
+    match given {
+        Some(c) => Ok(c),
+        None if std::io::stdin().is_terminal() => {
+            eprint!("{prompt}");
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| CliError::Usage(format!("cannot read the answer: {e}")))?;
+            Ok(line.trim().to_string())
+        }
+        None => Err(CliError::Usage(usage.to_string())),
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod action;
 pub mod apply;
+pub mod destroy;
 pub mod get;
 pub mod history;
 pub mod images;

@@ -16,7 +16,7 @@ mod runtime;
 mod supervisor;
 
 pub use locks::{EnvLock, LockError};
-pub use plan::{AppliedChange, PlanError, SpecFile};
+pub use plan::{AppliedChange, PlanError, SpecFile, confirmation};
 
 use crate::artifact::ContentStore;
 use crate::plugin::{CallContext, PluginRegistry, Workload};

@@ -477,3 +477,51 @@ fn partial(plan: &Plan, done: &[AppliedChange], e: CommandError) -> PlanError {
     let done = if done.is_empty() { "nothing".to_string() } else { done.join(", ") };
     PlanError::Stale(format!("plan {} stopped after {done}: {e}; run `era plan` again", plan.id))
 }
+
+/// The words that confirm destroying `environment` (or forcing its lock
+/// open, `verb` = `force-unlock`): its name, or for a protected one the
+/// phrase `VERB NAME`.
+pub fn confirmation(verb: &str, environment: &str, protected: bool) -> String {
+    if protected { format!("{verb} {environment}") } else { environment.to_string() }
+}
+
+impl Lifecycle {
+    /// Removes every live deployment of `environment` through the state
+    /// machine (each one's delete), holding the environment's lock while it
+    /// asks. `confirm` must be [`confirmation`]'s words. Returns the names
+    /// whose delete was accepted.
+    pub async fn destroy(&self, environment: &str, confirm: &str, holder: &str) -> Result<Vec<String>, PlanError> {
+        crate::spec::check_environment_name(environment).map_err(|m| PlanError::Invalid(format!("--env: {m}")))?;
+        let protected = self.environment_policy(environment).protected;
+        let phrase = confirmation("destroy", environment, protected);
+        if confirm != phrase {
+            return Err(PlanError::Invalid(format!(
+                "destroy of environment {environment} not confirmed: confirm with {phrase:?}{}",
+                if protected { " (it is protected)" } else { "" }
+            )));
+        }
+        let _lock = self.lock_environment(environment, "destroy", holder).await?;
+        let names: Vec<String> = self
+            .live_deployments()?
+            .into_iter()
+            .filter(|(_, r)| r.spec.environment() == environment)
+            .map(|(n, _)| n)
+            .collect();
+        let mut done = Vec::new();
+        for name in names {
+            match self.delete(&name).await {
+                Ok(_) => {
+                    tracing::info!(environment, deployment = name, holder, "destroy: delete requested");
+                    done.push(name);
+                }
+                Err(e) => {
+                    let asked = if done.is_empty() { "none".to_string() } else { done.join(", ") };
+                    return Err(PlanError::Stale(format!(
+                        "destroy of environment {environment} stopped at {name}: {e}; deletes asked so far: {asked}; run it again"
+                    )));
+                }
+            }
+        }
+        Ok(done)
+    }
+}

@@ -54,6 +54,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Plan", Role::Admin),
     ("ApplyPlan", Role::Admin),
     ("ForceUnlock", Role::Admin),
+    ("Destroy", Role::Admin),
     ("Locks", Role::Reader),
     ("Get", Role::Reader),
     ("List", Role::Reader),

@@ -258,6 +258,13 @@ impl Deployments for DeploymentsService {
         }))
     }
 
+    async fn destroy(&self, req: Request<pb::DestroyRequest>) -> Result<Response<pb::DestroyResponse>, Status> {
+        let who = holder(&req);
+        let req = req.into_inner();
+        let names = self.lifecycle.destroy(&req.environment, &req.confirm, &who).await.map_err(plan_status)?;
+        Ok(Response::new(pb::DestroyResponse { environment: req.environment, deleting: names }))
+    }
+
     async fn locks(&self, _req: Request<pb::LocksRequest>) -> Result<Response<pb::LocksResponse>, Status> {
         let locks = self.lifecycle.locks().map_err(store_status)?;
         Ok(Response::new(pb::LocksResponse {
@@ -274,7 +281,7 @@ impl Deployments for DeploymentsService {
         let env = req.environment;
         crate::spec::check_environment_name(&env).map_err(|m| Status::invalid_argument(format!("environment: {m}")))?;
         let protected = self.lifecycle.environment_policy(&env).protected;
-        let phrase = if protected { format!("force-unlock {env}") } else { env.clone() };
+        let phrase = crate::lifecycle::confirmation("force-unlock", &env, protected);
         if req.confirm != phrase {
             let what = if protected {
                 format!("environment {env} is protected: confirm with the phrase {phrase:?}")
