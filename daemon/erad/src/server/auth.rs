@@ -55,7 +55,6 @@ pub const METHODS: &[(&str, Role)] = &[
     ("ApplyPlan", Role::Admin),
     ("ForceUnlock", Role::Admin),
     ("Destroy", Role::Admin),
-    ("Locks", Role::Reader),
     ("Get", Role::Reader),
     ("List", Role::Reader),
     ("History", Role::Reader),
@@ -63,6 +62,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Plugins", Role::Reader),
     ("Images", Role::Reader),
     ("Logs", Role::Reader),
+    ("Locks", Role::Reader),
 ];
 
 /// The role `method` (as in the gRPC path) needs.
@@ -298,7 +298,7 @@ mod tests {
         listed.sort();
         assert_eq!(methods, listed, "METHODS must list every era.v1.Deployments method");
         let reads: Vec<&str> = METHODS.iter().filter(|(_, r)| *r == Role::Reader).map(|(m, _)| *m).collect();
-        assert_eq!(reads, ["Get", "List", "History", "Watch", "Plugins", "Images", "Logs"]);
+        assert_eq!(reads, ["Get", "List", "History", "Watch", "Plugins", "Images", "Logs", "Locks"]);
         assert_eq!(required("SomethingNew"), Role::Admin, "unknown methods fail closed");
     }
 
