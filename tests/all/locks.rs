@@ -221,3 +221,77 @@ fn destroy_removes_every_deployment_of_its_environment_once_confirmed() {
     assert_eq!(phrase.code, 0, "{phrase:?}");
     assert_eq!(erad.get("web")["state"], "Deleted");
 }
+
+#[test]
+fn every_plan_apply_destroy_and_force_unlock_is_a_run_on_record_without_the_specs_values() {
+    let config = format!("{}\n[runs]\nretention = \"3s\"\n", era_tests::fixture_plugins());
+    let erad = Erad::start_with(&config, &[]);
+    let dir = erad.dir.path().join("qa");
+    let secret = "s3cr3t-Value-9f2c";
+    let spec = quick_spec(&dir, "web", "qa");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("{text}  env: {{TOKEN: \"{secret}\"}}\n")).unwrap();
+
+    let id = plan_id(&erad, &spec, "qa");
+    assert_eq!(erad.era(&["apply", "--plan", &id]).code, 0);
+    erad.wait_for_state("web", "Running", T);
+    let refused = erad.era(&["apply", "--plan", &id]);
+    assert_ne!(refused.code, 0);
+    assert_eq!(erad.era(&["lock", "force-unlock", "qa", "--confirm", "qa"]).code, 0);
+    assert_eq!(erad.era(&["destroy", "--env", "qa", "--confirm", "qa", "--wait"]).code, 0);
+
+    let runs = erad.era(&["-o", "json", "runs", "--env", "qa"]).json();
+    let runs = runs.as_array().unwrap();
+    let seen: Vec<(&str, &str)> =
+        runs.iter().map(|r| (r["kind"].as_str().unwrap(), r["result"].as_str().unwrap())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("destroy", "succeeded"),
+            ("force-unlock", "succeeded"),
+            ("apply", "failed"),
+            ("apply", "succeeded"),
+            ("plan", "succeeded")
+        ],
+        "{runs:?}"
+    );
+    assert!(runs.iter().all(|r| r["caller"] == "uid 0" && r["environment"] == "qa"), "{runs:?}");
+    assert!(runs[2]["summary"].as_str().unwrap().contains("was applied at"), "the failure says why: {runs:?}");
+    let applied = runs[3]["id"].as_str().unwrap();
+    let show = erad.era(&["runs", "show", applied]);
+    assert!(show.stdout.contains("add web: revision 1"), "{show:?}");
+    let plan_run = erad.era(&["-o", "json", "runs", "show", runs[4]["id"].as_str().unwrap()]).json();
+    assert_eq!(plan_run["log"][0], "add web", "{plan_run}");
+    // Another environment's view is its own.
+    assert!(erad.era(&["-o", "json", "runs", "--env", "prod"]).json().as_array().unwrap().is_empty());
+
+    // The spec's values are in no run.
+    let db = rusqlite::Connection::open_with_flags(
+        erad.data_dir().join("era.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let dump: Vec<String> = db
+        .prepare("SELECT kind || summary || log FROM runs")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    use base64::Engine;
+    for form in
+        [secret.to_string(), base64::engine::general_purpose::STANDARD.encode(secret), secret.replace('-', "%2D")]
+    {
+        assert!(!dump.iter().any(|r| r.contains(&form)), "{form} in the run history");
+        assert!(!erad.log().contains(&form), "{form} in erad's log");
+    }
+
+    // Past the retention, the next run prunes the old ones.
+    std::thread::sleep(Duration::from_millis(3200));
+    let again = quick_spec(&dir, "api", "qa");
+    plan_id(&erad, &again, "qa");
+    let runs = erad.era(&["-o", "json", "runs"]).json();
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    let gone = erad.era(&["runs", "show", applied]);
+    assert!(gone.code == 1 && gone.stderr.contains(&format!("no run {applied}")), "{gone:?}");
+}

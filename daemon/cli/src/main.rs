@@ -100,6 +100,15 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// The run history (plans, applies of plans, destroys, force-unlocks),
+    /// newest first; `runs show ID` for what one did.
+    Runs {
+        /// Only this environment's.
+        #[arg(long)]
+        env: Option<String>,
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
+    },
     /// Environment locks: who holds them, and forcing one open.
     Lock {
         #[command(subcommand)]
@@ -200,6 +209,12 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum RunsCommand {
+    /// One run: who, when, what came of it, and what it did.
+    Show { id: String },
+}
+
+#[derive(Subcommand, Debug)]
 enum LockCommand {
     /// The held locks: environment, operation, holder, since when, idle time.
     #[command(alias = "ls")]
@@ -249,6 +264,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Validate { file, render } => commands::validate::run(&cli.socket, &file, render, fmt).await,
         Command::Destroy { env, confirm, wait } => commands::destroy::run(&cli.socket, &env, confirm, &wait, fmt).await,
+        Command::Runs { command: Some(RunsCommand::Show { id }), .. } => {
+            commands::runs::show(&cli.socket, &id, fmt).await
+        }
+        Command::Runs { env, command: None } => commands::runs::list(&cli.socket, env.as_deref(), fmt).await,
         Command::Lock { command: LockCommand::List } => commands::lock::list(&cli.socket, fmt).await,
         Command::Lock { command: LockCommand::ForceUnlock { environment, confirm } } => {
             commands::lock::force_unlock(&cli.socket, &environment, confirm, fmt).await

@@ -57,7 +57,19 @@ struct RawConfig {
     environments: BTreeMap<String, RawEnvironment>,
     #[serde(default)]
     locks: RawLocks,
+    #[serde(default)]
+    runs: RawRuns,
 }
+
+/// `[runs]`: how long the run history is kept.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuns {
+    retention: Option<HumanDuration>,
+}
+
+/// How long runs are kept by default.
+pub const RUN_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// `[environments.NAME]`: an environment's policy.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -299,6 +311,8 @@ pub struct DaemonConfig {
     /// Policy per environment, by name.
     pub environments: BTreeMap<String, EnvironmentPolicy>,
     pub locks: LockPolicy,
+    /// How long a run stays in the history (`[runs] retention`, 30 days).
+    pub run_retention: Duration,
 }
 
 /// Default memory cap of a plugin instance.
@@ -518,6 +532,7 @@ impl DaemonConfig {
             rootfs: raw.artifacts.rootfs,
             environments,
             locks,
+            run_retention: raw.runs.retention.map(|h| h.0).unwrap_or(RUN_RETENTION),
         })
     }
 }
@@ -535,6 +550,7 @@ mod tests {
         assert!(c.trust.is_empty(), "the example trusts nothing until the operator says so");
         assert_eq!(c.file_roots, [PathBuf::from("/srv/era/artifacts")]);
         assert_eq!(c.locks, LockPolicy::default());
+        assert_eq!(c.run_retention, RUN_RETENTION);
         assert_eq!(
             c.environments["prod"],
             EnvironmentPolicy { protected: true, plan_max_age: Some(PROTECTED_PLAN_MAX_AGE) }

@@ -193,6 +193,7 @@ impl DaemonBuilder {
             shutdown: shutdown_rx.clone(),
             environments: cfg.environments.clone(),
             locks: cfg.locks,
+            run_retention: cfg.run_retention,
         });
         let resumed = lifecycle.recover()?;
         tracing::info!(deployments = resumed, "resumed deployments from the store");

@@ -12,11 +12,13 @@ mod hooks;
 mod locks;
 mod plan;
 mod restart;
+mod runs;
 mod runtime;
 mod supervisor;
 
 pub use locks::{EnvLock, LockError};
 pub use plan::{AppliedChange, PlanError, SpecFile, confirmation};
+pub use runs::plan_summary;
 
 use crate::artifact::ContentStore;
 use crate::plugin::{CallContext, PluginRegistry, Workload};
@@ -100,6 +102,7 @@ pub(crate) struct Shared {
     /// Policy per environment (`[environments.NAME]`).
     pub environments: std::collections::BTreeMap<String, crate::config::EnvironmentPolicy>,
     pub locks: crate::config::LockPolicy,
+    pub run_retention: Duration,
 }
 
 /// The set of deployment supervisors.

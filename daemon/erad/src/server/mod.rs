@@ -105,6 +105,20 @@ fn lock_json(environment: String, l: crate::store::LockRecord, stale: bool) -> p
     pb::Lock { environment, operation: l.operation, holder: l.holder, acquired_at: l.acquired_at, idle_ms: idle, stale }
 }
 
+fn run_pb(r: crate::store::RunRecord, with_log: bool) -> pb::Run {
+    pb::Run {
+        id: r.id,
+        kind: r.kind,
+        environment: r.environment,
+        caller: r.caller,
+        started_at: r.started_at,
+        ended_at: r.ended_at,
+        result: r.result,
+        summary: r.summary,
+        log: if with_log { r.log.lines().map(str::to_string).collect() } else { Vec::new() },
+    }
+}
+
 fn plan_status(e: PlanError) -> Status {
     match e {
         PlanError::Locked(l) => lock_status(l),
@@ -234,8 +248,12 @@ impl Deployments for DeploymentsService {
         let who = holder(&req);
         let req = req.into_inner();
         let files = req.files.into_iter().map(|f| SpecFile { text: f.spec, source: f.source }).collect();
-        let plan = self.lifecycle.plan(&req.environment, files, &who).await.map_err(plan_status)?;
-        Ok(Response::new(plan_response(&plan)?))
+        let started = crate::store::now_rfc3339();
+        let plan = self.lifecycle.plan(&req.environment, files, &who).await;
+        let env = if req.environment.is_empty() { crate::plan::DEFAULT_ENVIRONMENT } else { &req.environment };
+        let outcome = plan.as_ref().map(crate::lifecycle::plan_summary).map_err(|e| e.to_string());
+        self.lifecycle.record_run("plan", env, &who, started, outcome);
+        Ok(Response::new(plan_response(&plan.map_err(plan_status)?)?))
     }
 
     async fn apply_plan(&self, req: Request<pb::ApplyPlanRequest>) -> Result<Response<pb::ApplyPlanResponse>, Status> {
@@ -243,7 +261,29 @@ impl Deployments for DeploymentsService {
         let req = req.into_inner();
         let document = (!req.document.is_empty()).then_some(req.document.as_str());
         let env = (!req.environment.is_empty()).then_some(req.environment.as_str());
-        let (plan, applied) = self.lifecycle.apply_plan_in(&req.id, document, &who, env).await.map_err(plan_status)?;
+        let started = crate::store::now_rfc3339();
+        let done = self.lifecycle.apply_plan_in(&req.id, document, &who, env).await;
+        let (run_env, outcome) = match &done {
+            Ok((plan, applied)) => {
+                let lines = applied
+                    .iter()
+                    .map(|a| match a.action {
+                        crate::plan::Action::Destroy => format!("destroy {}: delete requested", a.name),
+                        _ => format!("{} {}: revision {}", a.action.as_str(), a.name, a.revision),
+                    })
+                    .collect();
+                (
+                    plan.environment.clone(),
+                    Ok((format!("plan {} applied: {} change(s)", plan.id, applied.len()), lines)),
+                )
+            }
+            Err(e) => {
+                let env = self.lifecycle.plan_environment(&req.id).unwrap_or_else(|| req.environment.clone());
+                (env, Err(format!("plan {}: {e}", req.id)))
+            }
+        };
+        self.lifecycle.record_run("apply", &run_env, &who, started, outcome);
+        let (plan, applied) = done.map_err(plan_status)?;
         Ok(Response::new(pb::ApplyPlanResponse {
             id: plan.id,
             environment: plan.environment,
@@ -261,8 +301,32 @@ impl Deployments for DeploymentsService {
     async fn destroy(&self, req: Request<pb::DestroyRequest>) -> Result<Response<pb::DestroyResponse>, Status> {
         let who = holder(&req);
         let req = req.into_inner();
-        let names = self.lifecycle.destroy(&req.environment, &req.confirm, &who).await.map_err(plan_status)?;
+        let started = crate::store::now_rfc3339();
+        let done = self.lifecycle.destroy(&req.environment, &req.confirm, &who).await;
+        let outcome = match &done {
+            Ok(names) => Ok((
+                format!("{} deployment(s) deleted", names.len()),
+                names.iter().map(|n| format!("delete {n}")).collect(),
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        self.lifecycle.record_run("destroy", &req.environment, &who, started, outcome);
+        let names = done.map_err(plan_status)?;
         Ok(Response::new(pb::DestroyResponse { environment: req.environment, deleting: names }))
+    }
+
+    async fn runs(&self, req: Request<pb::RunsRequest>) -> Result<Response<pb::RunsResponse>, Status> {
+        let env = req.into_inner().environment;
+        let runs = self.lifecycle.runs((!env.is_empty()).then_some(env.as_str())).map_err(store_status)?;
+        Ok(Response::new(pb::RunsResponse { runs: runs.into_iter().map(|r| run_pb(r, false)).collect() }))
+    }
+
+    async fn run_show(&self, req: Request<pb::RunShowRequest>) -> Result<Response<pb::Run>, Status> {
+        let id = req.into_inner().id;
+        match self.lifecycle.run(&id).map_err(store_status)? {
+            Some(r) => Ok(Response::new(run_pb(r, true))),
+            None => Err(Status::not_found(format!("no run {id} (runs are kept for [runs] retention)"))),
+        }
     }
 
     async fn locks(&self, _req: Request<pb::LocksRequest>) -> Result<Response<pb::LocksResponse>, Status> {
@@ -290,7 +354,13 @@ impl Deployments for DeploymentsService {
             };
             return Err(Status::failed_precondition(format!("force-unlock not confirmed: {what}")));
         }
+        let started = crate::store::now_rfc3339();
         let removed = self.lifecycle.force_unlock(&env, &who).map_err(store_status)?;
+        let summary = match &removed {
+            Some(l) => format!("removed the lock {} held for {} since {}", l.holder, l.operation, l.acquired_at),
+            None => "it was not locked".to_string(),
+        };
+        self.lifecycle.record_run("force-unlock", &env, &who, started, Ok((summary, Vec::new())));
         Ok(Response::new(pb::ForceUnlockResponse { removed: removed.map(|l| lock_json(env, l, false)) }))
     }
 

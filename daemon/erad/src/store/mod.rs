@@ -116,6 +116,21 @@ CREATE TABLE IF NOT EXISTS environments (
     force_unlocked_at TEXT,
     force_unlocked_ms INTEGER
 );
+-- Run history: every plan, apply of a plan, destroy and force-unlock, with
+-- who asked (the caller's uid), what came of it and what it did; pruned
+-- after [runs] retention. No spec values are written here.
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    caller      TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    ended_at    TEXT NOT NULL,
+    result      TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    log         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 CREATE TABLE IF NOT EXISTS port_claims (
     port       INTEGER NOT NULL,
     protocol   TEXT NOT NULL,
@@ -288,6 +303,25 @@ pub struct Installed {
     pub handle: String,
 }
 
+/// One run: a plan, an apply of one, a destroy, a force-unlock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: String,
+    /// plan | apply | destroy | force-unlock
+    pub kind: String,
+    pub environment: String,
+    /// Who asked: `uid N`.
+    pub caller: String,
+    pub started_at: String,
+    pub ended_at: String,
+    /// succeeded | failed
+    pub result: String,
+    /// What came of it in one line; for a failed run, the error.
+    pub summary: String,
+    /// What it did, a line each.
+    pub log: String,
+}
+
 /// How long saved plans are kept.
 pub const PLAN_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
@@ -303,6 +337,22 @@ pub struct LockRecord {
     pub acquired_at: String,
     /// Last refreshed, Unix milliseconds.
     pub heartbeat_ms: i64,
+}
+
+const RUN_COLUMNS: &str = "id, kind, environment, caller, started_at, ended_at, result, summary, log";
+
+fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        environment: r.get(2)?,
+        caller: r.get(3)?,
+        started_at: r.get(4)?,
+        ended_at: r.get(5)?,
+        result: r.get(6)?,
+        summary: r.get(7)?,
+        log: r.get(8)?,
+    })
 }
 
 const LOCK_COLUMNS: &str = "token, operation, holder, acquired_at, heartbeat_ms";
@@ -856,6 +906,49 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+        })
+    }
+
+    /// Records a run, and drops the runs that started before
+    /// `retention` ago. Written without waiting for the disk: history, not
+    /// a promise (the next synced commit makes it durable).
+    pub fn record_run(&self, run: &RunRecord, retention: std::time::Duration) -> Result<(), StoreError> {
+        self.unsynced(|c| {
+            let oldest = humantime::format_rfc3339_millis(SystemTime::now() - retention).to_string();
+            c.execute("DELETE FROM runs WHERE started_at < ?1", [oldest])?;
+            c.execute(
+                "INSERT INTO runs (id, kind, environment, caller, started_at, ended_at, result, summary, log)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    run.id,
+                    run.kind,
+                    run.environment,
+                    run.caller,
+                    run.started_at,
+                    run.ended_at,
+                    run.result,
+                    run.summary,
+                    run.log
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The runs, newest first, of one environment or all.
+    pub fn runs(&self, environment: Option<&str>) -> Result<Vec<RunRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR environment = ?1 ORDER BY started_at DESC, id"
+            ))?;
+            let rows = st.query_map([environment], run_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [id], run_from_row).optional()?)
         })
     }
 

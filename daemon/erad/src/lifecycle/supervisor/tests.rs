@@ -216,6 +216,7 @@ impl Bench {
             shutdown: shutdown_rx,
             environments: Default::default(),
             locks: Default::default(),
+            run_retention: crate::config::RUN_RETENTION,
         });
         Bench { dir, lifecycle, runtime, _shutdown: shutdown }
     }
