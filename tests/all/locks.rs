@@ -295,3 +295,52 @@ fn every_plan_apply_destroy_and_force_unlock_is_a_run_on_record_without_the_spec
     let gone = erad.era(&["runs", "show", applied]);
     assert!(gone.code == 1 && gone.stderr.contains(&format!("no run {applied}")), "{gone:?}");
 }
+
+#[test]
+fn drift_shows_in_the_report_and_the_plan_and_stops_a_protected_apply_until_accepted() {
+    let config = format!("{}\n[environments.prod]\nprotected = true\n", era_tests::fixture_plugins());
+    let erad = Erad::start_with(&config, &[]);
+    let dir = erad.dir.path().join("prod");
+    let web = quick_spec(&dir, "web", "prod");
+    quick_spec(&dir, "job", "prod");
+    let id = plan_id(&erad, &dir, "prod");
+    assert_eq!(erad.era(&["apply", "--plan", &id]).code, 0);
+    erad.wait_for_state("web", "Running", T);
+    erad.wait_for_state("job", "Running", T);
+    assert_eq!(erad.era(&["stop", "job", "--wait"]).code, 0);
+
+    let report = |erad: &Erad| erad.era(&["-o", "json", "report", "--env", "prod"]).json();
+    let r = report(&erad);
+    assert_eq!(r["environments"][0]["standing"], "healthy", "{r}");
+    let standings: Vec<&str> =
+        r["deployments"].as_array().unwrap().iter().map(|d| d["standing"].as_str().unwrap()).collect();
+    assert_eq!(standings, ["healthy", "healthy"], "{r}");
+
+    // The stopped job runs again behind erad's back.
+    let state = erad.data_dir().join("deployments/job/rev-1/noop.json");
+    let mut s = erad.noop_state("job", 1).unwrap();
+    s["running"] = true.into();
+    std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+    let r = report(&erad);
+    assert_eq!(r["environments"][0]["standing"], "drifted", "{r}");
+    let job = r["deployments"].as_array().unwrap().iter().find(|d| d["name"] == "job").unwrap().clone();
+    assert_eq!(job["standing"], "drifted");
+    assert!(job["detail"].as_str().unwrap().contains("recorded Stopped, but the runtime says it runs"), "{job}");
+    let text = erad.era(&["report", "--env", "prod"]);
+    assert!(text.stdout.contains("environment prod: drifted (2 deployment(s))"), "{text:?}");
+
+    // A plan shows it; a protected apply stops on it until accepted.
+    std::fs::write(&web, std::fs::read_to_string(&web).unwrap() + "  env: {V: \"2\"}\n").unwrap();
+    let plan = erad.era(&["plan", "-f", dir.to_str().unwrap(), "--env", "prod"]);
+    assert!(plan.stdout.contains("! drifted: recorded Stopped, but the runtime says it runs"), "{plan:?}");
+    let id = plan_id(&erad, &dir, "prod");
+    let refused = erad.era(&["apply", "--plan", &id]);
+    assert!(refused.code == 1 && refused.stderr.contains("deployment job is drifted"), "{refused:?}");
+    assert_eq!(erad.get("web")["desired_revision"], 1, "nothing was applied");
+    let accepted = erad.era(&["apply", "--plan", &id, "--accept-drift"]);
+    assert_eq!(accepted.code, 0, "{accepted:?}");
+    assert_eq!(erad.wait_for_state("web", "Running", T)["revision"], 2);
+    // The report is a run too.
+    let runs = erad.era(&["-o", "json", "runs"]).json();
+    assert!(runs.as_array().unwrap().iter().any(|r| r["kind"] == "report"), "{runs}");
+}

@@ -57,8 +57,18 @@ enum Command {
         /// another is refused).
         #[arg(long, env = "ERA_ENV")]
         env: Option<String>,
+        /// With --plan, in a protected environment: apply though a
+        /// deployment has drifted from its record.
+        #[arg(long)]
+        accept_drift: bool,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// Where each deployment stands against its runtime (healthy, drifted,
+    /// deploying, failed, unknown), and each environment; changes nothing.
+    Report {
+        #[arg(long, env = "ERA_ENV")]
+        env: Option<String>,
     },
     /// What applying a set of specs (an environment's whole desired state)
     /// would add, change and destroy, field by field, without changing
@@ -252,9 +262,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let fmt = cli.output;
     match cli.command {
-        Command::Apply { plan: Some(plan), env, .. } => {
-            commands::plan::apply(&cli.socket, &plan, env.as_deref(), fmt).await
+        Command::Apply { plan: Some(plan), env, accept_drift, .. } => {
+            commands::plan::apply(&cli.socket, &plan, env.as_deref(), accept_drift, fmt).await
         }
+        Command::Report { env } => commands::report::run(&cli.socket, env.as_deref(), fmt).await,
         Command::Apply { file, wait, .. } => {
             let file = file.ok_or_else(|| CliError::Usage("apply needs -f FILE or --plan PLAN".into()))?;
             commands::apply::run(&cli.socket, &file, &wait, fmt).await

@@ -73,6 +73,11 @@ pub struct PlannedChange {
     pub pinned: Option<Pin>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldChange>,
+    /// Where its runtime disagrees with the record, or could not be asked
+    /// (`drifted: ...`, `unknown: ...`, `failed: ...`), when the plan was
+    /// made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
 }
 
 /// A saved plan, as erad stores it and `era plan --out` writes it.

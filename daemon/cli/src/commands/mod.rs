@@ -12,6 +12,7 @@ pub mod logs;
 pub mod plan;
 pub mod plugins;
 pub mod pull;
+pub mod report;
 pub mod runs;
 pub mod validate;
 pub mod verify;

@@ -82,6 +82,9 @@ fn print_plan(plan: &pb::PlanResponse, out: Option<&Path>) {
         let pinned =
             if c.pinned_digest.is_empty() { String::new() } else { format!(", pinned to {}", c.pinned_digest) };
         println!("  {mark} {} ({}{pinned})", c.name, c.action);
+        if !c.drift.is_empty() {
+            println!("      ! {}", c.drift);
+        }
         for f in &c.fields {
             let side = |v: &str| if v.is_empty() { "(none)".to_string() } else { v.to_string() };
             println!("      {}: {} -> {}", f.path, side(&f.before), side(&f.after));
@@ -98,7 +101,13 @@ fn print_plan(plan: &pb::PlanResponse, out: Option<&Path>) {
 }
 
 /// `era apply --plan ID|FILE`.
-pub async fn apply(socket: &Path, plan: &str, environment: Option<&str>, fmt: Format) -> Result<(), CliError> {
+pub async fn apply(
+    socket: &Path,
+    plan: &str,
+    environment: Option<&str>,
+    accept_drift: bool,
+    fmt: Format,
+) -> Result<(), CliError> {
     // A file `era plan --out` wrote (at most 16 MiB), or a plan id.
     let read = std::fs::File::open(plan).and_then(|f| {
         let mut text = String::new();
@@ -116,7 +125,7 @@ pub async fn apply(socket: &Path, plan: &str, environment: Option<&str>, fmt: Fo
     };
     let mut c = client::connect(socket).await?;
     let environment = environment.unwrap_or_default().to_string();
-    let resp = c.apply_plan(pb::ApplyPlanRequest { id, document, environment }).await?.into_inner();
+    let resp = c.apply_plan(pb::ApplyPlanRequest { id, document, environment, accept_drift }).await?.into_inner();
     let applied: Vec<_> = resp
         .applied
         .iter()

@@ -7,6 +7,7 @@
 //! first transition is committed (or refused). Progress after that is seen on
 //! the event stream ([`Lifecycle::subscribe`]) or in the store.
 
+mod drift;
 mod failure;
 mod hooks;
 mod locks;
@@ -16,6 +17,7 @@ mod runs;
 mod runtime;
 mod supervisor;
 
+pub use drift::{Checked, Standing};
 pub use locks::{EnvLock, LockError};
 pub use plan::{AppliedChange, PlanError, SpecFile, confirmation};
 pub use runs::plan_summary;

@@ -186,6 +186,7 @@ impl Lifecycle {
                 source_dir: dir,
                 pinned,
                 fields,
+                drift: None,
             });
         }
         let wanted: BTreeSet<String> = changes.iter().map(|c| c.name.clone()).collect();
@@ -199,10 +200,15 @@ impl Lifecycle {
                     source_dir: String::new(),
                     pinned: None,
                     fields: Vec::new(),
+                    drift: None,
                 });
             }
         }
         changes.sort_by(|a, b| a.name.cmp(&b.name));
+        // What the runtime says of each recorded deployment.
+        for c in changes.iter_mut().filter(|c| live.contains_key(&c.name)) {
+            c.drift = drift_note(self.check_drift(&c.name).await);
+        }
         // A deployment that joined the environment between the two reads
         // is in the plan's changes (a destroy) but not its base: stale.
         let plan = Plan {
@@ -300,17 +306,21 @@ impl Lifecycle {
         document: Option<&str>,
         holder: &str,
     ) -> Result<(Plan, Vec<AppliedChange>), PlanError> {
-        self.apply_plan_in(id, document, holder, None).await
+        self.apply_plan_in(id, document, holder, None, false).await
     }
 
     /// [`Lifecycle::apply_plan`], refusing a plan of another environment
     /// than `environment` when one is given.
+    /// In a protected environment it refuses while a deployment the plan
+    /// keeps, changes or destroys has drifted (or cannot be checked),
+    /// unless `accept_drift`.
     pub async fn apply_plan_in(
         &self,
         id: &str,
         document: Option<&str>,
         holder: &str,
         environment: Option<&str>,
+        accept_drift: bool,
     ) -> Result<(Plan, Vec<AppliedChange>), PlanError> {
         if !crate::plan::is_id(id) {
             return Err(PlanError::Invalid(format!("{id:?} is not a plan id (12 lowercase hex digits)")));
@@ -343,6 +353,17 @@ impl Lifecycle {
         let _lock = self.lock_environment(&plan.environment, "apply --plan", holder).await?;
         self.check_age(&plan)?;
         self.check_fresh(&plan)?;
+        if self.environment_policy(&plan.environment).protected && !accept_drift {
+            for c in plan.changes.iter().filter(|c| c.action != Action::Add) {
+                if let Some(note) = drift_note(self.check_drift(&c.name).await) {
+                    return Err(PlanError::Stale(format!(
+                        "environment {} is protected and deployment {} is {note}: resolve it and run `era plan` again, \
+                         or apply with --accept-drift",
+                        plan.environment, c.name
+                    )));
+                }
+            }
+        }
         // Everything parses and validates before anything changes.
         let mut specs = BTreeMap::new();
         for c in plan.changes.iter().filter(|c| matches!(c.action, Action::Change | Action::Destroy)) {
@@ -476,6 +497,16 @@ fn partial(plan: &Plan, done: &[AppliedChange], e: CommandError) -> PlanError {
     let done: Vec<String> = done.iter().map(|c| format!("{} {}", c.action.as_str(), c.name)).collect();
     let done = if done.is_empty() { "nothing".to_string() } else { done.join(", ") };
     PlanError::Stale(format!("plan {} stopped after {done}: {e}; run `era plan` again", plan.id))
+}
+
+/// A drift check's finding, as a plan notes it: none when the runtime
+/// agrees with the record (or the deployment is mid-step).
+fn drift_note((standing, detail): (super::Standing, String)) -> Option<String> {
+    use super::Standing;
+    match standing {
+        Standing::Healthy | Standing::Deploying => None,
+        s => Some(format!("{}: {detail}", s.as_str())),
+    }
 }
 
 /// The words that confirm destroying `environment` (or forcing its lock

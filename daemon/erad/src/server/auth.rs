@@ -65,6 +65,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Locks", Role::Reader),
     ("Runs", Role::Reader),
     ("RunShow", Role::Reader),
+    ("Report", Role::Reader),
 ];
 
 /// The role `method` (as in the gRPC path) needs.
@@ -300,7 +301,10 @@ mod tests {
         listed.sort();
         assert_eq!(methods, listed, "METHODS must list every era.v1.Deployments method");
         let reads: Vec<&str> = METHODS.iter().filter(|(_, r)| *r == Role::Reader).map(|(m, _)| *m).collect();
-        assert_eq!(reads, ["Get", "List", "History", "Watch", "Plugins", "Images", "Logs", "Locks", "Runs", "RunShow"]);
+        assert_eq!(
+            reads,
+            ["Get", "List", "History", "Watch", "Plugins", "Images", "Logs", "Locks", "Runs", "RunShow", "Report"]
+        );
         assert_eq!(required("SomethingNew"), Role::Admin, "unknown methods fail closed");
     }
 

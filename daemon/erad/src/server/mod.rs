@@ -150,6 +150,7 @@ fn plan_response(plan: &crate::plan::Plan) -> Result<pb::PlanResponse, Status> {
                     .map(|f| pb::FieldChange { path: f.path.clone(), before: json(&f.before), after: json(&f.after) })
                     .collect(),
                 pinned_digest: c.pinned.as_ref().map(|p| p.digest.clone()).unwrap_or_default(),
+                drift: c.drift.clone().unwrap_or_default(),
             })
             .collect(),
         changes_present: plan.has_changes(),
@@ -262,7 +263,7 @@ impl Deployments for DeploymentsService {
         let document = (!req.document.is_empty()).then_some(req.document.as_str());
         let env = (!req.environment.is_empty()).then_some(req.environment.as_str());
         let started = crate::store::now_rfc3339();
-        let done = self.lifecycle.apply_plan_in(&req.id, document, &who, env).await;
+        let done = self.lifecycle.apply_plan_in(&req.id, document, &who, env, req.accept_drift).await;
         let (run_env, outcome) = match &done {
             Ok((plan, applied)) => {
                 let lines = applied
@@ -327,6 +328,40 @@ impl Deployments for DeploymentsService {
             Some(r) => Ok(Response::new(run_pb(r, true))),
             None => Err(Status::not_found(format!("no run {id} (runs are kept for [runs] retention)"))),
         }
+    }
+
+    async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
+        let who = holder(&req);
+        let env = req.into_inner().environment;
+        let started = crate::store::now_rfc3339();
+        let checked = self.lifecycle.report((!env.is_empty()).then_some(env.as_str())).await.map_err(store_status)?;
+        let mut envs: std::collections::BTreeMap<String, (crate::lifecycle::Standing, u32)> = Default::default();
+        for c in &checked {
+            let e = envs.entry(c.environment.clone()).or_insert((crate::lifecycle::Standing::Healthy, 0));
+            e.0 = e.0.max(c.standing);
+            e.1 += 1;
+        }
+        let lines = checked.iter().map(|c| format!("{} {}: {}", c.standing.as_str(), c.name, c.detail)).collect();
+        let summary =
+            envs.iter().map(|(n, (s, count))| format!("{n} {} ({count})", s.as_str())).collect::<Vec<_>>().join(", ");
+        let run_env = if env.is_empty() { "*" } else { env.as_str() };
+        self.lifecycle.record_run("report", run_env, &who, started, Ok((summary, lines)));
+        Ok(Response::new(pb::ReportResponse {
+            deployments: checked
+                .into_iter()
+                .map(|c| pb::DeploymentReport {
+                    name: c.name,
+                    environment: c.environment,
+                    standing: c.standing.as_str().to_string(),
+                    detail: c.detail,
+                    checked_at: c.checked_at,
+                })
+                .collect(),
+            environments: envs
+                .into_iter()
+                .map(|(name, (s, n))| pb::EnvironmentReport { name, standing: s.as_str().to_string(), deployments: n })
+                .collect(),
+        }))
     }
 
     async fn locks(&self, _req: Request<pb::LocksRequest>) -> Result<Response<pb::LocksResponse>, Status> {

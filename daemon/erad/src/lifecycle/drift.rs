@@ -1,0 +1,132 @@
+//! Drift: what the runtime says against what erad recorded, read-only
+//! (`era plan` shows it, `era report` is made of it). Anything uncertain (a
+//! plugin not loaded, an error from it, a status that does not come) is
+//! `unknown`, never `healthy`.
+
+use super::Lifecycle;
+use super::supervisor::{plugin_for, workload_of};
+use crate::machine::State;
+use crate::plugin::{CallContext, CallError, Failure, Health};
+use crate::store::{StoreError, now_rfc3339};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long one status call of a drift check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a deployment stands, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    Healthy,
+    Deploying,
+    Unknown,
+    Drifted,
+    Failed,
+}
+
+impl Standing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Healthy => "healthy",
+            Standing::Deploying => "deploying",
+            Standing::Unknown => "unknown",
+            Standing::Drifted => "drifted",
+            Standing::Failed => "failed",
+        }
+    }
+}
+
+/// One deployment, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub name: String,
+    pub environment: String,
+    pub standing: Standing,
+    /// Why, in a sentence (what drifted, the error, the state).
+    pub detail: String,
+    pub checked_at: String,
+}
+
+impl Lifecycle {
+    /// Checks every live deployment (of `environment`, or all) against its
+    /// runtime; in name order.
+    pub async fn report(&self, environment: Option<&str>) -> Result<Vec<Checked>, StoreError> {
+        let mut out = Vec::new();
+        for d in self.shared.store.deployments()? {
+            if d.state == State::Deleted {
+                continue;
+            }
+            let env = self.environment_of(&d.name)?.unwrap_or_else(|| crate::plan::DEFAULT_ENVIRONMENT.to_string());
+            if environment.is_some_and(|e| e != env) {
+                continue;
+            }
+            let (standing, detail) = self.check_drift(&d.name).await;
+            out.push(Checked { name: d.name, environment: env, standing, detail, checked_at: now_rfc3339() });
+        }
+        Ok(out)
+    }
+
+    /// Where one deployment stands against its runtime.
+    pub async fn check_drift(&self, name: &str) -> (Standing, String) {
+        let store = &self.shared.store;
+        let d = match store.deployment(name) {
+            Ok(d) => d,
+            Err(e) => return (Standing::Unknown, e.to_string()),
+        };
+        match d.state {
+            State::Running | State::Stopped => {}
+            State::Failed | State::RollbackFailed => return (Standing::Failed, format!("{}: {}", d.state, d.message)),
+            s => return (Standing::Deploying, format!("{s}: {}", d.message)),
+        }
+        let running = d.state == State::Running;
+        let revision = if d.current_revision != 0 { d.current_revision } else { d.desired_revision };
+        let rev = match store.revision(name, revision) {
+            Ok(Some(r)) => r,
+            Ok(None) => return (Standing::Unknown, format!("revision {revision} is not in the store")),
+            Err(e) => return (Standing::Unknown, e.to_string()),
+        };
+        let plugin = match plugin_for(&self.shared, &rev.runtime) {
+            Ok(p) => p,
+            Err(e) => return (Standing::Unknown, e),
+        };
+        let work_dir = Path::new(&rev.work_dir);
+        if !work_dir.is_dir() {
+            return if running {
+                (Standing::Drifted, format!("recorded Running, but revision {revision}'s work dir is gone"))
+            } else {
+                (Standing::Healthy, "stopped".into())
+            };
+        }
+        let workload = workload_of(
+            &self.shared.layout,
+            &rev.spec,
+            rev.revision,
+            rev.artifact_digest.as_deref().zip(rev.artifact_path.as_deref()),
+            work_dir,
+            Path::new(&rev.source_dir),
+        );
+        let ctx = CallContext { deployment: name, work_dir, revision: Some(rev.revision) };
+        let handle = rev.handle.clone().unwrap_or_default();
+        let asked = tokio::time::timeout(CHECK_TIMEOUT, plugin.status(&ctx, &workload, &handle)).await;
+        match (asked, running) {
+            (Err(_), _) => (Standing::Unknown, format!("the runtime did not answer within {CHECK_TIMEOUT:?}")),
+            (Ok(Err(CallError { failure: Failure::NotFound(m), .. })), true) => (
+                Standing::Drifted,
+                format!("recorded Running, but the runtime has no workload of revision {revision}: {m}"),
+            ),
+            (Ok(Err(CallError { failure: Failure::NotFound(_), .. })), false) => (Standing::Healthy, "stopped".into()),
+            (Ok(Err(e)), _) => (Standing::Unknown, format!("the runtime's status failed: {e}")),
+            (Ok(Ok(st)), true) if !st.running => {
+                (Standing::Drifted, format!("recorded Running, but the runtime says it is not running: {}", st.message))
+            }
+            (Ok(Ok(st)), true) if st.health == Health::Unhealthy => {
+                (Standing::Drifted, format!("the runtime reports it unhealthy: {}", st.message))
+            }
+            (Ok(Ok(_)), true) => (Standing::Healthy, format!("revision {revision} running")),
+            (Ok(Ok(st)), false) if st.running => {
+                (Standing::Drifted, format!("recorded Stopped, but the runtime says it runs: {}", st.message))
+            }
+            (Ok(Ok(_)), false) => (Standing::Healthy, "stopped".into()),
+        }
+    }
+}
