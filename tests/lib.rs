@@ -777,6 +777,26 @@ impl Registry {
 
     /// Publishes `wasm` as a Wasm component artifact (wasm config + one
     /// application/wasm layer), the CNCF wasm OCI format.
+    /// Two one-file images (`arch` = amd64 and arm64) and an OCI index of
+    /// both under `repo:tag`; returns (index, amd64, arm64) digests.
+    pub fn push_two_platform_index(&self, repo: &str, tag: &str) -> (String, String, String) {
+        let amd64 = self.push_image(repo, "amd64", &[("arch", "amd64")]);
+        let arm64 = self.push_image(repo, "arm64", &[("arch", "arm64")]);
+        let index = two_platform_index(&self.manifest_entry(repo, &amd64), &self.manifest_entry(repo, &arm64));
+        let digest = self.push_manifest(repo, tag, "application/vnd.oci.image.index.v1+json", &index);
+        (digest, amd64, arm64)
+    }
+
+    /// An index entry for a manifest in `repo`: its digest and its size as served.
+    pub fn manifest_entry(&self, repo: &str, digest: &str) -> (String, usize) {
+        let out = Command::new("curl")
+            .args(["-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+            .arg(format!("http://{}/v2/{repo}/manifests/{digest}", self.addr))
+            .output()
+            .expect("curl");
+        (digest.to_string(), out.stdout.len())
+    }
+
     pub fn push_wasm(&self, repo: &str, tag: &str, wasm: &[u8]) -> String {
         let config = br#"{"created":"2026-01-01T00:00:00Z","architecture":"wasm","os":"wasip2","layerDigests":[]}"#;
         self.push_artifact(repo, tag, "application/vnd.wasm.config.v0+json", config, &[("application/wasm", wasm)])
@@ -953,4 +973,13 @@ impl CosignKey {
         std::fs::write(&key.passphrase, passphrase).expect("write passphrase");
         key
     }
+}
+
+/// An OCI index of an amd64 and an arm64 manifest, each given as (digest,
+/// size); arm64 first, so a client that takes the first entry is caught.
+pub fn two_platform_index(amd64: &(String, usize), arm64: &(String, usize)) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"architecture":"arm64","os":"linux"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+        arm64.0, arm64.1, amd64.0, amd64.1
+    )
 }

@@ -447,22 +447,7 @@ fn a_hostile_layer_fails_preparing_naming_the_entry_and_touches_nothing_outside(
 #[test]
 fn an_index_resolves_to_the_host_platforms_manifest() {
     let registry = Registry::start();
-    let amd64 = registry.push_image("multi/app", "amd64", &[("arch", "amd64")]);
-    let arm64 = registry.push_image("multi/app", "arm64", &[("arch", "arm64")]);
-    let size = |digest: &str| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-            .arg(format!("http://{}/v2/multi/app/manifests/{digest}", registry.addr))
-            .output()
-            .unwrap();
-        out.stdout.len()
-    };
-    let index = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{arm64}","size":{},"platform":{{"architecture":"arm64","os":"linux"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{amd64}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
-        size(&arm64),
-        size(&amd64)
-    );
-    let index_digest = registry.push_manifest("multi/app", "v1", "application/vnd.oci.image.index.v1+json", &index);
+    let (index_digest, amd64, arm64) = registry.push_two_platform_index("multi/app", "v1");
     let erad = Erad::start();
     let reference = format!("{}/multi/app:v1", registry.addr);
     assert_eq!(erad.apply_wait(&spec(&erad, "multi", &format!("image: \"{reference}\""), "")).code, 0);

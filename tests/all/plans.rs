@@ -343,22 +343,7 @@ fn a_restart_does_not_make_a_plan_stale_and_an_empty_set_is_refused() {
 #[test]
 fn an_image_applied_by_a_tag_naming_an_index_plans_as_no_change() {
     let registry = Registry::start();
-    let amd64 = registry.push_image("plans/multi", "amd64", &[("arch", "amd64")]);
-    let arm64 = registry.push_image("plans/multi", "arm64", &[("arch", "arm64")]);
-    let size = |digest: &str| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-            .arg(format!("http://{}/v2/plans/multi/manifests/{digest}", registry.addr))
-            .output()
-            .unwrap();
-        out.stdout.len()
-    };
-    let index = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{arm64}","size":{},"platform":{{"architecture":"arm64","os":"linux"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{amd64}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
-        size(&arm64),
-        size(&amd64)
-    );
-    let index_digest = registry.push_manifest("plans/multi", "v1", "application/vnd.oci.image.index.v1+json", &index);
+    let (index_digest, amd64, arm64) = registry.push_two_platform_index("plans/multi", "v1");
     let erad = Erad::start();
     let yaml = format!(
         "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: multi}}\nspec:\n  runtime: noop\n  artifact: {{image: \"{}/plans/multi:v1\", pullPolicy: Always}}\n",
@@ -373,7 +358,8 @@ fn an_image_applied_by_a_tag_naming_an_index_plans_as_no_change() {
     assert_eq!(plan["changes"][0]["pinned"]["digest"], index_digest.as_str(), "{plan}");
     assert_eq!(plan["changes"][0]["action"], "no-op", "{plan}");
     // Another index under the tag is a change.
-    let other = index.replace(&format!(r#""digest":"{amd64}""#), &format!(r#""digest":"{arm64}""#));
+    let arm = registry.manifest_entry("plans/multi", &arm64);
+    let other = era_tests::two_platform_index(&arm, &arm);
     registry.push_manifest("plans/multi", "v1", "application/vnd.oci.image.index.v1+json", &other);
     let plan = erad.era(&["-o", "json", "plan", "-f", spec.to_str().unwrap()]).json();
     assert_eq!(plan["changes"][0]["action"], "change", "{plan}");

@@ -357,6 +357,12 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
 
 const LOCK_COLUMNS: &str = "token, operation, holder, acquired_at, heartbeat_ms";
 
+/// Who holds `environment`'s lock, if anyone (stale or not).
+fn held_lock(c: &Connection, environment: &str) -> Result<Option<LockRecord>, StoreError> {
+    Ok(c.query_row(&format!("SELECT {LOCK_COLUMNS} FROM locks WHERE environment = ?1"), [environment], lock_from_row)
+        .optional()?)
+}
+
 fn lock_from_row(r: &Row<'_>) -> rusqlite::Result<LockRecord> {
     lock_from_row_at(r, 0)
 }
@@ -822,13 +828,7 @@ impl Store {
     ) -> Result<Option<LockRecord>, StoreError> {
         self.unsynced(|c| {
             let tx = c.transaction()?;
-            let held = tx
-                .query_row(
-                    &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE environment = ?1"),
-                    [environment],
-                    lock_from_row,
-                )
-                .optional()?;
+            let held = held_lock(&tx, environment)?;
             if let Some(h) = held
                 && h.token != want.token
                 && h.heartbeat_ms >= stale_before_ms
@@ -879,13 +879,7 @@ impl Store {
     pub fn force_unlock(&self, environment: &str, now_ms: i64) -> Result<Option<LockRecord>, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let held = tx
-                .query_row(
-                    &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE environment = ?1"),
-                    [environment],
-                    lock_from_row,
-                )
-                .optional()?;
+            let held = held_lock(&tx, environment)?;
             tx.execute("DELETE FROM locks WHERE environment = ?1", [environment])?;
             tx.execute(
                 "INSERT INTO environments (name, force_unlocked_at, force_unlocked_ms) VALUES (?1, ?2, ?3)
