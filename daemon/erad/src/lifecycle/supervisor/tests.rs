@@ -495,3 +495,21 @@ async fn a_restarted_job_that_exits_0_before_its_health_check_ends_stopped() {
     b.reach(State::Stopped).await;
     assert_eq!(b.runtime.world().real_starts.get(&1), Some(&2), "not run a third time");
 }
+
+#[tokio::test]
+async fn a_drift_check_the_runtime_cannot_answer_is_unknown_never_healthy() {
+    use crate::lifecycle::Standing;
+    let b = Bench::new();
+    b.apply("").await;
+    b.reach(State::Running).await;
+    b.lifecycle.stop("web").await.unwrap();
+    b.reach(State::Stopped).await;
+    assert_eq!(b.lifecycle.check_drift("web").await.0, Standing::Healthy);
+    b.runtime.fail("status", 1, [Failure::Failed("the API is down".into())]);
+    let (standing, detail) = b.lifecycle.check_drift("web").await;
+    assert_eq!(standing, Standing::Unknown, "{detail}");
+    assert!(detail.contains("the API is down"), "{detail}");
+    // A stopped workload the runtime no longer has is as recorded.
+    b.runtime.fail("status", 1, [Failure::NotFound("gone".into())]);
+    assert_eq!(b.lifecycle.check_drift("web").await.0, Standing::Healthy);
+}
