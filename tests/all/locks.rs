@@ -344,3 +344,27 @@ fn drift_shows_in_the_report_and_the_plan_and_stops_a_protected_apply_until_acce
     let runs = erad.era(&["-o", "json", "runs"]).json();
     assert!(runs.as_array().unwrap().iter().any(|r| r["kind"] == "report"), "{runs}");
 }
+
+#[test]
+fn erad_checks_drift_on_its_own_and_report_last_shows_it_without_asking() {
+    let config = format!("{}\n[drift]\ninterval = \"300ms\"\n", era_tests::fixture_plugins());
+    let erad = Erad::start_with(&config, &[]);
+    let job = quick_spec(&erad.dir.path().join("qa"), "job", "qa");
+    assert_eq!(erad.apply_wait(&job).code, 0);
+    assert_eq!(erad.era(&["stop", "job", "--wait"]).code, 0);
+    let last = |erad: &Erad| erad.era(&["-o", "json", "report", "--last", "--env", "qa"]).json();
+    era_tests::eventually(T, || last(&erad)["deployments"][0]["standing"] == "healthy");
+    // It runs again behind erad's back; nobody asks, erad finds it.
+    let state = erad.data_dir().join("deployments/job/rev-1/noop.json");
+    let mut s = erad.noop_state("job", 1).unwrap();
+    s["running"] = true.into();
+    std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+    era_tests::eventually(T, || last(&erad)["deployments"][0]["standing"] == "drifted");
+    let r = last(&erad);
+    assert_eq!(r["environments"][0]["standing"], "drifted", "{r}");
+    assert!(r["deployments"][0]["checked_at"].as_str().unwrap().starts_with("20"), "{r}");
+    assert!(erad.log().contains("drift check: deployments drifted"));
+    // Reading the last check is not a run; asking now is.
+    let runs = erad.era(&["-o", "json", "runs"]).json();
+    assert!(runs.as_array().unwrap().is_empty(), "{runs}");
+}

@@ -69,6 +69,10 @@ enum Command {
     Report {
         #[arg(long, env = "ERA_ENV")]
         env: Option<String>,
+        /// erad's last periodic check ([drift] interval) instead of asking
+        /// the runtimes now.
+        #[arg(long)]
+        last: bool,
     },
     /// What applying a set of specs (an environment's whole desired state)
     /// would add, change and destroy, field by field, without changing
@@ -265,7 +269,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Apply { plan: Some(plan), env, accept_drift, .. } => {
             commands::plan::apply(&cli.socket, &plan, env.as_deref(), accept_drift, fmt).await
         }
-        Command::Report { env } => commands::report::run(&cli.socket, env.as_deref(), fmt).await,
+        Command::Report { env, last } => commands::report::run(&cli.socket, env.as_deref(), last, fmt).await,
         Command::Apply { file, wait, .. } => {
             let file = file.ok_or_else(|| CliError::Usage("apply needs -f FILE or --plan PLAN".into()))?;
             commands::apply::run(&cli.socket, &file, &wait, fmt).await

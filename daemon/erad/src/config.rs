@@ -59,7 +59,19 @@ struct RawConfig {
     locks: RawLocks,
     #[serde(default)]
     runs: RawRuns,
+    #[serde(default)]
+    drift: RawDrift,
 }
+
+/// `[drift]`: how often erad checks every deployment against its runtime.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrift {
+    interval: Option<HumanDuration>,
+}
+
+/// How often drift is checked by default.
+pub const DRIFT_INTERVAL: Duration = Duration::from_secs(600);
 
 /// `[runs]`: how long the run history is kept.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -313,6 +325,9 @@ pub struct DaemonConfig {
     pub locks: LockPolicy,
     /// How long a run stays in the history (`[runs] retention`, 30 days).
     pub run_retention: Duration,
+    /// How often every deployment is checked against its runtime
+    /// (`[drift] interval`, 10 minutes; 0 turns it off).
+    pub drift_interval: Duration,
 }
 
 /// Default memory cap of a plugin instance.
@@ -533,6 +548,7 @@ impl DaemonConfig {
             environments,
             locks,
             run_retention: raw.runs.retention.map(|h| h.0).unwrap_or(RUN_RETENTION),
+            drift_interval: raw.drift.interval.map(|h| h.0).unwrap_or(DRIFT_INTERVAL),
         })
     }
 }
@@ -551,6 +567,7 @@ mod tests {
         assert_eq!(c.file_roots, [PathBuf::from("/srv/era/artifacts")]);
         assert_eq!(c.locks, LockPolicy::default());
         assert_eq!(c.run_retention, RUN_RETENTION);
+        assert_eq!(c.drift_interval, DRIFT_INTERVAL);
         assert_eq!(
             c.environments["prod"],
             EnvironmentPolicy { protected: true, plan_max_age: Some(PROTECTED_PLAN_MAX_AGE) }

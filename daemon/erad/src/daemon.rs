@@ -212,6 +212,24 @@ impl DaemonBuilder {
             }
         });
 
+        // Every deployment against its runtime, now and then, so a report
+        // is fresh without asking (`era report --last`).
+        if !cfg.drift_interval.is_zero() {
+            let drift = lifecycle.clone();
+            let mut drift_stop = shutdown_rx.clone();
+            let interval = cfg.drift_interval;
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(interval);
+                every.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => drift.check_all_drift().await,
+                        _ = drift_stop.changed() => return,
+                    }
+                }
+            });
+        }
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<DeploymentsServer<DeploymentsService>>().await;
         // Reflection in both versions: v1alpha is what Python's grpcio

@@ -6,10 +6,12 @@ use crate::output::{self, Format};
 use era_api::v1 as pb;
 use std::path::Path;
 
-pub async fn run(socket: &Path, environment: Option<&str>, fmt: Format) -> Result<(), CliError> {
+pub async fn run(socket: &Path, environment: Option<&str>, last: bool, fmt: Format) -> Result<(), CliError> {
     let mut c = client::connect(socket).await?;
-    let r =
-        c.report(pb::ReportRequest { environment: environment.unwrap_or_default().to_string() }).await?.into_inner();
+    let r = c
+        .report(pb::ReportRequest { environment: environment.unwrap_or_default().to_string(), last })
+        .await?
+        .into_inner();
     let deployments: Vec<_> = r
         .deployments
         .iter()
@@ -28,9 +30,9 @@ pub async fn run(socket: &Path, environment: Option<&str>, fmt: Format) -> Resul
     for e in &r.environments {
         println!("environment {}: {} ({} deployment(s))", e.name, e.standing, e.deployments);
     }
-    println!("{:<24} {:<12} {:<10} DETAIL", "NAME", "ENVIRONMENT", "STANDING");
+    println!("{:<24} {:<12} {:<10} {:<25} DETAIL", "NAME", "ENVIRONMENT", "STANDING", "CHECKED");
     for d in &r.deployments {
-        println!("{:<24} {:<12} {:<10} {}", d.name, d.environment, d.standing, d.detail);
+        println!("{:<24} {:<12} {:<10} {:<25} {}", d.name, d.environment, d.standing, d.checked_at, d.detail);
     }
     Ok(())
 }

@@ -66,6 +66,51 @@ impl Lifecycle {
         Ok(out)
     }
 
+    /// Checks every deployment and records what it found (the periodic
+    /// check `era report --last` reads).
+    pub async fn check_all_drift(&self) {
+        let checked = match self.report(None).await {
+            Ok(c) => c,
+            Err(e) => return tracing::warn!("drift check: {e}"),
+        };
+        let drifted = checked.iter().filter(|c| c.standing == Standing::Drifted).count();
+        let rows: Vec<[String; 5]> = checked
+            .into_iter()
+            .map(|c| [c.name, c.environment, c.standing.as_str().to_string(), c.detail, c.checked_at])
+            .collect();
+        match self.shared.store.record_drift(&rows) {
+            Ok(()) if drifted > 0 => tracing::warn!(drifted, checked = rows.len(), "drift check: deployments drifted"),
+            Ok(()) => tracing::debug!(checked = rows.len(), "drift check"),
+            Err(e) => tracing::warn!("drift check: {e}"),
+        }
+    }
+
+    /// The last periodic drift check of every deployment (of
+    /// `environment`, or all): what `era report --last` shows.
+    pub fn last_drift(&self, environment: Option<&str>) -> Result<Vec<Checked>, StoreError> {
+        let parse = |s: &str| match s {
+            "healthy" => Standing::Healthy,
+            "deploying" => Standing::Deploying,
+            "drifted" => Standing::Drifted,
+            "failed" => Standing::Failed,
+            _ => Standing::Unknown,
+        };
+        Ok(self
+            .shared
+            .store
+            .drift_checks()?
+            .into_iter()
+            .filter(|[_, e, ..]| environment.is_none_or(|want| want == e))
+            .map(|[name, environment, standing, detail, checked_at]| Checked {
+                name,
+                environment,
+                standing: parse(&standing),
+                detail,
+                checked_at,
+            })
+            .collect())
+    }
+
     /// Where one deployment stands against its runtime.
     pub async fn check_drift(&self, name: &str) -> (Standing, String) {
         let store = &self.shared.store;

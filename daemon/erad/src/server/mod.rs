@@ -332,9 +332,15 @@ impl Deployments for DeploymentsService {
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
         let who = holder(&req);
-        let env = req.into_inner().environment;
+        let req = req.into_inner();
+        let env = req.environment;
         let started = crate::store::now_rfc3339();
-        let checked = self.lifecycle.report((!env.is_empty()).then_some(env.as_str())).await.map_err(store_status)?;
+        let which = (!env.is_empty()).then_some(env.as_str());
+        let checked = if req.last {
+            self.lifecycle.last_drift(which).map_err(store_status)?
+        } else {
+            self.lifecycle.report(which).await.map_err(store_status)?
+        };
         let mut envs: std::collections::BTreeMap<String, (crate::lifecycle::Standing, u32)> = Default::default();
         for c in &checked {
             let e = envs.entry(c.environment.clone()).or_insert((crate::lifecycle::Standing::Healthy, 0));
@@ -345,7 +351,9 @@ impl Deployments for DeploymentsService {
         let summary =
             envs.iter().map(|(n, (s, count))| format!("{n} {} ({count})", s.as_str())).collect::<Vec<_>>().join(", ");
         let run_env = if env.is_empty() { "*" } else { env.as_str() };
-        self.lifecycle.record_run("report", run_env, &who, started, Ok((summary, lines)));
+        if !req.last {
+            self.lifecycle.record_run("report", run_env, &who, started, Ok((summary, lines)));
+        }
         Ok(Response::new(pb::ReportResponse {
             deployments: checked
                 .into_iter()

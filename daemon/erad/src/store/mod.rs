@@ -131,6 +131,14 @@ CREATE TABLE IF NOT EXISTS runs (
     log         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
+-- The last drift check of each deployment (erad's periodic one).
+CREATE TABLE IF NOT EXISTS drift_checks (
+    deployment  TEXT PRIMARY KEY,
+    environment TEXT NOT NULL,
+    standing    TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    checked_at  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS port_claims (
     port       INTEGER NOT NULL,
     protocol   TEXT NOT NULL,
@@ -926,6 +934,35 @@ impl Store {
                 ],
             )?;
             Ok(())
+        })
+    }
+
+    /// Replaces the recorded drift checks with `checks` (deployment,
+    /// environment, standing, detail, checked_at). Written without waiting
+    /// for the disk: the next check writes them again.
+    pub fn record_drift(&self, checks: &[[String; 5]]) -> Result<(), StoreError> {
+        self.unsynced(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM drift_checks", [])?;
+            for [d, e, s, detail, at] in checks {
+                tx.execute(
+                    "INSERT INTO drift_checks (deployment, environment, standing, detail, checked_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![d, e, s, detail, at],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The recorded drift checks, by deployment name.
+    pub fn drift_checks(&self) -> Result<Vec<[String; 5]>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT deployment, environment, standing, detail, checked_at FROM drift_checks ORDER BY deployment",
+            )?;
+            let rows = st.query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
