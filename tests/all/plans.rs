@@ -325,11 +325,22 @@ fn a_restart_does_not_make_a_plan_stale_and_an_empty_set_is_refused() {
     assert_eq!(r.code, 0, "{r:?}");
     erad.wait_for_state("b", "Running", T);
 
-    // An empty directory is not "destroy everything".
+    // An empty directory is not "destroy everything"; what a directory
+    // holds besides specs is named.
     let empty = erad.dir.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::create_dir_all(empty.join("sub")).unwrap();
+    std::fs::write(empty.join("notes.txt"), "not a spec").unwrap();
     let r = erad.era(&["plan", "-f", empty.to_str().unwrap()]);
     assert!(r.code == 2 && r.stderr.contains("the set has no deployment spec"), "{r:?}");
+    assert!(r.stderr.contains("skipped") && r.stderr.contains("sub (a directory: not read)"), "{r:?}");
+    assert!(r.stderr.contains("notes.txt (not a .yaml, .yml or .json file)"), "{r:?}");
+    std::fs::remove_dir(empty.join("sub")).unwrap();
+    std::fs::remove_file(empty.join("notes.txt")).unwrap();
+    // Upper-case extensions are specs too.
+    let upper = write_spec(&set, "c", "");
+    std::fs::rename(&upper, set.join("C.YAML")).unwrap();
+    let json = erad.era(&["-o", "json", "plan", "-f", set.to_str().unwrap()]).json();
+    assert!(json["changes"].as_array().unwrap().iter().any(|c| c["name"] == "c" && c["action"] == "add"), "{json}");
     // Two deployments of one set claiming one port.
     write_spec(&empty, "p1", "  ports: [{name: web, port: 18080}]\n");
     write_spec(&empty, "p2", "  ports: [{name: web, port: 18080}]\n");

@@ -10,23 +10,32 @@ use std::path::{Path, PathBuf};
 pub const CHANGES_PRESENT: u8 = 5;
 
 /// The spec files of a desired set: `path` itself, or the `.yaml`, `.yml`
-/// and `.json` files directly in the directory `path`, in name order
-/// (hidden files skipped).
+/// and `.json` files (any case) directly in the directory `path`, in name
+/// order. Hidden files are skipped quietly; anything else in the directory
+/// (a subdirectory, another kind of file) is named on stderr, since a spec
+/// left out of the set plans as a destroy.
 fn spec_files(path: &Path) -> Result<Vec<pb::SpecFile>, CliError> {
     let usage = |e: std::io::Error| CliError::Usage(format!("cannot read {}: {e}", path.display()));
     let paths: Vec<PathBuf> = if path != Path::new("-") && std::fs::metadata(path).map_err(usage)?.is_dir() {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(usage)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                !name.starts_with('.')
-                    && [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x))
-                    && std::fs::metadata(p).is_ok_and(|m| m.is_file())
-            })
-            .collect();
+        let mut found = Vec::new();
+        let mut skipped = Vec::new();
+        for p in std::fs::read_dir(path).map_err(usage)?.filter_map(Result::ok).map(|e| e.path()) {
+            let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            if name.starts_with('.') {
+                continue;
+            }
+            let spec = [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x));
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() && spec => found.push(p),
+                Ok(m) if m.is_dir() => skipped.push(format!("{} (a directory: not read)", p.display())),
+                _ => skipped.push(format!("{} (not a .yaml, .yml or .json file)", p.display())),
+            }
+        }
         found.sort();
+        skipped.sort();
+        for s in &skipped {
+            eprintln!("era: skipped {s}");
+        }
         found
     } else {
         vec![path.to_path_buf()]
