@@ -224,14 +224,14 @@ async fn concurrent_deployments(n: usize) {
     let daemon = erad::Daemon::builder(config).start().await.unwrap();
     std::fs::write(dir.path().join("app.bin"), b"bench").unwrap();
     let sha = era_tests::sha256(b"bench");
-    let specs: Vec<_> = (0..n)
+    let texts: Vec<String> = (0..n)
         .map(|i| {
-            let text = format!(
+            format!(
                 "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: app-{i}}}\nspec:\n  runtime: noop\n  artifact: {{file: app.bin, sha256: \"{sha}\"}}\n"
-            );
-            erad::spec::DeploymentSpec::parse(&text, "bench").unwrap()
+            )
         })
         .collect();
+    let specs: Vec<_> = texts.iter().map(|t| erad::spec::DeploymentSpec::parse(t, "bench").unwrap()).collect();
     let lifecycle = daemon.lifecycle().clone();
     let t = Instant::now();
     let applies: Vec<_> = specs
@@ -260,6 +260,35 @@ async fn concurrent_deployments(n: usize) {
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         7
+    );
+
+    // `era plan` of the same set (nothing to change) and a drift report,
+    // each against n reads of one deployment as `era get` makes it (its
+    // row and its revision), in process: what the set costs beyond reading
+    // the record once per deployment.
+    let set: String = texts.join("---\n");
+    let source = dir.path().join("set.yaml").display().to_string();
+    let t = Instant::now();
+    let plan = lifecycle.plan("default", vec![erad::lifecycle::SpecFile { text: set, source }], "bench").await.unwrap();
+    let planned = t.elapsed();
+    assert!(!plan.has_changes(), "the set is what runs");
+    let t = Instant::now();
+    let report = lifecycle.report(None).await.unwrap();
+    let reported = t.elapsed();
+    assert_eq!(report.len(), n);
+    let t = Instant::now();
+    for i in 0..n {
+        let d = lifecycle.store().deployment(&format!("app-{i}")).unwrap();
+        lifecycle.store().revision(&d.name, d.current_revision).unwrap().unwrap();
+    }
+    let gets = t.elapsed();
+    println!(
+        "era plan of those {n}, nothing to change: {:.1} ms; a drift report of them: {:.1} ms; {n} gets: {:.1} ms; ratios {:.1}x and {:.1}x",
+        planned.as_secs_f64() * 1e3,
+        reported.as_secs_f64() * 1e3,
+        gets.as_secs_f64() * 1e3,
+        planned.as_secs_f64() / gets.as_secs_f64(),
+        reported.as_secs_f64() / gets.as_secs_f64()
     );
     daemon.shutdown().await;
 }
