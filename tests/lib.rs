@@ -302,6 +302,18 @@ impl Erad {
         std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).expect("noop.json is JSON"))
     }
 
+    /// Rewrites the noop fixture's state of a revision behind erad's back:
+    /// its workload running or not, and the exit code it left.
+    pub fn set_noop_running(&self, name: &str, rev: u64, running: bool, exit_code: Option<i32>) {
+        let path = self.data_dir().join(format!("deployments/{name}/rev-{rev}/noop.json"));
+        let mut s = self.noop_state(name, rev).expect("the revision has noop state");
+        s["running"] = running.into();
+        if let Some(code) = exit_code {
+            s["exit_code"] = code.into();
+        }
+        std::fs::write(&path, serde_json::to_vec(&s).expect("JSON")).expect("write noop.json");
+    }
+
     /// Whether the noop workload of a revision runs.
     pub fn noop_running(&self, name: &str, rev: u64) -> bool {
         self.noop_state(name, rev).is_some_and(|s| s["running"] == true)

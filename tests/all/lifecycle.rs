@@ -223,11 +223,7 @@ fn a_crashed_workload_is_restarted_per_policy_then_given_up() {
 
 /// Makes the noop workload of `name` revision 1 look exited with `code`.
 fn exit_noop(erad: &Erad, name: &str, code: i32) {
-    let state = erad.data_dir().join(format!("deployments/{name}/rev-1/noop.json"));
-    let mut s = erad.noop_state(name, 1).unwrap();
-    s["running"] = false.into();
-    s["exit_code"] = code.into();
-    std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+    erad.set_noop_running(name, 1, false, Some(code));
 }
 
 #[test]

@@ -313,11 +313,7 @@ fn a_restart_does_not_make_a_plan_stale_and_an_empty_set_is_refused() {
     assert_eq!(erad.apply_wait(&a).code, 0);
     write_spec(&set, "b", "");
     let id = plan_id(&erad, &["-f", set.to_str().unwrap()]);
-    let state = erad.data_dir().join("deployments/a/rev-1/noop.json");
-    let mut s = erad.noop_state("a", 1).unwrap();
-    s["running"] = false.into();
-    s["exit_code"] = 3.into();
-    std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+    erad.set_noop_running("a", 1, false, Some(3));
     let restarted = |erad: &Erad| erad.history("a").iter().any(|e| e["from"] == "Running" && e["to"] == "Activating");
     era_tests::eventually(T, || restarted(&erad) && erad.get("a")["state"] == "Running");
     // The plan still applies.

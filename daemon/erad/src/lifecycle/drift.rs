@@ -34,6 +34,26 @@ impl Standing {
             Standing::Failed => "failed",
         }
     }
+
+    /// The other way round; anything it does not know is `unknown`.
+    pub fn parse(s: &str) -> Standing {
+        [Standing::Healthy, Standing::Deploying, Standing::Drifted, Standing::Failed]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .unwrap_or(Standing::Unknown)
+    }
+}
+
+/// Each environment of `checked`: the worst standing of its deployments,
+/// and how many it has.
+pub fn by_environment(checked: &[Checked]) -> std::collections::BTreeMap<String, (Standing, u32)> {
+    let mut envs = std::collections::BTreeMap::new();
+    for c in checked {
+        let e = envs.entry(c.environment.clone()).or_insert((Standing::Healthy, 0));
+        e.0 = e.0.max(c.standing);
+        e.1 += 1;
+    }
+    envs
 }
 
 /// One deployment, checked.
@@ -88,13 +108,6 @@ impl Lifecycle {
     /// The last periodic drift check of every deployment (of
     /// `environment`, or all): what `era report --last` shows.
     pub fn last_drift(&self, environment: Option<&str>) -> Result<Vec<Checked>, StoreError> {
-        let parse = |s: &str| match s {
-            "healthy" => Standing::Healthy,
-            "deploying" => Standing::Deploying,
-            "drifted" => Standing::Drifted,
-            "failed" => Standing::Failed,
-            _ => Standing::Unknown,
-        };
         Ok(self
             .shared
             .store
@@ -104,7 +117,7 @@ impl Lifecycle {
             .map(|[name, environment, standing, detail, checked_at]| Checked {
                 name,
                 environment,
-                standing: parse(&standing),
+                standing: Standing::parse(&standing),
                 detail,
                 checked_at,
             })

@@ -17,7 +17,7 @@ mod runs;
 mod runtime;
 mod supervisor;
 
-pub use drift::{Checked, Standing};
+pub use drift::{Checked, Standing, by_environment};
 pub use locks::{EnvLock, LockError};
 pub use plan::{AppliedChange, PlanError, SpecFile, confirmation};
 pub use runs::plan_summary;

@@ -291,30 +291,19 @@ impl Lifecycle {
     }
 
     /// Carries out saved plan `id`, all of it, if nothing it was made
-    /// against has moved: the deployments it looked at have no new journal
-    /// entry and none joined its environment. Every add and change is
-    /// checked again first, so a spec that no longer validates stops the
-    /// plan before anything changes. `document`, when given (a plan file),
-    /// must be the saved plan unaltered.
+    /// against has moved: the deployments it looked at are driven towards
+    /// the same revisions and none joined its environment. Every add and
+    /// change is checked again first, so a spec that no longer validates
+    /// stops the plan before anything changes. `document`, when given (a
+    /// plan file), must be the saved plan unaltered; `environment`, when
+    /// given, the plan's.
     ///
-    /// In a protected environment the plan must be younger than its
-    /// `plan_max_age`; in any, younger than the environment's last
-    /// force-unlock. Holds the environment's lock while it works.
+    /// The plan must be younger than the environment's last force-unlock;
+    /// in a protected environment also younger than its `plan_max_age`,
+    /// and no deployment the plan keeps, changes or destroys may have
+    /// drifted (or be unknown to its runtime) unless `accept_drift`. Holds
+    /// the environment's lock while it works.
     pub async fn apply_plan(
-        &self,
-        id: &str,
-        document: Option<&str>,
-        holder: &str,
-    ) -> Result<(Plan, Vec<AppliedChange>), PlanError> {
-        self.apply_plan_in(id, document, holder, None, false).await
-    }
-
-    /// [`Lifecycle::apply_plan`], refusing a plan of another environment
-    /// than `environment` when one is given.
-    /// In a protected environment it refuses while a deployment the plan
-    /// keeps, changes or destroys has drifted (or cannot be checked),
-    /// unless `accept_drift`.
-    pub async fn apply_plan_in(
         &self,
         id: &str,
         document: Option<&str>,

@@ -263,7 +263,7 @@ impl Deployments for DeploymentsService {
         let document = (!req.document.is_empty()).then_some(req.document.as_str());
         let env = (!req.environment.is_empty()).then_some(req.environment.as_str());
         let started = crate::store::now_rfc3339();
-        let done = self.lifecycle.apply_plan_in(&req.id, document, &who, env, req.accept_drift).await;
+        let done = self.lifecycle.apply_plan(&req.id, document, &who, env, req.accept_drift).await;
         let (run_env, outcome) = match &done {
             Ok((plan, applied)) => {
                 let lines = applied
@@ -341,12 +341,7 @@ impl Deployments for DeploymentsService {
         } else {
             self.lifecycle.report(which).await.map_err(store_status)?
         };
-        let mut envs: std::collections::BTreeMap<String, (crate::lifecycle::Standing, u32)> = Default::default();
-        for c in &checked {
-            let e = envs.entry(c.environment.clone()).or_insert((crate::lifecycle::Standing::Healthy, 0));
-            e.0 = e.0.max(c.standing);
-            e.1 += 1;
-        }
+        let envs = crate::lifecycle::by_environment(&checked);
         let lines = checked.iter().map(|c| format!("{} {}: {}", c.standing.as_str(), c.name, c.detail)).collect();
         let summary =
             envs.iter().map(|(n, (s, count))| format!("{n} {} ({count})", s.as_str())).collect::<Vec<_>>().join(", ");
