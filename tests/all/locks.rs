@@ -317,7 +317,7 @@ fn drift_shows_in_the_report_and_the_plan_and_stops_a_protected_apply_until_acce
     assert_eq!(standings, ["healthy", "healthy"], "{r}");
 
     // The stopped job runs again behind erad's back.
-    erad.set_noop_running("job", 1, true, None);
+    erad.set_noop_running("prod-job", 1, true, None);
     let r = report(&erad);
     assert_eq!(r["environments"][0]["standing"], "drifted", "{r}");
     let job = r["deployments"].as_array().unwrap().iter().find(|d| d["name"] == "job").unwrap().clone();
@@ -352,7 +352,7 @@ fn erad_checks_drift_on_its_own_and_report_last_shows_it_without_asking() {
     let last = |erad: &Erad| erad.era(&["-o", "json", "report", "--last", "--env", "qa"]).json();
     era_tests::eventually(T, || last(&erad)["deployments"][0]["standing"] == "healthy");
     // It runs again behind erad's back; nobody asks, erad finds it.
-    erad.set_noop_running("job", 1, true, None);
+    erad.set_noop_running("qa-job", 1, true, None);
     era_tests::eventually(T, || last(&erad)["deployments"][0]["standing"] == "drifted");
     let r = last(&erad);
     assert_eq!(r["environments"][0]["standing"], "drifted", "{r}");

@@ -166,7 +166,7 @@ fn to_erad_workload(w: bare::era::plugin::types::Workload) -> erad::plugin::Work
 fn commit_latency(iterations: usize) {
     let dir = tempfile::tempdir_in(std::env::var("ERA_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap();
     let store = Store::open(&dir.path().join("era.db")).unwrap();
-    store.ensure_deployment("bench").unwrap();
+    store.ensure_deployment("bench", "default", "bench").unwrap();
     // Requested → … → Running, then loop Stop/Halted/Start/Activated/Healthy.
     for e in [
         Event::Apply,
@@ -279,7 +279,7 @@ async fn concurrent_deployments(n: usize) {
     let t = Instant::now();
     for i in 0..n {
         let d = lifecycle.store().deployment(&format!("app-{i}")).unwrap();
-        lifecycle.store().revision(&d.name, d.current_revision).unwrap().unwrap();
+        lifecycle.store().revision(&d.id, d.current_revision).unwrap().unwrap();
     }
     let gets = t.elapsed();
     println!(

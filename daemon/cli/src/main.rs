@@ -9,6 +9,7 @@ mod client;
 mod commands;
 mod output;
 mod progress;
+mod target;
 mod wait;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,7 @@ use output::Format;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use target::Target;
 
 #[derive(Parser, Debug)]
 #[command(name = "era", version, about = "Deploy and supervise workloads with erad")]
@@ -123,27 +125,53 @@ enum Command {
         #[command(subcommand)]
         command: Option<RunsCommand>,
     },
+    /// A deployment's outputs: each declared one with its type, value and
+    /// where the value came from (override, runtime, default); `set` and
+    /// `unset` an operator's override.
+    #[command(args_conflicts_with_subcommands = true)]
+    Outputs {
+        name: Option<String>,
+        #[arg(long, env = "ERA_ENV")]
+        env: Option<String>,
+        #[command(subcommand)]
+        command: Option<OutputsCommand>,
+    },
     /// Environment locks: who holds them, and forcing one open.
     Lock {
         #[command(subcommand)]
         command: LockCommand,
     },
     /// Show one deployment.
-    Get { name: String },
+    Get {
+        #[command(flatten)]
+        target: Target,
+    },
     /// List deployments.
     #[command(alias = "ls")]
     List {
         /// Include deleted deployments.
         #[arg(long)]
         all: bool,
+        /// Only this environment's.
+        #[arg(long, env = "ERA_ENV")]
+        env: Option<String>,
     },
-    /// Follow transitions as they happen (all deployments, or one).
-    Watch { name: Option<String> },
+    /// Follow transitions as they happen (all deployments, one, or one
+    /// environment's with --env alone).
+    Watch {
+        name: Option<String>,
+        #[arg(long, env = "ERA_ENV")]
+        env: Option<String>,
+    },
     /// Every transition of a deployment, oldest first.
-    History { name: String },
+    History {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Go back to an earlier revision.
     Rollback {
-        name: String,
+        #[command(flatten)]
+        target: Target,
         /// The revision to return to (default: the one before the serving one).
         #[arg(long)]
         to: Option<u64>,
@@ -152,25 +180,29 @@ enum Command {
     },
     /// Stop a deployment; its volumes and identity stay.
     Stop {
-        name: String,
+        #[command(flatten)]
+        target: Target,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Start a stopped deployment.
     Start {
-        name: String,
+        #[command(flatten)]
+        target: Target,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Remove a deployment and everything it made; its history stays.
     Delete {
-        name: String,
+        #[command(flatten)]
+        target: Target,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// The workload's output (stdout and stderr), from its runtime.
     Logs {
-        name: String,
+        #[command(flatten)]
+        target: Target,
         /// Keep printing what it writes.
         #[arg(short, long)]
         follow: bool,
@@ -229,6 +261,24 @@ enum RunsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum OutputsCommand {
+    /// Override a declared output (a value of its type; a credential the
+    /// runtime generated cannot be overridden).
+    Set {
+        #[command(flatten)]
+        target: Target,
+        key: String,
+        value: String,
+    },
+    /// Remove an override: the runtime's value, or the default, applies again.
+    Unset {
+        #[command(flatten)]
+        target: Target,
+        key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum LockCommand {
     /// The held locks: environment, operation, holder, since when, idle time.
     #[command(alias = "ls")]
@@ -283,26 +333,38 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::runs::show(&cli.socket, &id, fmt).await
         }
         Command::Runs { env, command: None } => commands::runs::list(&cli.socket, env.as_deref(), fmt).await,
+        Command::Outputs { command: Some(OutputsCommand::Set { target, key, value }), .. } => {
+            commands::outputs::set(&cli.socket, &target, &key, Some(&value), fmt).await
+        }
+        Command::Outputs { command: Some(OutputsCommand::Unset { target, key }), .. } => {
+            commands::outputs::set(&cli.socket, &target, &key, None, fmt).await
+        }
+        Command::Outputs { name: Some(name), env, command: None } => {
+            commands::outputs::show(&cli.socket, &Target { name, env }, fmt).await
+        }
+        Command::Outputs { name: None, .. } => Err(CliError::Usage("outputs needs a deployment's NAME".into())),
         Command::Lock { command: LockCommand::List } => commands::lock::list(&cli.socket, fmt).await,
         Command::Lock { command: LockCommand::ForceUnlock { environment, confirm } } => {
             commands::lock::force_unlock(&cli.socket, &environment, confirm, fmt).await
         }
-        Command::Get { name } => commands::get::run(&cli.socket, &name, fmt).await,
-        Command::List { all } => commands::list::run(&cli.socket, all, fmt).await,
-        Command::Watch { name } => commands::watch::run(&cli.socket, name.as_deref(), fmt).await,
-        Command::History { name } => commands::history::run(&cli.socket, &name, fmt).await,
-        Command::Rollback { name, to, wait } => commands::action::rollback(&cli.socket, &name, to, &wait, fmt).await,
-        Command::Stop { name, wait } => {
-            commands::action::run(&cli.socket, commands::action::Action::Stop, &name, &wait, fmt).await
+        Command::Get { target } => commands::get::run(&cli.socket, &target, fmt).await,
+        Command::List { all, env } => commands::list::run(&cli.socket, all, env.as_deref(), fmt).await,
+        Command::Watch { name, env } => commands::watch::run(&cli.socket, name.as_deref(), env.as_deref(), fmt).await,
+        Command::History { target } => commands::history::run(&cli.socket, &target, fmt).await,
+        Command::Rollback { target, to, wait } => {
+            commands::action::rollback(&cli.socket, &target, to, &wait, fmt).await
         }
-        Command::Start { name, wait } => {
-            commands::action::run(&cli.socket, commands::action::Action::Start, &name, &wait, fmt).await
+        Command::Stop { target, wait } => {
+            commands::action::run(&cli.socket, commands::action::Action::Stop, &target, &wait, fmt).await
         }
-        Command::Delete { name, wait } => {
-            commands::action::run(&cli.socket, commands::action::Action::Delete, &name, &wait, fmt).await
+        Command::Start { target, wait } => {
+            commands::action::run(&cli.socket, commands::action::Action::Start, &target, &wait, fmt).await
         }
-        Command::Logs { name, follow, tail, revision } => {
-            commands::logs::run(&cli.socket, &name, follow, tail, revision).await
+        Command::Delete { target, wait } => {
+            commands::action::run(&cli.socket, commands::action::Action::Delete, &target, &wait, fmt).await
+        }
+        Command::Logs { target, follow, tail, revision } => {
+            commands::logs::run(&cli.socket, &target, follow, tail, revision).await
         }
         Command::Plugins => commands::plugins::run(&cli.socket, fmt).await,
         Command::Pull { reference, kind, sha256 } => {

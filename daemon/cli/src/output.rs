@@ -23,13 +23,14 @@ pub fn deployment_json(d: &pb::Deployment) -> Value {
         "updated_at": d.updated_at,
         "message": d.message,
         "environment": d.environment,
+        "suspended": d.suspended,
         "labels": d.labels,
         "outputs": d.outputs,
     })
 }
 
-pub fn transition_json(name: &str, t: &pb::Transition) -> Value {
-    json!({"name": name, "seq": t.seq, "time": t.time, "from": t.from_state, "to": t.to_state, "revision": t.revision, "cause": t.cause})
+pub fn transition_json(name: &str, environment: &str, t: &pb::Transition) -> Value {
+    json!({"name": name, "environment": environment, "seq": t.seq, "time": t.time, "from": t.from_state, "to": t.to_state, "revision": t.revision, "cause": t.cause})
 }
 
 /// Prints a JSON or YAML document; `false` for the table format.

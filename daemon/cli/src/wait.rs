@@ -1,6 +1,7 @@
 //! `--wait`: follow a deployment until it settles, printing its transitions.
 
 use crate::client::{CliError, Client};
+use crate::target::{Target, label};
 use era_api::v1 as pb;
 use std::time::Duration;
 use tokio_stream::StreamExt;
@@ -10,21 +11,23 @@ const SETTLED: &[&str] = &["Running", "Stopped", "Deleted", "Failed", "RollbackF
 pub type Events = tonic::Streaming<pb::Event>;
 
 /// Opens the watch stream; call before the command so no transition is missed.
-pub async fn watch(client: &mut Client, name: &str) -> Result<Events, CliError> {
-    Ok(client.watch(pb::WatchRequest { name: name.to_string() }).await?.into_inner())
+pub async fn watch(client: &mut Client, target: &Target) -> Result<Events, CliError> {
+    let req = pb::WatchRequest { name: target.name.clone(), environment: target.environment() };
+    Ok(client.watch(req).await?.into_inner())
 }
 
 /// Prints transitions until the deployment is settled, then returns it.
 pub async fn settle(
     client: &mut Client,
-    name: &str,
+    target: &Target,
     mut events: Events,
     timeout: Duration,
     quiet: bool,
 ) -> Result<pb::Deployment, CliError> {
     let mut progress: Option<crate::progress::Progress> = None;
+    let name = label(&target.name, &target.environment());
     let follow = async {
-        let current = client.get(pb::NameRequest { name: name.to_string() }).await?.into_inner();
+        let current = client.get(target.request()).await?.into_inner();
         if SETTLED.contains(&current.state.as_str()) && !busy_soon(&current) {
             return Ok::<_, CliError>(current);
         }
@@ -39,7 +42,7 @@ pub async fn settle(
                         eprintln!("{name}: {} -> {} (revision {}): {}", t.from_state, t.to_state, t.revision, t.cause);
                     }
                     if SETTLED.contains(&t.to_state.as_str()) {
-                        return Ok(client.get(pb::NameRequest { name: name.to_string() }).await?.into_inner());
+                        return Ok(client.get(target.request()).await?.into_inner());
                     }
                 }
                 Some(pb::event::Kind::Progress(p)) if !quiet && p.total > 0 => {

@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod machine;
 pub mod memory;
+pub mod outputs;
 pub mod plan;
 pub mod plugin;
 pub mod prepare;

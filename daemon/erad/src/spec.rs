@@ -38,8 +38,10 @@ pub struct DeploymentSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
-    /// Unique on this host: lowercase letters, digits and `-`, at most 63 characters.
+    /// Unique in its environment: lowercase letters, digits and `-`, at most 63 characters.
     pub name: String,
+    /// The environment the deployment belongs to (`default` if not given):
+    /// a deployment is known by its environment and its name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -70,6 +72,15 @@ pub struct Spec {
     /// Runtime-specific settings, checked by the plugin's `validate`.
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
+    /// Stopped by contract: the deployment stops (keeping its volumes,
+    /// ports and identity) and stays stopped until a spec without it is
+    /// applied. Not part of a revision: suspending changes no workload.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
+    /// Typed values the deployment makes known (`era outputs`): from an
+    /// operator's override, else the runtime's status, else the default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, crate::outputs::OutputSpec>,
 }
 
 /// Where the artifact comes from: exactly one of `file`, `url`, `image`, `wasm`, `blob`.
@@ -483,6 +494,13 @@ impl DeploymentSpec {
         &self.metadata.name
     }
 
+    /// The id a new deployment of this spec is recorded and run under: its
+    /// name in the environment `default`, `ENVIRONMENT-NAME` in any other
+    /// (see [`deployment_id`]).
+    pub fn new_id(&self) -> String {
+        deployment_id(self.environment(), self.name())
+    }
+
     /// The artifact source; `check` guarantees there is exactly one.
     pub fn artifact_source(&self) -> ArtifactSource {
         let a = &self.spec.artifact;
@@ -658,6 +676,22 @@ impl DeploymentSpec {
                 return e(&format!("{at}.port"), format!("port {}/{} is listed twice", p.port, p.protocol));
             }
         }
+        if s.outputs.len() > MAX_OUTPUTS {
+            return e("spec.outputs", format!("declares {} outputs; at most {MAX_OUTPUTS}", s.outputs.len()));
+        }
+        for (name, o) in &s.outputs {
+            let at = format!("spec.outputs.{name}");
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return e(&at, "an output name is 1-63 letters, digits, '_' or '-', starting with a letter".into());
+            }
+            if let Some(d) = &o.default {
+                o.kind.check(d).map_err(|m| (format!("{at}.default"), m))?;
+            }
+        }
         let mut vols = HashSet::new();
         for (i, v) in s.volumes.iter().enumerate() {
             let at = format!("spec.volumes[{i}]");
@@ -773,6 +807,18 @@ pub fn source_dir(source: &str) -> std::path::PathBuf {
         .filter(|p| p.is_absolute())
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| std::path::PathBuf::from("/"))
+}
+
+/// The id of a new deployment `name` of `environment`: what the store, the
+/// work dirs and the runtimes' objects are named by. The name alone in the
+/// environment `default` (so a store from before environments keeps its
+/// ids), `ENVIRONMENT-NAME` in any other; the store refuses an id another
+/// deployment holds (`a`/`b-c` against `a-b`/`c`).
+/// At most this many outputs per spec.
+const MAX_OUTPUTS: usize = 64;
+
+pub fn deployment_id(environment: &str, name: &str) -> String {
+    if environment == crate::plan::DEFAULT_ENVIRONMENT { name.to_string() } else { format!("{environment}-{name}") }
 }
 
 /// Whether `name` can name a deployment or an environment; the error says
@@ -962,6 +1008,21 @@ spec:
             (GOOD.replace("port: 8080}]", "port: 0}]"), "spec.ports[0].port"),
             (GOOD.replace("mountPath: /data", "mountPath: data"), "spec.volumes[0].mountPath"),
             (GOOD.replace("retries: 3", "retries: 0"), "spec.health.retries"),
+            (
+                GOOD.replace("runtime: noop", "runtime: noop\n  outputs: {port: {type: int, default: eighty}}"),
+                "spec.outputs.port.default",
+            ),
+            (
+                GOOD.replace(
+                    "runtime: noop",
+                    "runtime: noop\n  outputs: {token: {type: secret-ref, default: hunter2}}",
+                ),
+                "spec.outputs.token.default",
+            ),
+            (
+                GOOD.replace("runtime: noop", "runtime: noop\n  outputs: {9lives: {type: string}}"),
+                "spec.outputs.9lives",
+            ),
             (GOOD.replace("interval: 2s", "interval: soon"), "spec.health.interval"),
             (GOOD.replace("era.dev/v1", "era.dev/v2"), "apiVersion"),
         ];

@@ -3,6 +3,7 @@
 use crate::WaitArgs;
 use crate::client::{self, CliError, Client};
 use crate::output::{self, Format};
+use crate::target::{Target, label};
 use crate::wait;
 use era_api::v1 as pb;
 use std::path::Path;
@@ -24,33 +25,43 @@ impl Action {
     }
 }
 
-pub async fn run(socket: &Path, action: Action, name: &str, w: &WaitArgs, fmt: Format) -> Result<(), CliError> {
+pub async fn run(socket: &Path, action: Action, target: &Target, w: &WaitArgs, fmt: Format) -> Result<(), CliError> {
     let mut c = client::connect(socket).await?;
-    let events = if w.wait { Some(wait::watch(&mut c, name).await?) } else { None };
-    let req = pb::NameRequest { name: name.to_string() };
+    let events = if w.wait { Some(wait::watch(&mut c, target).await?) } else { None };
+    let req = target.request();
     let resp = match action {
         Action::Stop => c.stop(req).await?,
         Action::Start => c.start(req).await?,
         Action::Delete => c.delete(req).await?,
     }
     .into_inner();
-    finish(&mut c, name, resp, events, w, fmt, |d| d.state == action.goal(), action.goal()).await
+    finish(&mut c, target, resp, events, w, fmt, |d| d.state == action.goal(), action.goal()).await
 }
 
-pub async fn rollback(socket: &Path, name: &str, to: Option<u64>, w: &WaitArgs, fmt: Format) -> Result<(), CliError> {
+pub async fn rollback(
+    socket: &Path,
+    target: &Target,
+    to: Option<u64>,
+    w: &WaitArgs,
+    fmt: Format,
+) -> Result<(), CliError> {
     let mut c = client::connect(socket).await?;
-    let events = if w.wait { Some(wait::watch(&mut c, name).await?) } else { None };
-    let resp =
-        c.rollback(pb::RollbackRequest { name: name.to_string(), to_revision: to.unwrap_or(0) }).await?.into_inner();
-    let target = resp.revision;
-    let goal = format!("Running revision {target}");
-    finish(&mut c, name, resp, events, w, fmt, |d| d.state == "Running" && d.revision == target, &goal).await
+    let events = if w.wait { Some(wait::watch(&mut c, target).await?) } else { None };
+    let req = pb::RollbackRequest {
+        name: target.name.clone(),
+        to_revision: to.unwrap_or(0),
+        environment: target.environment(),
+    };
+    let resp = c.rollback(req).await?.into_inner();
+    let (target_of, revision) = (target, resp.revision);
+    let goal = format!("Running revision {revision}");
+    finish(&mut c, target_of, resp, events, w, fmt, |d| d.state == "Running" && d.revision == revision, &goal).await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     c: &mut Client,
-    name: &str,
+    target: &Target,
     resp: pb::ActionResponse,
     events: Option<wait::Events>,
     w: &WaitArgs,
@@ -58,14 +69,20 @@ async fn finish(
     reached: impl Fn(&pb::Deployment) -> bool,
     goal: &str,
 ) -> Result<(), CliError> {
+    let name = label(&resp.name, &resp.environment);
     if fmt == Format::Table {
         println!("{name} is {}", resp.state);
     }
     let Some(events) = events else {
-        output::structured(fmt, &serde_json::json!({"name": resp.name, "state": resp.state}));
+        output::structured(
+            fmt,
+            &serde_json::json!({"name": resp.name, "environment": resp.environment, "state": resp.state}),
+        );
         return Ok(());
     };
-    let d = wait::settle(c, name, events, w.timeout, fmt != Format::Table).await?;
+    // Followed where the command went (the environment erad resolved).
+    let target = Target::new(&target.name, &resp.environment);
+    let d = wait::settle(c, &target, events, w.timeout, fmt != Format::Table).await?;
     output::structured(fmt, &output::deployment_json(&d));
     if reached(&d) {
         if fmt == Format::Table {

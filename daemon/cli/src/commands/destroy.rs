@@ -30,7 +30,8 @@ pub async fn run(
         let deadline = Instant::now() + wait.timeout;
         for name in &resp.deleting {
             loop {
-                let d = c.get(pb::NameRequest { name: name.clone() }).await?.into_inner();
+                let req = pb::NameRequest { name: name.clone(), environment: environment.to_string() };
+                let d = c.get(req).await?.into_inner();
                 match d.state.as_str() {
                     "Deleted" => break,
                     "Failed" | "RollbackFailed" => {

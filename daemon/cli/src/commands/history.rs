@@ -1,11 +1,11 @@
 use crate::client::{self, CliError};
 use crate::output::{self, Format};
-use era_api::v1 as pb;
+use crate::target::Target;
 use std::path::Path;
 
-pub async fn run(socket: &Path, name: &str, fmt: Format) -> Result<(), CliError> {
+pub async fn run(socket: &Path, target: &Target, fmt: Format) -> Result<(), CliError> {
     let mut c = client::connect(socket).await?;
-    let entries = c.history(pb::NameRequest { name: name.to_string() }).await?.into_inner().entries;
+    let entries = c.history(target.request()).await?.into_inner().entries;
     let docs: Vec<_> = entries
         .iter()
         .map(|e| serde_json::json!({"seq": e.seq, "time": e.time, "from": e.from_state, "to": e.to_state, "revision": e.revision, "cause": e.cause}))

@@ -6,7 +6,8 @@ use std::path::Path;
 pub fn row(d: &pb::Deployment) -> Vec<String> {
     vec![
         d.name.clone(),
-        d.state.clone(),
+        d.environment.clone(),
+        if d.suspended { format!("{} (suspended)", d.state) } else { d.state.clone() },
         d.health.clone(),
         d.revision.to_string(),
         d.desired_revision.to_string(),
@@ -16,7 +17,7 @@ pub fn row(d: &pb::Deployment) -> Vec<String> {
     ]
 }
 
-pub async fn run(socket: &Path, all: bool, fmt: Format) -> Result<(), CliError> {
+pub async fn run(socket: &Path, all: bool, env: Option<&str>, fmt: Format) -> Result<(), CliError> {
     let mut c = client::connect(socket).await?;
     let list: Vec<pb::Deployment> = c
         .list(pb::ListRequest {})
@@ -25,11 +26,12 @@ pub async fn run(socket: &Path, all: bool, fmt: Format) -> Result<(), CliError> 
         .deployments
         .into_iter()
         .filter(|d| all || d.state != "Deleted")
+        .filter(|d| env.is_none_or(|e| e == d.environment))
         .collect();
     let docs: Vec<_> = list.iter().map(output::deployment_json).collect();
     if !output::structured(fmt, &docs) {
         output::table(
-            &["NAME", "STATE", "HEALTH", "REVISION", "DESIRED", "RUNTIME", "ARTIFACT", "UPDATED"],
+            &["NAME", "ENV", "STATE", "HEALTH", "REVISION", "DESIRED", "RUNTIME", "ARTIFACT", "UPDATED"],
             &list.iter().map(row).collect::<Vec<_>>(),
         );
     }

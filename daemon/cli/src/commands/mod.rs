@@ -9,6 +9,7 @@ pub mod images;
 pub mod list;
 pub mod lock;
 pub mod logs;
+pub mod outputs;
 pub mod plan;
 pub mod plugins;
 pub mod pull;

@@ -76,12 +76,11 @@ impl Lifecycle {
             if d.state == State::Deleted {
                 continue;
             }
-            let env = self.environment_of(&d.name)?.unwrap_or_else(|| crate::plan::DEFAULT_ENVIRONMENT.to_string());
-            if environment.is_some_and(|e| e != env) {
+            if environment.is_some_and(|e| e != d.environment) {
                 continue;
             }
-            let (standing, detail) = self.check_drift(&d.name).await;
-            out.push(Checked { name: d.name, environment: env, standing, detail, checked_at: now_rfc3339() });
+            let (standing, detail) = self.check_drift(&d.id).await;
+            out.push(Checked { name: d.name, environment: d.environment, standing, detail, checked_at: now_rfc3339() });
         }
         Ok(out)
     }
@@ -124,7 +123,7 @@ impl Lifecycle {
             .collect())
     }
 
-    /// Where one deployment stands against its runtime.
+    /// Where one deployment (by id) stands against its runtime.
     pub async fn check_drift(&self, name: &str) -> (Standing, String) {
         let store = &self.shared.store;
         let d = match store.deployment(name) {
@@ -157,6 +156,7 @@ impl Lifecycle {
         }
         let workload = workload_of(
             &self.shared.layout,
+            name,
             &rev.spec,
             rev.revision,
             rev.artifact_digest.as_deref().zip(rev.artifact_path.as_deref()),

@@ -150,19 +150,4 @@ impl Lifecycle {
     pub fn environment_policy(&self, environment: &str) -> crate::config::EnvironmentPolicy {
         self.shared.environments.get(environment).cloned().unwrap_or_default()
     }
-
-    /// The environment a recorded deployment belongs to (its desired
-    /// revision's), if it has a revision.
-    pub fn environment_of(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let store = &self.shared.store;
-        let d = match store.deployment(name) {
-            Ok(d) => d,
-            Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if d.desired_revision == 0 {
-            return Ok(None);
-        }
-        Ok(store.revision(name, d.desired_revision)?.map(|r| r.spec.environment().to_string()))
-    }
 }

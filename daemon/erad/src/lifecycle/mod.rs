@@ -11,6 +11,7 @@ mod drift;
 mod failure;
 mod hooks;
 mod locks;
+mod outputs;
 mod plan;
 mod restart;
 mod runs;
@@ -26,7 +27,7 @@ use crate::artifact::ContentStore;
 use crate::plugin::{CallContext, PluginRegistry, Workload};
 use crate::prepare::Layout;
 use crate::spec::DeploymentSpec;
-use crate::store::{JournalEntry, Store, StoreError};
+use crate::store::{DeploymentRecord, JournalEntry, Store, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,8 @@ impl WatchEvent {
 pub enum CommandError {
     #[error("deployment {0:?} not found")]
     NotFound(String),
+    #[error("there is a deployment {name:?} in each of the environments {environments}: name one with --env")]
+    Ambiguous { name: String, environments: String },
     #[error("deployment {name} is {state}; {action} is possible once it settles (see `era watch {name}`)")]
     Busy { name: String, state: State, action: &'static str },
     #[error("deployment {name}: {action} is not possible while it is {state}")]
@@ -161,7 +164,7 @@ impl Lifecycle {
     pub fn recover(&self) -> Result<usize, StoreError> {
         let all = self.shared.store.deployments()?;
         for d in &all {
-            self.supervisor(&d.name);
+            self.supervisor(&d.id);
         }
         Ok(all.len())
     }
@@ -202,9 +205,59 @@ impl Lifecycle {
 
     /// Creates the deployment or rolls out a new revision of it.
     pub async fn apply(&self, spec: DeploymentSpec, source_dir: PathBuf) -> Result<Applied, CommandError> {
-        let name = spec.name().to_string();
-        self.shared.store.ensure_deployment(&name)?;
-        self.send(&name, |reply| Command::Apply { spec: Box::new(spec), source_dir, reply }).await
+        if spec.spec.suspended {
+            let live = self.shared.store.find_deployment(spec.environment(), spec.name())?;
+            if !live.is_some_and(|d| d.state != State::Deleted && d.desired_revision != 0) {
+                return Err(CommandError::Invalid {
+                    name: spec.name().to_string(),
+                    message: "spec.suspended: a new deployment cannot start suspended: apply it without \
+                              spec.suspended first"
+                        .into(),
+                });
+            }
+        }
+        let id = self.id_for(&spec)?;
+        self.shared.store.ensure_deployment(&id, spec.environment(), spec.name())?;
+        self.send(&id, |reply| Command::Apply { spec: Box::new(spec), source_dir, reply }).await
+    }
+
+    /// The id `spec`'s deployment is recorded under: its own if it is
+    /// recorded, else the one a new deployment gets.
+    pub fn id_for(&self, spec: &DeploymentSpec) -> Result<String, StoreError> {
+        Ok(match self.shared.store.find_deployment(spec.environment(), spec.name())? {
+            Some(d) => d.id,
+            None => spec.new_id(),
+        })
+    }
+
+    /// The recorded deployment `name` of `environment`; with no environment,
+    /// the only live deployment of that name in any (or, none live, the
+    /// only deleted one); several: the error lists their environments and
+    /// asks for one.
+    pub fn resolve(&self, environment: Option<&str>, name: &str) -> Result<DeploymentRecord, CommandError> {
+        let store = &self.shared.store;
+        match environment {
+            Some(env) => store.find_deployment(env, name)?.ok_or_else(|| {
+                CommandError::NotFound(match env {
+                    crate::plan::DEFAULT_ENVIRONMENT => name.to_string(),
+                    _ => format!("{name} (environment {env})"),
+                })
+            }),
+            None => {
+                // A deleted one counts only where no other is live.
+                let all = store.deployments_named(name)?;
+                let (live, deleted): (Vec<_>, Vec<_>) = all.into_iter().partition(|d| d.state != State::Deleted);
+                let mut candidates = if live.is_empty() { deleted } else { live };
+                match candidates.len() {
+                    0 => Err(CommandError::NotFound(name.to_string())),
+                    1 => Ok(candidates.remove(0)),
+                    _ => Err(CommandError::Ambiguous {
+                        name: name.to_string(),
+                        environments: candidates.into_iter().map(|d| d.environment).collect::<Vec<_>>().join(", "),
+                    }),
+                }
+            }
+        }
     }
 
     pub async fn stop(&self, name: &str) -> Result<State, CommandError> {
@@ -240,10 +293,11 @@ impl Lifecycle {
         let invalid = |message: String| CommandError::Invalid { name: spec.name().to_string(), message };
         let plugin = supervisor::plugin_for(&self.shared, &spec.spec.runtime).map_err(invalid)?;
         self.shared.content.check_source(&spec.artifact_source(), source_dir).map_err(|e| invalid(e.to_string()))?;
+        let id = self.id_for(spec)?;
         for p in &spec.spec.ports {
             let claims = self.shared.store.port_owner(p.port, &p.protocol)?;
             if let Some(owner) = claims
-                && owner != spec.name()
+                && owner != id
             {
                 return Err(invalid(format!(
                     "port {}/{} is already claimed by deployment {owner:?}",
@@ -255,11 +309,11 @@ impl Lifecycle {
             crate::prepare::Scratch::new(&self.shared.layout.scratch()).map_err(|e| invalid(e.to_string()))?;
         // As the revision an apply would make, so what the plugin renders
         // is named as it would be.
-        let revision = self.shared.store.next_revision(spec.name())?;
+        let revision = self.shared.store.next_revision(&id)?;
         let workload: Workload =
-            supervisor::workload_of(&self.shared.layout, spec, revision, None, &scratch.path, source_dir);
+            supervisor::workload_of(&self.shared.layout, &id, spec, revision, None, &scratch.path, source_dir);
         plugin
-            .validate(&CallContext { deployment: spec.name(), work_dir: &scratch.path, revision: None }, &workload)
+            .validate(&CallContext { deployment: &id, work_dir: &scratch.path, revision: None }, &workload)
             .await
             .map_err(|e| invalid(e.to_string()))?;
         if !render {

@@ -60,20 +60,28 @@ fn comparable(spec: &DeploymentSpec) -> Value {
 }
 
 impl Lifecycle {
-    /// The live deployments (not Deleted, with a revision) and the desired
-    /// revision each is driven towards.
-    fn live_deployments(&self) -> Result<BTreeMap<String, RevisionRecord>, StoreError> {
+    /// The live deployments of `environment` (not Deleted, with a
+    /// revision) by name, and the desired revision each is driven towards
+    /// (whose `deployment` is its id).
+    fn live_deployments(&self, environment: &str) -> Result<BTreeMap<String, RevisionRecord>, StoreError> {
         let store = &self.shared.store;
         let mut live = BTreeMap::new();
         for d in store.deployments()? {
-            if d.state == State::Deleted || d.desired_revision == 0 {
+            if d.environment != environment || d.state == State::Deleted || d.desired_revision == 0 {
                 continue;
             }
-            if let Some(rev) = store.revision(&d.name, d.desired_revision)? {
+            if let Some(mut rev) = store.revision(&d.id, d.desired_revision)? {
+                // Suspension is the deployment's, not the revision's.
+                rev.spec.spec.suspended = d.suspended;
                 live.insert(d.name, rev);
             }
         }
         Ok(live)
+    }
+
+    /// The id of deployment `name` of `environment`, if it is recorded.
+    fn id_of(&self, environment: &str, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.shared.store.find_deployment(environment, name)?.map(|d| d.id))
     }
 
     /// Compares `files` (the whole desired set of `environment`) with what
@@ -136,22 +144,14 @@ impl Lifecycle {
         // What the plan is made against, read before what it compares: a
         // change that lands between the two makes the plan stale, never
         // fresh against a state it did not see.
-        let before = self.live_deployments()?;
+        let before = self.live_deployments(environment)?;
         let names: BTreeSet<String> = desired.keys().cloned().collect();
         let base = self.base(environment, &before, names.iter().map(String::as_str))?;
-        let live = self.live_deployments()?;
+        let live = self.live_deployments(environment)?;
         let mut changes = Vec::new();
         let mut set = Vec::new();
         for (name, (mut spec, label, dir)) in desired {
             let recorded = live.get(&name);
-            if let Some(rev) = recorded
-                && rev.spec.environment() != environment
-            {
-                return Err(PlanError::Invalid(format!(
-                    "{label}: deployment {name:?} belongs to environment {:?}; deployment names are unique on this host",
-                    rev.spec.environment()
-                )));
-            }
             let pinned = self.pin(&mut spec, &label).await?;
             let after = comparable(&spec);
             let (action, fields) = match recorded {
@@ -174,6 +174,18 @@ impl Lifecycle {
                     (if fields.is_empty() { Action::Noop } else { Action::Change }, fields)
                 }
             };
+            // Suspending stops what runs: it cannot also install something.
+            if spec.spec.suspended && (action == Action::Add || fields.iter().any(|f| f.path != "spec.suspended")) {
+                return Err(PlanError::Invalid(format!(
+                    "{label}: spec.suspended: {}",
+                    if action == Action::Add {
+                        "a new deployment cannot start suspended: add it without spec.suspended first"
+                    } else {
+                        "a spec that suspends its deployment cannot change anything else: apply the change first, \
+                         or suspend it with its spec as it is"
+                    }
+                )));
+            }
             if action != Action::Noop {
                 self.preflight(&spec, std::path::Path::new(&dir), &label).await?;
             }
@@ -190,8 +202,8 @@ impl Lifecycle {
             });
         }
         let wanted: BTreeSet<String> = changes.iter().map(|c| c.name.clone()).collect();
-        for (name, rev) in &live {
-            if rev.spec.environment() == environment && !wanted.contains(name) {
+        for name in live.keys() {
+            if !wanted.contains(name) {
                 changes.push(PlannedChange {
                     name: name.clone(),
                     action: Action::Destroy,
@@ -206,8 +218,10 @@ impl Lifecycle {
         }
         changes.sort_by(|a, b| a.name.cmp(&b.name));
         // What the runtime says of each recorded deployment.
-        for c in changes.iter_mut().filter(|c| live.contains_key(&c.name)) {
-            c.drift = drift_note(self.check_drift(&c.name).await);
+        for c in changes.iter_mut() {
+            if let Some(rev) = live.get(&c.name) {
+                c.drift = drift_note(self.check_drift(&rev.deployment).await);
+            }
         }
         // A deployment that joined the environment between the two reads
         // is in the plan's changes (a destroy) but not its base: stale.
@@ -235,14 +249,13 @@ impl Lifecycle {
         names: impl Iterator<Item = &'a str>,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut all: BTreeSet<String> = names.map(str::to_string).collect();
-        all.extend(live.iter().filter(|(_, r)| r.spec.environment() == environment).map(|(n, _)| n.clone()));
+        all.extend(live.keys().cloned());
         let store = &self.shared.store;
         all.into_iter()
             .map(|n| {
-                let revision = match store.deployment(&n) {
-                    Ok(d) if d.state != State::Deleted => d.desired_revision,
-                    Ok(_) | Err(StoreError::NotFound(_)) => 0,
-                    Err(e) => return Err(e),
+                let revision = match store.find_deployment(environment, &n)? {
+                    Some(d) if d.state != State::Deleted => d.desired_revision,
+                    _ => 0,
                 };
                 Ok((n, revision))
             })
@@ -344,7 +357,8 @@ impl Lifecycle {
         self.check_fresh(&plan)?;
         if self.environment_policy(&plan.environment).protected && !accept_drift {
             for c in plan.changes.iter().filter(|c| c.action != Action::Add) {
-                if let Some(note) = drift_note(self.check_drift(&c.name).await) {
+                let Some(id) = self.id_of(&plan.environment, &c.name)? else { continue };
+                if let Some(note) = drift_note(self.check_drift(&id).await) {
                     return Err(PlanError::Stale(format!(
                         "environment {} is protected and deployment {} is {note}: resolve it and run `era plan` again, \
                          or apply with --accept-drift",
@@ -358,12 +372,12 @@ impl Lifecycle {
         for c in plan.changes.iter().filter(|c| matches!(c.action, Action::Change | Action::Destroy)) {
             // A deployment in the middle of a step takes no command: the
             // plan waits for it rather than stopping halfway.
-            if let Ok(d) = self.shared.store.deployment(&c.name)
+            if let Some(d) = self.shared.store.find_deployment(&plan.environment, &c.name)?
                 && !d.state.is_settled()
             {
                 return Err(PlanError::Stale(format!(
-                    "deployment {} is {}: apply plan {id} once it settles (era watch {})",
-                    c.name, d.state, c.name
+                    "deployment {} is {}: apply plan {id} once it settles (era watch {} --env {})",
+                    c.name, d.state, c.name, plan.environment
                 )));
             }
         }
@@ -385,7 +399,8 @@ impl Lifecycle {
             let revision = match c.action {
                 Action::Noop => continue,
                 Action::Destroy => {
-                    self.delete(&c.name).await.map_err(|e| partial(&plan, &applied, e))?;
+                    let Some(id) = self.id_of(&plan.environment, &c.name)? else { continue };
+                    self.delete(&id).await.map_err(|e| partial(&plan, &applied, e))?;
                     0
                 }
                 Action::Add | Action::Change => {
@@ -457,7 +472,7 @@ impl Lifecycle {
 
     /// Refuses a plan whose recorded state moved.
     fn check_fresh(&self, plan: &Plan) -> Result<(), PlanError> {
-        let live = self.live_deployments()?;
+        let live = self.live_deployments(&plan.environment)?;
         let now = self.base(&plan.environment, &live, plan.base.keys().map(String::as_str))?;
         for (name, seq) in &now {
             match plan.base.get(name) {
@@ -521,15 +536,10 @@ impl Lifecycle {
             )));
         }
         let _lock = self.lock_environment(environment, "destroy", holder).await?;
-        let names: Vec<String> = self
-            .live_deployments()?
-            .into_iter()
-            .filter(|(_, r)| r.spec.environment() == environment)
-            .map(|(n, _)| n)
-            .collect();
+        let live = self.live_deployments(environment)?;
         let mut done = Vec::new();
-        for name in names {
-            match self.delete(&name).await {
+        for (name, rev) in live {
+            match self.delete(&rev.deployment).await {
                 Ok(_) => {
                     tracing::info!(environment, deployment = name, holder, "destroy: delete requested");
                     done.push(name);

@@ -55,6 +55,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("ApplyPlan", Role::Admin),
     ("ForceUnlock", Role::Admin),
     ("Destroy", Role::Admin),
+    ("SetOutput", Role::Admin),
     ("Get", Role::Reader),
     ("List", Role::Reader),
     ("History", Role::Reader),
@@ -66,6 +67,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Runs", Role::Reader),
     ("RunShow", Role::Reader),
     ("Report", Role::Reader),
+    ("Outputs", Role::Reader),
 ];
 
 /// The role `method` (as in the gRPC path) needs.
@@ -303,7 +305,10 @@ mod tests {
         let reads: Vec<&str> = METHODS.iter().filter(|(_, r)| *r == Role::Reader).map(|(m, _)| *m).collect();
         assert_eq!(
             reads,
-            ["Get", "List", "History", "Watch", "Plugins", "Images", "Logs", "Locks", "Runs", "RunShow", "Report"]
+            [
+                "Get", "List", "History", "Watch", "Plugins", "Images", "Logs", "Locks", "Runs", "RunShow", "Report",
+                "Outputs"
+            ]
         );
         assert_eq!(required("SomethingNew"), Role::Admin, "unknown methods fail closed");
     }

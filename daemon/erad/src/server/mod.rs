@@ -24,38 +24,24 @@ impl DeploymentsService {
         DeploymentsService { lifecycle }
     }
 
-    /// The locks a single-deployment command holds while it is accepted:
-    /// the environment the deployment is recorded in, and `also` (an
-    /// apply's spec's), one after the other in name order.
-    async fn lock_deployment(
-        &self,
-        name: &str,
-        also: Option<&str>,
-        operation: &str,
-        who: &str,
-    ) -> Result<Vec<EnvLock>, Status> {
-        let mut envs: Vec<String> = self.lifecycle.environment_of(name).map_err(store_status)?.into_iter().collect();
-        envs.extend(also.map(str::to_string));
-        envs.sort();
-        envs.dedup();
-        let mut held = Vec::new();
-        for env in envs {
-            held.push(self.lifecycle.lock_environment(&env, operation, who).await.map_err(lock_status)?);
-        }
-        Ok(held)
+    /// The recorded deployment a request names: `name` in `environment`,
+    /// or (no environment given) the only deployment of that name.
+    fn resolve(&self, name: &str, environment: &str) -> Result<DeploymentRecord, Status> {
+        self.lifecycle.resolve((!environment.is_empty()).then_some(environment), name).map_err(command_status)
+    }
+
+    /// The lock a single-deployment command holds while it is accepted: its
+    /// environment's.
+    async fn lock(&self, environment: &str, operation: &str, who: &str) -> Result<EnvLock, Status> {
+        self.lifecycle.lock_environment(environment, operation, who).await.map_err(lock_status)
     }
 
     fn deployment(&self, rec: DeploymentRecord) -> Result<pb::Deployment, Status> {
         let store = self.lifecycle.store();
         let serving = if rec.current_revision != 0 { rec.current_revision } else { rec.desired_revision };
-        let rev = store.revision(&rec.name, serving).map_err(store_status)?;
-        let (runtime, digest, environment, labels) = match rev {
-            Some(r) => (
-                r.runtime,
-                r.artifact_digest.unwrap_or_default(),
-                r.spec.environment().to_string(),
-                r.spec.metadata.labels.clone().into_iter().collect(),
-            ),
+        let rev = store.revision(&rec.id, serving).map_err(store_status)?;
+        let (runtime, digest, labels) = match rev {
+            Some(r) => (r.runtime, r.artifact_digest.unwrap_or_default(), r.spec.metadata.labels.into_iter().collect()),
             None => Default::default(),
         };
         Ok(pb::Deployment {
@@ -68,10 +54,30 @@ impl DeploymentsService {
             artifact_digest: digest,
             updated_at: rec.updated_at,
             message: rec.message,
-            environment,
+            environment: rec.environment,
+            suspended: rec.suspended,
             labels,
             outputs: rec.outputs.into_iter().collect(),
         })
+    }
+}
+
+fn outputs_response(rec: DeploymentRecord, outputs: Vec<crate::outputs::Resolved>) -> pb::OutputsResponse {
+    pb::OutputsResponse {
+        name: rec.name,
+        environment: rec.environment,
+        outputs: outputs
+            .into_iter()
+            .map(|o| pb::Output {
+                name: o.name,
+                r#type: o.kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
+                required: o.required,
+                has_value: o.value.is_some(),
+                value: o.value.unwrap_or_default(),
+                source: o.source.map(|s| s.as_str().to_string()).unwrap_or_default(),
+                problem: o.problem.unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
@@ -79,7 +85,7 @@ fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NotFound(n) => Status::not_found(format!("deployment {n:?} not found")),
         StoreError::Transition { .. } => Status::failed_precondition(e.to_string()),
-        StoreError::PortTaken { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::PortTaken { .. } | StoreError::IdTaken { .. } => Status::failed_precondition(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -161,6 +167,7 @@ fn plan_response(plan: &crate::plan::Plan) -> Result<pb::PlanResponse, Status> {
 fn command_status(e: CommandError) -> Status {
     match e {
         CommandError::NotFound(_) => Status::not_found(e.to_string()),
+        CommandError::Ambiguous { .. } => Status::invalid_argument(e.to_string()),
         CommandError::Busy { .. } | CommandError::NotPossible { .. } => Status::failed_precondition(e.to_string()),
         CommandError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         CommandError::Store(s) => store_status(s),
@@ -235,13 +242,14 @@ impl Deployments for DeploymentsService {
                 if req.source.is_empty() { "FILE" } else { req.source.as_str() }
             )));
         }
-        // The deployment's recorded environment is locked too, if another.
-        let _locks = self.lock_deployment(spec.name(), Some(&env), "apply", &who).await?;
+        let _lock = self.lock(&env, "apply", &who).await?;
+        let name = spec.name().to_string();
         let applied = self.lifecycle.apply(spec, dir).await.map_err(command_status)?;
         Ok(Response::new(pb::ApplyResponse {
-            name: applied.name,
+            name,
             revision: applied.revision,
             changed: applied.changed,
+            environment: env,
         }))
     }
 
@@ -402,6 +410,27 @@ impl Deployments for DeploymentsService {
         Ok(Response::new(pb::ForceUnlockResponse { removed: removed.map(|l| lock_json(env, l, false)) }))
     }
 
+    async fn outputs(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::OutputsResponse>, Status> {
+        let req = req.into_inner();
+        let rec = self.resolve(&req.name, &req.environment)?;
+        let outputs = self.lifecycle.outputs(&rec).map_err(store_status)?;
+        Ok(Response::new(outputs_response(rec, outputs)))
+    }
+
+    async fn set_output(&self, req: Request<pb::SetOutputRequest>) -> Result<Response<pb::OutputsResponse>, Status> {
+        let who = holder(&req);
+        let req = req.into_inner();
+        let rec = self.resolve(&req.name, &req.environment)?;
+        let _lock = self.lock(&rec.environment, "outputs set", &who).await?;
+        // Read again under the lock.
+        let rec = self.lifecycle.store().deployment(&rec.id).map_err(store_status)?;
+        let value = (!req.unset).then_some(req.value.as_str());
+        let outputs = self.lifecycle.set_output(&rec, &req.key, value).map_err(command_status)?;
+        // The value is not logged: an output may be sensitive.
+        tracing::info!(deployment = rec.id, output = req.key, unset = req.unset, by = who, "output override");
+        Ok(Response::new(outputs_response(rec, outputs)))
+    }
+
     async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
         let req = req.into_inner();
         let (spec, dir) = parse(&req.spec, &req.source)?;
@@ -411,7 +440,8 @@ impl Deployments for DeploymentsService {
     }
 
     async fn get(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::Deployment>, Status> {
-        let rec = self.lifecycle.store().deployment(&req.into_inner().name).map_err(store_status)?;
+        let req = req.into_inner();
+        let rec = self.resolve(&req.name, &req.environment)?;
         Ok(Response::new(self.deployment(rec)?))
     }
 
@@ -422,9 +452,9 @@ impl Deployments for DeploymentsService {
     }
 
     async fn history(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
-        let name = req.into_inner().name;
-        self.lifecycle.store().deployment(&name).map_err(store_status)?;
-        let entries = self.lifecycle.store().journal(&name).map_err(store_status)?;
+        let req = req.into_inner();
+        let rec = self.resolve(&req.name, &req.environment)?;
+        let entries = self.lifecycle.store().journal(&rec.id).map_err(store_status)?;
         let entries = entries
             .into_iter()
             .map(|e| pb::HistoryEntry {
@@ -443,61 +473,109 @@ impl Deployments for DeploymentsService {
         let who = holder(&req);
         let req = req.into_inner();
         let to = (req.to_revision != 0).then_some(req.to_revision);
-        let _lock = self.lock_deployment(&req.name, None, "rollback", &who).await?;
-        let state = self.lifecycle.rollback(&req.name, to).await.map_err(command_status)?;
-        let rec = self.lifecycle.store().deployment(&req.name).map_err(store_status)?;
+        let rec = self.resolve(&req.name, &req.environment)?;
+        let _lock = self.lock(&rec.environment, "rollback", &who).await?;
+        let state = self.lifecycle.rollback(&rec.id, to).await.map_err(command_status)?;
+        let rec = self.lifecycle.store().deployment(&rec.id).map_err(store_status)?;
         Ok(Response::new(pb::ActionResponse {
-            name: req.name,
+            name: rec.name,
             state: state.to_string(),
             revision: rec.desired_revision,
+            environment: rec.environment,
         }))
     }
 
     async fn stop(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
         let who = holder(&req);
-        let name = req.into_inner().name;
-        let _lock = self.lock_deployment(&name, None, "stop", &who).await?;
-        let state = self.lifecycle.stop(&name).await.map_err(command_status)?;
-        Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
+        let req = req.into_inner();
+        let rec = self.resolve(&req.name, &req.environment)?;
+        let _lock = self.lock(&rec.environment, "stop", &who).await?;
+        let state = self.lifecycle.stop(&rec.id).await.map_err(command_status)?;
+        Ok(Response::new(pb::ActionResponse {
+            name: rec.name,
+            state: state.to_string(),
+            revision: 0,
+            environment: rec.environment,
+        }))
     }
 
     async fn start(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
         let who = holder(&req);
-        let name = req.into_inner().name;
-        let _lock = self.lock_deployment(&name, None, "start", &who).await?;
-        let state = self.lifecycle.start(&name).await.map_err(command_status)?;
-        Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
+        let req = req.into_inner();
+        let rec = self.resolve(&req.name, &req.environment)?;
+        let _lock = self.lock(&rec.environment, "start", &who).await?;
+        let state = self.lifecycle.start(&rec.id).await.map_err(command_status)?;
+        Ok(Response::new(pb::ActionResponse {
+            name: rec.name,
+            state: state.to_string(),
+            revision: 0,
+            environment: rec.environment,
+        }))
     }
 
     async fn delete(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
         let who = holder(&req);
-        let name = req.into_inner().name;
-        let _lock = self.lock_deployment(&name, None, "delete", &who).await?;
-        let state = self.lifecycle.delete(&name).await.map_err(command_status)?;
-        Ok(Response::new(pb::ActionResponse { name, state: state.to_string(), revision: 0 }))
+        let req = req.into_inner();
+        let rec = self.resolve(&req.name, &req.environment)?;
+        let _lock = self.lock(&rec.environment, "delete", &who).await?;
+        let state = self.lifecycle.delete(&rec.id).await.map_err(command_status)?;
+        Ok(Response::new(pb::ActionResponse {
+            name: rec.name,
+            state: state.to_string(),
+            revision: 0,
+            environment: rec.environment,
+        }))
     }
 
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let name = req.into_inner().name;
+        let req = req.into_inner();
+        // One deployment's events: its id (one not recorded yet: the id it
+        // will get, so a watch opened before its apply sees it all).
+        let only = match (req.name.as_str(), req.environment.as_str()) {
+            ("", _) => None,
+            (name, env) => Some(match self.lifecycle.resolve((!env.is_empty()).then_some(env), name) {
+                Ok(rec) => rec.id,
+                Err(CommandError::NotFound(_)) => crate::spec::deployment_id(
+                    if env.is_empty() { crate::plan::DEFAULT_ENVIRONMENT } else { env },
+                    name,
+                ),
+                Err(e) => return Err(command_status(e)),
+            }),
+        };
+        let environment = (only.is_none() && !req.environment.is_empty()).then_some(req.environment);
+        // Who each id is, looked up once per id.
+        let store = self.lifecycle.store().clone();
+        let mut known: std::collections::HashMap<String, (String, String)> = Default::default();
         let stream = BroadcastStream::new(self.lifecycle.subscribe()).filter_map(move |ev| {
             let ev = match ev {
                 Ok(ev) => ev,
                 // A slow watcher misses events rather than slowing erad down.
                 Err(_) => return None,
             };
-            if !name.is_empty() && ev.deployment() != name {
+            if only.as_deref().is_some_and(|id| ev.deployment() != id) {
                 return None;
             }
-            let deployment = ev.deployment().to_string();
+            let id = ev.deployment().to_string();
+            if !known.contains_key(&id) {
+                let who = match store.deployment(&id) {
+                    Ok(d) => (d.environment, d.name),
+                    Err(_) => (String::new(), id.clone()),
+                };
+                known.insert(id.clone(), who);
+            }
+            let (env, name) = known[&id].clone();
+            if environment.as_ref().is_some_and(|e| *e != env) {
+                return None;
+            }
             let kind = match ev {
                 WatchEvent::Transition(e) => pb::event::Kind::Transition(transition(e)),
                 WatchEvent::Progress { revision, what, done, total, .. } => {
                     pb::event::Kind::Progress(pb::Progress { revision, what, done, total })
                 }
             };
-            Some(Ok(pb::Event { name: deployment, kind: Some(kind) }))
+            Some(Ok(pb::Event { name, kind: Some(kind), environment: env }))
         });
         Ok(Response::new(until_shutdown(&self.lifecycle, stream)))
     }
@@ -566,16 +644,16 @@ impl Deployments for DeploymentsService {
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<LogsStream>, Status> {
         let req = req.into_inner();
         let store = self.lifecycle.store();
-        let rec = store.deployment(&req.name).map_err(store_status)?;
+        let rec = self.resolve(&req.name, &req.environment)?;
         let revision = match req.revision {
             0 if rec.current_revision != 0 => rec.current_revision,
             0 => rec.desired_revision,
             r => r,
         };
-        if store.revision(&req.name, revision).map_err(store_status)?.is_none() {
+        if store.revision(&rec.id, revision).map_err(store_status)?.is_none() {
             return Err(Status::not_found(format!("{} has no revision {revision}", req.name)));
         }
-        let work = self.lifecycle.layout().work_dir(&req.name, revision);
+        let work = self.lifecycle.layout().work_dir(&rec.id, revision);
         if !work.exists() {
             return Err(Status::not_found(format!(
                 "{} revision {revision} has no work dir (retired or deleted): its logs went with it",
@@ -583,7 +661,7 @@ impl Deployments for DeploymentsService {
             )));
         }
         let lines = usize::try_from(req.tail).ok();
-        let log = crate::logs::WorkLog::new(&work, &req.name, revision);
+        let log = crate::logs::WorkLog::new(&work, &rec.id, revision);
         let (first, mut offset) = log.tail(lines).map_err(log_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let follow = req.follow;

@@ -19,11 +19,17 @@ use std::time::SystemTime;
 
 /// The schema version this erad writes; older files are migrated forward
 /// ([`migrate`]).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
+-- A deployment is (environment, name); `id` is what the rest of the store,
+-- the work dirs and the runtimes know it by: the name in the environment
+-- `default`, ENVIRONMENT-NAME in any other (a store migrated from before
+-- environments kept every deployment's old id, its name).
 CREATE TABLE IF NOT EXISTS deployments (
-    name              TEXT PRIMARY KEY,
+    id                TEXT PRIMARY KEY,
+    environment       TEXT NOT NULL DEFAULT 'default',
+    name              TEXT NOT NULL,
     state             TEXT NOT NULL,
     health            TEXT NOT NULL DEFAULT 'unknown',
     current_revision  INTEGER NOT NULL DEFAULT 0,
@@ -34,7 +40,13 @@ CREATE TABLE IF NOT EXISTS deployments (
     message           TEXT NOT NULL DEFAULT '',
     outputs           TEXT NOT NULL DEFAULT '{}',
     created_at        TEXT NOT NULL,
-    updated_at        TEXT NOT NULL
+    updated_at        TEXT NOT NULL,
+    -- 1: its spec says spec.suspended (it stays Stopped until one does not).
+    suspended         INTEGER NOT NULL DEFAULT 0,
+    -- Outputs an operator set (era outputs set), and the declared outputs
+    -- as the last rollout (or override) resolved them; JSON objects.
+    output_overrides  TEXT NOT NULL DEFAULT '{}',
+    resolved_outputs  TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS revisions (
     deployment      TEXT NOT NULL,
@@ -133,12 +145,14 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 -- The last drift check of each deployment (erad's periodic one).
 CREATE TABLE IF NOT EXISTS drift_checks (
-    deployment  TEXT PRIMARY KEY,
+    deployment  TEXT NOT NULL,
     environment TEXT NOT NULL,
     standing    TEXT NOT NULL,
     detail      TEXT NOT NULL,
-    checked_at  TEXT NOT NULL
+    checked_at  TEXT NOT NULL,
+    PRIMARY KEY (environment, deployment)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS deployments_by_environment ON deployments (environment, name);
 CREATE TABLE IF NOT EXISTS port_claims (
     port       INTEGER NOT NULL,
     protocol   TEXT NOT NULL,
@@ -157,6 +171,8 @@ pub enum StoreError {
     TooNew { found: i64 },
     #[error("deployment {0:?} not found")]
     NotFound(String),
+    #[error("cannot record {wanted}: its id {id:?} is {holder}'s; rename one of them")]
+    IdTaken { id: String, wanted: String, holder: String },
     #[error("deployment {name}: {source}")]
     Transition { name: String, source: TransitionError },
     #[error("port {port}/{protocol} is already claimed by deployment {owner:?}")]
@@ -211,7 +227,8 @@ impl FromStr for Operation {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentRecord {
-    pub name: String,
+    /// What the store, the work dirs and the runtimes know it by.
+    pub id: String,
     pub state: State,
     pub health: String,
     /// The revision that serves (0: none).
@@ -226,6 +243,15 @@ pub struct DeploymentRecord {
     pub outputs: BTreeMap<String, String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The environment it belongs to and its name there.
+    pub environment: String,
+    pub name: String,
+    /// Its spec says `spec.suspended`.
+    pub suspended: bool,
+    /// Outputs an operator set (`era outputs set`).
+    pub output_overrides: BTreeMap<String, String>,
+    /// The declared outputs as the last rollout or override resolved them.
+    pub resolved_outputs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,6 +314,14 @@ pub struct Changes {
     pub new_revision: Option<Box<RevisionRecord>>,
     /// What Fetching verified, recorded with the transition that ends it.
     pub artifact: Option<FetchedArtifact>,
+    /// Whether its spec suspends it, recorded with the transition that
+    /// stops or resumes it.
+    pub suspended: Option<bool>,
+    /// What the runtime reported and the declared outputs resolved from it,
+    /// recorded with the transition that makes the revision the serving one.
+    pub outputs: Option<(BTreeMap<String, String>, BTreeMap<String, String>)>,
+    /// Every output, override and resolution removed (the deployment is).
+    pub clear_outputs: bool,
 }
 
 /// A revision's verified artifact: its digest and place in the content
@@ -467,27 +501,60 @@ impl Store {
     /// this write too). A crash before then leaves a deployment in
     /// Requested with no revision or none at all, both of which recovery
     /// handles.
-    pub fn ensure_deployment(&self, name: &str) -> Result<DeploymentRecord, StoreError> {
+    pub fn ensure_deployment(&self, id: &str, environment: &str, name: &str) -> Result<DeploymentRecord, StoreError> {
         self.with(|c| {
             let now = now_rfc3339();
             c.pragma_update(None, "synchronous", "NORMAL")?;
             let inserted = c.execute(
-                "INSERT OR IGNORE INTO deployments (name, state, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-                params![name, State::Requested.as_str(), now],
+                "INSERT OR IGNORE INTO deployments (id, environment, name, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![id, environment, name, State::Requested.as_str(), now],
             );
             c.pragma_update(None, "synchronous", "FULL")?;
             inserted?;
-            get_deployment(c, name)
+            let d = get_deployment(c, id)?;
+            if d.environment != environment || d.name != name {
+                return Err(StoreError::IdTaken {
+                    id: id.to_string(),
+                    wanted: format!("{name} in environment {environment}"),
+                    holder: format!("{} in environment {}", d.name, d.environment),
+                });
+            }
+            Ok(d)
         })
     }
 
-    pub fn deployment(&self, name: &str) -> Result<DeploymentRecord, StoreError> {
-        self.with(|c| get_deployment(c, name))
+    pub fn deployment(&self, id: &str) -> Result<DeploymentRecord, StoreError> {
+        self.with(|c| get_deployment(c, id))
+    }
+
+    /// The deployment `name` of `environment`, if it is recorded.
+    pub fn find_deployment(&self, environment: &str, name: &str) -> Result<Option<DeploymentRecord>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = ?1 AND name = ?2"
+            ))?
+            .query_row([environment, name], deployment_from_row)
+            .optional()?
+            .transpose()
+        })
+    }
+
+    /// Every recorded deployment called `name`, whatever its environment.
+    pub fn deployments_named(&self, name: &str) -> Result<Vec<DeploymentRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = ?1 ORDER BY environment"
+            ))?;
+            let rows = st.query_map([name], deployment_from_row)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
+        })
     }
 
     pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY name"))?;
+            let mut st =
+                c.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY environment, name"))?;
             let rows = st.query_map([], deployment_from_row)?;
             rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
         })
@@ -604,8 +671,12 @@ impl Store {
                     previous_revision = COALESCE(?7, previous_revision),
                     operation = COALESCE(?8, operation),
                     restarts = COALESCE(?9, restarts),
-                    health = COALESCE(?10, health)
-                 WHERE name = ?1",
+                    health = COALESCE(?10, health),
+                    suspended = COALESCE(?11, suspended),
+                    outputs = CASE WHEN ?12 THEN '{}' ELSE COALESCE(?13, outputs) END,
+                    resolved_outputs = CASE WHEN ?12 THEN '{}' ELSE COALESCE(?14, resolved_outputs) END,
+                    output_overrides = CASE WHEN ?12 THEN '{}' ELSE output_overrides END
+                 WHERE id = ?1",
             )?
             .execute(params![
                 name,
@@ -617,7 +688,11 @@ impl Store {
                 changes.previous_revision.map(|v| v as i64),
                 changes.operation.map(Operation::as_str),
                 changes.restarts,
-                changes.health
+                changes.health,
+                changes.suspended,
+                changes.clear_outputs,
+                changes.outputs.as_ref().map(|(o, _)| to_json(o)),
+                changes.outputs.as_ref().map(|(_, r)| to_json(r))
             ])?;
             tx.prepare_cached(
                 "INSERT INTO journal (deployment, time, from_state, to_state, revision, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -660,6 +735,18 @@ impl Store {
                 operation: changes.operation.unwrap_or(before.operation),
                 restarts: changes.restarts.unwrap_or(before.restarts),
                 health: changes.health.clone().unwrap_or_else(|| before.health.clone()),
+                suspended: changes.suspended.unwrap_or(before.suspended),
+                outputs: match (&changes.outputs, changes.clear_outputs) {
+                    (_, true) => BTreeMap::new(),
+                    (Some((o, _)), _) => o.clone(),
+                    (None, _) => before.outputs.clone(),
+                },
+                resolved_outputs: match (&changes.outputs, changes.clear_outputs) {
+                    (_, true) => BTreeMap::new(),
+                    (Some((_, r)), _) => r.clone(),
+                    (None, _) => before.resolved_outputs.clone(),
+                },
+                output_overrides: if changes.clear_outputs { BTreeMap::new() } else { before.output_overrides.clone() },
                 ..before.clone()
             };
             tx.commit()?;
@@ -682,9 +769,43 @@ impl Store {
     pub fn set_observed(&self, name: &str, health: &str, outputs: &BTreeMap<String, String>) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "UPDATE deployments SET health = ?2, outputs = ?3 WHERE name = ?1",
+                "UPDATE deployments SET health = ?2, outputs = ?3 WHERE id = ?1",
                 params![name, health, serde_json::to_string(outputs).unwrap_or_else(|_| "{}".into())],
             )?;
+            Ok(())
+        })
+    }
+
+    /// Sets (`Some`) or removes an operator's override of output `key`,
+    /// with the declared outputs as they resolve now, in one write.
+    pub fn set_output_override(
+        &self,
+        id: &str,
+        key: &str,
+        value: Option<&str>,
+        resolved: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut overrides = get_deployment(&tx, id)?.output_overrides;
+            match value {
+                Some(v) => overrides.insert(key.to_string(), v.to_string()),
+                None => overrides.remove(key),
+            };
+            tx.execute(
+                "UPDATE deployments SET output_overrides = ?2, resolved_outputs = ?3 WHERE id = ?1",
+                params![id, to_json(&overrides), to_json(resolved)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Records whether its spec suspends it, where no transition goes
+    /// with it (suspending a stopped deployment, resuming a running one).
+    pub fn set_suspended(&self, id: &str, suspended: bool) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("UPDATE deployments SET suspended = ?2 WHERE id = ?1", params![id, suspended])?;
             Ok(())
         })
     }
@@ -692,7 +813,7 @@ impl Store {
     /// Resets the restart count of a workload that has run long enough.
     pub fn reset_restarts(&self, name: &str) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute("UPDATE deployments SET restarts = 0 WHERE name = ?1", params![name])?;
+            c.execute("UPDATE deployments SET restarts = 0 WHERE id = ?1", params![name])?;
             Ok(())
         })
     }
@@ -793,7 +914,7 @@ impl Store {
                      WHERE r.deployment = ?1 AND r.artifact_digest IS NOT NULL
                        AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.digest = r.artifact_digest AND a.pinned = 1)
                        AND NOT EXISTS (
-                         SELECT 1 FROM revisions o JOIN deployments d ON d.name = o.deployment
+                         SELECT 1 FROM revisions o JOIN deployments d ON d.id = o.deployment
                          WHERE o.artifact_digest = r.artifact_digest AND o.deployment != ?1 AND {HOLDS})",
                 ))?;
                 let rows = st.query_map([name], |r| r.get(0))?;
@@ -955,11 +1076,12 @@ impl Store {
         })
     }
 
-    /// The recorded drift checks, by deployment name.
+    /// The recorded drift checks (deployment name, environment, standing,
+    /// detail, when), by environment and name.
     pub fn drift_checks(&self) -> Result<Vec<[String; 5]>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT deployment, environment, standing, detail, checked_at FROM drift_checks ORDER BY deployment",
+                "SELECT deployment, environment, standing, detail, checked_at FROM drift_checks ORDER BY environment, deployment",
             )?;
             let rows = st.query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1038,7 +1160,7 @@ impl Store {
         self.with(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT a.reference, a.digest, a.kind, a.size, a.pulled_at,
-                        (SELECT group_concat(DISTINCT r.deployment) FROM revisions r JOIN deployments d ON d.name = r.deployment
+                        (SELECT group_concat(DISTINCT r.deployment) FROM revisions r JOIN deployments d ON d.id = r.deployment
                           WHERE r.artifact_digest = a.digest AND {HOLDS})
                  FROM artifacts a ORDER BY a.reference, a.pulled_at",
             ))?;
@@ -1062,7 +1184,7 @@ impl Store {
     pub fn gc_roots(&self) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT r.artifact_digest FROM revisions r JOIN deployments d ON d.name = r.deployment
+                "SELECT r.artifact_digest FROM revisions r JOIN deployments d ON d.id = r.deployment
                   WHERE {HOLDS} AND r.artifact_digest IS NOT NULL
                  UNION SELECT digest FROM artifacts",
             ))?;
@@ -1105,6 +1227,33 @@ fn migrate(conn: &Connection, found: i64) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    let has_deployments: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deployments')",
+        [],
+        |r| r.get(0),
+    )?;
+    if (1..=2).contains(&found) && has_deployments {
+        // Version 2 knew a deployment by its name alone (unique on the
+        // host). Each keeps that name as its id, so its revisions, journal,
+        // work dirs and runtime objects stay its own, and takes the
+        // environment its desired revision's spec names.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE deployments RENAME COLUMN name TO id;
+             ALTER TABLE deployments ADD COLUMN environment TEXT NOT NULL DEFAULT 'default';
+             ALTER TABLE deployments ADD COLUMN name TEXT NOT NULL DEFAULT '';
+             ALTER TABLE deployments ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE deployments ADD COLUMN output_overrides TEXT NOT NULL DEFAULT '{}';
+             ALTER TABLE deployments ADD COLUMN resolved_outputs TEXT NOT NULL DEFAULT '{}';
+             UPDATE deployments SET name = id, environment = COALESCE(
+                 (SELECT NULLIF(json_extract(r.spec, '$.metadata.environment'), '') FROM revisions r
+                   WHERE r.deployment = deployments.id AND r.revision = deployments.desired_revision),
+                 'default');
+             DROP TABLE IF EXISTS drift_checks;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -1114,10 +1263,10 @@ fn migrate(conn: &Connection, found: i64) -> rusqlite::Result<()> {
 const HOLDS: &str =
     "d.state != 'Deleted' AND NOT (d.state = 'Failed' AND d.operation = 'install' AND d.current_revision = 0)";
 
-const DEPLOYMENT_COLUMNS: &str = "name, state, health, current_revision, desired_revision, previous_revision, operation, restarts, message, outputs, created_at, updated_at";
+const DEPLOYMENT_COLUMNS: &str = "id, state, health, current_revision, desired_revision, previous_revision, operation, restarts, message, outputs, created_at, updated_at, environment, name, suspended, output_overrides, resolved_outputs";
 
 fn get_deployment(c: &Connection, name: &str) -> Result<DeploymentRecord, StoreError> {
-    c.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = ?1"))?
+    c.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?1"))?
         .query_row([name], deployment_from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(name.to_string()))?
@@ -1129,7 +1278,7 @@ fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<DeploymentRecord,
     let outputs: String = r.get(9)?;
     let rec = (|| {
         Ok(DeploymentRecord {
-            name: r.get(0)?,
+            id: r.get(0)?,
             state: state.parse().map_err(StoreError::Corrupt)?,
             health: r.get(2)?,
             current_revision: r.get::<_, i64>(3)? as u64,
@@ -1141,9 +1290,22 @@ fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<DeploymentRecord,
             outputs: serde_json::from_str(&outputs).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             created_at: r.get(10)?,
             updated_at: r.get(11)?,
+            environment: r.get(12)?,
+            name: r.get(13)?,
+            suspended: r.get(14)?,
+            output_overrides: json_map(&r.get::<_, String>(15)?)?,
+            resolved_outputs: json_map(&r.get::<_, String>(16)?)?,
         })
     })();
     Ok(rec)
+}
+
+fn json_map(text: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn to_json(map: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
 }
 
 fn insert_revision(c: &Connection, rev: &RevisionRecord) -> Result<(), StoreError> {
@@ -1252,7 +1414,7 @@ mod tests {
     #[test]
     fn a_transition_is_committed_with_its_journal_entry() {
         let (_d, s) = store();
-        s.ensure_deployment("web").unwrap();
+        s.ensure_deployment("web", "default", "web").unwrap();
         let (rec, entry) = s
             .commit_transition(
                 "web",
@@ -1271,7 +1433,7 @@ mod tests {
     #[test]
     fn the_record_a_commit_returns_is_what_the_store_holds() {
         let (_d, s) = store();
-        s.ensure_deployment("web").unwrap();
+        s.ensure_deployment("web", "default", "web").unwrap();
         let every = Changes {
             current_revision: Some(3),
             desired_revision: Some(4),
@@ -1279,6 +1441,7 @@ mod tests {
             operation: Some(Operation::Update),
             restarts: Some(5),
             health: Some("healthy".into()),
+            suspended: Some(true),
             ..Default::default()
         };
         for (event, changes) in
@@ -1292,7 +1455,7 @@ mod tests {
     #[test]
     fn a_revision_recorded_before_a_check_was_added_still_reads() {
         let (_d, s) = store();
-        s.ensure_deployment("web").unwrap();
+        s.ensure_deployment("web", "default", "web").unwrap();
         let mut rev = revision(1);
         // An environment name erad did not check before, and a control
         // character JSON keeps as is but YAML refuses.
@@ -1336,7 +1499,7 @@ mod tests {
     #[test]
     fn what_a_step_made_is_committed_with_its_transition_and_not_without_it() {
         let (_d, s) = store();
-        s.ensure_deployment("web").unwrap();
+        s.ensure_deployment("web", "default", "web").unwrap();
         // An illegal transition inserts no revision.
         let apply = |event| {
             let changes =
@@ -1376,7 +1539,7 @@ mod tests {
     #[test]
     fn an_illegal_transition_changes_nothing() {
         let (_d, s) = store();
-        s.ensure_deployment("web").unwrap();
+        s.ensure_deployment("web", "default", "web").unwrap();
         let err = s.commit_transition("web", Event::Healthy, 1, "x", &Changes::default()).unwrap_err();
         assert!(matches!(err, StoreError::Transition { .. }), "{err}");
         assert_eq!(s.deployment("web").unwrap().state, State::Requested);
@@ -1389,7 +1552,7 @@ mod tests {
         let path = dir.path().join("era.db");
         {
             let s = Store::open(&path).unwrap();
-            s.ensure_deployment("web").unwrap();
+            s.ensure_deployment("web", "default", "web").unwrap();
             s.commit_transition("web", Event::Apply, 1, "applied", &Changes::default()).unwrap();
         }
         let s = Store::open(&path).unwrap();
@@ -1412,7 +1575,7 @@ mod tests {
     #[test]
     fn a_pulled_artifact_outlives_the_deployments_that_used_it_and_a_fetched_one_does_not() {
         let (_d, s) = store();
-        s.ensure_deployment("web").unwrap();
+        s.ensure_deployment("web", "default", "web").unwrap();
         let spec = DeploymentSpec::parse(
             "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  runtime: noop\n  artifact: {image: \"r/app:1\"}\n",
             "test",
@@ -1442,6 +1605,60 @@ mod tests {
         assert_eq!(s.forget_artifacts_only_used_by("web").unwrap(), vec!["sha256:bb".to_string()]);
         let left: Vec<String> = s.artifacts().unwrap().into_iter().map(|a| a.digest).collect();
         assert_eq!(left, vec!["sha256:aa".to_string()], "a pin, once set, stays");
+    }
+
+    #[test]
+    fn a_version_2_store_is_migrated_each_deployment_keeping_its_id_and_taking_its_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("era.db");
+        {
+            // Version 2's tables: a deployment known by its name alone.
+            let v2 = format!(
+                "CREATE TABLE deployments (
+                    name TEXT PRIMARY KEY, state TEXT NOT NULL, health TEXT NOT NULL DEFAULT 'unknown',
+                    current_revision INTEGER NOT NULL DEFAULT 0, desired_revision INTEGER NOT NULL DEFAULT 0,
+                    previous_revision INTEGER NOT NULL DEFAULT 0, operation TEXT NOT NULL DEFAULT 'install',
+                    restarts INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '',
+                    outputs TEXT NOT NULL DEFAULT '{{}}', created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+                 {}",
+                SCHEMA.replace(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS deployments_by_environment ON deployments (environment, name);",
+                    ""
+                )
+            );
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&v2).unwrap();
+            c.execute_batch(
+                r#"INSERT INTO deployments (name, state, desired_revision, created_at, updated_at) VALUES
+                       ('web', 'Running', 2, 't', 't'), ('db', 'Stopped', 1, 't', 't'), ('new', 'Requested', 0, 't', 't');
+                   INSERT INTO revisions (deployment, revision, spec, spec_hash, source_dir, runtime, work_dir, created_at) VALUES
+                       ('web', 1, '{"metadata":{"name":"web","environment":"qa"}}', '', '/', 'noop', '/w', 't'),
+                       ('web', 2, '{"metadata":{"name":"web","environment":"staging"}}', '', '/', 'noop', '/w', 't'),
+                       ('db', 1, '{"metadata":{"name":"db"}}', '', '/', 'noop', '/w', 't');
+                   INSERT INTO drift_checks VALUES ('web', 'staging', 'healthy', '', 't');
+                   PRAGMA user_version = 2;"#,
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        // Each keeps its id (its revisions, work dirs and runtime objects
+        // are named by it) and is of its desired revision's environment.
+        let web = s.find_deployment("staging", "web").unwrap().unwrap();
+        assert_eq!((web.id.as_str(), web.state), ("web", State::Running));
+        assert_eq!(s.find_deployment("default", "db").unwrap().unwrap().id, "db");
+        assert_eq!(s.find_deployment("default", "new").unwrap().unwrap().id, "new");
+        assert!(s.find_deployment("qa", "web").unwrap().is_none());
+        // A new deployment whose id would be an old one's is refused,
+        // naming both; one of another name is recorded.
+        let e = s.ensure_deployment("web", "default", "web").unwrap_err().to_string();
+        assert!(e.contains("web in environment default") && e.contains("web in environment staging"), "{e}");
+        s.ensure_deployment("staging-web", "staging", "web").unwrap_err();
+        let d = s.ensure_deployment("prod-web", "prod", "web").unwrap();
+        assert_eq!((d.environment.as_str(), d.name.as_str()), ("prod", "web"));
+        assert_eq!(s.deployments_named("web").unwrap().len(), 2);
+        assert!(s.drift_checks().unwrap().is_empty(), "the last checks were dropped, not misread");
+        drop(s);
+        Store::open(&path).expect("opening a migrated store again changes nothing");
     }
 
     #[test]

@@ -28,8 +28,15 @@ impl Supervisor {
         let ports = ports_of(&rev.spec);
         self.db(move |s, n| s.claim_ports(n, &ports)).await.map_err(StepError::from)?;
         let scratch = Scratch::new(&self.shared.layout.scratch()).map_err(|e| format!("scratch dir: {e}"))?;
-        let workload =
-            workload_of(&self.shared.layout, &rev.spec, revision, None, &scratch.path, Path::new(&rev.source_dir));
+        let workload = workload_of(
+            &self.shared.layout,
+            &self.name,
+            &rev.spec,
+            revision,
+            None,
+            &scratch.path,
+            Path::new(&rev.source_dir),
+        );
         let ctx = CallContext { deployment: &self.name, work_dir: &scratch.path, revision: None };
         retry(|| plugin.validate(&ctx, &workload)).await.map_err(StepError::from)
     }

@@ -18,7 +18,7 @@ impl Command {
 }
 
 pub(super) fn refuse_busy(cmd: Command, rec: &DeploymentRecord) {
-    let busy = |action| CommandError::Busy { name: rec.name.clone(), state: rec.state, action };
+    let busy = |action| CommandError::Busy { name: rec.id.clone(), state: rec.state, action };
     // A dropped reply only means the caller went away.
     match cmd {
         Command::Apply { reply, .. } => drop(reply.send(Err(busy("apply")))),
@@ -54,6 +54,7 @@ impl Supervisor {
             Command::Start { reply } => {
                 let r = match rec.state {
                     State::Running => Ok(State::Running),
+                    State::Stopped if rec.suspended => Err(self.suspended("start")),
                     State::Stopped => {
                         async {
                             let target = self.start_target(rec).await?;
@@ -138,17 +139,34 @@ impl Supervisor {
 
     pub(super) async fn apply(
         &self,
-        spec: DeploymentSpec,
+        mut spec: DeploymentSpec,
         source_dir: PathBuf,
         rec: &DeploymentRecord,
     ) -> Result<Applied, CommandError> {
+        // Suspension is the deployment's, not a revision's: no revision
+        // records it, and suspending or resuming makes none.
+        let suspend = std::mem::take(&mut spec.spec.suspended);
         let hash = spec.hash();
         if matches!(rec.state, State::Running | State::Stopped)
             && rec.current_revision == rec.desired_revision
             && let Ok(current) = self.revision(rec.current_revision).await
             && current.spec_hash == hash
         {
-            return Ok(Applied { name: self.name.clone(), revision: rec.current_revision, changed: false });
+            let changed = self.suspend(suspend, rec).await?;
+            return Ok(Applied { name: self.name.clone(), revision: rec.current_revision, changed });
+        }
+        if suspend {
+            return Err(CommandError::Invalid {
+                name: self.name.clone(),
+                message: if rec.desired_revision == 0 || rec.state == State::Deleted {
+                    "spec.suspended: a new deployment cannot start suspended: apply it without spec.suspended first"
+                        .into()
+                } else {
+                    "spec.suspended: a spec that suspends its deployment cannot change anything else: apply the change \
+                     first, or suspend it with its spec as it is"
+                        .into()
+                },
+            });
         }
         if transition(rec.state, Event::Apply).is_err() {
             return Err(CommandError::NotPossible { name: self.name.clone(), state: rec.state, action: "apply" });
@@ -193,11 +211,52 @@ impl Supervisor {
             previous_revision: Some(previous),
             operation: Some(if update { Operation::Update } else { Operation::Install }),
             restarts: Some(0),
+            suspended: Some(false),
             ..Default::default()
         };
         let short = hash.trim_start_matches("sha256:").get(..12).unwrap_or("");
         self.commit(Event::Apply, revision, format!("applied revision {revision} (spec {short})"), changes).await?;
         Ok(Applied { name: self.name.clone(), revision, changed: true })
+    }
+
+    /// Takes a deployment whose spec did not change where its spec's
+    /// `suspended` says: Running to Stopped when it suspends it, Stopped
+    /// back to Running when a spec no longer does (only if suspension
+    /// stopped it: a deployment an operator stopped stays stopped). Returns
+    /// whether anything changed.
+    async fn suspend(&self, suspend: bool, rec: &DeploymentRecord) -> Result<bool, CommandError> {
+        match (suspend, rec.state) {
+            (true, State::Running) => {
+                let changes = Changes { operation: Some(Operation::Stop), suspended: Some(true), ..Default::default() };
+                self.command(Event::Stop, rec.current_revision, "suspended by its spec (spec.suspended)", changes)
+                    .await?;
+            }
+            (false, State::Stopped) if rec.suspended => {
+                let target = self.start_target(rec).await?;
+                let changes = Changes {
+                    operation: Some(Operation::Start),
+                    desired_revision: Some(target),
+                    restarts: Some(0),
+                    suspended: Some(false),
+                    ..Default::default()
+                };
+                self.command(Event::Start, target, "resumed: its spec no longer suspends it", changes).await?;
+            }
+            (s, _) if s != rec.suspended => self.db(move |st, n| st.set_suspended(n, s)).await?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Why `action` is refused while the spec suspends the deployment.
+    fn suspended(&self, action: &str) -> CommandError {
+        CommandError::Invalid {
+            name: self.name.clone(),
+            message: format!(
+                "it is suspended by its spec (spec.suspended: true), so {action} would run it: apply its spec \
+                 without spec.suspended to resume it"
+            ),
+        }
     }
 
     pub(super) async fn rollback(&self, to: Option<u64>, rec: &DeploymentRecord) -> Result<State, CommandError> {
@@ -215,6 +274,9 @@ impl Supervisor {
     pub(super) async fn rollback_target(&self, to: Option<u64>, rec: &DeploymentRecord) -> Result<u64, CommandError> {
         if transition(rec.state, Event::Rollback).is_err() {
             return Err(CommandError::NotPossible { name: self.name.clone(), state: rec.state, action: "rollback" });
+        }
+        if rec.suspended {
+            return Err(self.suspended("a rollback"));
         }
         let revisions = self.db(|s, n| s.revisions(n)).await?;
         let target = match to {

@@ -223,6 +223,7 @@ pub(crate) fn plugin_for(shared: &Shared, runtime: &str) -> Result<Arc<dyn Runti
 /// The workload record a plugin sees for one revision.
 pub(crate) fn workload_of(
     layout: &Layout,
+    id: &str,
     spec: &DeploymentSpec,
     revision: u64,
     artifact: Option<(&str, &str)>,
@@ -253,7 +254,7 @@ pub(crate) fn workload_of(
     };
     let s = &spec.spec;
     Workload {
-        deployment: spec.name().to_string(),
+        deployment: id.to_string(),
         revision,
         artifact: Artifact { kind, reference, digest, local_path, image_config },
         env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -267,7 +268,7 @@ pub(crate) fn workload_of(
             .iter()
             .map(|v| Volume {
                 name: v.name.clone(),
-                host_path: layout.volume_dir(spec.name(), &v.name).display().to_string(),
+                host_path: layout.volume_dir(id, &v.name).display().to_string(),
                 mount_path: v.mount_path.clone(),
                 read_only: v.read_only,
             })
@@ -404,6 +405,7 @@ impl Supervisor {
     fn workload(&self, rev: &RevisionRecord) -> Workload {
         workload_of(
             &self.shared.layout,
+            &rev.deployment,
             &rev.spec,
             rev.revision,
             rev.artifact_digest.as_deref().zip(rev.artifact_path.as_deref()),

@@ -9,6 +9,7 @@ use crate::machine::{Event, State};
 use crate::plugin::Health;
 use crate::spec::DeploymentSpec;
 use crate::store::{Changes, DeploymentRecord, Installed, Operation, StoreError};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -53,8 +54,23 @@ impl Supervisor {
                 .activate(desired)
                 .await
                 .map(|handle| (Event::Activated, format!("revision {desired} started"), with_handle(handle))),
-            State::HealthChecking => self.health_check(desired).await.map(|_| {
-                let changes = Changes { current_revision: Some(desired), health: Some("healthy".into()), ..none() };
+            // Healthy, and its declared outputs resolve: recorded with the
+            // transition that makes it the serving revision.
+            State::HealthChecking => async {
+                let reported = self.health_check(desired).await?;
+                let rev = self.revision(desired).await?;
+                let resolved = crate::outputs::settle(&rev.spec.spec.outputs, &rec.output_overrides, &reported)
+                    .map_err(|e| format!("revision {desired} is healthy, but {e}"))?;
+                Ok::<_, StepError>((reported, resolved))
+            }
+            .await
+            .map(|outputs| {
+                let changes = Changes {
+                    current_revision: Some(desired),
+                    health: Some("healthy".into()),
+                    outputs: Some(outputs),
+                    ..none()
+                };
                 (Event::Healthy, format!("revision {desired} is healthy"), changes)
             }),
             State::Updating => self.stage_update(rec).await.map(|msg| (Event::Staged, msg, none())),
@@ -73,7 +89,12 @@ impl Supervisor {
                 (
                     Event::Removed,
                     "everything of the deployment is removed; its history stays".into(),
-                    Changes { current_revision: Some(0), health: Some("unknown".into()), ..none() },
+                    Changes {
+                        current_revision: Some(0),
+                        health: Some("unknown".into()),
+                        clear_outputs: true,
+                        ..none()
+                    },
                 )
             }),
             settled => return Err(StoreError::Corrupt(format!("no work for settled state {settled}"))),
@@ -265,7 +286,9 @@ impl Supervisor {
 
     /// Waits until the revision is healthy, by the plugin's `status` and the
     /// spec's probe, within the update deadline.
-    pub(super) async fn health_check(&self, revision: u64) -> Work<()> {
+    /// Waits until the revision is healthy; returns the outputs its
+    /// runtime reported then.
+    pub(super) async fn health_check(&self, revision: u64) -> Work<BTreeMap<String, String>> {
         let rev = self.revision(revision).await?;
         let spec = &rev.spec.spec;
         let deadline = Instant::now() + spec.update.deadline.0;
@@ -277,6 +300,7 @@ impl Supervisor {
         let mut failures = 0;
         loop {
             // Ok(None): healthy; Ok(Some(why)): not yet.
+            let mut reported = BTreeMap::new();
             let verdict: Work<Option<String>> = match self.status(&rev).await {
                 Err(e) => Err(e),
                 Ok(st) if !st.running => {
@@ -286,6 +310,7 @@ impl Supervisor {
                     Err(format!("the plugin reports revision {revision} unhealthy: {}", st.message).into())
                 }
                 Ok(st) => {
+                    reported = st.outputs.iter().cloned().collect();
                     let plugin_says =
                         (st.health != Health::Healthy).then(|| format!("not healthy yet: {}", st.message));
                     match spec.health.as_ref() {
@@ -299,7 +324,7 @@ impl Supervisor {
                 }
             };
             let last = match verdict {
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(reported),
                 Ok(Some(why)) => why,
                 Err(e) => {
                     if started.elapsed() >= start_period {

@@ -1,0 +1,236 @@
+//! A deployment is its environment and its name: the same name in two
+//! environments is two deployments, each with its own record, work dir and
+//! runtime objects (the noop fixture, and real runc containers), which
+//! commands name with `--env`.
+
+use era_tests::{Erad, Registry};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A noop spec of `name` in `environment`, with its own file artifact.
+fn noop_spec(erad: &Erad, name: &str, environment: &str, content: &str) -> PathBuf {
+    let artifact = format!("{environment}-{name}.bin");
+    std::fs::write(erad.dir.path().join(&artifact), content).unwrap();
+    erad.spec(
+        &format!("{environment}-{name}.yaml"),
+        &format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: {name}, environment: {environment}}}\nspec:\n  runtime: noop\n  artifact: {{file: {artifact}, sha256: \"{}\"}}\n",
+            era_tests::sha256(content.as_bytes())
+        ),
+    )
+}
+
+fn get(erad: &Erad, name: &str, env: &str) -> serde_json::Value {
+    let a = erad.era(&["-o", "json", "get", name, "--env", env]);
+    assert_eq!(a.code, 0, "{a:?}");
+    a.json()
+}
+
+#[test]
+fn the_same_name_in_two_environments_is_two_deployments_named_with_env() {
+    let erad = Erad::start();
+    for env in ["qa", "prod"] {
+        let a = erad.apply_wait(&noop_spec(&erad, "web", env, &format!("web of {env}")));
+        assert_eq!(a.code, 0, "{a:?}");
+        assert!(a.stdout.contains(&format!("web (environment {env}) is Running revision 1")), "{a:?}");
+    }
+    // Each has its own workload (its work dir is named by its id).
+    assert!(erad.noop_running("qa-web", 1) && erad.noop_running("prod-web", 1));
+    assert_eq!(get(&erad, "web", "qa")["environment"], "qa");
+    assert_eq!(get(&erad, "web", "prod")["environment"], "prod");
+    let list = erad.era(&["-o", "json", "list"]).json();
+    let envs: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["environment"].as_str().unwrap()).collect();
+    assert_eq!(envs, ["prod", "qa"], "{list}");
+    let only = erad.era(&["-o", "json", "list", "--env", "qa"]).json();
+    assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
+
+    // Without --env, a name two environments use is refused, naming them.
+    for cmd in [&["get", "web"][..], &["stop", "web"], &["delete", "web"], &["history", "web"], &["logs", "web"]] {
+        let r = erad.era(cmd);
+        assert_eq!(r.code, 2, "{cmd:?}: {r:?}");
+        assert!(
+            r.stderr
+                .contains("there is a deployment \"web\" in each of the environments prod, qa: name one with --env"),
+            "{cmd:?}: {r:?}"
+        );
+    }
+    assert_eq!(erad.era(&["get", "web", "--env", "dev"]).code, 1, "no web in dev");
+
+    // A command on one leaves the other alone.
+    let r = erad.era(&["stop", "web", "--env", "qa", "--wait"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("web (environment qa) is Stopped"), "{r:?}");
+    assert!(!erad.noop_running("qa-web", 1) && erad.noop_running("prod-web", 1));
+    assert_eq!(get(&erad, "web", "prod")["state"], "Running");
+    let prod = erad.era(&["-o", "json", "history", "web", "--env", "prod"]).json();
+    assert!(prod.as_array().unwrap().iter().all(|e| e["to"] != "Stopping"), "qa's stop is not prod's: {prod}");
+    // A new revision of one is that one's.
+    let a = erad.apply_wait(&noop_spec(&erad, "web", "prod", "web of prod, v2"));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(get(&erad, "web", "prod")["revision"], 2);
+    assert_eq!(get(&erad, "web", "qa")["desired_revision"], 1);
+
+    // A plan of one environment sees only its own web; a destroy of the
+    // other removes only that one.
+    let plan = erad.era(&[
+        "-o",
+        "json",
+        "plan",
+        "-f",
+        erad.dir.path().join("prod-web.yaml").to_str().unwrap(),
+        "--env",
+        "prod",
+    ]);
+    assert_eq!(plan.json()["changes"][0]["action"], "no-op", "{plan:?}");
+    assert_eq!(plan.json()["changes"].as_array().unwrap().len(), 1, "{plan:?}");
+    let r = erad.era(&["destroy", "--env", "qa", "--confirm", "qa", "--wait"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(get(&erad, "web", "qa")["state"], "Deleted");
+    assert_eq!(get(&erad, "web", "prod")["state"], "Running");
+    assert!(erad.noop_running("prod-web", 2));
+    // With one live web left, the name alone finds it.
+    assert_eq!(erad.get("web")["environment"], "prod");
+}
+
+#[test]
+fn an_id_another_deployment_holds_is_refused_naming_it() {
+    let erad = Erad::start();
+    // Environment a's b-c and environment a-b's c would both be a-b-c.
+    let first = erad.apply_wait(&noop_spec(&erad, "b-c", "a", "one"));
+    assert_eq!(first.code, 0, "{first:?}");
+    let r = erad.era(&["apply", "-f", noop_spec(&erad, "c", "a-b", "two").to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("cannot record c in environment a-b: its id \"a-b-c\" is b-c in environment a's"),
+        "{r:?}"
+    );
+    assert_eq!(erad.era(&["get", "c", "--env", "a-b"]).code, 1, "nothing was recorded");
+    assert_eq!(get(&erad, "b-c", "a")["state"], "Running");
+}
+
+fn container_config() -> String {
+    format!(
+        "[plugins.container]\npath = \"{}\"\ngrants = {{ log = true, oci = {{ runtimes = [\"runc\"], host_namespaces = [\"network\"] }} }}\n",
+        era_tests::plugin::CONTAINER
+    )
+}
+
+fn runc(erad: &Erad, args: &[&str]) -> std::process::Output {
+    Command::new("runc").arg("--root").arg(erad.data_dir().join("runtimes/oci/runc")).args(args).output().unwrap()
+}
+
+/// The runc container whose id ends with `-ID-REV`.
+fn container(erad: &Erad, id: &str, rev: u64) -> Option<String> {
+    let out = runc(erad, &["list", "-q"]);
+    let suffix = format!("-{id}-{rev}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|c| c.starts_with("era-") && c.ends_with(&suffix))
+        .map(str::to_string)
+}
+
+#[test]
+fn containers_of_one_name_in_two_environments_run_apart_and_one_removed_by_hand_is_drift() {
+    let registry = Registry::start();
+    registry.push_busybox("demo/box", "1", &["/bin/sh", "-c", "exec sleep 600"], &[]);
+    let erad = Erad::start_with(&container_config(), &[]);
+    let image = format!("{}/demo/box:1", registry.addr);
+    for env in ["staging", "prod"] {
+        let yaml = format!(
+            "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: web, environment: {env}}}\nspec:\n  runtime: container\n  artifact: {{image: \"{image}\"}}\n  stopGracePeriod: 2s\n"
+        );
+        let a = erad.apply_wait(&erad.spec(&format!("{env}.yaml"), &yaml));
+        assert_eq!(a.code, 0, "{a:?}\n{}", erad.log());
+    }
+    let staging = container(&erad, "staging-web", 1).expect("staging's web runs in runc");
+    let prod = container(&erad, "prod-web", 1).expect("prod's web runs in runc");
+    assert_ne!(staging, prod);
+
+    // staging's container is killed and removed behind erad's back.
+    let out = runc(&erad, &["delete", "--force", &staging]);
+    assert!(out.status.success(), "{out:?}");
+    let report = |env: &str| erad.era(&["-o", "json", "report", "--env", env]).json();
+    let r = report("staging");
+    assert_eq!(r["environments"][0]["standing"], "drifted", "{r}");
+    assert!(r["deployments"][0]["detail"].as_str().unwrap().contains("the container does not exist"), "{r}");
+    assert_eq!(report("prod")["environments"][0]["standing"], "healthy");
+    let plan = erad.era(&["plan", "-f", erad.dir.path().join("staging.yaml").to_str().unwrap(), "--env", "staging"]);
+    assert!(plan.stdout.contains("! drifted: recorded Running, but the runtime says it is not running"), "{plan:?}");
+    // prod's container was never touched.
+    assert_eq!(container(&erad, "prod-web", 1), Some(prod));
+}
+
+#[test]
+fn a_spec_that_suspends_its_deployment_stops_it_until_a_spec_that_does_not() {
+    let erad = Erad::start();
+    let spec = noop_spec(&erad, "job", "qa", "job");
+    assert_eq!(erad.apply_wait(&spec).code, 0);
+    assert_eq!(erad.noop_state("qa-job", 1).unwrap()["starts"], 1);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let suspended = erad.spec("qa-job-suspended.yaml", &format!("{text}  suspended: true\n"));
+
+    // A plan shows it as the one field it changes.
+    let plan = erad.era(&["-o", "json", "plan", "-f", suspended.to_str().unwrap(), "--env", "qa"]).json();
+    assert_eq!(plan["changes"][0]["action"], "change", "{plan}");
+    assert_eq!(plan["changes"][0]["fields"][0]["path"], "spec.suspended", "{plan}");
+    assert_eq!(plan["changes"][0]["fields"].as_array().unwrap().len(), 1, "{plan}");
+    let r = erad.era(&["apply", "--plan", plan["id"].as_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = erad.wait_for_state("job", "Stopped", T);
+    // Stopped, the same revision (no new workload), its work dir kept.
+    assert_eq!(
+        (d["suspended"].as_bool(), d["revision"].as_u64(), d["desired_revision"].as_u64()),
+        (Some(true), Some(1), Some(1))
+    );
+    assert!(!erad.noop_running("qa-job", 1) && erad.noop_state("qa-job", 1).is_some());
+    // Applied again, the same spec changes nothing; a plan of it is a no-op.
+    let again = erad.era(&["apply", "-f", suspended.to_str().unwrap(), "--wait"]);
+    assert!(again.code == 0 && again.stdout.contains("unchanged"), "{again:?}");
+    let plan = erad.era(&["-o", "json", "plan", "-f", suspended.to_str().unwrap(), "--env", "qa"]).json();
+    assert_eq!(plan["changes"][0]["action"], "no-op", "{plan}");
+
+    // Nothing runs it while its spec suspends it.
+    for cmd in [&["start", "job", "--env", "qa"][..], &["rollback", "job", "--env", "qa", "--to", "1"]] {
+        let r = erad.era(cmd);
+        assert!(
+            r.code == 2 && r.stderr.contains("it is suspended by its spec (spec.suspended: true)"),
+            "{cmd:?}: {r:?}"
+        );
+    }
+    // Suspending and changing at once is refused, at plan time and at apply.
+    let both = erad.spec("both.yaml", &format!("{text}  suspended: true\n  env: {{A: \"1\"}}\n"));
+    let r = erad.era(&["plan", "-f", both.to_str().unwrap(), "--env", "qa"]);
+    assert!(
+        r.code == 2
+            && r.stderr.contains("spec.suspended: a spec that suspends its deployment cannot change anything else"),
+        "{r:?}"
+    );
+    let r = erad.era(&["apply", "-f", both.to_str().unwrap()]);
+    assert!(r.code == 2 && r.stderr.contains("cannot change anything else"), "{r:?}");
+    assert_eq!(erad.get("job")["desired_revision"], 1, "nothing was recorded");
+
+    // Its spec without suspended resumes it: the same revision starts again.
+    let r = erad.apply_wait(&spec);
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = erad.get("job");
+    assert_eq!(
+        (d["state"].as_str(), d["suspended"].as_bool(), d["revision"].as_u64()),
+        (Some("Running"), Some(false), Some(1))
+    );
+    assert_eq!(erad.noop_state("qa-job", 1).unwrap()["starts"], 2);
+    assert!(erad.history("job").iter().any(|e| e["cause"] == "resumed: its spec no longer suspends it"));
+    // One an operator stopped is not started by an unchanged apply.
+    assert_eq!(erad.era(&["stop", "job", "--wait"]).code, 0);
+    assert!(erad.era(&["apply", "-f", spec.to_str().unwrap()]).stdout.contains("unchanged"));
+    assert_eq!(erad.get("job")["state"], "Stopped");
+
+    // A new deployment cannot start suspended.
+    let new = noop_spec(&erad, "new", "qa", "new");
+    let new =
+        erad.spec("new-suspended.yaml", &format!("{}  suspended: true\n", std::fs::read_to_string(&new).unwrap()));
+    let r = erad.era(&["apply", "-f", new.to_str().unwrap()]);
+    assert!(r.code == 2 && r.stderr.contains("a new deployment cannot start suspended"), "{r:?}");
+}
