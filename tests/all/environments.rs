@@ -234,3 +234,109 @@ fn a_spec_that_suspends_its_deployment_stops_it_until_a_spec_that_does_not() {
     let r = erad.era(&["apply", "-f", new.to_str().unwrap()]);
     assert!(r.code == 2 && r.stderr.contains("a new deployment cannot start suspended"), "{r:?}");
 }
+
+/// A revision's spec column (`spec`: as its environment runs it; `written`:
+/// as written) as JSON.
+fn revision_column(erad: &Erad, id: &str, revision: u64, column: &str) -> serde_json::Value {
+    let db = rusqlite::Connection::open_with_flags(
+        erad.data_dir().join("era.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let text: Option<String> = db
+        .query_row(
+            &format!("SELECT {column} FROM revisions WHERE deployment = ?1 AND revision = ?2"),
+            rusqlite::params![id, revision as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    text.map(|t| serde_json::from_str(&t).unwrap()).unwrap_or_default()
+}
+
+#[test]
+fn a_revision_proven_in_staging_is_promoted_by_digest_with_only_the_targets_overlay() {
+    let registry = Registry::start();
+    let v1 = registry.push_image("promo/app", "stable", &[("version", "1")]);
+    let config = format!("{}\n[environments.prod]\nprotected = true\n", era_tests::fixture_plugins());
+    let erad = Erad::start_with(&config, &[]);
+    let yaml = format!(
+        "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: app, environment: staging}}\nspec:\n  runtime: noop\n  artifact: {{image: \"{}/promo/app:stable\"}}\n  env: {{LEVEL: base, KEEP: same}}\n  environments:\n    staging: {{env: {{LEVEL: staging}}}}\n    prod: {{env: {{LEVEL: prod}}, config: {{outputs: {{tier: gold}}}}}}\n",
+        registry.addr
+    );
+    let a = erad.apply_wait(&erad.spec("app.yaml", &yaml));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(get(&erad, "app", "staging")["artifact_digest"], v1.as_str());
+    // Staging runs its overlay merged, the overlays dropped; the spec as
+    // written is kept beside it.
+    let ran = revision_column(&erad, "staging-app", 1, "spec");
+    assert_eq!(
+        (ran["spec"]["env"]["LEVEL"].as_str(), ran["spec"]["env"]["KEEP"].as_str()),
+        (Some("staging"), Some("same"))
+    );
+    assert!(ran["spec"].get("environments").is_none(), "{ran}");
+    assert_eq!(
+        revision_column(&erad, "staging-app", 1, "written")["spec"]["environments"]["prod"]["env"]["LEVEL"],
+        "prod"
+    );
+
+    // The tag moves on; a promotion takes what staging verified, not the tag.
+    let v2 = registry.push_image("promo/app", "stable", &[("version", "2")]);
+    assert_ne!(v1, v2);
+    let r = erad.era(&["-o", "json", "promote", "app", "--from", "staging", "--to", "qa"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["applied"], true, "{r:?}");
+    assert_eq!(r.json()["promotion"]["digest"], v1.as_str(), "{r:?}");
+    era_tests::eventually(T, || get(&erad, "app", "qa")["state"] == "Running");
+    assert_eq!(get(&erad, "app", "qa")["artifact_digest"], v1.as_str());
+    let ran = revision_column(&erad, "qa-app", 1, "spec");
+    assert_eq!(ran["spec"]["env"]["LEVEL"], "base", "qa has no overlay: {ran}");
+    // Again: already there, nothing new.
+    let again = erad.era(&["promote", "app", "--from", "staging", "--to", "qa"]);
+    assert!(again.code == 0 && again.stdout.contains("already runs it"), "{again:?}");
+    assert_eq!(get(&erad, "app", "qa")["desired_revision"], 1);
+
+    // A protected target gets a plan to apply, not a change.
+    let r = erad.era(&["-o", "json", "promote", "app", "--from", "staging", "--to", "prod"]);
+    assert_eq!((r.code, r.json()["applied"].as_bool()), (0, Some(false)), "{r:?}");
+    assert_eq!(r.json()["changes"][0]["action"], "add", "{r:?}");
+    assert_eq!(erad.era(&["get", "app", "--env", "prod"]).code, 1, "nothing applied yet");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let a = erad.era(&["apply", "--plan", &id]);
+    assert_eq!(a.code, 0, "{a:?}");
+    era_tests::eventually(T, || get(&erad, "app", "prod")["state"] == "Running");
+    assert_eq!(get(&erad, "app", "prod")["artifact_digest"], v1.as_str());
+    let ran = revision_column(&erad, "prod-app", 1, "spec");
+    assert_eq!(ran["spec"]["env"]["LEVEL"], "prod", "{ran}");
+    assert_eq!(ran["spec"]["config"]["outputs"]["tier"], "gold", "{ran}");
+    // Both were applied from the same spec as written: only the
+    // environment and the digest pin differ.
+    let same = |id: &str| {
+        let mut w = revision_column(&erad, id, 1, "written");
+        w["metadata"].as_object_mut().unwrap().remove("environment");
+        w["spec"]["artifact"].as_object_mut().unwrap().remove("sha256");
+        w
+    };
+    assert_eq!(same("staging-app"), same("prod-app"));
+    assert_eq!(revision_column(&erad, "prod-app", 1, "written")["spec"]["artifact"]["sha256"], v1.as_str());
+
+    // On record, naming where it came from.
+    let runs = erad.era(&["-o", "json", "runs", "--env", "prod"]).json();
+    let run = runs.as_array().unwrap().iter().find(|r| r["kind"] == "promote").unwrap().clone();
+    let shown = erad.era(&["-o", "json", "runs", "show", run["id"].as_str().unwrap()]).json();
+    assert!(shown["log"].to_string().contains(&format!("from staging revision 1 (artifact {v1}")), "{shown}");
+
+    // Refused: a source that does not run, the same environment, no source.
+    assert_eq!(erad.era(&["stop", "app", "--env", "staging", "--wait"]).code, 0);
+    let r = erad.era(&["promote", "app", "--from", "staging", "--to", "qa"]);
+    assert!(r.code == 2 && r.stderr.contains("app in environment staging is Stopped"), "{r:?}");
+    let r = erad.era(&["promote", "app", "--from", "qa", "--to", "qa"]);
+    assert!(r.code == 2 && r.stderr.contains("promote to another environment"), "{r:?}");
+    let r = erad.era(&["promote", "nope", "--from", "staging", "--to", "qa"]);
+    assert!(r.code == 1 && r.stderr.contains("there is no deployment nope in environment staging"), "{r:?}");
+
+    // An overlay that does not merge into a valid spec is refused at once.
+    let bad =
+        erad.spec("bad.yaml", &yaml.replace("prod: {env: {LEVEL: prod}", "prod: {ports: none, env: {LEVEL: prod}"));
+    let r = erad.era(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(r.code == 2 && r.stderr.contains("spec.environments.prod (merged): spec.ports"), "{r:?}");
+}

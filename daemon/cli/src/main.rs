@@ -136,6 +136,17 @@ enum Command {
         #[command(subcommand)]
         command: Option<OutputsCommand>,
     },
+    /// Take a deployment to another environment exactly as one runs it: its
+    /// spec as written, its verified artifact digest, only the target's
+    /// overlay merged. Applied at once unless the target is protected (then
+    /// `era apply --plan ID`); a no-op when the target already runs it.
+    Promote {
+        name: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
     /// Environment locks: who holds them, and forcing one open.
     Lock {
         #[command(subcommand)]
@@ -343,6 +354,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::outputs::show(&cli.socket, &Target { name, env }, fmt).await
         }
         Command::Outputs { name: None, .. } => Err(CliError::Usage("outputs needs a deployment's NAME".into())),
+        Command::Promote { name, from, to } => commands::plan::promote(&cli.socket, &name, &from, &to, fmt).await,
         Command::Lock { command: LockCommand::List } => commands::lock::list(&cli.socket, fmt).await,
         Command::Lock { command: LockCommand::ForceUnlock { environment, confirm } } => {
             commands::lock::force_unlock(&cli.socket, &environment, confirm, fmt).await

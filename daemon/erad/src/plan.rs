@@ -95,6 +95,26 @@ pub struct Plan {
     pub base: BTreeMap<String, u64>,
     /// One per deployment, by name.
     pub changes: Vec<PlannedChange>,
+    /// A promotion's plan (`era promote`): where its one deployment comes
+    /// from. It looks at that deployment only: others of the environment
+    /// joining or moving do not make it stale, and it destroys nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+}
+
+/// Where a promotion comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The environment it is promoted from.
+    pub from: String,
+    /// The revision that runs there.
+    pub revision: u64,
+    /// The artifact digest that revision verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `sha256:` of the spec as written, its environment aside (what both
+    /// environments' revisions are applied from).
+    pub spec_hash: String,
 }
 
 impl Plan {

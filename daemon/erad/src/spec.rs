@@ -81,6 +81,13 @@ pub struct Spec {
     /// operator's override, else the runtime's status, else the default.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, crate::outputs::OutputSpec>,
+    /// Per-environment overlays: in environment ENV, `environments.ENV` is
+    /// merged onto this `spec` as a JSON merge patch (RFC 7386: objects
+    /// merge key by key, `null` removes, anything else, arrays too,
+    /// replaces). A revision records the merged spec, without the overlays.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, serde_json::Map<String, serde_json::Value>>")]
+    pub environments: BTreeMap<String, serde_json::Value>,
 }
 
 /// Where the artifact comes from: exactly one of `file`, `url`, `image`, `wasm`, `blob`.
@@ -485,6 +492,27 @@ impl DeploymentSpec {
         Ok(())
     }
 
+    /// The spec as its environment runs it: its environment's overlay
+    /// (`spec.environments.ENV`) merged onto `spec`, the overlays dropped.
+    /// The merged spec is checked as a spec is; an error names the overlay.
+    pub fn effective(&self) -> Result<DeploymentSpec, SpecError> {
+        self.effective_in(self.environment())
+    }
+
+    fn effective_in(&self, environment: &str) -> Result<DeploymentSpec, SpecError> {
+        let mut out = self.clone();
+        let overlays = std::mem::take(&mut out.spec.environments);
+        let Some(overlay) = overlays.get(environment) else { return Ok(out) };
+        let at = format!("spec.environments.{environment}");
+        let err = |path: String, message: String| SpecError { source_name: "spec".into(), path, message };
+        let mut value = serde_json::to_value(&out.spec).map_err(|e| err(at.clone(), e.to_string()))?;
+        merge_patch(&mut value, overlay);
+        out.spec = serde_path_to_error::deserialize(value)
+            .map_err(|e| err(format!("{at} (merged): spec.{}", e.path()), e.inner().to_string()))?;
+        out.check().map_err(|(path, message)| err(format!("{at} (merged): {path}"), message))?;
+        Ok(out)
+    }
+
     /// The environment the spec belongs to (`default` when it names none).
     pub fn environment(&self) -> &str {
         self.metadata.environment.as_deref().unwrap_or(crate::plan::DEFAULT_ENVIRONMENT)
@@ -692,6 +720,19 @@ impl DeploymentSpec {
                 o.kind.check(d).map_err(|m| (format!("{at}.default"), m))?;
             }
         }
+        for (env, overlay) in &s.environments {
+            let at = format!("spec.environments.{env}");
+            check_name(&at, env)?;
+            match overlay.as_object() {
+                None => return e(&at, "an overlay is an object, merged onto spec in that environment".into()),
+                Some(o) if o.contains_key("environments") => {
+                    return e(&format!("{at}.environments"), "an overlay cannot hold overlays".into());
+                }
+                Some(_) => {}
+            }
+            // It must merge into a spec that checks, in that environment.
+            self.effective_in(env).map_err(|e| (e.path, e.message))?;
+        }
         let mut vols = HashSet::new();
         for (i, v) in s.volumes.iter().enumerate() {
             let at = format!("spec.volumes[{i}]");
@@ -814,6 +855,25 @@ pub fn source_dir(source: &str) -> std::path::PathBuf {
 /// environment `default` (so a store from before environments keeps its
 /// ids), `ENVIRONMENT-NAME` in any other; the store refuses an id another
 /// deployment holds (`a`/`b-c` against `a-b`/`c`).
+/// RFC 7386 JSON merge patch of `patch` onto `target`.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(Default::default());
+    }
+    let t = target.as_object_mut().expect("made an object above");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+        }
+    }
+}
+
 /// At most this many outputs per spec.
 const MAX_OUTPUTS: usize = 64;
 

@@ -77,8 +77,49 @@ pub async fn plan(
     Ok(())
 }
 
+/// `era promote NAME --from ENV --to ENV`.
+pub async fn promote(socket: &Path, name: &str, from: &str, to: &str, fmt: Format) -> Result<(), CliError> {
+    let mut c = client::connect(socket).await?;
+    let req = pb::PromoteRequest { name: name.to_string(), from: from.to_string(), to: to.to_string() };
+    let resp = c.promote(req).await?.into_inner();
+    let plan = resp.plan.unwrap_or_default();
+    let mut doc: serde_json::Value = serde_json::from_str(&plan.document).unwrap_or_default();
+    doc["applied"] = resp.applied.into();
+    if output::structured(fmt, &doc) {
+        return Ok(());
+    }
+    let digest = if resp.source_digest.is_empty() { "-" } else { resp.source_digest.as_str() };
+    println!(
+        "{name} of environment {} revision {} (artifact {digest}, spec {})",
+        resp.from, resp.source_revision, resp.spec_hash
+    );
+    match (resp.applied, plan.changes_present) {
+        (true, _) => {
+            print_changes(&plan);
+            println!("Applied: plan {}.", plan.id);
+        }
+        (false, false) => println!("{name} of environment {to} already runs it: nothing to do."),
+        (false, true) => {
+            print_changes(&plan);
+            println!("Environment {to} is protected: apply exactly this with: era apply --plan {}", plan.id);
+        }
+    }
+    Ok(())
+}
+
 fn print_plan(plan: &pb::PlanResponse, out: Option<&Path>) {
     println!("plan {} for environment {} ({})", plan.id, plan.environment, plan.created_at);
+    print_changes(plan);
+    if plan.changes_present {
+        let what = out.map(|p| p.display().to_string()).unwrap_or_else(|| plan.id.clone());
+        println!("Apply exactly this with: era apply --plan {what}");
+    } else {
+        println!("No changes.");
+    }
+}
+
+/// Each change with its fields and drift, then the counts.
+fn print_changes(plan: &pb::PlanResponse) {
     let mut counts = std::collections::BTreeMap::new();
     for c in &plan.changes {
         *counts.entry(c.action.as_str()).or_insert(0) += 1;
@@ -101,12 +142,6 @@ fn print_plan(plan: &pb::PlanResponse, out: Option<&Path>) {
     }
     let n = |a: &str| counts.get(a).copied().unwrap_or(0);
     println!("{} to add, {} to change, {} to destroy, {} unchanged.", n("add"), n("change"), n("destroy"), n("no-op"));
-    if plan.changes_present {
-        let what = out.map(|p| p.display().to_string()).unwrap_or_else(|| plan.id.clone());
-        println!("Apply exactly this with: era apply --plan {what}");
-    } else {
-        println!("No changes.");
-    }
 }
 
 /// `era apply --plan ID|FILE`.

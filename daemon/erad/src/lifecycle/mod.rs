@@ -13,6 +13,7 @@ mod hooks;
 mod locks;
 mod outputs;
 mod plan;
+mod promote;
 mod restart;
 mod runs;
 mod runtime;
@@ -80,11 +81,27 @@ pub struct Applied {
 }
 
 pub(crate) enum Command {
-    Apply { spec: Box<DeploymentSpec>, source_dir: PathBuf, reply: oneshot::Sender<Result<Applied, CommandError>> },
-    Stop { reply: oneshot::Sender<Result<State, CommandError>> },
-    Start { reply: oneshot::Sender<Result<State, CommandError>> },
-    Delete { reply: oneshot::Sender<Result<State, CommandError>> },
-    Rollback { to: Option<u64>, reply: oneshot::Sender<Result<State, CommandError>> },
+    Apply {
+        /// As its environment runs it (its overlay merged).
+        spec: Box<DeploymentSpec>,
+        /// As written, where that differs.
+        written: Option<Box<DeploymentSpec>>,
+        source_dir: PathBuf,
+        reply: oneshot::Sender<Result<Applied, CommandError>>,
+    },
+    Stop {
+        reply: oneshot::Sender<Result<State, CommandError>>,
+    },
+    Start {
+        reply: oneshot::Sender<Result<State, CommandError>>,
+    },
+    Delete {
+        reply: oneshot::Sender<Result<State, CommandError>>,
+    },
+    Rollback {
+        to: Option<u64>,
+        reply: oneshot::Sender<Result<State, CommandError>>,
+    },
 }
 
 /// Everything the supervisors share.
@@ -204,7 +221,11 @@ impl Lifecycle {
     }
 
     /// Creates the deployment or rolls out a new revision of it.
-    pub async fn apply(&self, spec: DeploymentSpec, source_dir: PathBuf) -> Result<Applied, CommandError> {
+    pub async fn apply(&self, written: DeploymentSpec, source_dir: PathBuf) -> Result<Applied, CommandError> {
+        let spec = written
+            .effective()
+            .map_err(|e| CommandError::Invalid { name: written.name().to_string(), message: e.to_string() })?;
+        let written = (written != spec).then(|| Box::new(written));
         if spec.spec.suspended {
             let live = self.shared.store.find_deployment(spec.environment(), spec.name())?;
             if !live.is_some_and(|d| d.state != State::Deleted && d.desired_revision != 0) {
@@ -218,7 +239,7 @@ impl Lifecycle {
         }
         let id = self.id_for(&spec)?;
         self.shared.store.ensure_deployment(&id, spec.environment(), spec.name())?;
-        self.send(&id, |reply| Command::Apply { spec: Box::new(spec), source_dir, reply }).await
+        self.send(&id, |reply| Command::Apply { spec: Box::new(spec), written, source_dir, reply }).await
     }
 
     /// The id `spec`'s deployment is recorded under: its own if it is
@@ -291,6 +312,7 @@ impl Lifecycle {
         render: bool,
     ) -> Result<Vec<(String, String)>, CommandError> {
         let invalid = |message: String| CommandError::Invalid { name: spec.name().to_string(), message };
+        let spec = &spec.effective().map_err(|e| invalid(e.to_string()))?;
         let plugin = supervisor::plugin_for(&self.shared, &spec.spec.runtime).map_err(invalid)?;
         self.shared.content.check_source(&spec.artifact_source(), source_dir).map_err(|e| invalid(e.to_string()))?;
         let id = self.id_for(spec)?;

@@ -51,7 +51,7 @@ pub struct AppliedChange {
 
 /// A spec as plans compare it: as JSON, its environment `default` written
 /// as none (the same deployment either way).
-fn comparable(spec: &DeploymentSpec) -> Value {
+pub(super) fn comparable(spec: &DeploymentSpec) -> Value {
     let mut spec = spec.clone();
     if spec.metadata.environment.as_deref() == Some(crate::plan::DEFAULT_ENVIRONMENT) {
         spec.metadata.environment = None;
@@ -153,7 +153,10 @@ impl Lifecycle {
         for (name, (mut spec, label, dir)) in desired {
             let recorded = live.get(&name);
             let pinned = self.pin(&mut spec, &label).await?;
-            let after = comparable(&spec);
+            // Compared as the environment runs it (its overlay merged);
+            // applied as written.
+            let effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+            let after = comparable(&effective);
             let (action, fields) = match recorded {
                 None => (Action::Add, Vec::new()),
                 Some(rev) => {
@@ -175,7 +178,8 @@ impl Lifecycle {
                 }
             };
             // Suspending stops what runs: it cannot also install something.
-            if spec.spec.suspended && (action == Action::Add || fields.iter().any(|f| f.path != "spec.suspended")) {
+            if effective.spec.suspended && (action == Action::Add || fields.iter().any(|f| f.path != "spec.suspended"))
+            {
                 return Err(PlanError::Invalid(format!(
                     "{label}: spec.suspended: {}",
                     if action == Action::Add {
@@ -189,12 +193,13 @@ impl Lifecycle {
             if action != Action::Noop {
                 self.preflight(&spec, std::path::Path::new(&dir), &label).await?;
             }
-            set.push((name.clone(), after.clone()));
+            let written = comparable(&spec);
+            set.push((name.clone(), written.clone()));
             changes.push(PlannedChange {
                 name,
                 action,
                 source: label,
-                spec: Some(after),
+                spec: Some(written),
                 source_dir: dir,
                 pinned,
                 fields,
@@ -232,6 +237,7 @@ impl Lifecycle {
             set_hash: Plan::hash_set(set.iter().map(|(n, s)| (n.as_str(), s))),
             base,
             changes,
+            promotion: None,
         };
         let body = serde_json::to_string(&plan).map_err(|e| PlanError::Invalid(e.to_string()))?;
         self.shared.store.save_plan(&plan.id, &plan.environment, &plan.created_at, &body)?;
@@ -431,7 +437,12 @@ impl Lifecycle {
     /// before a plan is applied: what Validating checks (runtime loaded,
     /// ports free, the plugin's `validate`), and that a `file:` artifact
     /// not in the store yet can be opened.
-    async fn preflight(&self, spec: &DeploymentSpec, dir: &std::path::Path, label: &str) -> Result<(), PlanError> {
+    pub(super) async fn preflight(
+        &self,
+        spec: &DeploymentSpec,
+        dir: &std::path::Path,
+        label: &str,
+    ) -> Result<(), PlanError> {
         let invalid = |m: String| PlanError::Invalid(format!("{label}: deployment {}: {m}", spec.name()));
         self.shared
             .content
@@ -472,7 +483,11 @@ impl Lifecycle {
 
     /// Refuses a plan whose recorded state moved.
     fn check_fresh(&self, plan: &Plan) -> Result<(), PlanError> {
-        let live = self.live_deployments(&plan.environment)?;
+        // A promotion's plan looks at its one deployment only.
+        let live = match plan.promotion {
+            Some(_) => BTreeMap::new(),
+            None => self.live_deployments(&plan.environment)?,
+        };
         let now = self.base(&plan.environment, &live, plan.base.keys().map(String::as_str))?;
         for (name, seq) in &now {
             match plan.base.get(name) {
@@ -505,7 +520,7 @@ fn partial(plan: &Plan, done: &[AppliedChange], e: CommandError) -> PlanError {
 
 /// A drift check's finding, as a plan notes it: none when the runtime
 /// agrees with the record (or the deployment is mid-step).
-fn drift_note((standing, detail): (super::Standing, String)) -> Option<String> {
+pub(super) fn drift_note((standing, detail): (super::Standing, String)) -> Option<String> {
     use super::Standing;
     match standing {
         Standing::Healthy | Standing::Deploying => None,

@@ -56,6 +56,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("ForceUnlock", Role::Admin),
     ("Destroy", Role::Admin),
     ("SetOutput", Role::Admin),
+    ("Promote", Role::Admin),
     ("Get", Role::Reader),
     ("List", Role::Reader),
     ("History", Role::Reader),

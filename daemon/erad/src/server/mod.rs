@@ -410,6 +410,62 @@ impl Deployments for DeploymentsService {
         Ok(Response::new(pb::ForceUnlockResponse { removed: removed.map(|l| lock_json(env, l, false)) }))
     }
 
+    async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {
+        let who = holder(&req);
+        let req = req.into_inner();
+        let started = crate::store::now_rfc3339();
+        let done = async {
+            let plan = self.lifecycle.promote(&req.name, &req.from, &req.to, &who).await?;
+            if !plan.has_changes() || self.lifecycle.environment_policy(&req.to).protected {
+                return Ok((plan, false));
+            }
+            let (plan, _) = self.lifecycle.apply_plan(&plan.id, None, &who, Some(&req.to), false).await?;
+            Ok::<_, PlanError>((plan, true))
+        }
+        .await;
+        let what = format!("promote {} from {} to {}", req.name, req.from, req.to);
+        let outcome = match &done {
+            Ok((plan, applied)) => {
+                let (_, mut lines) = crate::lifecycle::plan_summary(plan);
+                if let Some(p) = &plan.promotion {
+                    lines.insert(
+                        0,
+                        format!(
+                            "from {} revision {} (artifact {}, spec {})",
+                            p.from,
+                            p.revision,
+                            p.digest.as_deref().unwrap_or("-"),
+                            p.spec_hash
+                        ),
+                    );
+                }
+                let how = match (applied, plan.has_changes()) {
+                    (true, _) => "applied".to_string(),
+                    (false, false) => "already there".to_string(),
+                    (false, true) => format!("planned as {} (the target is protected)", plan.id),
+                };
+                Ok((format!("{what}: {how}"), lines))
+            }
+            Err(e) => Err(format!("{what}: {e}")),
+        };
+        self.lifecycle.record_run("promote", &req.to, &who, started, outcome);
+        let (plan, applied) = done.map_err(plan_status)?;
+        let p = plan.promotion.clone().unwrap_or_else(|| crate::plan::Promotion {
+            from: req.from.clone(),
+            revision: 0,
+            digest: None,
+            spec_hash: String::new(),
+        });
+        Ok(Response::new(pb::PromoteResponse {
+            plan: Some(plan_response(&plan)?),
+            applied,
+            from: p.from,
+            source_revision: p.revision,
+            source_digest: p.digest.unwrap_or_default(),
+            spec_hash: p.spec_hash,
+        }))
+    }
+
     async fn outputs(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::OutputsResponse>, Status> {
         let req = req.into_inner();
         let rec = self.resolve(&req.name, &req.environment)?;

@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS revisions (
     installed       INTEGER NOT NULL DEFAULT 0,
     activations     INTEGER NOT NULL DEFAULT 0,
     created_at      TEXT NOT NULL,
+    -- The spec as written, where it differs from `spec` (the spec its
+    -- environment runs: the environment's overlay merged, the overlays
+    -- dropped); what a promotion takes to another environment.
+    written         TEXT,
     PRIMARY KEY (deployment, revision)
 );
 CREATE TABLE IF NOT EXISTS journal (
@@ -273,6 +277,9 @@ pub struct RevisionRecord {
     /// (committed before the plugin is asked to start it).
     pub activations: u64,
     pub created_at: String,
+    /// The spec as written, where it differs from `spec` (its environment's
+    /// overlay merged): what a promotion takes elsewhere.
+    pub written: Option<DeploymentSpec>,
 }
 
 /// An OCI artifact in the content store.
@@ -801,6 +808,18 @@ impl Store {
         })
     }
 
+    /// Replaces a revision's spec as written (what applies in its
+    /// environment is the same; another environment's overlay changed).
+    pub fn set_written(&self, id: &str, revision: u64, written: Option<&DeploymentSpec>) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE revisions SET written = ?3 WHERE deployment = ?1 AND revision = ?2",
+                params![id, revision as i64, written.map(DeploymentSpec::canonical_json)],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Records whether its spec suspends it, where no transition goes
     /// with it (suspending a stopped deployment, resuming a running one).
     pub fn set_suspended(&self, id: &str, suspended: bool) -> Result<(), StoreError> {
@@ -1245,6 +1264,7 @@ fn migrate(conn: &Connection, found: i64) -> rusqlite::Result<()> {
              ALTER TABLE deployments ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE deployments ADD COLUMN output_overrides TEXT NOT NULL DEFAULT '{}';
              ALTER TABLE deployments ADD COLUMN resolved_outputs TEXT NOT NULL DEFAULT '{}';
+             ALTER TABLE revisions ADD COLUMN written TEXT;
              UPDATE deployments SET name = id, environment = COALESCE(
                  (SELECT NULLIF(json_extract(r.spec, '$.metadata.environment'), '') FROM revisions r
                    WHERE r.deployment = deployments.id AND r.revision = deployments.desired_revision),
@@ -1311,8 +1331,8 @@ fn to_json(map: &BTreeMap<String, String>) -> String {
 fn insert_revision(c: &Connection, rev: &RevisionRecord) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO revisions (deployment, revision, spec, spec_hash, source_dir, runtime, artifact_digest,
-            artifact_path, work_dir, handle, installed, activations, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            artifact_path, work_dir, handle, installed, activations, created_at, written)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             rev.deployment,
             rev.revision as i64,
@@ -1326,7 +1346,8 @@ fn insert_revision(c: &Connection, rev: &RevisionRecord) -> Result<(), StoreErro
             rev.handle,
             rev.installed,
             rev.activations as i64,
-            rev.created_at
+            rev.created_at,
+            rev.written.as_ref().map(DeploymentSpec::canonical_json)
         ],
     )?;
     Ok(())
@@ -1377,7 +1398,7 @@ fn record_fetched(c: &Connection, name: &str, a: &FetchedArtifact) -> Result<(),
     Ok(())
 }
 
-const REVISION_COLUMNS: &str = "deployment, revision, spec, spec_hash, source_dir, runtime, artifact_digest, artifact_path, work_dir, handle, installed, activations, created_at";
+const REVISION_COLUMNS: &str = "deployment, revision, spec, spec_hash, source_dir, runtime, artifact_digest, artifact_path, work_dir, handle, installed, activations, created_at, written";
 
 fn revision_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RevisionRecord, StoreError>> {
     let spec: String = r.get(2)?;
@@ -1396,6 +1417,10 @@ fn revision_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RevisionRecord, Sto
             installed: r.get(10)?,
             activations: r.get::<_, i64>(11)? as u64,
             created_at: r.get(12)?,
+            written: match r.get::<_, Option<String>>(13)? {
+                Some(w) => Some(DeploymentSpec::from_stored(&w).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                None => None,
+            },
         })
     })();
     Ok(rec)
@@ -1493,6 +1518,7 @@ mod tests {
             installed: false,
             activations: 0,
             created_at: now_rfc3339(),
+            written: None,
         }
     }
 
@@ -1596,6 +1622,7 @@ mod tests {
                 installed: false,
                 activations: 0,
                 created_at: now_rfc3339(),
+                written: None,
             })
             .unwrap();
         }
@@ -1621,10 +1648,12 @@ mod tests {
                     restarts INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '',
                     outputs TEXT NOT NULL DEFAULT '{{}}', created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
                  {}",
-                SCHEMA.replace(
-                    "CREATE UNIQUE INDEX IF NOT EXISTS deployments_by_environment ON deployments (environment, name);",
-                    ""
-                )
+                SCHEMA
+                    .replace(
+                        "CREATE UNIQUE INDEX IF NOT EXISTS deployments_by_environment ON deployments (environment, name);",
+                        ""
+                    )
+                    .replace("    written         TEXT,\n", "")
             );
             let c = Connection::open(&path).unwrap();
             c.execute_batch(&v2).unwrap();

@@ -32,8 +32,8 @@ pub(super) fn refuse_busy(cmd: Command, rec: &DeploymentRecord) {
 impl Supervisor {
     pub(super) async fn handle(&self, cmd: Command, rec: &DeploymentRecord) {
         match cmd {
-            Command::Apply { spec, source_dir, reply } => {
-                let _ = reply.send(self.apply(*spec, source_dir, rec).await);
+            Command::Apply { spec, written, source_dir, reply } => {
+                let _ = reply.send(self.apply(*spec, written.map(|w| *w), source_dir, rec).await);
             }
             Command::Stop { reply } => {
                 let r = match rec.state {
@@ -140,18 +140,30 @@ impl Supervisor {
     pub(super) async fn apply(
         &self,
         mut spec: DeploymentSpec,
+        written: Option<DeploymentSpec>,
         source_dir: PathBuf,
         rec: &DeploymentRecord,
     ) -> Result<Applied, CommandError> {
         // Suspension is the deployment's, not a revision's: no revision
         // records it, and suspending or resuming makes none.
         let suspend = std::mem::take(&mut spec.spec.suspended);
+        let written = written.map(|mut w| {
+            w.spec.suspended = false;
+            w
+        });
         let hash = spec.hash();
         if matches!(rec.state, State::Running | State::Stopped)
             && rec.current_revision == rec.desired_revision
             && let Ok(current) = self.revision(rec.current_revision).await
             && current.spec_hash == hash
         {
+            // The same spec in this environment; the spec as written may
+            // differ elsewhere (another environment's overlay), which is
+            // what a promotion from here takes.
+            if current.written != written {
+                let rev = current.revision;
+                self.db(move |s, n| s.set_written(n, rev, written.as_ref())).await?;
+            }
             let changed = self.suspend(suspend, rec).await?;
             return Ok(Applied { name: self.name.clone(), revision: rec.current_revision, changed });
         }
@@ -204,6 +216,7 @@ impl Supervisor {
             installed: false,
             activations: 0,
             created_at: now_rfc3339(),
+            written,
         };
         let changes = Changes {
             new_revision: Some(Box::new(record)),
