@@ -12,6 +12,7 @@ mod environments;
 mod hostile;
 mod http;
 mod inside;
+mod invariants;
 mod kubernetes;
 mod lifecycle;
 mod locks;

@@ -147,6 +147,18 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Check the invariants now: every container in erad's runtime roots is
+    /// a recorded revision of a live deployment, and every live OCI digest
+    /// passes the trust policy as it is now. A breach halts its
+    /// environment's applies, starts and restarts until it is gone or
+    /// acknowledged (`ack`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Invariants {
+        #[arg(long, env = "ERA_ENV")]
+        env: Option<String>,
+        #[command(subcommand)]
+        command: Option<InvariantsCommand>,
+    },
     /// Environment locks: who holds them, and forcing one open.
     Lock {
         #[command(subcommand)]
@@ -290,6 +302,18 @@ enum OutputsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum InvariantsCommand {
+    /// Let an environment's reconciliation go on despite its breaches.
+    Ack {
+        #[arg(long)]
+        env: String,
+        /// The environment's name. Asked for on a terminal when not given.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum LockCommand {
     /// The held locks: environment, operation, holder, since when, idle time.
     #[command(alias = "ls")]
@@ -355,6 +379,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Outputs { name: None, .. } => Err(CliError::Usage("outputs needs a deployment's NAME".into())),
         Command::Promote { name, from, to } => commands::plan::promote(&cli.socket, &name, &from, &to, fmt).await,
+        Command::Invariants { command: Some(InvariantsCommand::Ack { env, confirm }), .. } => {
+            commands::invariants::acknowledge(&cli.socket, &env, confirm, fmt).await
+        }
+        Command::Invariants { env, command: None } => {
+            commands::invariants::check(&cli.socket, env.as_deref(), fmt).await
+        }
         Command::Lock { command: LockCommand::List } => commands::lock::list(&cli.socket, fmt).await,
         Command::Lock { command: LockCommand::ForceUnlock { environment, confirm } } => {
             commands::lock::force_unlock(&cli.socket, &environment, confirm, fmt).await

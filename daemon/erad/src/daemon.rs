@@ -223,7 +223,12 @@ impl DaemonBuilder {
                 every.tick().await;
                 loop {
                     tokio::select! {
-                        _ = every.tick() => drift.check_all_drift().await,
+                        _ = every.tick() => {
+                            drift.check_all_drift().await;
+                            if let Err(e) = drift.check_invariants().await {
+                                tracing::warn!("invariant check: {e}");
+                            }
+                        }
                         _ = drift_stop.changed() => return,
                     }
                 }

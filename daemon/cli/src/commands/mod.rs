@@ -6,6 +6,7 @@ pub mod destroy;
 pub mod get;
 pub mod history;
 pub mod images;
+pub mod invariants;
 pub mod list;
 pub mod lock;
 pub mod logs;

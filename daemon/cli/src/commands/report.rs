@@ -22,13 +22,18 @@ pub async fn run(socket: &Path, environment: Option<&str>, last: bool, fmt: Form
     let environments: Vec<_> = r
         .environments
         .iter()
-        .map(|e| serde_json::json!({"name": e.name, "standing": e.standing, "deployments": e.deployments}))
+        .map(|e| {
+            serde_json::json!({"name": e.name, "standing": e.standing, "deployments": e.deployments, "halted": e.halted})
+        })
         .collect();
     if output::structured(fmt, &serde_json::json!({"environments": environments, "deployments": deployments})) {
         return Ok(());
     }
     for e in &r.environments {
         println!("environment {}: {} ({} deployment(s))", e.name, e.standing, e.deployments);
+        if !e.halted.is_empty() {
+            println!("  HALTED: {}", e.halted);
+        }
     }
     println!("{:<24} {:<12} {:<10} {:<25} DETAIL", "NAME", "ENVIRONMENT", "STANDING", "CHECKED");
     for d in &r.deployments {

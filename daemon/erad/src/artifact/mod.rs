@@ -219,6 +219,18 @@ impl ContentStore {
         self.verified_dir(digest).join(fingerprint).is_file()
     }
 
+    /// Whether `digest`, fetched for OCI `reference`, passes the trust
+    /// policy as it is now: a rule admits the reference and, unless it
+    /// allows unsigned artifacts, the digest's signatures passed that very
+    /// rule (as recorded when they were checked). The error says which.
+    pub fn trusted(&self, reference: &str, digest: &str) -> Result<(), String> {
+        let rule = self.oci.trust_rule(reference)?;
+        if rule.allow_unsigned || self.is_verified(digest, &rule.fingerprint) {
+            return Ok(());
+        }
+        Err(format!("{digest} never passed trust rule {:?} as it is now ({})", rule.name, rule.wants()))
+    }
+
     /// Records that `digest`'s signatures passed the rule with `fingerprint`.
     pub fn mark_verified(&self, digest: &str, fingerprint: &str, signer: &str) -> Result<(), FetchError> {
         let dir = self.verified_dir(digest);

@@ -212,6 +212,13 @@ impl OciFetcher {
         }
     }
 
+    /// The current trust policy's rule for `reference` (the first whose
+    /// pattern matches its `registry/repository`).
+    pub fn trust_rule(&self, reference: &str) -> Result<&TrustRule, String> {
+        let r: Reference = reference.parse().map_err(|e| format!("{reference:?} is not a reference: {e}"))?;
+        self.trust.rule_for(reference, &format!("{}/{}", r.registry(), r.repository())).map_err(|e| e.to_string())
+    }
+
     fn access(&self, registry: &str) -> RegistryAccess {
         self.registries.get(registry).cloned().unwrap_or_default()
     }

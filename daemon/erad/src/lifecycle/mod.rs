@@ -10,6 +10,7 @@
 mod drift;
 mod failure;
 mod hooks;
+mod invariants;
 mod locks;
 mod outputs;
 mod plan;
@@ -20,6 +21,7 @@ mod runtime;
 mod supervisor;
 
 pub use drift::{Checked, Standing, by_environment};
+pub use invariants::halted_because;
 pub use locks::{EnvLock, LockError};
 pub use plan::{AppliedChange, PlanError, SpecFile, confirmation};
 pub use runs::plan_summary;
@@ -58,6 +60,8 @@ impl WatchEvent {
 pub enum CommandError {
     #[error("deployment {0:?} not found")]
     NotFound(String),
+    #[error("deployment {name}: {action} refused: {why}")]
+    Halted { name: String, action: String, why: String },
     #[error("there is a deployment {name:?} in each of the environments {environments}: name one with --env")]
     Ambiguous { name: String, environments: String },
     #[error("deployment {name} is {state}; {action} is possible once it settles (see `era watch {name}`)")]
@@ -226,6 +230,7 @@ impl Lifecycle {
             .effective()
             .map_err(|e| CommandError::Invalid { name: written.name().to_string(), message: e.to_string() })?;
         let written = (written != spec).then(|| Box::new(written));
+        self.check_not_halted(spec.environment(), spec.name(), "apply")?;
         if spec.spec.suspended {
             let live = self.shared.store.find_deployment(spec.environment(), spec.name())?;
             if !live.is_some_and(|d| d.state != State::Deleted && d.desired_revision != 0) {
@@ -288,6 +293,8 @@ impl Lifecycle {
 
     pub async fn start(&self, name: &str) -> Result<State, CommandError> {
         self.exists(name)?;
+        let d = self.shared.store.deployment(name)?;
+        self.check_not_halted(&d.environment, &d.name, "start")?;
         self.send(name, |reply| Command::Start { reply }).await
     }
 

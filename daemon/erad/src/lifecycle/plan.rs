@@ -397,6 +397,7 @@ impl Lifecycle {
         // Checked again after the plugin calls above, and claimed: a second
         // apply of the same plan stops here.
         self.check_fresh(&plan)?;
+        self.check_not_halted(&plan.environment, &format!("plan {id}"), "apply")?;
         if !self.shared.store.mark_plan_applied(id)? {
             return Err(PlanError::Stale(format!("plan {id} is being applied by another caller")));
         }

@@ -23,6 +23,7 @@ impl Lifecycle {
         if from == to {
             return Err(PlanError::Invalid(format!("--from and --to are both {from}: promote to another environment")));
         }
+        self.check_not_halted(to, name, "promotion")?;
         let store = &self.shared.store;
         let Some(source) = store.find_deployment(from, name)? else {
             return Err(PlanError::NotFound(format!("there is no deployment {name} in environment {from}")));

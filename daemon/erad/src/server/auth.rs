@@ -57,6 +57,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Destroy", Role::Admin),
     ("SetOutput", Role::Admin),
     ("Promote", Role::Admin),
+    ("AcknowledgeBreaches", Role::Admin),
     ("Get", Role::Reader),
     ("List", Role::Reader),
     ("History", Role::Reader),
@@ -69,6 +70,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("RunShow", Role::Reader),
     ("Report", Role::Reader),
     ("Outputs", Role::Reader),
+    ("Invariants", Role::Reader),
 ];
 
 /// The role `method` (as in the gRPC path) needs.
@@ -307,8 +309,19 @@ mod tests {
         assert_eq!(
             reads,
             [
-                "Get", "List", "History", "Watch", "Plugins", "Images", "Logs", "Locks", "Runs", "RunShow", "Report",
-                "Outputs"
+                "Get",
+                "List",
+                "History",
+                "Watch",
+                "Plugins",
+                "Images",
+                "Logs",
+                "Locks",
+                "Runs",
+                "RunShow",
+                "Report",
+                "Outputs",
+                "Invariants"
             ]
         );
         assert_eq!(required("SomethingNew"), Role::Admin, "unknown methods fail closed");

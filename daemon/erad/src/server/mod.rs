@@ -30,6 +30,16 @@ impl DeploymentsService {
         self.lifecycle.resolve((!environment.is_empty()).then_some(environment), name).map_err(command_status)
     }
 
+    /// Checks the invariants in the background (after a run).
+    fn check_invariants_soon(&self) {
+        let lifecycle = self.lifecycle.clone();
+        tokio::spawn(async move {
+            if let Err(e) = lifecycle.check_invariants().await {
+                tracing::warn!("invariant check: {e}");
+            }
+        });
+    }
+
     /// The lock a single-deployment command holds while it is accepted: its
     /// environment's.
     async fn lock(&self, environment: &str, operation: &str, who: &str) -> Result<EnvLock, Status> {
@@ -59,6 +69,26 @@ impl DeploymentsService {
             labels,
             outputs: rec.outputs.into_iter().collect(),
         })
+    }
+}
+
+fn breaches_response(breaches: Vec<crate::store::Breach>) -> pb::InvariantsResponse {
+    pb::InvariantsResponse {
+        breaches: breaches
+            .into_iter()
+            .map(|b| {
+                let (acknowledged_at, acknowledged_by) = b.acknowledged.unwrap_or_default();
+                pb::Breach {
+                    environment: b.environment,
+                    object: b.object,
+                    kind: b.kind,
+                    detail: b.detail,
+                    found_at: b.found_at,
+                    acknowledged_at,
+                    acknowledged_by,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -168,7 +198,9 @@ fn command_status(e: CommandError) -> Status {
     match e {
         CommandError::NotFound(_) => Status::not_found(e.to_string()),
         CommandError::Ambiguous { .. } => Status::invalid_argument(e.to_string()),
-        CommandError::Busy { .. } | CommandError::NotPossible { .. } => Status::failed_precondition(e.to_string()),
+        CommandError::Busy { .. } | CommandError::NotPossible { .. } | CommandError::Halted { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         CommandError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         CommandError::Store(s) => store_status(s),
         CommandError::ShuttingDown => Status::unavailable(e.to_string()),
@@ -292,6 +324,7 @@ impl Deployments for DeploymentsService {
             }
         };
         self.lifecycle.record_run("apply", &run_env, &who, started, outcome);
+        self.check_invariants_soon();
         let (plan, applied) = done.map_err(plan_status)?;
         Ok(Response::new(pb::ApplyPlanResponse {
             id: plan.id,
@@ -320,6 +353,7 @@ impl Deployments for DeploymentsService {
             Err(e) => Err(e.to_string()),
         };
         self.lifecycle.record_run("destroy", &req.environment, &who, started, outcome);
+        self.check_invariants_soon();
         let names = done.map_err(plan_status)?;
         Ok(Response::new(pb::DestroyResponse { environment: req.environment, deleting: names }))
     }
@@ -370,7 +404,14 @@ impl Deployments for DeploymentsService {
                 .collect(),
             environments: envs
                 .into_iter()
-                .map(|(name, (s, n))| pb::EnvironmentReport { name, standing: s.as_str().to_string(), deployments: n })
+                .map(|(name, (s, n))| {
+                    let halted = match self.lifecycle.halting(&name) {
+                        Ok(open) if open.is_empty() => String::new(),
+                        Ok(open) => crate::lifecycle::halted_because(&name, &open),
+                        Err(e) => format!("unknown: {e}"),
+                    };
+                    pb::EnvironmentReport { name, standing: s.as_str().to_string(), deployments: n, halted }
+                })
                 .collect(),
         }))
     }
@@ -449,6 +490,7 @@ impl Deployments for DeploymentsService {
             Err(e) => Err(format!("{what}: {e}")),
         };
         self.lifecycle.record_run("promote", &req.to, &who, started, outcome);
+        self.check_invariants_soon();
         let (plan, applied) = done.map_err(plan_status)?;
         let p = plan.promotion.clone().unwrap_or_else(|| crate::plan::Promotion {
             from: req.from.clone(),
@@ -464,6 +506,43 @@ impl Deployments for DeploymentsService {
             source_digest: p.digest.unwrap_or_default(),
             spec_hash: p.spec_hash,
         }))
+    }
+
+    async fn invariants(
+        &self,
+        req: Request<pb::InvariantsRequest>,
+    ) -> Result<Response<pb::InvariantsResponse>, Status> {
+        let env = req.into_inner().environment;
+        self.lifecycle.check_invariants().await.map_err(store_status)?;
+        let which = (!env.is_empty()).then_some(env.as_str());
+        Ok(Response::new(breaches_response(self.lifecycle.breaches(which).map_err(store_status)?)))
+    }
+
+    async fn acknowledge_breaches(
+        &self,
+        req: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::InvariantsResponse>, Status> {
+        let who = holder(&req);
+        let req = req.into_inner();
+        crate::spec::check_environment_name(&req.environment).map_err(Status::invalid_argument)?;
+        let started = crate::store::now_rfc3339();
+        let n = self.lifecycle.acknowledge(&req.environment, &req.confirm, &who).map_err(command_status)?;
+        let lines = self
+            .lifecycle
+            .breaches(Some(&req.environment))
+            .map_err(store_status)?
+            .into_iter()
+            .map(|b| format!("acknowledged {} ({})", b.object, b.kind))
+            .collect();
+        self.lifecycle.record_run(
+            "acknowledge",
+            &req.environment,
+            &who,
+            started,
+            Ok((format!("{n} invariant breach(es) acknowledged"), lines)),
+        );
+        let which = Some(req.environment.as_str());
+        Ok(Response::new(breaches_response(self.lifecycle.breaches(which).map_err(store_status)?)))
     }
 
     async fn outputs(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::OutputsResponse>, Status> {

@@ -156,6 +156,20 @@ CREATE TABLE IF NOT EXISTS drift_checks (
     checked_at  TEXT NOT NULL,
     PRIMARY KEY (environment, deployment)
 );
+-- Invariant breaches (runtime objects no revision accounts for, leftovers
+-- of deleted deployments, running digests the trust policy no longer
+-- admits) as the last check found them; an unacknowledged one halts its
+-- environment's reconciliation.
+CREATE TABLE IF NOT EXISTS breaches (
+    environment     TEXT NOT NULL,
+    object          TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    detail          TEXT NOT NULL,
+    found_at        TEXT NOT NULL,
+    acknowledged_at TEXT,
+    acknowledged_by TEXT,
+    PRIMARY KEY (environment, object)
+);
 CREATE UNIQUE INDEX IF NOT EXISTS deployments_by_environment ON deployments (environment, name);
 CREATE TABLE IF NOT EXISTS port_claims (
     port       INTEGER NOT NULL,
@@ -256,6 +270,20 @@ pub struct DeploymentRecord {
     pub output_overrides: BTreeMap<String, String>,
     /// The declared outputs as the last rollout or override resolved them.
     pub resolved_outputs: BTreeMap<String, String>,
+}
+
+/// An invariant that does not hold, as a check found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breach {
+    pub environment: String,
+    /// What breaks it (`runc container era-...`, `deployment web`).
+    pub object: String,
+    /// `orphan`, `leftover` or `untrusted`.
+    pub kind: String,
+    pub detail: String,
+    pub found_at: String,
+    /// When and by whom it was acknowledged (it then halts nothing).
+    pub acknowledged: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -817,6 +845,68 @@ impl Store {
                 params![id, revision as i64, written.map(DeploymentSpec::canonical_json)],
             )?;
             Ok(())
+        })
+    }
+
+    /// Replaces the recorded breaches with what a check found: new ones
+    /// added, those still found kept as they were (with their
+    /// acknowledgement), the others (resolved) removed.
+    pub fn record_breaches(&self, found: &[Breach]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut keep = std::collections::BTreeSet::new();
+            for b in found {
+                keep.insert((b.environment.clone(), b.object.clone()));
+                tx.execute(
+                    "INSERT INTO breaches (environment, object, kind, detail, found_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (environment, object) DO UPDATE SET kind = ?3, detail = ?4",
+                    params![b.environment, b.object, b.kind, b.detail, b.found_at],
+                )?;
+            }
+            let recorded: Vec<(String, String)> = {
+                let mut st = tx.prepare("SELECT environment, object FROM breaches")?;
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+            };
+            for (env, object) in recorded.into_iter().filter(|k| !keep.contains(k)) {
+                tx.execute("DELETE FROM breaches WHERE environment = ?1 AND object = ?2", params![env, object])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The recorded breaches (of one environment, or all).
+    pub fn breaches(&self, environment: Option<&str>) -> Result<Vec<Breach>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT environment, object, kind, detail, found_at, acknowledged_at, acknowledged_by FROM breaches
+                 WHERE ?1 IS NULL OR environment = ?1 ORDER BY environment, object",
+            )?;
+            let rows = st.query_map(params![environment], |r| {
+                Ok(Breach {
+                    environment: r.get(0)?,
+                    object: r.get(1)?,
+                    kind: r.get(2)?,
+                    detail: r.get(3)?,
+                    found_at: r.get(4)?,
+                    acknowledged: match (r.get::<_, Option<String>>(5)?, r.get::<_, Option<String>>(6)?) {
+                        (Some(at), by) => Some((at, by.unwrap_or_default())),
+                        _ => None,
+                    },
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Acknowledges every open breach of `environment`; returns how many.
+    pub fn acknowledge_breaches(&self, environment: &str, by: &str) -> Result<usize, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE breaches SET acknowledged_at = ?2, acknowledged_by = ?3
+                 WHERE environment = ?1 AND acknowledged_at IS NULL",
+                params![environment, now_rfc3339(), by],
+            )?)
         })
     }
 

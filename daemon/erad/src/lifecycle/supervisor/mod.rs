@@ -78,6 +78,7 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
         shared: shared.clone(),
         name,
         running_since: std::sync::Mutex::new(None),
+        restart_held: std::sync::Mutex::new(false),
         unpacking: Arc::new(tokio::sync::Mutex::new(())),
         cuttable: std::sync::atomic::AtomicBool::new(false),
     };
@@ -342,6 +343,8 @@ struct Supervisor {
     /// Since when the current workload has been seen running (for
     /// `restart.resetAfter`); None while it is not.
     running_since: std::sync::Mutex<Option<Instant>>,
+    /// A restart the monitor holds (its environment is halted) was logged.
+    restart_held: std::sync::Mutex<bool>,
     /// Held by an image unpack's blocking thread while it writes.
     unpacking: Arc<tokio::sync::Mutex<()>>,
     /// Whether the running step may be cut short now: set when a

@@ -77,6 +77,24 @@ impl Supervisor {
         };
         match after_exit(restart.policy, code, rec.restarts, restart.max_retries) {
             AfterExit::Restart { n, backoff } => {
+                // An invariant breach halts its environment's restarts: the
+                // exited workload stays as it is until the breach is gone or
+                // acknowledged (the next look asks again).
+                let env = rec.environment.clone();
+                let halted = self.db(move |s, _| s.breaches(Some(&env))).await?;
+                if halted.iter().any(|b| b.acknowledged.is_none()) {
+                    let mut told = self.restart_held.lock().unwrap_or_else(|p| p.into_inner());
+                    if !*told {
+                        *told = true;
+                        tracing::warn!(
+                            revision = rev.revision,
+                            "{what}; not restarted: {}",
+                            crate::lifecycle::halted_because(&rec.environment, &halted)
+                        );
+                    }
+                    return Ok(None);
+                }
+                *self.restart_held.lock().unwrap_or_else(|p| p.into_inner()) = false;
                 let cause = format!("revision {} {what}; restart {n} of {}", rev.revision, restart.max_retries);
                 let changes = Changes {
                     operation: Some(Operation::Restart),
