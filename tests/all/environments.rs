@@ -96,19 +96,20 @@ fn the_same_name_in_two_environments_is_two_deployments_named_with_env() {
 }
 
 #[test]
-fn an_id_another_deployment_holds_is_refused_naming_it() {
+fn an_id_another_deployment_holds_is_given_a_suffix() {
     let erad = Erad::start();
     // Environment a's b-c and environment a-b's c would both be a-b-c.
     let first = erad.apply_wait(&noop_spec(&erad, "b-c", "a", "one"));
     assert_eq!(first.code, 0, "{first:?}");
-    let r = erad.era(&["apply", "-f", noop_spec(&erad, "c", "a-b", "two").to_str().unwrap()]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains("cannot record c in environment a-b: its id \"a-b-c\" is b-c in environment a's"),
-        "{r:?}"
-    );
-    assert_eq!(erad.era(&["get", "c", "--env", "a-b"]).code, 1, "nothing was recorded");
+    let second = erad.apply_wait(&noop_spec(&erad, "c", "a-b", "two"));
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(erad.noop_running("a-b-c", 1) && erad.noop_running("a-b-c-2", 1));
     assert_eq!(get(&erad, "b-c", "a")["state"], "Running");
+    assert_eq!(get(&erad, "c", "a-b")["state"], "Running");
+    // Deleted, the holder still keeps its id (its history is under it).
+    assert_eq!(erad.era(&["delete", "b-c", "--env", "a", "--wait"]).code, 0);
+    assert_eq!(erad.apply_wait(&noop_spec(&erad, "c", "a-b", "two")).code, 0, "unchanged");
+    assert!(erad.noop_running("a-b-c-2", 1));
 }
 
 fn container_config() -> String {
@@ -148,6 +149,9 @@ fn containers_of_one_name_in_two_environments_run_apart_and_one_removed_by_hand_
     let staging = container(&erad, "staging-web", 1).expect("staging's web runs in runc");
     let prod = container(&erad, "prod-web", 1).expect("prod's web runs in runc");
     assert_ne!(staging, prod);
+    // Real containers installed through erad are no invariant breach.
+    let invariants = |erad: &Erad| erad.era(&["-o", "json", "invariants"]).json();
+    assert_eq!(invariants(&erad), serde_json::json!([]));
 
     // staging's container is killed and removed behind erad's back.
     let out = runc(&erad, &["delete", "--force", &staging]);
@@ -161,6 +165,12 @@ fn containers_of_one_name_in_two_environments_run_apart_and_one_removed_by_hand_
     assert!(plan.stdout.contains("! drifted: recorded Running, but the runtime says it is not running"), "{plan:?}");
     // prod's container was never touched.
     assert_eq!(container(&erad, "prod-web", 1), Some(prod));
+    // Gone behind erad's back is drift, not a breach; a delete through erad
+    // leaves nothing behind.
+    assert_eq!(invariants(&erad), serde_json::json!([]));
+    assert_eq!(erad.era(&["delete", "web", "--env", "prod", "--wait"]).code, 0);
+    assert_eq!(container(&erad, "prod-web", 1), None);
+    assert_eq!(invariants(&erad), serde_json::json!([]));
 }
 
 #[test]
@@ -226,6 +236,16 @@ fn a_spec_that_suspends_its_deployment_stops_it_until_a_spec_that_does_not() {
     assert_eq!(erad.era(&["stop", "job", "--wait"]).code, 0);
     assert!(erad.era(&["apply", "-f", spec.to_str().unwrap()]).stdout.contains("unchanged"));
     assert_eq!(erad.get("job")["state"], "Stopped");
+
+    // One an operator stopped stays stopped through a suspension and back.
+    let r = erad.era(&["apply", "-f", suspended.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(erad.get("job")["suspended"], true);
+    let r = erad.era(&["apply", "-f", spec.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = erad.get("job");
+    assert_eq!((d["state"].as_str(), d["suspended"].as_bool()), (Some("Stopped"), Some(false)), "{d}");
+    assert_eq!(erad.noop_state("qa-job", 1).unwrap()["starts"], 2, "started by a resume it was not stopped by");
 
     // A new deployment cannot start suspended.
     let new = noop_spec(&erad, "new", "qa", "new");
@@ -339,4 +359,66 @@ fn a_revision_proven_in_staging_is_promoted_by_digest_with_only_the_targets_over
         erad.spec("bad.yaml", &yaml.replace("prod: {env: {LEVEL: prod}", "prod: {ports: none, env: {LEVEL: prod}"));
     let r = erad.era(&["apply", "-f", bad.to_str().unwrap()]);
     assert!(r.code == 2 && r.stderr.contains("spec.environments.prod (merged): spec.ports"), "{r:?}");
+}
+
+#[test]
+fn an_overlay_naming_another_image_is_planned_and_pinned_as_its_environment_runs_it() {
+    let registry = Registry::start();
+    let base = registry.push_image("ovl/app", "base", &[("version", "base")]);
+    let prod = registry.push_image("ovl/app", "prod", &[("version", "prod")]);
+    let erad = Erad::start();
+    let write = |env: &str, level: &str| {
+        let dir = erad.dir.path().join(env);
+        std::fs::create_dir_all(&dir).unwrap();
+        erad.spec(
+            &format!("{env}/app.yaml"),
+            &format!(
+                "apiVersion: era.dev/v1\nkind: Deployment\nmetadata: {{name: app}}\nspec:\n  runtime: noop\n  artifact: {{image: \"{r}/ovl/app:base\"}}\n  environments:\n    prod: {{artifact: {{image: \"{r}/ovl/app:prod\"}}, env: {{LEVEL: \"{level}\"}}}}\n",
+                r = registry.addr
+            ),
+        )
+    };
+    let plan_apply = |path: &std::path::Path, env: &str| {
+        let plan = erad.era(&["-o", "json", "plan", "-f", path.to_str().unwrap(), "--env", env]);
+        assert_eq!(plan.code, 0, "{plan:?}");
+        let a = erad.era(&["apply", "--plan", plan.json()["id"].as_str().unwrap()]);
+        assert_eq!(a.code, 0, "{a:?}");
+        plan.json()
+    };
+    // prod's overlay names another tag: the plan pins that tag's digest.
+    let plan = plan_apply(&write("prod", "1"), "prod");
+    assert_eq!(plan["changes"][0]["pinned"]["digest"], prod.as_str(), "{plan}");
+    era_tests::eventually(T, || get(&erad, "app", "prod")["state"] == "Running");
+    assert_eq!(get(&erad, "app", "prod")["artifact_digest"], prod.as_str());
+    let plan = plan_apply(&write("staging", "1"), "staging");
+    assert_eq!(plan["changes"][0]["pinned"]["digest"], base.as_str(), "{plan}");
+    era_tests::eventually(T, || get(&erad, "app", "staging")["state"] == "Running");
+    assert_eq!(get(&erad, "app", "staging")["artifact_digest"], base.as_str());
+
+    // prod's overlay changes: no change for staging, but what staging keeps
+    // as written (what a promotion from it takes) follows.
+    let plan = plan_apply(&write("staging", "2"), "staging");
+    assert_eq!(plan["changes"][0]["action"], "no-op", "{plan}");
+    let written = revision_column(&erad, "staging-app", 1, "written");
+    assert_eq!(written["spec"]["environments"]["prod"]["env"]["LEVEL"], "2", "{written}");
+    // A promotion that an overlay would give another artifact is refused.
+    let r = erad.era(&["promote", "app", "--from", "staging", "--to", "prod"]);
+    assert!(r.code == 2 && r.stderr.contains("the overlay of environment prod changes spec.artifact"), "{r:?}");
+}
+
+#[test]
+fn a_promotion_into_a_suspended_deployment_is_refused() {
+    let erad = Erad::start();
+    let source = noop_spec(&erad, "web", "staging", "web v1");
+    assert_eq!(erad.apply_wait(&source).code, 0);
+    let target = noop_spec(&erad, "web", "prod", "web v0");
+    assert_eq!(erad.apply_wait(&target).code, 0);
+    let text = std::fs::read_to_string(&target).unwrap();
+    let suspended = erad.spec("prod-web-suspended.yaml", &format!("{text}  suspended: true\n"));
+    assert_eq!(erad.era(&["apply", "-f", suspended.to_str().unwrap()]).code, 0);
+    era_tests::eventually(T, || get(&erad, "web", "prod")["state"] == "Stopped");
+    let r = erad.era(&["promote", "web", "--from", "staging", "--to", "prod"]);
+    assert!(r.code == 2 && r.stderr.contains("web in environment prod is suspended by its spec"), "{r:?}");
+    assert_eq!(get(&erad, "web", "prod")["state"], "Stopped");
+    assert!(!erad.noop_running("prod-web", 1));
 }

@@ -74,7 +74,7 @@ fn outputs_resolve_by_precedence_and_type_and_a_missing_required_one_fails_the_r
     assert!(resolved.contains("\"port\":\"9090\"") && overrides == "{\"port\":\"9090\"}", "{resolved} {overrides}");
     // Refused, each naming the output and what is wrong.
     for (args, says) in [
-        (["port", "nine"], "output port (int): \"nine\" is not an int"),
+        (["port", "nine"], "output port (int): the value is not an int"),
         (["token", "vault://kv/mine"], "output token is a credential the runtime generated"),
         (["nope", "1"], "output \"nope\" is not declared in the spec's outputs"),
     ] {
@@ -106,10 +106,14 @@ fn outputs_resolve_by_precedence_and_type_and_a_missing_required_one_fails_the_r
     let r = erad.apply_wait(&spec(&erad, "v3", "{url: \"http://h/\", port: eighty}"));
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        why(&erad).iter().any(|c| c.contains("output port (int): runtime: \"eighty\" is not an int")),
+        why(&erad).iter().any(|c| c.contains("output port (int): runtime: the value is not an int")),
         "{:?}",
         why(&erad)
     );
+
+    // No value of an output reached the journal or erad's log.
+    assert!(!why(&erad).iter().any(|c| c.contains("eighty")));
+    assert!(!erad.log().contains("9090") && !erad.log().contains("eighty"), "an output value was logged");
 
     // The outputs, overrides and resolution go with the deployment.
     assert_eq!(erad.era(&["outputs", "set", "web", "region", "eu-1"]).code, 0);

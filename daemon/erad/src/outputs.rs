@@ -46,8 +46,12 @@ impl OutputType {
         }
     }
 
-    /// Whether `value` is one of this type; the error says what it should be.
+    /// Whether `value` is one of this type; the error says what it should
+    /// be, never the value (it may be sensitive, or huge).
     pub fn check(self, value: &str) -> Result<(), String> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(format!("the value is {} bytes long; at most {MAX_VALUE_BYTES}", value.len()));
+        }
         let ok = match self {
             OutputType::String => true,
             OutputType::Int => value.parse::<i64>().is_ok(),
@@ -60,15 +64,18 @@ impl OutputType {
         }
         Err(match self {
             OutputType::String => unreachable!("every value is a string"),
-            OutputType::Int => format!("{value:?} is not an int (a 64-bit integer)"),
-            OutputType::Bool => format!("{value:?} is not a bool (true or false)"),
-            OutputType::Url => format!("{value:?} is not a url (scheme://host...)"),
-            OutputType::SecretRef => {
-                "the value is not a secret-ref (SCHEME://PATH naming where a secret is kept)".to_string()
-            }
-        })
+            OutputType::Int => "the value is not an int (a 64-bit integer)",
+            OutputType::Bool => "the value is not a bool (true or false)",
+            OutputType::Url => "the value is not a url (scheme://host...)",
+            OutputType::SecretRef => "the value is not a secret-ref (SCHEME://PATH naming where a secret is kept)",
+        }
+        .to_string())
     }
 }
+
+/// The longest output value erad takes (an override, or what a runtime
+/// reports for a declared output).
+pub const MAX_VALUE_BYTES: usize = 4096;
 
 /// `SCHEME://PATH`: a lowercase scheme, and a path with no white space.
 fn secret_ref(value: &str) -> bool {
@@ -121,9 +128,12 @@ pub fn resolve(
     let mut out: Vec<Resolved> = declared
         .iter()
         .map(|(name, spec)| {
-            let found = overrides
-                .get(name)
-                .map(|v| (v, Source::Override))
+            // A secret-ref the runtime reports is a credential it made: no
+            // override replaces it (one set before it reported it neither).
+            let generated =
+                (spec.kind == OutputType::SecretRef).then(|| runtime.get(name).map(|v| (v, Source::Runtime))).flatten();
+            let found = generated
+                .or_else(|| overrides.get(name).map(|v| (v, Source::Override)))
                 .or_else(|| runtime.get(name).map(|v| (v, Source::Runtime)))
                 .or_else(|| spec.default.as_ref().map(|v| (v, Source::Default)));
             let problem = match found {
@@ -242,7 +252,10 @@ mod tests {
             "output port (int): required, but neither an override nor the runtime gives it"
         );
         let e = settle(&d, &map(&[]), &map(&[("port", "eighty")])).unwrap_err();
-        assert_eq!(e, "output port (int): runtime: \"eighty\" is not an int (a 64-bit integer)");
+        assert_eq!(e, "output port (int): runtime: the value is not an int (a 64-bit integer)");
+        assert!(!e.contains("eighty"), "values stay out of errors (and so of the journal)");
+        let huge = "1".repeat(MAX_VALUE_BYTES + 1);
+        assert!(settle(&d, &map(&[]), &map(&[("port", &huge)])).unwrap_err().contains("bytes long"));
         let e = settle(&d, &map(&[("port", "1")]), &map(&[("url", "not a url")])).unwrap_err();
         assert!(e.starts_with("output url (url): runtime:"), "{e}");
         for (kind, good, bad) in [
@@ -271,5 +284,8 @@ mod tests {
                 .contains("credential the runtime generated")
         );
         assert!(check_override(&d, &map(&[]), "token", "vault://kv/mine").is_ok());
+        // Set before the runtime reported one: the runtime's still wins.
+        let got = settle(&d, &map(&[("token", "vault://kv/mine"), ("port", "1")]), &rt).unwrap();
+        assert_eq!(got["token"], "vault://kv/generated");
     }
 }

@@ -522,13 +522,6 @@ impl DeploymentSpec {
         &self.metadata.name
     }
 
-    /// The id a new deployment of this spec is recorded and run under: its
-    /// name in the environment `default`, `ENVIRONMENT-NAME` in any other
-    /// (see [`deployment_id`]).
-    pub fn new_id(&self) -> String {
-        deployment_id(self.environment(), self.name())
-    }
-
     /// The artifact source; `check` guarantees there is exactly one.
     pub fn artifact_source(&self) -> ArtifactSource {
         let a = &self.spec.artifact;
@@ -853,8 +846,8 @@ pub fn source_dir(source: &str) -> std::path::PathBuf {
 /// The id of a new deployment `name` of `environment`: what the store, the
 /// work dirs and the runtimes' objects are named by. The name alone in the
 /// environment `default` (so a store from before environments keeps its
-/// ids), `ENVIRONMENT-NAME` in any other; the store refuses an id another
-/// deployment holds (`a`/`b-c` against `a-b`/`c`).
+/// ids), `ENVIRONMENT-NAME` in any other (suffixed where another deployment
+/// holds it: `Lifecycle::id_for`).
 /// RFC 7386 JSON merge patch of `patch` onto `target`.
 fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     let serde_json::Value::Object(p) = patch else {

@@ -31,6 +31,7 @@ impl Lifecycle {
     /// Checks every invariant now and records what it found (a breach no
     /// longer found is resolved and removed). Returns the breaches.
     pub async fn check_invariants(&self) -> Result<Vec<Breach>, StoreError> {
+        let _one = self.checking.lock().await;
         let found = self.find_breaches()?;
         self.shared.store.record_breaches(&found)?;
         let open = self.shared.store.breaches(None)?;
@@ -44,6 +45,23 @@ impl Lifecycle {
     fn find_breaches(&self) -> Result<Vec<Breach>, StoreError> {
         let store = &self.shared.store;
         let instance = store.instance_id()?;
+        // The runtimes' containers first, then the record: a container is
+        // made only after its revision is recorded (and removed before its
+        // deployment is recorded deleted), so one made or removed between
+        // the two reads is never taken for an orphan or a leftover.
+        let runtimes = self.shared.layout.root().join("runtimes");
+        let prefix = format!("era-{instance}-");
+        let mut containers = Vec::new();
+        for (dir, what) in ROOTS {
+            let Ok(entries) = std::fs::read_dir(runtimes.join(dir)) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                // Another store's (or a person's) containers are not ours.
+                if e.file_type().is_ok_and(|t| t.is_dir()) && name.starts_with(&prefix) {
+                    containers.push((*what, name));
+                }
+            }
+        }
         let deployments = store.deployments()?;
         let by_id: BTreeMap<&str, _> = deployments.iter().map(|d| (d.id.as_str(), d)).collect();
         let environments: BTreeSet<&str> = deployments
@@ -53,16 +71,8 @@ impl Lifecycle {
             .collect();
         let now = now_rfc3339();
         let mut found = Vec::new();
-        let runtimes = self.shared.layout.root().join("runtimes");
-        let prefix = format!("era-{instance}-");
-        for (dir, what) in ROOTS {
-            let Ok(entries) = std::fs::read_dir(runtimes.join(dir)) else { continue };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                // Another store's (or a person's) containers are not ours.
+        {
+            for (what, name) in containers {
                 let Some(rest) = name.strip_prefix(&prefix) else { continue };
                 let object = format!("{what} {name}");
                 let parsed = rest.rsplit_once('-').and_then(|(id, rev)| Some((id, rev.parse::<u64>().ok()?)));

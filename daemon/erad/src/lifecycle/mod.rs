@@ -136,6 +136,9 @@ pub(crate) struct Shared {
 pub struct Lifecycle {
     shared: Arc<Shared>,
     supervisors: Arc<Mutex<HashMap<String, mpsc::Sender<Command>>>>,
+    /// Held by an invariant check: one at a time, so an older check's
+    /// findings never replace a newer one's.
+    checking: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Lifecycle {
@@ -145,7 +148,7 @@ impl Lifecycle {
     }
 
     pub(crate) fn new(shared: Shared) -> Lifecycle {
-        Lifecycle { shared: Arc::new(shared), supervisors: Arc::default() }
+        Lifecycle { shared: Arc::new(shared), supervisors: Arc::default(), checking: Arc::default() }
     }
 
     pub fn store(&self) -> &Store {
@@ -248,12 +251,31 @@ impl Lifecycle {
     }
 
     /// The id `spec`'s deployment is recorded under: its own if it is
-    /// recorded, else the one a new deployment gets.
+    /// recorded, else the one a new deployment gets: [`DeploymentSpec::new_id`],
+    /// or, where another deployment holds that (`a`/`b-c` against `a-b`/`c`,
+    /// a deleted one, one migrated with its old name), the first of it
+    /// suffixed `-2`, `-3`... that none holds.
     pub fn id_for(&self, spec: &DeploymentSpec) -> Result<String, StoreError> {
-        Ok(match self.shared.store.find_deployment(spec.environment(), spec.name())? {
-            Some(d) => d.id,
-            None => spec.new_id(),
-        })
+        self.id_for_name(spec.environment(), spec.name())
+    }
+
+    /// [`Lifecycle::id_for`] of deployment `name` of `environment`.
+    pub fn id_for_name(&self, environment: &str, name: &str) -> Result<String, StoreError> {
+        let store = &self.shared.store;
+        if let Some(d) = store.find_deployment(environment, name)? {
+            return Ok(d.id);
+        }
+        let base = crate::spec::deployment_id(environment, name);
+        let mut id = base.clone();
+        for n in 2.. {
+            match store.deployment(&id) {
+                Err(StoreError::NotFound(_)) => return Ok(id),
+                Err(e) => return Err(e),
+                Ok(_) if n > 1000 => break,
+                Ok(_) => id = format!("{base}-{n}"),
+            }
+        }
+        Err(StoreError::Corrupt(format!("no free id for {name} in environment {environment}")))
     }
 
     /// The recorded deployment `name` of `environment`; with no environment,

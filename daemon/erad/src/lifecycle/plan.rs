@@ -72,7 +72,7 @@ impl Lifecycle {
             }
             if let Some(mut rev) = store.revision(&d.id, d.desired_revision)? {
                 // Suspension is the deployment's, not the revision's.
-                rev.spec.spec.suspended = d.suspended;
+                rev.spec.spec.suspended = d.suspended.is_suspended();
                 live.insert(d.name, rev);
             }
         }
@@ -132,7 +132,8 @@ impl Lifecycle {
         // Each add or change claims its ports once in the set.
         let mut ports: BTreeMap<(u16, String), &str> = BTreeMap::new();
         for (name, (spec, label, _)) in &desired {
-            for p in &spec.spec.ports {
+            let effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+            for p in &effective.spec.ports {
                 if let Some(other) = ports.insert((p.port, p.protocol.clone()), name) {
                     return Err(PlanError::Invalid(format!(
                         "{label}: port {}/{} is claimed by deployment {other:?} of the same set too",
@@ -152,10 +153,15 @@ impl Lifecycle {
         let mut set = Vec::new();
         for (name, (mut spec, label, dir)) in desired {
             let recorded = live.get(&name);
-            let pinned = self.pin(&mut spec, &label).await?;
-            // Compared as the environment runs it (its overlay merged);
-            // applied as written.
-            let effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+            // Compared, pinned and checked as the environment runs it (its
+            // overlay merged: it may name another artifact); applied as
+            // written, with the pin where the merge takes it from.
+            let mut effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+            let pinned = self.pin(&mut effective, &label).await?;
+            if let Some(p) = &pinned {
+                pin_written(&mut spec, environment, &p.digest);
+                effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+            }
             let after = comparable(&effective);
             let (action, fields) = match recorded {
                 None => (Action::Add, Vec::new()),
@@ -166,7 +172,7 @@ impl Lifecycle {
                     // For a multi-platform image that is the host's manifest
                     // of the index the tag named (and the plan pins).
                     if before.spec.artifact.sha256.is_none()
-                        && let Some(pin) = spec.spec.artifact.sha256.clone()
+                        && let Some(pin) = effective.spec.artifact.sha256.clone()
                     {
                         before.spec.artifact.sha256 = match rev.artifact_digest.clone() {
                             Some(ran) if ran != pin && self.shared.content.index_lists(&pin, &ran).await => Some(pin),
@@ -191,7 +197,7 @@ impl Lifecycle {
                 )));
             }
             if action != Action::Noop {
-                self.preflight(&spec, std::path::Path::new(&dir), &label).await?;
+                self.preflight(&effective, std::path::Path::new(&dir), &label).await?;
             }
             let written = comparable(&spec);
             set.push((name.clone(), written.clone()));
@@ -391,7 +397,8 @@ impl Lifecycle {
             let value = c.spec.clone().unwrap_or(Value::Null);
             let spec = DeploymentSpec::from_json(value, &c.source).map_err(|e| PlanError::Invalid(e.to_string()))?;
             let dir = std::path::PathBuf::from(&c.source_dir);
-            self.preflight(&spec, &dir, &c.source).await?;
+            let effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{}: {e}", c.source)))?;
+            self.preflight(&effective, &dir, &c.source).await?;
             specs.insert(c.name.clone(), (spec, dir));
         }
         // Checked again after the plugin calls above, and claimed: a second
@@ -404,7 +411,15 @@ impl Lifecycle {
         let mut applied = Vec::new();
         for c in &plan.changes {
             let revision = match c.action {
-                Action::Noop => continue,
+                Action::Noop => {
+                    // Nothing to roll out; the spec as written may still
+                    // differ (another environment's overlay): what a
+                    // promotion from here takes.
+                    if let Some(value) = &c.spec {
+                        self.keep_written(&plan.environment, &c.name, value, &c.source)?;
+                    }
+                    continue;
+                }
                 Action::Destroy => {
                     let Some(id) = self.id_of(&plan.environment, &c.name)? else { continue };
                     self.delete(&id).await.map_err(|e| partial(&plan, &applied, e))?;
@@ -432,6 +447,27 @@ impl Lifecycle {
             applied.push(AppliedChange { name: c.name.clone(), action: c.action, revision });
         }
         Ok((plan, applied))
+    }
+
+    /// Records `value` (a spec as written, whose merged spec the deployment
+    /// runs already) as its desired revision's spec as written.
+    fn keep_written(&self, environment: &str, name: &str, value: &Value, source: &str) -> Result<(), PlanError> {
+        let written =
+            DeploymentSpec::from_json(value.clone(), source).map_err(|e| PlanError::Invalid(e.to_string()))?;
+        let effective = written.effective().map_err(|e| PlanError::Invalid(format!("{source}: {e}")))?;
+        let written = (written != effective).then(|| {
+            let mut w = written;
+            w.spec.suspended = false;
+            w
+        });
+        let store = &self.shared.store;
+        let Some(d) = store.find_deployment(environment, name)? else { return Ok(()) };
+        if let Some(rev) = store.revision(&d.id, d.desired_revision)?
+            && rev.written != written
+        {
+            store.set_written(&d.id, rev.revision, written.as_ref())?;
+        }
+        Ok(())
     }
 
     /// What an add or change is checked for, at plan time and again
@@ -509,6 +545,19 @@ impl Lifecycle {
         }
         Ok(())
     }
+}
+
+/// Writes a digest pin into a spec as written where merging it for
+/// `environment` takes it from: the environment's overlay if that names the
+/// artifact, else the base.
+fn pin_written(spec: &mut DeploymentSpec, environment: &str, digest: &str) {
+    if let Some(Value::Object(artifact)) =
+        spec.spec.environments.get_mut(environment).and_then(|o| o.as_object_mut()).and_then(|o| o.get_mut("artifact"))
+    {
+        artifact.insert("sha256".into(), Value::String(digest.to_string()));
+        return;
+    }
+    spec.spec.artifact.sha256 = Some(digest.to_string());
 }
 
 /// A command refused midway through a plan (a deployment that became busy):

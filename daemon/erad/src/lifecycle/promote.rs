@@ -38,6 +38,12 @@ impl Lifecycle {
             PlanError::Invalid(format!("{name} in {from}: revision {} is not in the store", source.current_revision))
         })?;
         let mut spec = rev.written.clone().unwrap_or_else(|| rev.spec.clone());
+        if spec.spec.environments.get(to).and_then(|o| o.get("artifact")).is_some() {
+            return Err(PlanError::Invalid(format!(
+                "{name}: the overlay of environment {to} changes spec.artifact; a promotion deploys what {from} runs, \
+                 exactly: take the artifact out of the overlay, or apply {to}'s spec instead"
+            )));
+        }
         // The very artifact the source verified (a pin it had already
         // names it, or the index that lists it).
         if spec.spec.artifact.sha256.is_none() {
@@ -51,9 +57,14 @@ impl Lifecycle {
         let effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
         let _lock = self.lock_environment(to, "promote", holder).await?;
         let target = store.find_deployment(to, name)?.filter(|d| d.state != State::Deleted && d.desired_revision != 0);
+        if target.as_ref().is_some_and(|d| d.suspended.is_suspended()) {
+            return Err(PlanError::Invalid(format!(
+                "{name} in environment {to} is suspended by its spec: resume it there first (a promotion would run it)"
+            )));
+        }
         let recorded = match &target {
             Some(d) => store.revision(&d.id, d.desired_revision)?.map(|mut r| {
-                r.spec.spec.suspended = d.suspended;
+                r.spec.spec.suspended = d.suspended.is_suspended();
                 r
             }),
             None => None,

@@ -65,7 +65,7 @@ impl DeploymentsService {
             updated_at: rec.updated_at,
             message: rec.message,
             environment: rec.environment,
-            suspended: rec.suspended,
+            suspended: rec.suspended.is_suspended(),
             labels,
             outputs: rec.outputs.into_iter().collect(),
         })
@@ -672,10 +672,10 @@ impl Deployments for DeploymentsService {
             ("", _) => None,
             (name, env) => Some(match self.lifecycle.resolve((!env.is_empty()).then_some(env), name) {
                 Ok(rec) => rec.id,
-                Err(CommandError::NotFound(_)) => crate::spec::deployment_id(
-                    if env.is_empty() { crate::plan::DEFAULT_ENVIRONMENT } else { env },
-                    name,
-                ),
+                Err(CommandError::NotFound(_)) => self
+                    .lifecycle
+                    .id_for_name(if env.is_empty() { crate::plan::DEFAULT_ENVIRONMENT } else { env }, name)
+                    .map_err(store_status)?,
                 Err(e) => return Err(command_status(e)),
             }),
         };

@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS deployments (
     outputs           TEXT NOT NULL DEFAULT '{}',
     created_at        TEXT NOT NULL,
     updated_at        TEXT NOT NULL,
-    -- 1: its spec says spec.suspended (it stays Stopped until one does not).
+    -- Its spec says spec.suspended (it stays Stopped until one does not):
+    -- 1 the suspension stopped it (a spec without it starts it again),
+    -- 2 it was stopped already (it stays stopped); 0 not suspended.
     suspended         INTEGER NOT NULL DEFAULT 0,
     -- Outputs an operator set (era outputs set), and the declared outputs
     -- as the last rollout (or override) resolved them; JSON objects.
@@ -264,12 +266,46 @@ pub struct DeploymentRecord {
     /// The environment it belongs to and its name there.
     pub environment: String,
     pub name: String,
-    /// Its spec says `spec.suspended`.
-    pub suspended: bool,
+    /// Whether its spec says `spec.suspended`, and what that did.
+    pub suspended: Suspension,
     /// Outputs an operator set (`era outputs set`).
     pub output_overrides: BTreeMap<String, String>,
     /// The declared outputs as the last rollout or override resolved them.
     pub resolved_outputs: BTreeMap<String, String>,
+}
+
+/// Whether a deployment's spec suspends it (`spec.suspended`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Suspension {
+    #[default]
+    No,
+    /// Suspended, and the suspension stopped it: a spec without it starts
+    /// it again.
+    StoppedIt,
+    /// Suspended while it was stopped already: it stays stopped after.
+    WasStopped,
+}
+
+impl Suspension {
+    pub fn is_suspended(self) -> bool {
+        self != Suspension::No
+    }
+
+    fn to_sql(self) -> i64 {
+        match self {
+            Suspension::No => 0,
+            Suspension::StoppedIt => 1,
+            Suspension::WasStopped => 2,
+        }
+    }
+
+    fn from_sql(v: i64) -> Suspension {
+        match v {
+            0 => Suspension::No,
+            2 => Suspension::WasStopped,
+            _ => Suspension::StoppedIt,
+        }
+    }
 }
 
 /// An invariant that does not hold, as a check found it.
@@ -351,7 +387,7 @@ pub struct Changes {
     pub artifact: Option<FetchedArtifact>,
     /// Whether its spec suspends it, recorded with the transition that
     /// stops or resumes it.
-    pub suspended: Option<bool>,
+    pub suspended: Option<Suspension>,
     /// What the runtime reported and the declared outputs resolved from it,
     /// recorded with the transition that makes the revision the serving one.
     pub outputs: Option<(BTreeMap<String, String>, BTreeMap<String, String>)>,
@@ -724,7 +760,7 @@ impl Store {
                 changes.operation.map(Operation::as_str),
                 changes.restarts,
                 changes.health,
-                changes.suspended,
+                changes.suspended.map(Suspension::to_sql),
                 changes.clear_outputs,
                 changes.outputs.as_ref().map(|(o, _)| to_json(o)),
                 changes.outputs.as_ref().map(|(_, r)| to_json(r))
@@ -912,9 +948,9 @@ impl Store {
 
     /// Records whether its spec suspends it, where no transition goes
     /// with it (suspending a stopped deployment, resuming a running one).
-    pub fn set_suspended(&self, id: &str, suspended: bool) -> Result<(), StoreError> {
+    pub fn set_suspended(&self, id: &str, suspended: Suspension) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute("UPDATE deployments SET suspended = ?2 WHERE id = ?1", params![id, suspended])?;
+            c.execute("UPDATE deployments SET suspended = ?2 WHERE id = ?1", params![id, suspended.to_sql()])?;
             Ok(())
         })
     }
@@ -1402,7 +1438,7 @@ fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<DeploymentRecord,
             updated_at: r.get(11)?,
             environment: r.get(12)?,
             name: r.get(13)?,
-            suspended: r.get(14)?,
+            suspended: Suspension::from_sql(r.get(14)?),
             output_overrides: json_map(&r.get::<_, String>(15)?)?,
             resolved_outputs: json_map(&r.get::<_, String>(16)?)?,
         })
@@ -1556,7 +1592,7 @@ mod tests {
             operation: Some(Operation::Update),
             restarts: Some(5),
             health: Some("healthy".into()),
-            suspended: Some(true),
+            suspended: Some(Suspension::StoppedIt),
             ..Default::default()
         };
         for (event, changes) in

@@ -5,7 +5,7 @@ use super::Supervisor;
 use crate::lifecycle::{Applied, Command, CommandError};
 use crate::machine::{Event, State, transition};
 use crate::spec::DeploymentSpec;
-use crate::store::{Changes, DeploymentRecord, Operation, RevisionRecord, now_rfc3339};
+use crate::store::{Changes, DeploymentRecord, Operation, RevisionRecord, Suspension, now_rfc3339};
 use std::path::PathBuf;
 
 impl Command {
@@ -17,8 +17,24 @@ impl Command {
     }
 }
 
+/// How messages to an operator name a deployment: as its commands take it.
+pub(super) fn label(rec: &DeploymentRecord) -> String {
+    if rec.environment == crate::plan::DEFAULT_ENVIRONMENT || rec.environment.is_empty() {
+        rec.name.clone()
+    } else {
+        format!("{} --env {}", rec.name, rec.environment)
+    }
+}
+
+impl Supervisor {
+    /// [`label`] of this supervisor's deployment (its id if it cannot be read).
+    fn label(&self) -> String {
+        self.shared.store.deployment(&self.name).map(|d| label(&d)).unwrap_or_else(|_| self.name.clone())
+    }
+}
+
 pub(super) fn refuse_busy(cmd: Command, rec: &DeploymentRecord) {
-    let busy = |action| CommandError::Busy { name: rec.id.clone(), state: rec.state, action };
+    let busy = |action| CommandError::Busy { name: label(rec), state: rec.state, action };
     // A dropped reply only means the caller went away.
     match cmd {
         Command::Apply { reply, .. } => drop(reply.send(Err(busy("apply")))),
@@ -47,14 +63,14 @@ impl Supervisor {
                         )
                         .await
                     }
-                    state => Err(CommandError::NotPossible { name: self.name.clone(), state, action: "stop" }),
+                    state => Err(CommandError::NotPossible { name: self.label(), state, action: "stop" }),
                 };
                 let _ = reply.send(r);
             }
             Command::Start { reply } => {
                 let r = match rec.state {
                     State::Running => Ok(State::Running),
-                    State::Stopped if rec.suspended => Err(self.suspended("start")),
+                    State::Stopped if rec.suspended.is_suspended() => Err(self.suspended("start")),
                     State::Stopped => {
                         async {
                             let target = self.start_target(rec).await?;
@@ -68,7 +84,7 @@ impl Supervisor {
                         }
                         .await
                     }
-                    state => Err(CommandError::NotPossible { name: self.name.clone(), state, action: "start" }),
+                    state => Err(CommandError::NotPossible { name: self.label(), state, action: "start" }),
                 };
                 let _ = reply.send(r);
             }
@@ -84,7 +100,7 @@ impl Supervisor {
                         )
                         .await
                     }
-                    state => Err(CommandError::NotPossible { name: self.name.clone(), state, action: "delete" }),
+                    state => Err(CommandError::NotPossible { name: self.label(), state, action: "delete" }),
                 };
                 let _ = reply.send(r);
             }
@@ -101,7 +117,7 @@ impl Supervisor {
         match self.db(move |s, n| s.revision(n, target)).await? {
             Some(r) if r.installed && r.handle.is_some() => Ok(target),
             _ => Err(CommandError::Invalid {
-                name: self.name.clone(),
+                name: self.label(),
                 message: format!(
                     "revision {target} was stopped before it was installed, so there is nothing to start: apply the spec again"
                 ),
@@ -169,10 +185,16 @@ impl Supervisor {
         }
         if suspend {
             return Err(CommandError::Invalid {
-                name: self.name.clone(),
+                name: self.label(),
                 message: if rec.desired_revision == 0 || rec.state == State::Deleted {
                     "spec.suspended: a new deployment cannot start suspended: apply it without spec.suspended first"
                         .into()
+                } else if !matches!(rec.state, State::Running | State::Stopped) {
+                    format!(
+                        "spec.suspended: it is {}; a Running or Stopped deployment is suspended (stop it, or apply its \
+                         spec without spec.suspended first)",
+                        rec.state
+                    )
                 } else {
                     "spec.suspended: a spec that suspends its deployment cannot change anything else: apply the change \
                      first, or suspend it with its spec as it is"
@@ -181,7 +203,7 @@ impl Supervisor {
             });
         }
         if transition(rec.state, Event::Apply).is_err() {
-            return Err(CommandError::NotPossible { name: self.name.clone(), state: rec.state, action: "apply" });
+            return Err(CommandError::NotPossible { name: self.label(), state: rec.state, action: "apply" });
         }
         // From Failed or RollbackFailed a revision may still be installed,
         // even running (a restart that failed its health check): then this
@@ -224,7 +246,7 @@ impl Supervisor {
             previous_revision: Some(previous),
             operation: Some(if update { Operation::Update } else { Operation::Install }),
             restarts: Some(0),
-            suspended: Some(false),
+            suspended: Some(Suspension::No),
             ..Default::default()
         };
         let short = hash.trim_start_matches("sha256:").get(..12).unwrap_or("");
@@ -240,22 +262,31 @@ impl Supervisor {
     async fn suspend(&self, suspend: bool, rec: &DeploymentRecord) -> Result<bool, CommandError> {
         match (suspend, rec.state) {
             (true, State::Running) => {
-                let changes = Changes { operation: Some(Operation::Stop), suspended: Some(true), ..Default::default() };
+                let changes = Changes {
+                    operation: Some(Operation::Stop),
+                    suspended: Some(Suspension::StoppedIt),
+                    ..Default::default()
+                };
                 self.command(Event::Stop, rec.current_revision, "suspended by its spec (spec.suspended)", changes)
                     .await?;
             }
-            (false, State::Stopped) if rec.suspended => {
+            (false, State::Stopped) if rec.suspended == Suspension::StoppedIt => {
                 let target = self.start_target(rec).await?;
                 let changes = Changes {
                     operation: Some(Operation::Start),
                     desired_revision: Some(target),
                     restarts: Some(0),
-                    suspended: Some(false),
+                    suspended: Some(Suspension::No),
                     ..Default::default()
                 };
                 self.command(Event::Start, target, "resumed: its spec no longer suspends it", changes).await?;
             }
-            (s, _) if s != rec.suspended => self.db(move |st, n| st.set_suspended(n, s)).await?,
+            // Suspended while stopped (it stays stopped once resumed), or
+            // resumed while running or stopped by hand.
+            (true, _) if !rec.suspended.is_suspended() => {
+                self.db(|st, n| st.set_suspended(n, Suspension::WasStopped)).await?
+            }
+            (false, _) if rec.suspended.is_suspended() => self.db(|st, n| st.set_suspended(n, Suspension::No)).await?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -264,7 +295,7 @@ impl Supervisor {
     /// Why `action` is refused while the spec suspends the deployment.
     fn suspended(&self, action: &str) -> CommandError {
         CommandError::Invalid {
-            name: self.name.clone(),
+            name: self.label(),
             message: format!(
                 "it is suspended by its spec (spec.suspended: true), so {action} would run it: apply its spec \
                  without spec.suspended to resume it"
@@ -286,9 +317,9 @@ impl Supervisor {
     /// Where `era rollback [--to N]` goes from `rec`, or why it cannot.
     pub(super) async fn rollback_target(&self, to: Option<u64>, rec: &DeploymentRecord) -> Result<u64, CommandError> {
         if transition(rec.state, Event::Rollback).is_err() {
-            return Err(CommandError::NotPossible { name: self.name.clone(), state: rec.state, action: "rollback" });
+            return Err(CommandError::NotPossible { name: self.label(), state: rec.state, action: "rollback" });
         }
-        if rec.suspended {
+        if rec.suspended.is_suspended() {
             return Err(self.suspended("a rollback"));
         }
         let revisions = self.db(|s, n| s.revisions(n)).await?;
@@ -297,7 +328,7 @@ impl Supervisor {
             None if rec.previous_revision != 0 => rec.previous_revision,
             None => revisions.iter().map(|r| r.revision).filter(|r| *r < rec.current_revision).max().unwrap_or(0),
         };
-        let invalid = |message: String| CommandError::Invalid { name: self.name.clone(), message };
+        let invalid = |message: String| CommandError::Invalid { name: self.label(), message };
         if target == 0 {
             return Err(invalid("there is no earlier revision to roll back to".into()));
         }
