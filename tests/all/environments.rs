@@ -422,3 +422,47 @@ fn a_promotion_into_a_suspended_deployment_is_refused() {
     assert_eq!(get(&erad, "web", "prod")["state"], "Stopped");
     assert!(!erad.noop_running("prod-web", 1));
 }
+
+#[test]
+fn a_name_leaves_every_environment_only_once_each_copy_is_destroyed_and_the_reports_pass() {
+    let erad = Erad::start();
+    for env in ["qa", "prod"] {
+        assert_eq!(erad.apply_wait(&noop_spec(&erad, "web", env, &format!("web of {env}"))).code, 0);
+    }
+    let all = |erad: &Erad| erad.era(&["delete", "web", "--all-envs"]);
+    let r = all(&erad);
+    assert!(r.code == 2 && r.stderr.contains("web is not destroyed in prod (Running), qa (Running)"), "{r:?}");
+    assert_eq!(erad.era(&["delete", "web", "--env", "qa", "--wait"]).code, 0);
+    let r = all(&erad);
+    assert!(r.code == 2 && r.stderr.contains("web is not destroyed in prod (Running):"), "{r:?}");
+    // prod's copy goes too, but something else in prod has drifted: its
+    // report does not pass.
+    assert_eq!(erad.apply_wait(&noop_spec(&erad, "other", "prod", "other")).code, 0);
+    assert_eq!(erad.era(&["stop", "other", "--env", "prod", "--wait"]).code, 0);
+    erad.set_noop_running("prod-other", 1, true, None);
+    assert_eq!(erad.era(&["delete", "web", "--env", "prod", "--wait"]).code, 0);
+    let r = all(&erad);
+    assert!(
+        r.code == 1 && r.stderr.contains("the report of environment prod does not pass (other is drifted"),
+        "{r:?}"
+    );
+    assert_eq!(get(&erad, "web", "qa")["state"], "Deleted", "nothing was forgotten");
+    // Resolved: the name leaves both.
+    erad.set_noop_running("prod-other", 1, false, None);
+    let r = all(&erad);
+    assert!(r.code == 0 && r.stdout.contains("web forgotten in environment(s) prod, qa"), "{r:?}");
+    for env in ["qa", "prod"] {
+        assert_eq!(erad.era(&["get", "web", "--env", env]).code, 1);
+        assert_eq!(erad.era(&["history", "web", "--env", env]).code, 1);
+    }
+    let runs = erad.era(&["-o", "json", "runs", "--env", "qa"]).json();
+    assert!(runs.as_array().unwrap().iter().any(|r| r["kind"] == "delete --all-envs"), "{runs}");
+    // The name, and its id, are free again.
+    assert_eq!(erad.apply_wait(&noop_spec(&erad, "web", "qa", "web again")).code, 0);
+    assert!(erad.noop_running("qa-web", 1));
+    assert_eq!(get(&erad, "web", "qa")["revision"], 1);
+    // Not a name anywhere; not with --env.
+    let r = erad.era(&["delete", "nope", "--all-envs"]);
+    assert!(r.code == 1 && r.stderr.contains("no environment has a deployment nope"), "{r:?}");
+    assert_eq!(erad.era(&["delete", "web", "--all-envs", "--env", "qa"]).code, 2);
+}

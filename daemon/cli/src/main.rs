@@ -215,10 +215,14 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Remove a deployment and everything it made; its history stays.
+    /// Remove a deployment and everything it made; its history stays. With
+    /// --all-envs: forget a name every environment has destroyed (its
+    /// records go), once each environment's report passes.
     Delete {
         #[command(flatten)]
         target: Target,
+        #[arg(long, conflicts_with_all = ["env", "wait"])]
+        all_envs: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -402,7 +406,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Start { target, wait } => {
             commands::action::run(&cli.socket, commands::action::Action::Start, &target, &wait, fmt).await
         }
-        Command::Delete { target, wait } => {
+        Command::Delete { target, all_envs: true, .. } => {
+            commands::action::delete_all(&cli.socket, &target.name, fmt).await
+        }
+        Command::Delete { target, wait, .. } => {
             commands::action::run(&cli.socket, commands::action::Action::Delete, &target, &wait, fmt).await
         }
         Command::Logs { target, follow, tail, revision } => {

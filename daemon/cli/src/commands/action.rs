@@ -58,6 +58,16 @@ pub async fn rollback(
     finish(&mut c, target_of, resp, events, w, fmt, |d| d.state == "Running" && d.revision == revision, &goal).await
 }
 
+/// `era delete NAME --all-envs`.
+pub async fn delete_all(socket: &Path, name: &str, fmt: Format) -> Result<(), CliError> {
+    let mut c = client::connect(socket).await?;
+    let resp = c.delete_all_environments(pb::DeleteAllRequest { name: name.to_string() }).await?.into_inner();
+    if !output::structured(fmt, &serde_json::json!({"name": resp.name, "environments": resp.environments})) {
+        println!("{} forgotten in environment(s) {}", resp.name, resp.environments.join(", "));
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     c: &mut Client,

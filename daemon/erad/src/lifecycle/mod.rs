@@ -9,6 +9,7 @@
 
 mod drift;
 mod failure;
+mod forget;
 mod hooks;
 mod invariants;
 mod locks;

@@ -58,6 +58,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("SetOutput", Role::Admin),
     ("Promote", Role::Admin),
     ("AcknowledgeBreaches", Role::Admin),
+    ("DeleteAllEnvironments", Role::Admin),
     ("Get", Role::Reader),
     ("List", Role::Reader),
     ("History", Role::Reader),

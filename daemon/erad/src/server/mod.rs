@@ -508,6 +508,28 @@ impl Deployments for DeploymentsService {
         }))
     }
 
+    async fn delete_all_environments(
+        &self,
+        req: Request<pb::DeleteAllRequest>,
+    ) -> Result<Response<pb::DeleteAllResponse>, Status> {
+        let who = holder(&req);
+        let name = req.into_inner().name;
+        let started = crate::store::now_rfc3339();
+        let done = self.lifecycle.forget(&name, &who).await;
+        match &done {
+            Ok(envs) => {
+                for env in envs {
+                    let outcome =
+                        Ok((format!("{name} forgotten in every environment"), vec![format!("forget {name}")]));
+                    self.lifecycle.record_run("delete --all-envs", env, &who, started.clone(), outcome);
+                }
+            }
+            Err(e) => self.lifecycle.record_run("delete --all-envs", "*", &who, started, Err(format!("{name}: {e}"))),
+        }
+        let environments = done.map_err(plan_status)?;
+        Ok(Response::new(pb::DeleteAllResponse { name, environments }))
+    }
+
     async fn invariants(
         &self,
         req: Request<pb::InvariantsRequest>,

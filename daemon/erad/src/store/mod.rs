@@ -946,6 +946,29 @@ impl Store {
         })
     }
 
+    /// Removes every record of a deleted deployment (its row, revisions,
+    /// journal, port claims, drift finding), in one transaction; a
+    /// deployment that is not Deleted is left alone (NotFound).
+    pub fn forget_deployment(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let d = get_deployment(&tx, id)?;
+            if d.state != State::Deleted {
+                return Err(StoreError::NotFound(format!("{id} (not deleted)")));
+            }
+            tx.execute("DELETE FROM journal WHERE deployment = ?1", [id])?;
+            tx.execute("DELETE FROM revisions WHERE deployment = ?1", [id])?;
+            tx.execute("DELETE FROM port_claims WHERE deployment = ?1", [id])?;
+            tx.execute(
+                "DELETE FROM drift_checks WHERE environment = ?1 AND deployment = ?2",
+                params![d.environment, d.name],
+            )?;
+            tx.execute("DELETE FROM deployments WHERE id = ?1", [id])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     /// Records whether its spec suspends it, where no transition goes
     /// with it (suspending a stopped deployment, resuming a running one).
     pub fn set_suspended(&self, id: &str, suspended: Suspension) -> Result<(), StoreError> {
