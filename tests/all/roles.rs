@@ -22,6 +22,14 @@ fn mutating(spec: &str) -> Vec<(&'static str, Vec<String>)> {
         ("delete", v(&["delete", "web"])),
         ("rollback", v(&["rollback", "web"])),
         ("pull", v(&["pull", "127.0.0.1:1/nothing/here:1"])),
+        ("plan", v(&["plan", "-f", spec])),
+        ("applyplan", v(&["apply", "--plan", "0123456789ab"])),
+        ("destroy", v(&["destroy", "--env", "default", "--confirm", "default"])),
+        ("forceunlock", v(&["lock", "force-unlock", "default", "--confirm", "default"])),
+        ("setoutput", v(&["outputs", "set", "web", "port", "1"])),
+        ("promote", v(&["promote", "web", "--from", "default", "--to", "qa"])),
+        ("acknowledgebreaches", v(&["invariants", "ack", "--env", "default", "--confirm", "default"])),
+        ("deleteallenvironments", v(&["delete", "web", "--all-envs"])),
     ]
 }
 
@@ -33,6 +41,11 @@ fn reads() -> Vec<(&'static str, Vec<&'static str>)> {
         ("logs", vec!["logs", "web"]),
         ("plugins", vec!["plugins"]),
         ("images", vec!["images"]),
+        ("outputs", vec!["outputs", "web"]),
+        ("report", vec!["report"]),
+        ("locks", vec!["lock", "list"]),
+        ("runs", vec!["runs"]),
+        ("invariants", vec!["invariants"]),
     ]
 }
 

@@ -98,7 +98,11 @@ mod tests {
             let advised = super::release_startup_memory().unwrap();
             let after = resident_code_kib();
             assert!(advised > 0, "no read-only mapping of the binary was found");
-            assert!(after < before / 2, "resident code {before} KiB before, {after} KiB after");
+            // Without the advice nothing is given back (after = before);
+            // with it, what the test's own code runs next faults back in
+            // (about 3 MiB here, growing with the test binary), so the
+            // check leaves that room.
+            assert!(after < before * 3 / 4, "resident code {before} KiB before, {after} KiB after");
             return;
         }
         // The kernel does not page out what another process maps too (other

@@ -67,22 +67,34 @@ pub struct Checked {
     pub checked_at: String,
 }
 
+/// How many drift checks (plugin `status` calls) run at once.
+pub(super) const DRIFT_CONCURRENCY: usize = 8;
+
 impl Lifecycle {
     /// Checks every live deployment (of `environment`, or all) against its
     /// runtime; in name order.
     pub async fn report(&self, environment: Option<&str>) -> Result<Vec<Checked>, StoreError> {
-        let mut out = Vec::new();
-        for d in self.shared.store.deployments()? {
-            if d.state == State::Deleted {
-                continue;
-            }
-            if environment.is_some_and(|e| e != d.environment) {
-                continue;
-            }
-            let (standing, detail) = self.check_drift(&d.id).await;
-            out.push(Checked { name: d.name, environment: d.environment, standing, detail, checked_at: now_rfc3339() });
-        }
-        Ok(out)
+        use futures::StreamExt;
+        let wanted: Vec<_> = self
+            .shared
+            .store
+            .deployments()?
+            .into_iter()
+            .filter(|d| d.state != State::Deleted && environment.is_none_or(|e| e == d.environment))
+            .collect();
+        // A few runtimes asked at once (each call has its own store and
+        // deadline), answers kept in order.
+        Ok(futures::stream::iter(wanted)
+            .map(|d| {
+                let me = self.clone();
+                async move {
+                    let (standing, detail) = me.check_drift(&d.id).await;
+                    Checked { name: d.name, environment: d.environment, standing, detail, checked_at: now_rfc3339() }
+                }
+            })
+            .buffered(DRIFT_CONCURRENCY)
+            .collect()
+            .await)
     }
 
     /// Checks every deployment and records what it found (the periodic

@@ -229,9 +229,25 @@ impl Lifecycle {
         }
         changes.sort_by(|a, b| a.name.cmp(&b.name));
         // What the runtime says of each recorded deployment.
-        for c in changes.iter_mut() {
-            if let Some(rev) = live.get(&c.name) {
-                c.drift = drift_note(self.check_drift(&rev.deployment).await);
+        {
+            use futures::StreamExt;
+            let ids: Vec<Option<String>> =
+                changes.iter().map(|c| live.get(&c.name).map(|r| r.deployment.clone())).collect();
+            let found: Vec<Option<String>> = futures::stream::iter(ids)
+                .map(|id| {
+                    let me = self.clone();
+                    async move {
+                        match id {
+                            Some(id) => drift_note(me.check_drift(&id).await),
+                            None => None,
+                        }
+                    }
+                })
+                .buffered(super::drift::DRIFT_CONCURRENCY)
+                .collect()
+                .await;
+            for (c, drift) in changes.iter_mut().zip(found) {
+                c.drift = drift;
             }
         }
         // A deployment that joined the environment between the two reads
