@@ -319,6 +319,15 @@ impl Erad {
         self.noop_state(name, rev).is_some_and(|s| s["running"] == true)
     }
 
+    /// erad's store, opened read-only (as an operator's `sqlite3` would).
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.data_dir().join("era.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open era.db")
+    }
+
     /// `era -o json get NAME`.
     pub fn get(&self, name: &str) -> Value {
         let a = self.era(&["-o", "json", "get", name]);

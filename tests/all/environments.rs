@@ -258,12 +258,8 @@ fn a_spec_that_suspends_its_deployment_stops_it_until_a_spec_that_does_not() {
 /// A revision's spec column (`spec`: as its environment runs it; `written`:
 /// as written) as JSON.
 fn revision_column(erad: &Erad, id: &str, revision: u64, column: &str) -> serde_json::Value {
-    let db = rusqlite::Connection::open_with_flags(
-        erad.data_dir().join("era.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let text: Option<String> = db
+    let text: Option<String> = erad
+        .db()
         .query_row(
             &format!("SELECT {column} FROM revisions WHERE deployment = ?1 AND revision = ?2"),
             rusqlite::params![id, revision as i64],

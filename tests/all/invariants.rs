@@ -12,12 +12,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// This erad's store id (part of every container name it makes).
 fn instance(erad: &Erad) -> String {
-    let db = rusqlite::Connection::open_with_flags(
-        erad.data_dir().join("era.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    db.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| r.get(0)).unwrap()
+    erad.db().query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| r.get(0)).unwrap()
 }
 
 fn runc(erad: &Erad) -> Command {

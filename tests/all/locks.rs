@@ -266,11 +266,7 @@ fn every_plan_apply_destroy_and_force_unlock_is_a_run_on_record_without_the_spec
     assert!(erad.era(&["-o", "json", "runs", "--env", "prod"]).json().as_array().unwrap().is_empty());
 
     // The spec's values are in no run.
-    let db = rusqlite::Connection::open_with_flags(
-        erad.data_dir().join("era.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let db = erad.db();
     let dump: Vec<String> = db
         .prepare("SELECT kind || summary || log FROM runs")
         .unwrap()

@@ -37,15 +37,11 @@ fn output(erad: &Erad, name: &str) -> serde_json::Value {
 }
 
 fn resolved_in_store(erad: &Erad) -> (String, String) {
-    let db = rusqlite::Connection::open_with_flags(
-        erad.data_dir().join("era.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    db.query_row("SELECT resolved_outputs, output_overrides FROM deployments WHERE id = 'web'", [], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })
-    .unwrap()
+    erad.db()
+        .query_row("SELECT resolved_outputs, output_overrides FROM deployments WHERE id = 'web'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
 }
 
 #[test]

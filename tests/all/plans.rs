@@ -46,8 +46,7 @@ fn recorded(erad: &Erad) -> Vec<String> {
 }
 
 fn open_db(erad: &Erad) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(erad.data_dir().join("era.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap()
+    erad.db()
 }
 
 /// A revision's spec as erad recorded it.
