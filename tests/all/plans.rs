@@ -370,3 +370,37 @@ fn an_image_applied_by_a_tag_naming_an_index_plans_as_no_change() {
     let plan = erad.era(&["-o", "json", "plan", "-f", spec.to_str().unwrap()]).json();
     assert_eq!(plan["changes"][0]["action"], "change", "{plan}");
 }
+
+#[test]
+fn a_plan_erad_died_applying_is_named_interrupted_and_a_new_plan_does_the_rest() {
+    let config = format!("{}\n[locks]\nwait = \"20s\"\nstale_after = \"2s\"\n", era_tests::fixture_plugins());
+    let mut erad = Erad::start_with(&config, &[("ERAD_TEST_PAUSE_PLAN", "1")]);
+    let set = erad.dir.path().join("set");
+    write_spec(&set, "a", "");
+    write_spec(&set, "b", "");
+    let id = plan_id(&erad, &["-f", set.to_str().unwrap()]);
+    // Killed after the plan's first change was made, before its second.
+    erad.kill9_at(&["apply", "--plan", &id], &format!("paused-plan-{id}-1"));
+    erad.spawn(&[]).unwrap();
+    // What it did stays and goes on; the rest never started.
+    erad.wait_for_state("a", "Running", T);
+    assert_eq!(erad.era(&["get", "b"]).code, 1, "b was added after the crash");
+    // The plan is not "applied": it is named as interrupted.
+    let r = erad.era(&["apply", "--plan", &id]);
+    assert!(r.code == 1 && r.stderr.contains("erad stopped before it ended: what it did stays"), "{r:?}");
+    // A new plan (once the dead apply's lock went stale) does the rest.
+    let plan = erad.era(&["-o", "json", "plan", "-f", set.to_str().unwrap()]).json();
+    let actions: Vec<(&str, &str)> = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(actions, [("a", "no-op"), ("b", "add")], "{plan}");
+    let r = erad.era(&["apply", "--plan", plan["id"].as_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    erad.wait_for_state("b", "Running", T);
+    // Applied to its end, it is "applied".
+    let r = erad.era(&["apply", "--plan", plan["id"].as_str().unwrap()]);
+    assert!(r.code == 1 && r.stderr.contains("was applied at"), "{r:?}");
+}

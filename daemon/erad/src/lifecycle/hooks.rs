@@ -7,6 +7,9 @@
 //! - `ERAD_TEST_PAUSE_DONE=<State>`: freeze after the work of `State` (its side
 //!   effect) is done and before the transition that records it is committed,
 //!   and drop `DATA/paused-<deployment>-<State>-done`.
+//! - `ERAD_TEST_PAUSE_PLAN=<n>`: freeze an apply of a plan after its n-th
+//!   change was made (and before the next), and drop
+//!   `DATA/paused-plan-<id>-<n>`.
 //! - `ERAD_TEST_GC_GRACE=<duration>`: the content-store GC's grace period.
 //!
 //! A test waits for the marker and sends a real SIGKILL: the crash lands
@@ -49,6 +52,17 @@ mod imp {
         std::future::pending::<()>().await;
     }
 
+    pub(crate) async fn pause_plan(root: &Path, id: &str, done: usize) {
+        static AFTER: OnceLock<Option<usize>> = OnceLock::new();
+        let wanted = *AFTER.get_or_init(|| std::env::var("ERAD_TEST_PAUSE_PLAN").ok().and_then(|v| v.parse().ok()));
+        if wanted != Some(done) {
+            return;
+        }
+        tracing::warn!(plan = id, done, "test hook: pausing the plan's apply");
+        let _ = std::fs::write(root.join(format!("paused-plan-{id}-{done}")), b"");
+        std::future::pending::<()>().await;
+    }
+
     pub(crate) fn gc_grace(default: Duration) -> Duration {
         std::env::var("ERAD_TEST_GC_GRACE").ok().and_then(|v| humantime::parse_duration(&v).ok()).unwrap_or(default)
     }
@@ -60,9 +74,11 @@ mod imp {
 
     pub(crate) async fn pause(_root: &Path, _deployment: &str, _state: State, _point: Point) {}
 
+    pub(crate) async fn pause_plan(_root: &Path, _id: &str, _done: usize) {}
+
     pub(crate) fn gc_grace(default: Duration) -> Duration {
         default
     }
 }
 
-pub(crate) use imp::{gc_grace, pause};
+pub(crate) use imp::{gc_grace, pause, pause_plan};

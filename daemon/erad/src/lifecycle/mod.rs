@@ -140,6 +140,9 @@ pub struct Lifecycle {
     /// Held by an invariant check: one at a time, so an older check's
     /// findings never replace a newer one's.
     checking: Arc<tokio::sync::Mutex<()>>,
+    /// When this erad started: a plan whose apply began before and never
+    /// ended was interrupted.
+    started: std::time::SystemTime,
 }
 
 impl Lifecycle {
@@ -149,7 +152,12 @@ impl Lifecycle {
     }
 
     pub(crate) fn new(shared: Shared) -> Lifecycle {
-        Lifecycle { shared: Arc::new(shared), supervisors: Arc::default(), checking: Arc::default() }
+        Lifecycle {
+            shared: Arc::new(shared),
+            supervisors: Arc::default(),
+            checking: Arc::default(),
+            started: std::time::SystemTime::now(),
+        }
     }
 
     pub fn store(&self) -> &Store {

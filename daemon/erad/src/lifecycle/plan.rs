@@ -355,7 +355,7 @@ impl Lifecycle {
         if !crate::plan::is_id(id) {
             return Err(PlanError::Invalid(format!("{id:?} is not a plan id (12 lowercase hex digits)")));
         }
-        let Some((body, applied_at)) = self.shared.store.plan(id)? else {
+        let Some((body, applied_at, completed_at)) = self.shared.store.plan(id)? else {
             return Err(PlanError::NotFound(format!("no plan {id} was saved by this erad (run `era plan` again)")));
         };
         let corrupt = |e: serde_json::Error| PlanError::Invalid(format!("plan {id} as saved: {e}"));
@@ -378,7 +378,15 @@ impl Lifecycle {
             )));
         }
         if let Some(at) = applied_at {
-            return Err(PlanError::Stale(format!("plan {id} was applied at {at}; run `era plan` again")));
+            let before_start = humantime::parse_rfc3339(&at).is_ok_and(|t| t < self.started);
+            return Err(PlanError::Stale(match completed_at {
+                None if before_start => format!(
+                    "plan {id}'s apply began at {at} and erad stopped before it ended: what it did stays; run \
+                     `era plan` again for the rest"
+                ),
+                None => format!("plan {id} is being applied (since {at})"),
+                Some(_) => format!("plan {id} was applied at {at}; run `era plan` again"),
+            }));
         }
         let _lock = self.lock_environment(&plan.environment, "apply --plan", holder).await?;
         self.check_age(&plan)?;
@@ -425,43 +433,60 @@ impl Lifecycle {
             return Err(PlanError::Stale(format!("plan {id} is being applied by another caller")));
         }
         let mut applied = Vec::new();
-        for c in &plan.changes {
-            let revision = match c.action {
-                Action::Noop => {
-                    // Nothing to roll out; the spec as written may still
-                    // differ (another environment's overlay): what a
-                    // promotion from here takes.
-                    if let Some(value) = &c.spec {
-                        self.keep_written(&plan.environment, &c.name, value, &c.source)?;
+        let carried = async {
+            for c in &plan.changes {
+                let revision = match c.action {
+                    Action::Noop => {
+                        // Nothing to roll out; the spec as written may still
+                        // differ (another environment's overlay): what a
+                        // promotion from here takes.
+                        if let Some(value) = &c.spec {
+                            self.keep_written(&plan.environment, &c.name, value, &c.source)?;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Action::Destroy => {
-                    let Some(id) = self.id_of(&plan.environment, &c.name)? else { continue };
-                    self.delete(&id).await.map_err(|e| partial(&plan, &applied, e))?;
-                    0
-                }
-                Action::Add | Action::Change => {
-                    let Some((spec, dir)) = specs.remove(&c.name) else { continue };
-                    let kind = spec.artifact_source().kind();
-                    let revision = self.apply(spec, dir).await.map_err(|e| partial(&plan, &applied, e))?.revision;
-                    // What the plan resolved the tag to is what this host
-                    // now knows it as: under IfNotPresent, the next plan
-                    // keeps it, as the next fetch would.
-                    // (Only where it knows none: a newer resolution is
-                    // never rewound to the plan's.)
-                    if let Some(pin) = &c.pinned
-                        && matches!(self.shared.store.resolved_tag(&pin.reference, kind), Ok(None))
-                        && let Err(e) = self.shared.store.record_tag(&pin.reference, kind, &pin.digest)
-                    {
-                        tracing::warn!(plan = plan.id, reference = pin.reference, "cannot record the tag: {e}");
+                    Action::Destroy => {
+                        let Some(id) = self.id_of(&plan.environment, &c.name)? else { continue };
+                        self.delete(&id).await.map_err(|e| partial(&plan, &applied, e))?;
+                        0
                     }
-                    revision
-                }
-            };
-            tracing::info!(plan = plan.id, deployment = c.name, action = c.action.as_str(), revision, "plan applied");
-            applied.push(AppliedChange { name: c.name.clone(), action: c.action, revision });
+                    Action::Add | Action::Change => {
+                        let Some((spec, dir)) = specs.remove(&c.name) else { continue };
+                        let kind = spec.artifact_source().kind();
+                        let revision = self.apply(spec, dir).await.map_err(|e| partial(&plan, &applied, e))?.revision;
+                        // What the plan resolved the tag to is what this host
+                        // now knows it as: under IfNotPresent, the next plan
+                        // keeps it, as the next fetch would.
+                        // (Only where it knows none: a newer resolution is
+                        // never rewound to the plan's.)
+                        if let Some(pin) = &c.pinned
+                            && matches!(self.shared.store.resolved_tag(&pin.reference, kind), Ok(None))
+                            && let Err(e) = self.shared.store.record_tag(&pin.reference, kind, &pin.digest)
+                        {
+                            tracing::warn!(plan = plan.id, reference = pin.reference, "cannot record the tag: {e}");
+                        }
+                        revision
+                    }
+                };
+                tracing::info!(
+                    plan = plan.id,
+                    deployment = c.name,
+                    action = c.action.as_str(),
+                    revision,
+                    "plan applied"
+                );
+                applied.push(AppliedChange { name: c.name.clone(), action: c.action, revision });
+                super::hooks::pause_plan(self.shared.layout.root(), id, applied.len()).await;
+            }
+            Ok::<_, PlanError>(())
         }
+        .await;
+        // Ended, done or stopped by an error the caller hears of: only a
+        // crash leaves a plan begun and not ended.
+        if let Err(e) = self.shared.store.mark_plan_completed(id) {
+            tracing::warn!(plan = plan.id, "cannot record that the plan's apply ended: {e}");
+        }
+        carried?;
         Ok((plan, applied))
     }
 

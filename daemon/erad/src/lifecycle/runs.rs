@@ -49,7 +49,7 @@ impl Lifecycle {
 
     /// The environment of saved plan `id`, if there is one.
     pub fn plan_environment(&self, id: &str) -> Option<String> {
-        let (body, _) = self.shared.store.plan(id).ok().flatten()?;
+        let (body, ..) = self.shared.store.plan(id).ok().flatten()?;
         serde_json::from_str::<crate::plan::Plan>(&body).ok().map(|p| p.environment)
     }
 

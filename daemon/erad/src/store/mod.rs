@@ -110,11 +110,14 @@ CREATE TABLE IF NOT EXISTS meta (
 -- Saved plans (`era plan`): the plan document as JSON; applied_at once
 -- `era apply --plan` carried it out.
 CREATE TABLE IF NOT EXISTS plans (
-    id          TEXT PRIMARY KEY,
-    environment TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    body        TEXT NOT NULL,
-    applied_at  TEXT
+    id           TEXT PRIMARY KEY,
+    environment  TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    applied_at   TEXT,
+    -- When its apply ended (done, or stopped by an error it reported);
+    -- NULL with applied_at set: erad stopped while applying it.
+    completed_at TEXT
 );
 -- Environment locks: one holder at a time (a plan, an apply of one, a
 -- single-deployment command), refreshed while held (heartbeat_ms, Unix
@@ -1287,11 +1290,22 @@ impl Store {
         })
     }
 
-    /// A saved plan's document, and when it was applied (None: not yet).
-    pub fn plan(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+    /// A saved plan's document, when its apply began (None: not yet) and
+    /// when it ended.
+    pub fn plan(&self, id: &str) -> Result<Option<(String, Option<String>, Option<String>)>, StoreError> {
         self.with(|c| {
-            Ok(c.query_row("SELECT body, applied_at FROM plans WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?)
+            Ok(c.query_row("SELECT body, applied_at, completed_at FROM plans WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?)
+        })
+    }
+
+    /// Records that a plan's apply ended.
+    pub fn mark_plan_completed(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("UPDATE plans SET completed_at = ?2 WHERE id = ?1", params![id, now_rfc3339()])?;
+            Ok(())
         })
     }
 
@@ -1400,6 +1414,20 @@ fn migrate(conn: &Connection, found: i64) -> rusqlite::Result<()> {
         [],
         |r| r.get(0),
     )?;
+    let has_plans: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'plans')",
+        [],
+        |r| r.get(0),
+    )?;
+    if (1..=2).contains(&found) && has_plans {
+        // A plan applied before counts as completed.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE plans ADD COLUMN completed_at TEXT;
+             UPDATE plans SET completed_at = applied_at;
+             COMMIT;",
+        )?;
+    }
     if (1..=2).contains(&found) && has_deployments {
         // Version 2 knew a deployment by its name alone (unique on the
         // host). Each keeps that name as its id, so its revisions, journal,
@@ -1803,6 +1831,7 @@ mod tests {
                         ""
                     )
                     .replace("    written         TEXT,\n", "")
+                    .replace(",\n    -- When its apply ended (done, or stopped by an error it reported);\n    -- NULL with applied_at set: erad stopped while applying it.\n    completed_at TEXT", "")
             );
             let c = Connection::open(&path).unwrap();
             c.execute_batch(&v2).unwrap();
