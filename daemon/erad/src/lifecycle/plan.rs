@@ -355,7 +355,7 @@ impl Lifecycle {
         if !crate::plan::is_id(id) {
             return Err(PlanError::Invalid(format!("{id:?} is not a plan id (12 lowercase hex digits)")));
         }
-        let Some((body, applied_at, completed_at)) = self.shared.store.plan(id)? else {
+        let Some(crate::store::SavedPlan { body, applied_at, completed_at }) = self.shared.store.plan(id)? else {
             return Err(PlanError::NotFound(format!("no plan {id} was saved by this erad (run `era plan` again)")));
         };
         let corrupt = |e: serde_json::Error| PlanError::Invalid(format!("plan {id} as saved: {e}"));

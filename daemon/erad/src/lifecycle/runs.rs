@@ -49,8 +49,8 @@ impl Lifecycle {
 
     /// The environment of saved plan `id`, if there is one.
     pub fn plan_environment(&self, id: &str) -> Option<String> {
-        let (body, ..) = self.shared.store.plan(id).ok().flatten()?;
-        serde_json::from_str::<crate::plan::Plan>(&body).ok().map(|p| p.environment)
+        let saved = self.shared.store.plan(id).ok().flatten()?;
+        serde_json::from_str::<crate::plan::Plan>(&saved.body).ok().map(|p| p.environment)
     }
 
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {

@@ -277,6 +277,17 @@ pub struct DeploymentRecord {
     pub resolved_outputs: BTreeMap<String, String>,
 }
 
+/// A saved plan as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedPlan {
+    /// The plan document (JSON).
+    pub body: String,
+    /// When an apply of it began.
+    pub applied_at: Option<String>,
+    /// When that apply ended.
+    pub completed_at: Option<String>,
+}
+
 /// Whether a deployment's spec suspends it (`spec.suspended`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Suspension {
@@ -1292,10 +1303,10 @@ impl Store {
 
     /// A saved plan's document, when its apply began (None: not yet) and
     /// when it ended.
-    pub fn plan(&self, id: &str) -> Result<Option<(String, Option<String>, Option<String>)>, StoreError> {
+    pub fn plan(&self, id: &str) -> Result<Option<SavedPlan>, StoreError> {
         self.with(|c| {
             Ok(c.query_row("SELECT body, applied_at, completed_at FROM plans WHERE id = ?1", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok(SavedPlan { body: r.get(0)?, applied_at: r.get(1)?, completed_at: r.get(2)? })
             })
             .optional()?)
         })
