@@ -283,3 +283,30 @@ fn wasi_http_without_the_grant_is_refused_at_load_and_bad_grants_name_their_key(
         "{msg}"
     );
 }
+
+#[test]
+fn a_plan_fails_closed_when_an_endpoint_its_runtime_needs_cannot_be_reached() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let erad = Erad::start_with(
+        &config(&format!("[plugins.http.grants.http.endpoints.api]\nurl = \"http://127.0.0.1:{port}/api\"\n")),
+        &[],
+    );
+    let spec = erad.deployment("web", "http", "web", "  config: {requests: []}\n");
+    let plan = |erad: &Erad| erad.era(&["plan", "-f", spec.to_str().unwrap()]);
+    let r = plan(&erad);
+    assert_eq!(r.code, 0, "reachable: {r:?}");
+    // The endpoint goes away: the plan stops before it looks at anything,
+    // naming the endpoint.
+    drop(listener);
+    let r = plan(&erad);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("preflight: endpoint api (127.0.0.1:{port}) of runtime http cannot be reached")),
+        "{r:?}"
+    );
+    // A set that needs no such runtime is not held up by it.
+    let other = erad.deployment("other", "noop", "other", "");
+    let r = erad.era(&["plan", "-f", other.to_str().unwrap(), "--env", "qa"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}

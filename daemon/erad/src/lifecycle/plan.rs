@@ -25,6 +25,10 @@ pub enum PlanError {
     /// A registry could not say what a tag points to.
     #[error("{0}")]
     Unavailable(String),
+    /// Something the set needs (the store, a runtime's endpoint) is not
+    /// usable now.
+    #[error("{0}")]
+    Preflight(String),
     #[error(transparent)]
     Locked(#[from] super::LockError),
     #[error(transparent)]
@@ -94,6 +98,10 @@ impl Lifecycle {
     pub async fn plan(&self, environment: &str, files: Vec<SpecFile>, holder: &str) -> Result<Plan, PlanError> {
         let environment = if environment.is_empty() { crate::plan::DEFAULT_ENVIRONMENT } else { environment };
         crate::spec::check_environment_name(environment).map_err(|m| PlanError::Invalid(format!("--env: {m}")))?;
+        self.shared
+            .store
+            .check_writable()
+            .map_err(|e| PlanError::Preflight(format!("preflight: the state store cannot be written: {e}")))?;
         let _lock = self.lock_environment(environment, "plan", holder).await?;
         // The desired set, by name.
         let mut desired: BTreeMap<String, (DeploymentSpec, String, String)> = BTreeMap::new();
@@ -142,6 +150,7 @@ impl Lifecycle {
                 }
             }
         }
+        self.preflight_runtimes(desired.values().map(|(s, ..)| s)).await?;
         // What the plan is made against, read before what it compares: a
         // change that lands between the two makes the plan stale, never
         // fresh against a state it did not see.
@@ -488,6 +497,36 @@ impl Lifecycle {
         }
         carried?;
         Ok((plan, applied))
+    }
+
+    /// Preflight of a set: every HTTP endpoint granted to the runtimes it
+    /// names answers a TCP connection (within 3 s); fails closed, naming the
+    /// first that does not. (That each runtime is loaded, the checks of
+    /// each add and change say, naming its file.)
+    async fn preflight_runtimes<'a>(&self, specs: impl Iterator<Item = &'a DeploymentSpec>) -> Result<(), PlanError> {
+        let mut runtimes = BTreeSet::new();
+        for s in specs {
+            let effective = s.effective().map_err(|e| PlanError::Invalid(e.to_string()))?;
+            runtimes.insert(effective.spec.runtime);
+        }
+        for runtime in runtimes {
+            // One not loaded is named with its file by the checks after.
+            let Some(plugin) = self.shared.plugins.get(&runtime) else { continue };
+            for (name, host, port) in plugin.endpoints() {
+                let reached =
+                    tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((host.as_str(), port)))
+                        .await;
+                let why = match reached {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no answer within 3s".to_string(),
+                };
+                return Err(PlanError::Preflight(format!(
+                    "preflight: endpoint {name} ({host}:{port}) of runtime {runtime} cannot be reached: {why}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Records `value` (a spec as written, whose merged spec the deployment

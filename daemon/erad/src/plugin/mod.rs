@@ -261,6 +261,20 @@ pub struct LoadedPlugin {
     deadlines: Deadlines,
 }
 
+impl LoadedPlugin {
+    /// Its granted HTTP endpoints: name, host and port.
+    pub fn endpoints(&self) -> Vec<(String, String, u16)> {
+        self.http
+            .iter()
+            .flat_map(|h| h.endpoints.iter())
+            .map(|e| {
+                let (host, port) = e.address();
+                (e.name.clone(), host, port)
+            })
+            .collect()
+    }
+}
+
 impl fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadedPlugin").field("name", &self.name).field("digest", &self.digest).finish_non_exhaustive()

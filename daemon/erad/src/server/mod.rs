@@ -162,6 +162,7 @@ fn plan_status(e: PlanError) -> Status {
         PlanError::NotFound(m) => Status::not_found(m),
         PlanError::Stale(m) => Status::failed_precondition(m),
         PlanError::Unavailable(m) => Status::unavailable(m),
+        PlanError::Preflight(m) => Status::failed_precondition(m),
         PlanError::Command(c) => command_status(c),
         PlanError::Store(s) => store_status(s),
     }

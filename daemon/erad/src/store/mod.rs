@@ -886,6 +886,15 @@ impl Store {
         })
     }
 
+    /// Whether a write can be made now: takes the write lock and lets it
+    /// go, writing nothing (a read-only or unusable store fails here).
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+    }
+
     /// Replaces a revision's spec as written (what applies in its
     /// environment is the same; another environment's overlay changed).
     pub fn set_written(&self, id: &str, revision: u64, written: Option<&DeploymentSpec>) -> Result<(), StoreError> {

@@ -436,6 +436,13 @@ pub struct HttpEndpoints {
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
+impl Endpoint {
+    /// Where it is: `host` (IPv6 in brackets) and port, to reach it.
+    pub fn address(&self) -> (String, u16) {
+        (self.base.host.trim_start_matches('[').trim_end_matches(']').to_string(), self.base.port)
+    }
+}
+
 impl HttpEndpoints {
     /// Reads every file the grant names and builds each endpoint's TLS
     /// settings. Errors name the key and the file, never a secret.
