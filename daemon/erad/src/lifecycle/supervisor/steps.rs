@@ -285,8 +285,7 @@ impl Supervisor {
     }
 
     /// Waits until the revision is healthy, by the plugin's `status` and the
-    /// spec's probe, within the update deadline.
-    /// Waits until the revision is healthy; returns the outputs its
+    /// spec's probe, within the update deadline; returns the outputs its
     /// runtime reported then.
     pub(super) async fn health_check(&self, revision: u64) -> Work<BTreeMap<String, String>> {
         let rev = self.revision(revision).await?;
