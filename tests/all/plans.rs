@@ -387,7 +387,10 @@ fn a_plan_erad_died_applying_is_named_interrupted_and_a_new_plan_does_the_rest()
     assert_eq!(erad.era(&["get", "b"]).code, 1, "b was added after the crash");
     // The plan is not "applied": it is named as interrupted.
     let r = erad.era(&["apply", "--plan", &id]);
-    assert!(r.code == 1 && r.stderr.contains("erad stopped before it ended: what it did stays"), "{r:?}");
+    assert!(
+        r.code == 1 && r.stderr.contains("stopped short (erad stopped while applying it): what it did stays"),
+        "{r:?}"
+    );
     // A new plan (once the dead apply's lock went stale) does the rest.
     let plan = erad.era(&["-o", "json", "plan", "-f", set.to_str().unwrap()]).json();
     let actions: Vec<(&str, &str)> = plan["changes"]

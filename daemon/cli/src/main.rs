@@ -221,7 +221,7 @@ enum Command {
     Delete {
         #[command(flatten)]
         target: Target,
-        #[arg(long, conflicts_with_all = ["env", "wait"])]
+        #[arg(long, conflicts_with = "wait")]
         all_envs: bool,
         #[command(flatten)]
         wait: WaitArgs,
@@ -407,6 +407,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::action::run(&cli.socket, commands::action::Action::Start, &target, &wait, fmt).await
         }
         Command::Delete { target, all_envs: true, .. } => {
+            // ERA_ENV set in the shell is no reason to refuse; --env is.
+            if target.env.is_some() && target.env != std::env::var("ERA_ENV").ok() {
+                return Err(CliError::Usage("--all-envs takes every environment: drop --env".into()));
+            }
             commands::action::delete_all(&cli.socket, &target.name, fmt).await
         }
         Command::Delete { target, wait, .. } => {

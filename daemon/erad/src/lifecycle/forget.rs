@@ -7,7 +7,8 @@ use crate::machine::State;
 impl Lifecycle {
     /// Forgets deployment `name` in every environment that recorded it:
     /// its record, revisions, journal, port claims and drift findings go
-    /// (runs stay). Refused, naming why, unless every environment's copy is
+    /// (runs stay), and the environments' unapplied plans (made against
+    /// it). Refused, naming why, unless every environment's copy is
     /// already destroyed (Deleted) and a report of each of those
     /// environments passes now: no deployment there drifted, failed or
     /// unknown to its runtime, and no invariant breach there. Holds those
@@ -35,6 +36,25 @@ impl Lifecycle {
         let mut locks = Vec::new();
         for env in &environments {
             locks.push(self.lock_environment(env, "delete --all-envs", holder).await?);
+        }
+        // Read again under the locks: an apply may have landed meanwhile.
+        let all = store.deployments_named(name)?;
+        let now: Vec<String> = {
+            let mut e: Vec<String> = all.iter().map(|d| d.environment.clone()).collect();
+            e.sort();
+            e.dedup();
+            e
+        };
+        let live: Vec<String> = all
+            .iter()
+            .filter(|d| d.state != State::Deleted)
+            .map(|d| format!("{} ({})", d.environment, d.state))
+            .collect();
+        if now != environments || !live.is_empty() {
+            return Err(PlanError::Stale(format!(
+                "{name} changed while waiting for the locks{}: run it again",
+                if live.is_empty() { String::new() } else { format!(" (not destroyed in {})", live.join(", ")) }
+            )));
         }
         // The report of each: everything there where its runtime says.
         for env in &environments {
@@ -65,10 +85,11 @@ impl Lifecycle {
                 breaches.join("; ")
             )));
         }
+        let ids: Vec<String> = all.iter().map(|d| d.id.clone()).collect();
+        store.forget_deployments(&ids)?;
         for d in &all {
             // Its supervisor (idle: Deleted) ends once it has no sender.
             self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).remove(&d.id);
-            store.forget_deployment(&d.id)?;
             tracing::info!(deployment = d.id, environment = d.environment, holder, "forgotten");
         }
         drop(locks);

@@ -140,9 +140,6 @@ pub struct Lifecycle {
     /// Held by an invariant check: one at a time, so an older check's
     /// findings never replace a newer one's.
     checking: Arc<tokio::sync::Mutex<()>>,
-    /// When this erad started: a plan whose apply began before and never
-    /// ended was interrupted.
-    started: std::time::SystemTime,
 }
 
 impl Lifecycle {
@@ -152,12 +149,7 @@ impl Lifecycle {
     }
 
     pub(crate) fn new(shared: Shared) -> Lifecycle {
-        Lifecycle {
-            shared: Arc::new(shared),
-            supervisors: Arc::default(),
-            checking: Arc::default(),
-            started: std::time::SystemTime::now(),
-        }
+        Lifecycle { shared: Arc::new(shared), supervisors: Arc::default(), checking: Arc::default() }
     }
 
     pub fn store(&self) -> &Store {
@@ -195,6 +187,10 @@ impl Lifecycle {
     /// Starts a supervisor for every deployment in the store. Each one resumes
     /// from its last committed state; Running workloads are adopted.
     pub fn recover(&self) -> Result<usize, StoreError> {
+        let cut = self.shared.store.mark_interrupted_plans()?;
+        if cut > 0 {
+            tracing::warn!(plans = cut, "plans whose apply the last erad did not finish are recorded as cut short");
+        }
         let all = self.shared.store.deployments()?;
         for d in &all {
             self.supervisor(&d.id);

@@ -364,7 +364,8 @@ impl Lifecycle {
         if !crate::plan::is_id(id) {
             return Err(PlanError::Invalid(format!("{id:?} is not a plan id (12 lowercase hex digits)")));
         }
-        let Some(crate::store::SavedPlan { body, applied_at, completed_at }) = self.shared.store.plan(id)? else {
+        let Some(crate::store::SavedPlan { body, applied_at, completed_at, failure }) = self.shared.store.plan(id)?
+        else {
             return Err(PlanError::NotFound(format!("no plan {id} was saved by this erad (run `era plan` again)")));
         };
         let corrupt = |e: serde_json::Error| PlanError::Invalid(format!("plan {id} as saved: {e}"));
@@ -387,14 +388,13 @@ impl Lifecycle {
             )));
         }
         if let Some(at) = applied_at {
-            let before_start = humantime::parse_rfc3339(&at).is_ok_and(|t| t < self.started);
-            return Err(PlanError::Stale(match completed_at {
-                None if before_start => format!(
-                    "plan {id}'s apply began at {at} and erad stopped before it ended: what it did stays; run \
-                     `era plan` again for the rest"
+            return Err(PlanError::Stale(match (completed_at, failure) {
+                (None, _) => format!("plan {id} is being applied (since {at})"),
+                (Some(_), Some(why)) => format!(
+                    "plan {id}'s apply began at {at} and stopped short ({why}): what it did stays; run `era plan` \
+                     again for the rest"
                 ),
-                None => format!("plan {id} is being applied (since {at})"),
-                Some(_) => format!("plan {id} was applied at {at}; run `era plan` again"),
+                (Some(_), None) => format!("plan {id} was applied at {at}; run `era plan` again"),
             }));
         }
         let _lock = self.lock_environment(&plan.environment, "apply --plan", holder).await?;
@@ -441,6 +441,9 @@ impl Lifecycle {
         if !self.shared.store.mark_plan_applied(id)? {
             return Err(PlanError::Stale(format!("plan {id} is being applied by another caller")));
         }
+        // However the apply ends (done, an error, the caller gone), it is
+        // recorded as ended, with why if short.
+        let mut ending = Ending { store: &self.shared.store, id, failure: None, done: false };
         let mut applied = Vec::new();
         let carried = async {
             for c in &plan.changes {
@@ -490,11 +493,9 @@ impl Lifecycle {
             Ok::<_, PlanError>(())
         }
         .await;
-        // Ended, done or stopped by an error the caller hears of: only a
-        // crash leaves a plan begun and not ended.
-        if let Err(e) = self.shared.store.mark_plan_completed(id) {
-            tracing::warn!(plan = plan.id, "cannot record that the plan's apply ended: {e}");
-        }
+        ending.failure = carried.as_ref().err().map(|e| format!("an error: {e}"));
+        ending.done = true;
+        drop(ending);
         carried?;
         Ok((plan, applied))
     }
@@ -624,6 +625,26 @@ impl Lifecycle {
             }
         }
         Ok(())
+    }
+}
+
+/// Records a plan's apply as ended when dropped: with its failure, or, not
+/// marked done (the caller went away and the apply's future was dropped), as
+/// cut short. (A crash is recorded at the next start.)
+struct Ending<'a> {
+    store: &'a crate::store::Store,
+    id: &'a str,
+    failure: Option<String>,
+    done: bool,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        let failure =
+            if self.done { self.failure.as_deref() } else { Some("the caller went away while it was applied") };
+        if let Err(e) = self.store.mark_plan_completed(self.id, failure) {
+            tracing::warn!(plan = self.id, "cannot record that the plan's apply ended: {e}");
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 /// The schema version this erad writes; older files are migrated forward
 /// ([`migrate`]).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 -- A deployment is (environment, name); `id` is what the rest of the store,
@@ -115,9 +115,10 @@ CREATE TABLE IF NOT EXISTS plans (
     created_at   TEXT NOT NULL,
     body         TEXT NOT NULL,
     applied_at   TEXT,
-    -- When its apply ended (done, or stopped by an error it reported);
-    -- NULL with applied_at set: erad stopped while applying it.
-    completed_at TEXT
+    -- When its apply ended, and why it stopped short if it did (an error,
+    -- the caller gone, erad stopped while applying it).
+    completed_at TEXT,
+    failure      TEXT
 );
 -- Environment locks: one holder at a time (a plan, an apply of one, a
 -- single-deployment command), refreshed while held (heartbeat_ms, Unix
@@ -286,6 +287,8 @@ pub struct SavedPlan {
     pub applied_at: Option<String>,
     /// When that apply ended.
     pub completed_at: Option<String>,
+    /// Why it stopped short, if it did.
+    pub failure: Option<String>,
 }
 
 /// Whether a deployment's spec suspends it (`spec.suspended`).
@@ -969,24 +972,29 @@ impl Store {
         })
     }
 
-    /// Removes every record of a deleted deployment (its row, revisions,
-    /// journal, port claims, drift finding), in one transaction; a
-    /// deployment that is not Deleted is left alone (NotFound).
-    pub fn forget_deployment(&self, id: &str) -> Result<(), StoreError> {
+    /// Removes every record of these deleted deployments (row, revisions,
+    /// journal, port claims, drift finding) and the unapplied plans of
+    /// their environments, all in one transaction; if one is not Deleted,
+    /// nothing is removed (NotFound).
+    pub fn forget_deployments(&self, ids: &[String]) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let d = get_deployment(&tx, id)?;
-            if d.state != State::Deleted {
-                return Err(StoreError::NotFound(format!("{id} (not deleted)")));
+            for id in ids {
+                let d = get_deployment(&tx, id)?;
+                if d.state != State::Deleted {
+                    return Err(StoreError::NotFound(format!("{id} (not deleted)")));
+                }
+                tx.execute("DELETE FROM journal WHERE deployment = ?1", [id])?;
+                tx.execute("DELETE FROM revisions WHERE deployment = ?1", [id])?;
+                tx.execute("DELETE FROM port_claims WHERE deployment = ?1", [id])?;
+                tx.execute(
+                    "DELETE FROM drift_checks WHERE environment = ?1 AND deployment = ?2",
+                    params![d.environment, d.name],
+                )?;
+                tx.execute("DELETE FROM deployments WHERE id = ?1", [id])?;
+                // Plans made against it would see its name anew.
+                tx.execute("DELETE FROM plans WHERE environment = ?1 AND applied_at IS NULL", [&d.environment])?;
             }
-            tx.execute("DELETE FROM journal WHERE deployment = ?1", [id])?;
-            tx.execute("DELETE FROM revisions WHERE deployment = ?1", [id])?;
-            tx.execute("DELETE FROM port_claims WHERE deployment = ?1", [id])?;
-            tx.execute(
-                "DELETE FROM drift_checks WHERE environment = ?1 AND deployment = ?2",
-                params![d.environment, d.name],
-            )?;
-            tx.execute("DELETE FROM deployments WHERE id = ?1", [id])?;
             tx.commit()?;
             Ok(())
         })
@@ -1314,18 +1322,33 @@ impl Store {
     /// when it ended.
     pub fn plan(&self, id: &str) -> Result<Option<SavedPlan>, StoreError> {
         self.with(|c| {
-            Ok(c.query_row("SELECT body, applied_at, completed_at FROM plans WHERE id = ?1", [id], |r| {
-                Ok(SavedPlan { body: r.get(0)?, applied_at: r.get(1)?, completed_at: r.get(2)? })
+            Ok(c.query_row("SELECT body, applied_at, completed_at, failure FROM plans WHERE id = ?1", [id], |r| {
+                Ok(SavedPlan { body: r.get(0)?, applied_at: r.get(1)?, completed_at: r.get(2)?, failure: r.get(3)? })
             })
             .optional()?)
         })
     }
 
-    /// Records that a plan's apply ended.
-    pub fn mark_plan_completed(&self, id: &str) -> Result<(), StoreError> {
+    /// Records that a plan's apply ended, and why short if it did.
+    pub fn mark_plan_completed(&self, id: &str, failure: Option<&str>) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute("UPDATE plans SET completed_at = ?2 WHERE id = ?1", params![id, now_rfc3339()])?;
+            c.execute(
+                "UPDATE plans SET completed_at = ?2, failure = ?3 WHERE id = ?1 AND completed_at IS NULL",
+                params![id, now_rfc3339(), failure],
+            )?;
             Ok(())
+        })
+    }
+
+    /// At start: every plan whose apply began and never ended was cut short
+    /// by the erad that stopped. Returns how many.
+    pub fn mark_interrupted_plans(&self) -> Result<usize, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE plans SET completed_at = ?1, failure = 'erad stopped while applying it'
+                 WHERE applied_at IS NOT NULL AND completed_at IS NULL",
+                params![now_rfc3339()],
+            )?)
         })
     }
 
@@ -1439,14 +1462,24 @@ fn migrate(conn: &Connection, found: i64) -> rusqlite::Result<()> {
         [],
         |r| r.get(0),
     )?;
-    if (1..=2).contains(&found) && has_plans {
-        // A plan applied before counts as completed.
-        conn.execute_batch(
-            "BEGIN;
-             ALTER TABLE plans ADD COLUMN completed_at TEXT;
-             UPDATE plans SET completed_at = applied_at;
-             COMMIT;",
-        )?;
+    // Version 4: how a plan's apply ended. Checked column by column, so a
+    // crash halfway through is redone, not repeated.
+    if (1..=3).contains(&found) && has_plans {
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('plans')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let tx = conn.unchecked_transaction()?;
+        if !columns.iter().any(|c| c == "completed_at") {
+            // A plan applied before counts as completed.
+            tx.execute_batch(
+                "ALTER TABLE plans ADD COLUMN completed_at TEXT; UPDATE plans SET completed_at = applied_at;",
+            )?;
+        }
+        if !columns.iter().any(|c| c == "failure") {
+            tx.execute_batch("ALTER TABLE plans ADD COLUMN failure TEXT;")?;
+        }
+        tx.commit()?;
     }
     if (1..=2).contains(&found) && has_deployments {
         // Version 2 knew a deployment by its name alone (unique on the
@@ -1851,7 +1884,10 @@ mod tests {
                         ""
                     )
                     .replace("    written         TEXT,\n", "")
-                    .replace(",\n    -- When its apply ended (done, or stopped by an error it reported);\n    -- NULL with applied_at set: erad stopped while applying it.\n    completed_at TEXT", "")
+                    .replace(
+                        ",\n    -- When its apply ended, and why it stopped short if it did (an error,\n    -- the caller gone, erad stopped while applying it).\n    completed_at TEXT,\n    failure      TEXT",
+                        "",
+                    )
             );
             let c = Connection::open(&path).unwrap();
             c.execute_batch(&v2).unwrap();
@@ -1886,6 +1922,34 @@ mod tests {
         assert!(s.drift_checks().unwrap().is_empty(), "the last checks were dropped, not misread");
         drop(s);
         Store::open(&path).expect("opening a migrated store again changes nothing");
+    }
+
+    #[test]
+    fn a_version_3_store_gets_how_plans_ended_its_applied_plans_counted_as_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("era.db");
+        drop(Store::open(&path).unwrap());
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "ALTER TABLE plans DROP COLUMN failure; ALTER TABLE plans DROP COLUMN completed_at;
+                 INSERT INTO plans (id, environment, created_at, body, applied_at) VALUES ('a', 'qa', 't', '{}', 'then');
+                 INSERT INTO plans (id, environment, created_at, body) VALUES ('b', 'qa', 't', '{}');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let a = s.plan("a").unwrap().unwrap();
+        assert_eq!((a.completed_at.as_deref(), a.failure), (Some("then"), None));
+        assert_eq!(s.plan("b").unwrap().unwrap().completed_at, None);
+        drop(s);
+        Store::open(&path).expect("opening a migrated store again changes nothing");
+        // A begun, never ended apply is cut short at the next start.
+        let s = Store::open(&path).unwrap();
+        s.mark_plan_applied("b").unwrap();
+        assert_eq!(s.mark_interrupted_plans().unwrap(), 1);
+        assert_eq!(s.plan("b").unwrap().unwrap().failure.as_deref(), Some("erad stopped while applying it"));
     }
 
     #[test]

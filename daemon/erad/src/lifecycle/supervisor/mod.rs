@@ -104,6 +104,8 @@ pub(crate) async fn run(shared: Arc<Shared>, name: String, mut commands: mpsc::R
         };
         let rec = match read {
             Ok(r) => r,
+            // Forgotten (`era delete --all-envs`): nothing is left to drive.
+            Err(crate::store::StoreError::NotFound(_)) => return,
             Err(e) => {
                 tracing::error!(deployment = sup.name, "cannot read deployment: {e}");
                 tokio::time::sleep(STORE_RETRY).await;
