@@ -237,7 +237,18 @@ impl Erad {
 
     /// Runs `era` against this daemon.
     pub fn era(&self, args: &[&str]) -> Answer {
-        let out = Command::new(bin("era")).arg("--socket").arg(self.socket()).args(args).output().expect("run era");
+        self.era_with(&[], args)
+    }
+
+    /// `era` with these variables in its environment (`ERA_ENV`...).
+    pub fn era_with(&self, vars: &[(&str, &str)], args: &[&str]) -> Answer {
+        let out = Command::new(bin("era"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .envs(vars.iter().copied())
+            .output()
+            .expect("run era");
         Answer {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -457,8 +457,14 @@ fn a_name_leaves_every_environment_only_once_each_copy_is_destroyed_and_the_repo
     assert_eq!(erad.apply_wait(&noop_spec(&erad, "web", "qa", "web again")).code, 0);
     assert!(erad.noop_running("qa-web", 1));
     assert_eq!(get(&erad, "web", "qa")["revision"], 1);
-    // Not a name anywhere; not with --env.
+    // Not a name anywhere; not with --env, but ERA_ENV in the shell is
+    // no reason to refuse.
     let r = erad.era(&["delete", "nope", "--all-envs"]);
     assert!(r.code == 1 && r.stderr.contains("no environment has a deployment nope"), "{r:?}");
-    assert_eq!(erad.era(&["delete", "web", "--all-envs", "--env", "qa"]).code, 2);
+    let r = erad.era(&["delete", "web", "--all-envs", "--env", "qa"]);
+    assert!(r.code == 2 && r.stderr.contains("--all-envs takes every environment: drop --env"), "{r:?}");
+    let r = erad.era_with(&[("ERA_ENV", "qa")], &["delete", "nope", "--all-envs"]);
+    assert!(r.code == 1 && r.stderr.contains("no environment has a deployment nope"), "{r:?}");
+    // ...and ERA_ENV names the environment of the other commands.
+    assert_eq!(erad.era_with(&[("ERA_ENV", "qa")], &["-o", "json", "get", "web"]).json()["environment"], "qa");
 }
