@@ -74,13 +74,23 @@ impl Lifecycle {
             if d.environment != environment || d.state == State::Deleted || d.desired_revision == 0 {
                 continue;
             }
-            if let Some(mut rev) = store.revision(&d.id, d.desired_revision)? {
-                // Suspension is the deployment's, not the revision's.
-                rev.spec.spec.suspended = d.suspended.is_suspended();
+            if let Some(rev) = self.desired_as_planned(&d)? {
                 live.insert(d.name, rev);
             }
         }
         Ok(live)
+    }
+
+    /// The revision a recorded deployment is driven towards, as plans
+    /// compare it: with the deployment's suspension (not the revision's).
+    pub(super) fn desired_as_planned(
+        &self,
+        d: &crate::store::DeploymentRecord,
+    ) -> Result<Option<RevisionRecord>, StoreError> {
+        Ok(self.shared.store.revision(&d.id, d.desired_revision)?.map(|mut r| {
+            r.spec.spec.suspended = d.suspended.is_suspended();
+            r
+        }))
     }
 
     /// The id of deployment `name` of `environment`, if it is recorded.
@@ -140,7 +150,7 @@ impl Lifecycle {
         // Each add or change claims its ports once in the set.
         let mut ports: BTreeMap<(u16, String), &str> = BTreeMap::new();
         for (name, (spec, label, _)) in &desired {
-            let effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+            let effective = effective_spec(spec, label)?;
             for p in &effective.spec.ports {
                 if let Some(other) = ports.insert((p.port, p.protocol.clone()), name) {
                     return Err(PlanError::Invalid(format!(
@@ -165,11 +175,11 @@ impl Lifecycle {
             // Compared, pinned and checked as the environment runs it (its
             // overlay merged: it may name another artifact); applied as
             // written, with the pin where the merge takes it from.
-            let mut effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+            let mut effective = effective_spec(&spec, &label)?;
             let pinned = self.pin(&mut effective, &label).await?;
             if let Some(p) = &pinned {
                 pin_written(&mut spec, environment, &p.digest);
-                effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+                effective = effective_spec(&spec, &label)?;
             }
             let after = comparable(&effective);
             let (action, fields) = match recorded {
@@ -430,7 +440,7 @@ impl Lifecycle {
             let value = c.spec.clone().unwrap_or(Value::Null);
             let spec = DeploymentSpec::from_json(value, &c.source).map_err(|e| PlanError::Invalid(e.to_string()))?;
             let dir = std::path::PathBuf::from(&c.source_dir);
-            let effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{}: {e}", c.source)))?;
+            let effective = effective_spec(&spec, &c.source)?;
             self.preflight(&effective, &dir, &c.source).await?;
             specs.insert(c.name.clone(), (spec, dir));
         }
@@ -507,7 +517,7 @@ impl Lifecycle {
     async fn preflight_runtimes<'a>(&self, specs: impl Iterator<Item = &'a DeploymentSpec>) -> Result<(), PlanError> {
         let mut runtimes = BTreeSet::new();
         for s in specs {
-            let effective = s.effective().map_err(|e| PlanError::Invalid(e.to_string()))?;
+            let effective = effective_spec(s, "")?;
             runtimes.insert(effective.spec.runtime);
         }
         for runtime in runtimes {
@@ -535,7 +545,7 @@ impl Lifecycle {
     fn keep_written(&self, environment: &str, name: &str, value: &Value, source: &str) -> Result<(), PlanError> {
         let written =
             DeploymentSpec::from_json(value.clone(), source).map_err(|e| PlanError::Invalid(e.to_string()))?;
-        let effective = written.effective().map_err(|e| PlanError::Invalid(format!("{source}: {e}")))?;
+        let effective = effective_spec(&written, source)?;
         let written = (written != effective).then(|| {
             let mut w = written;
             w.spec.suspended = false;
@@ -646,6 +656,13 @@ impl Drop for Ending<'_> {
             tracing::warn!(plan = self.id, "cannot record that the plan's apply ended: {e}");
         }
     }
+}
+
+/// `spec` as its environment runs it; an error names where it came from
+/// (`label`: its file and document, if any).
+pub(super) fn effective_spec(spec: &DeploymentSpec, label: &str) -> Result<DeploymentSpec, PlanError> {
+    spec.effective()
+        .map_err(|e| PlanError::Invalid(if label.is_empty() { e.to_string() } else { format!("{label}: {e}") }))
 }
 
 /// Writes a digest pin into a spec as written where merging it for

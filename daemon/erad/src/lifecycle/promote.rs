@@ -54,7 +54,7 @@ impl Lifecycle {
         let base_hash = spec.hash();
         spec.metadata.environment = (to != crate::plan::DEFAULT_ENVIRONMENT).then(|| to.to_string());
         let label = format!("{name} (environment {from}, revision {})", rev.revision);
-        let effective = spec.effective().map_err(|e| PlanError::Invalid(format!("{label}: {e}")))?;
+        let effective = super::plan::effective_spec(&spec, &label)?;
         let _lock = self.lock_environment(to, "promote", holder).await?;
         let target = store.find_deployment(to, name)?.filter(|d| d.state != State::Deleted && d.desired_revision != 0);
         if target.as_ref().is_some_and(|d| d.suspended.is_suspended()) {
@@ -63,10 +63,7 @@ impl Lifecycle {
             )));
         }
         let recorded = match &target {
-            Some(d) => store.revision(&d.id, d.desired_revision)?.map(|mut r| {
-                r.spec.spec.suspended = d.suspended.is_suspended();
-                r
-            }),
+            Some(d) => self.desired_as_planned(d)?,
             None => None,
         };
         let after = comparable(&effective);

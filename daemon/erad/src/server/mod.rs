@@ -30,6 +30,27 @@ impl DeploymentsService {
         self.lifecycle.resolve((!environment.is_empty()).then_some(environment), name).map_err(command_status)
     }
 
+    /// Stop, start or delete of the deployment a request names, holding its
+    /// environment's lock.
+    async fn act(&self, req: Request<pb::NameRequest>, act: Act) -> Result<Response<pb::ActionResponse>, Status> {
+        let who = holder(&req);
+        let req = req.into_inner();
+        let rec = self.resolve(&req.name, &req.environment)?;
+        let _lock = self.lock(&rec.environment, act.as_str(), &who).await?;
+        let state = match act {
+            Act::Stop => self.lifecycle.stop(&rec.id).await,
+            Act::Start => self.lifecycle.start(&rec.id).await,
+            Act::Delete => self.lifecycle.delete(&rec.id).await,
+        }
+        .map_err(command_status)?;
+        Ok(Response::new(pb::ActionResponse {
+            name: rec.name,
+            state: state.to_string(),
+            revision: 0,
+            environment: rec.environment,
+        }))
+    }
+
     /// Checks the invariants in the background (after a run).
     fn check_invariants_soon(&self) {
         let lifecycle = self.lifecycle.clone();
@@ -108,6 +129,24 @@ fn outputs_response(rec: DeploymentRecord, outputs: Vec<crate::outputs::Resolved
                 problem: o.problem.unwrap_or_default(),
             })
             .collect(),
+    }
+}
+
+/// The single-deployment commands that take only a name.
+#[derive(Clone, Copy)]
+enum Act {
+    Stop,
+    Start,
+    Delete,
+}
+
+impl Act {
+    fn as_str(self) -> &'static str {
+        match self {
+            Act::Stop => "stop",
+            Act::Start => "start",
+            Act::Delete => "delete",
+        }
     }
 }
 
@@ -644,45 +683,15 @@ impl Deployments for DeploymentsService {
     }
 
     async fn stop(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
-        let who = holder(&req);
-        let req = req.into_inner();
-        let rec = self.resolve(&req.name, &req.environment)?;
-        let _lock = self.lock(&rec.environment, "stop", &who).await?;
-        let state = self.lifecycle.stop(&rec.id).await.map_err(command_status)?;
-        Ok(Response::new(pb::ActionResponse {
-            name: rec.name,
-            state: state.to_string(),
-            revision: 0,
-            environment: rec.environment,
-        }))
+        self.act(req, Act::Stop).await
     }
 
     async fn start(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
-        let who = holder(&req);
-        let req = req.into_inner();
-        let rec = self.resolve(&req.name, &req.environment)?;
-        let _lock = self.lock(&rec.environment, "start", &who).await?;
-        let state = self.lifecycle.start(&rec.id).await.map_err(command_status)?;
-        Ok(Response::new(pb::ActionResponse {
-            name: rec.name,
-            state: state.to_string(),
-            revision: 0,
-            environment: rec.environment,
-        }))
+        self.act(req, Act::Start).await
     }
 
     async fn delete(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::ActionResponse>, Status> {
-        let who = holder(&req);
-        let req = req.into_inner();
-        let rec = self.resolve(&req.name, &req.environment)?;
-        let _lock = self.lock(&rec.environment, "delete", &who).await?;
-        let state = self.lifecycle.delete(&rec.id).await.map_err(command_status)?;
-        Ok(Response::new(pb::ActionResponse {
-            name: rec.name,
-            state: state.to_string(),
-            revision: 0,
-            environment: rec.environment,
-        }))
+        self.act(req, Act::Delete).await
     }
 
     type WatchStream = WatchStream;

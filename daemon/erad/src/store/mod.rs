@@ -630,22 +630,11 @@ impl Store {
 
     /// Every recorded deployment called `name`, whatever its environment.
     pub fn deployments_named(&self, name: &str) -> Result<Vec<DeploymentRecord>, StoreError> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = ?1 ORDER BY environment"
-            ))?;
-            let rows = st.query_map([name], deployment_from_row)?;
-            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
-        })
+        self.with(|c| list_deployments(c, "WHERE name = ?1", params![name]))
     }
 
     pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
-        self.with(|c| {
-            let mut st =
-                c.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY environment, name"))?;
-            let rows = st.query_map([], deployment_from_row)?;
-            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
-        })
+        self.with(|c| list_deployments(c, "", params![]))
     }
 
     /// The next free revision number of a deployment (revisions are never reused).
@@ -1452,16 +1441,12 @@ fn migrate(conn: &Connection, found: i64) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
-    let has_deployments: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deployments')",
-        [],
-        |r| r.get(0),
-    )?;
-    let has_plans: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'plans')",
-        [],
-        |r| r.get(0),
-    )?;
+    let has = |table: &str| -> rusqlite::Result<bool> {
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)", [table], |r| {
+            r.get(0)
+        })
+    };
+    let (has_deployments, has_plans) = (has("deployments")?, has("plans")?);
     // Version 4: how a plan's apply ended. Checked column by column, so a
     // crash halfway through is redone, not repeated.
     if (1..=3).contains(&found) && has_plans {
@@ -1514,6 +1499,19 @@ const HOLDS: &str =
     "d.state != 'Deleted' AND NOT (d.state = 'Failed' AND d.operation = 'install' AND d.current_revision = 0)";
 
 const DEPLOYMENT_COLUMNS: &str = "id, state, health, current_revision, desired_revision, previous_revision, operation, restarts, message, outputs, created_at, updated_at, environment, name, suspended, output_overrides, resolved_outputs";
+
+/// The deployments `filter` (a WHERE clause, or nothing) selects, by
+/// environment and name.
+fn list_deployments(
+    c: &Connection,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<DeploymentRecord>, StoreError> {
+    let mut st =
+        c.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments {filter} ORDER BY environment, name"))?;
+    let rows = st.query_map(args, deployment_from_row)?;
+    rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
+}
 
 fn get_deployment(c: &Connection, name: &str) -> Result<DeploymentRecord, StoreError> {
     c.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?1"))?
